@@ -1,0 +1,53 @@
+//! Server settings. `cli` fills them from flags and environment variables;
+//! tests build them directly.
+
+use std::time::Duration;
+
+/// Tunables of a running server. Defaults suit a small deployment.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How often the server pings each connection.
+    pub heartbeat_interval: Duration,
+    /// A connection silent for longer than this is dropped.
+    pub heartbeat_timeout: Duration,
+    /// Largest message body accepted, in bytes after base64 decoding.
+    pub max_body_bytes: usize,
+    /// How long a login session token stays valid.
+    pub session_ttl: Duration,
+    /// How long a new connection may take to send its `auth` frame.
+    pub auth_timeout: Duration,
+    /// Entries per sync or history page.
+    pub page_size: u32,
+    /// Frames queued for one connection before it counts as too slow.
+    pub outbound_queue: usize,
+    /// Password hashes computed at once (each argon2id hash holds ~19 MiB).
+    pub hashing_slots: usize,
+    /// Failed logins for one account before further attempts are delayed.
+    pub login_failures_before_delay: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(20),
+            heartbeat_timeout: Duration::from_secs(60),
+            max_body_bytes: 1024 * 1024,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            auth_timeout: Duration::from_secs(10),
+            page_size: 500,
+            outbound_queue: 1024,
+            hashing_slots: 2,
+            login_failures_before_delay: 5,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Largest WebSocket message accepted: a maximal body in base64 plus
+    /// room for the frame's other fields. Anything larger closes the socket
+    /// with 1009; anything smaller but with too large a body gets an error
+    /// frame and the connection stays open.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_body_bytes.div_ceil(3) * 4 * 2 + 64 * 1024
+    }
+}

@@ -1,0 +1,14 @@
+//! hush: a self-hosted, end-to-end encrypted chat service.
+//!
+//! - `protocol`: the wire contract (HTTP bodies, WebSocket frames).
+//! - `server`: HTTP API, WebSocket sessions, the hub that routes frames.
+//! - `store`: SQLite persistence; the only place with SQL.
+//! - `crypto`: keys, signatures and (client side) message envelopes.
+//! - `config`, `cli`: settings and the command line.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod protocol;
+pub mod server;
+pub mod store;

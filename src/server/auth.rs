@@ -1,0 +1,153 @@
+//! Passwords, session tokens and login throttling.
+//!
+//! Password hashing is argon2id with the crate defaults (m=19456 KiB, t=2,
+//! p=1: OWASP's recommendation). Each hash costs ~19 MiB and real CPU, so
+//! hashes run in `spawn_blocking` behind a small semaphore, and a login for
+//! an unknown user verifies against a dummy hash so it costs the same.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+#[derive(Clone)]
+pub struct Passwords {
+    slots: Arc<Semaphore>,
+    dummy_hash: Arc<str>,
+}
+
+impl Passwords {
+    pub fn new(slots: usize) -> Self {
+        let dummy_hash = hash_now("hush dummy password for unknown users").expect("argon2 with default parameters works");
+        Self { slots: Arc::new(Semaphore::new(slots.max(1))), dummy_hash: dummy_hash.into() }
+    }
+
+    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+        let _slot = self.slots.acquire().await?;
+        tokio::task::spawn_blocking(move || hash_now(&password)).await?
+    }
+
+    /// True if `password` matches `stored`; with no stored hash (unknown
+    /// user) it does the same work and returns false.
+    pub async fn verify(&self, stored: Option<String>, password: String) -> bool {
+        let Ok(_slot) = self.slots.acquire().await else { return false };
+        let is_known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        let matches = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        is_known && matches
+    }
+}
+
+fn hash_now(password: &str) -> anyhow::Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))
+}
+
+/// A fresh session token (32 random bytes, URL-safe base64) and its hash,
+/// which is all the server keeps.
+pub fn new_token() -> (String, [u8; 32]) {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("the OS random source works");
+    (URL_SAFE_NO_PAD.encode(raw), Sha256::digest(raw).into())
+}
+
+/// Hash of a token as presented by a client; `None` if it is not even
+/// shaped like one of ours.
+pub fn token_hash(token: &str) -> Option<[u8; 32]> {
+    let raw = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
+    (raw.len() == 32).then(|| Sha256::digest(&raw).into())
+}
+
+/// Delays logins for an account after repeated failures: after
+/// `free_failures`, each further failure doubles the wait (1 s, 2 s, 4 s …,
+/// at most 15 minutes). Keyed by username, so an attacker spreading
+/// attempts over many addresses is slowed just the same.
+pub struct LoginThrottle {
+    free_failures: u32,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+struct Failures {
+    count: u32,
+    blocked_until: Instant,
+}
+
+const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+const MAX_TRACKED: usize = 100_000;
+
+impl LoginThrottle {
+    pub fn new(free_failures: u32) -> Self {
+        Self { free_failures, failures: Mutex::default() }
+    }
+
+    /// `Err(wait)` while the account is in a delay period.
+    pub fn check(&self, username: &str) -> Result<(), Duration> {
+        let failures = self.failures.lock().expect("throttle lock poisoned");
+        match failures.get(username) {
+            Some(f) if f.blocked_until > Instant::now() => Err(f.blocked_until - Instant::now()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, username: &str) {
+        let mut failures = self.failures.lock().expect("throttle lock poisoned");
+        let now = Instant::now();
+        if failures.len() >= MAX_TRACKED {
+            failures.retain(|_, f| f.blocked_until > now);
+        }
+        let entry = failures.entry(username.to_owned()).or_insert(Failures { count: 0, blocked_until: now });
+        entry.count += 1;
+        if entry.count >= self.free_failures {
+            let doublings = (entry.count - self.free_failures).min(20);
+            let delay = Duration::from_secs(1u64 << doublings).min(MAX_DELAY);
+            entry.blocked_until = now + delay;
+        }
+    }
+
+    pub fn record_success(&self, username: &str) {
+        self.failures.lock().expect("throttle lock poisoned").remove(username);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hash_matches_the_issued_token_only() {
+        let (token, hash) = new_token();
+        assert_eq!(token_hash(&token), Some(hash));
+        let (other, _) = new_token();
+        assert_ne!(token_hash(&other), Some(hash));
+        assert_eq!(token_hash("not a token"), None);
+    }
+
+    #[test]
+    fn throttle_delays_after_free_failures_and_resets_on_success() {
+        let throttle = LoginThrottle::new(2);
+        throttle.record_failure("alice");
+        assert!(throttle.check("alice").is_ok());
+        throttle.record_failure("alice");
+        assert!(throttle.check("alice").is_err());
+        assert!(throttle.check("bob").is_ok());
+        throttle.record_success("alice");
+        assert!(throttle.check("alice").is_ok());
+    }
+}

@@ -1,0 +1,87 @@
+//! The hush server: HTTP API, WebSocket sessions, hub and log writer wired
+//! together. `run` takes an already bound listener and a shutdown future so
+//! tests can start it on an ephemeral port.
+
+mod auth;
+mod error;
+mod hub;
+mod routes;
+mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use warp::Filter;
+
+use crate::config::ServerConfig;
+use crate::store::Store;
+use crate::store::writer::Writer;
+
+pub use routes::validate_username;
+
+/// What every route and session shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub writer: Writer,
+    pub hub: hub::Hub,
+    pub config: Arc<ServerConfig>,
+    passwords: auth::Passwords,
+    login_throttle: Arc<auth::LoginThrottle>,
+    /// Flips to true when the server starts shutting down.
+    shutdown: watch::Receiver<bool>,
+    sessions: TaskTracker,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets each
+/// session flush its acknowledgements and close with 1001, lets the writer
+/// finish what is queued, and returns.
+pub async fn run(listener: TcpListener, store: Store, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let hub = hub::Hub::new(config.outbound_queue);
+    let publish_hub = hub.clone();
+    let (writer, writer_task) = store.spawn_writer(Box::new(move |committed| {
+        publish_hub.deliver(&committed.recipients, &session::entry_outbound(&committed.entry));
+        if let Some(invitee) = committed.notify.filter(|_| committed.entry.kind == crate::store::EntryKind::Invite) {
+            publish_hub.deliver(&[invitee], &session::invited_outbound(committed.entry.room, &committed.entry.sender));
+        }
+    }));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        store: store.clone(),
+        writer: writer.clone(),
+        hub,
+        passwords: auth::Passwords::new(config.hashing_slots),
+        login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
+        config: Arc::new(config),
+        shutdown: shutdown_rx,
+        sessions: TaskTracker::new(),
+    };
+
+    let routes = websocket(state.clone()).or(routes::api(state.clone())).recover(error::recover);
+    let signal = async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    };
+    warp::serve(routes).incoming(listener).graceful(signal).run().await;
+
+    state.sessions.close();
+    state.sessions.wait().await;
+    writer.stop().await;
+    let _ = writer_task.await;
+    store.close().await;
+}
+
+/// GET /ws — the WebSocket endpoint (upgrade; authenticate with the first frame).
+fn websocket(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    warp::path!("ws").and(warp::ws()).map(move |ws: warp::ws::Ws| {
+        let state = state.clone();
+        let max = state.config.max_frame_bytes();
+        ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
+            let tracker = state.sessions.clone();
+            tracker.track_future(session::run(socket, state))
+        })
+    })
+}

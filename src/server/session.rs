@@ -1,0 +1,437 @@
+//! One WebSocket connection, from `auth` to close.
+//!
+//! A single task owns the connection's state and `select!`s over: frames
+//! from the client, frames the hub queued for it, acknowledgements coming
+//! back from the writer, the heartbeat, shutdown, and pending sync work.
+//! Owning everything in one task means the per-room cursors need no lock.
+//!
+//! Gap-free sync: while a room is being synced, live entries for it are
+//! dropped (they are committed before they are announced, so a later page
+//! will contain them); once the last page is sent the room goes live with
+//! its cursor, and any live entry at or below the cursor is a duplicate.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use warp::ws::{Message, WebSocket};
+
+use super::AppState;
+use super::auth::token_hash;
+use super::hub::Outbound;
+use crate::protocol::{ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close};
+use crate::store::writer::Applied;
+use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
+
+const MAX_CLIENT_ID_CHARS: usize = 64;
+const MAX_HISTORY_LIMIT: u32 = 500;
+const DEFAULT_HISTORY_LIMIT: u32 = 50;
+/// Longest wait for the client to take a frame before it counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where one room stands for this connection.
+#[derive(Debug, Clone, Copy)]
+enum RoomCursor {
+    /// Pages are being sent from the store; live entries are dropped.
+    Syncing { after: i64 },
+    /// Caught up to `seq`; live entries above it are forwarded.
+    Live { seq: i64 },
+}
+
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (Option<String>, Result<Applied, StoreError>)> + Send>>;
+
+struct Session {
+    state: AppState,
+    user: UserRecord,
+    sink: SplitSink<WebSocket, Message>,
+    cursors: HashMap<RoomId, RoomCursor>,
+    sync_queue: VecDeque<RoomId>,
+    acks: FuturesOrdered<AckFuture>,
+}
+
+/// Why the loop ended; decides the close frame.
+enum End {
+    Closed,
+    Close(u16, &'static str),
+}
+
+pub async fn run(socket: WebSocket, state: AppState) {
+    let (mut sink, mut stream) = socket.split();
+    let (user, token) = match authenticate(&state, &mut sink, &mut stream).await {
+        Some(found) => found,
+        None => {
+            let _ = sink.send(Message::close_with(close::UNAUTHORIZED, "unauthorized")).await;
+            return;
+        }
+    };
+    let registration = state.hub.register(user.id, token);
+    let conn_id = registration.id;
+    tracing::debug!(user = %user.username, conn = conn_id, "connected");
+    let mut session = Session {
+        state: state.clone(),
+        user,
+        sink,
+        cursors: HashMap::new(),
+        sync_queue: VecDeque::new(),
+        acks: FuturesOrdered::new(),
+    };
+    let ready = ServerFrame::Ready {
+        user: session.user.username.clone(),
+        heartbeat_ms: state.config.heartbeat_interval.as_millis() as u64,
+        max_body_bytes: state.config.max_body_bytes,
+        server_time: now_ms(),
+    };
+    let end = if session.send(None, ready).await {
+        if registration.is_first {
+            announce_presence(&state, &session.user, true).await;
+        }
+        session.serve(stream, registration.rx, &registration.cut_reason).await
+    } else {
+        End::Closed
+    };
+    if let End::Close(code, reason) = end {
+        let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.send(Message::close_with(code, reason))).await;
+    }
+    let _ = session.sink.close().await;
+    if state.hub.unregister(session.user.id, conn_id) {
+        announce_presence(&state, &session.user, false).await;
+    }
+    tracing::debug!(user = %session.user.username, conn = conn_id, "disconnected");
+}
+
+/// Waits for the `auth` frame. Returns the user and their token's hash.
+async fn authenticate(
+    state: &AppState,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+) -> Option<(UserRecord, [u8; 32])> {
+    let first = tokio::time::timeout(state.config.auth_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(msg)) if msg.is_text() => return Some(msg),
+                Some(Ok(msg)) if msg.is_ping() || msg.is_pong() => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()?;
+    let text = first.to_str().ok()?;
+    let incoming: Result<Incoming, _> = serde_json::from_str(text);
+    let (id, token) = match incoming {
+        Ok(Incoming { v: PROTOCOL_VERSION, id, frame: ClientFrame::Auth { token } }) => (id, token),
+        _ => {
+            let frame = error_frame("unauthorized", "the first frame must be {\"v\":1,\"type\":\"auth\",\"token\":…}");
+            let _ = sink.send(Message::text(Outgoing::new(None, frame).to_json())).await;
+            return None;
+        }
+    };
+    let hash = token_hash(&token);
+    let user = match hash {
+        Some(hash) => state.store.session_user(&hash).await.ok(),
+        None => None,
+    };
+    match (user, hash) {
+        (Some(user), Some(hash)) => Some((user, hash)),
+        _ => {
+            let frame = error_frame("unauthorized", "invalid or expired session token");
+            let _ = sink.send(Message::text(Outgoing::new(id, frame).to_json())).await;
+            None
+        }
+    }
+}
+
+fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error { code: code.to_owned(), message: message.into(), retry_after_ms: None }
+}
+
+fn store_error_frame(err: &StoreError) -> ServerFrame {
+    match err {
+        StoreError::NotFound => error_frame("not_found", "no such room, or you are not a member"),
+        StoreError::Forbidden(why) => error_frame("forbidden", *why),
+        StoreError::Conflict(why) => error_frame("conflict", *why),
+        StoreError::UsernameTaken => error_frame("conflict", "username taken"),
+        StoreError::Closed => error_frame("unavailable", "the server is shutting down; retry after reconnecting"),
+        StoreError::Db(_) | StoreError::Migrate(_) => {
+            tracing::error!(error = %err, "database error in a session");
+            error_frame("unavailable", "the message was not stored; retry")
+        }
+    }
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut hub_rx: tokio::sync::mpsc::Receiver<Outbound>,
+        cut_reason: &std::sync::atomic::AtomicU16,
+    ) -> End {
+        let mut shutdown = self.state.shutdown.clone();
+        let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
+        heartbeat.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
+                    self.finish_acks().await;
+                    return End::Close(close::GOING_AWAY, "server shutting down");
+                }
+                out = hub_rx.recv() => match out {
+                    Some(out) => if !self.forward(out).await { return End::Closed },
+                    None => {
+                        let code = cut_reason.load(Ordering::Relaxed);
+                        let reason = if code == close::UNAUTHORIZED { "session revoked" } else { "too slow; reconnect and sync" };
+                        return End::Close(if code == 0 { close::TOO_SLOW } else { code }, reason);
+                    }
+                },
+                Some((id, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                    if !self.send_ack(id, result).await { return End::Closed }
+                }
+                msg = stream.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(msg)) if msg.is_text() => {
+                            let text = msg.to_str().unwrap_or_default();
+                            if !self.handle_text(text).await { return End::Closed }
+                        }
+                        Some(Ok(msg)) if msg.is_binary() => {
+                            let frame = error_frame("bad_frame", "binary frames are not supported; send JSON text frames");
+                            if !self.send(None, frame).await { return End::Closed }
+                        }
+                        Some(Ok(msg)) if msg.is_close() => return End::Closed,
+                        Some(Ok(_)) => {} // ping or pong: liveness only
+                        Some(Err(err)) => {
+                            tracing::debug!(user = %self.user.username, error = %err, "websocket read failed");
+                            return End::Close(close::TOO_BIG, "frame rejected");
+                        }
+                        None => return End::Closed,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > self.state.config.heartbeat_timeout {
+                        return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    }
+                    if !self.send_raw(Message::ping(Vec::new())).await { return End::Closed }
+                }
+                _ = std::future::ready(()), if !self.sync_queue.is_empty() => {
+                    if !self.sync_step().await { return End::Closed }
+                }
+            }
+        }
+    }
+
+    /// Sends the acknowledgements still owed before closing for shutdown.
+    async fn finish_acks(&mut self) {
+        let deadline = tokio::time::sleep(SEND_TIMEOUT);
+        tokio::pin!(deadline);
+        while !self.acks.is_empty() {
+            tokio::select! {
+                Some((id, result)) = self.acks.next() => { if !self.send_ack(id, result).await { return } }
+                _ = &mut deadline => return,
+            }
+        }
+    }
+
+    async fn send_raw(&mut self, msg: Message) -> bool {
+        matches!(tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await, Ok(Ok(())))
+    }
+
+    async fn send(&mut self, id: Option<String>, frame: ServerFrame) -> bool {
+        self.send_raw(Message::text(Outgoing::new(id, frame).to_json())).await
+    }
+
+    /// Forwards a frame from the hub unless this connection already has it.
+    async fn forward(&mut self, out: Outbound) -> bool {
+        if let Some((room, seq)) = out.position {
+            match self.cursors.get(&room).copied() {
+                Some(RoomCursor::Syncing { .. }) => return true,
+                Some(RoomCursor::Live { seq: have }) if seq <= have => return true,
+                Some(RoomCursor::Live { seq: have }) if seq > have + 1 => {
+                    // Something between was missed: fetch it from the store.
+                    self.start_sync(Cursor { room, after: have });
+                    return true;
+                }
+                Some(RoomCursor::Live { .. }) => {
+                    self.cursors.insert(room, RoomCursor::Live { seq });
+                }
+                None => {}
+            }
+        }
+        self.send_raw(Message::text(out.json.to_string())).await
+    }
+
+    async fn handle_text(&mut self, text: &str) -> bool {
+        let incoming: Incoming = match serde_json::from_str(text) {
+            Ok(incoming) => incoming,
+            Err(err) => {
+                let id = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned));
+                return self.send(id, error_frame("bad_frame", format!("invalid frame: {err}"))).await;
+            }
+        };
+        let id = incoming.id;
+        if incoming.v != PROTOCOL_VERSION {
+            let message = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", incoming.v);
+            return self.send(id, error_frame("unsupported_version", message)).await;
+        }
+        match incoming.frame {
+            ClientFrame::Auth { .. } => self.send(id, error_frame("bad_frame", "already authenticated")).await,
+            ClientFrame::Send { room, client_id, body } => self.handle_send(id, room, client_id, body).await,
+            ClientFrame::Sync { rooms } => {
+                for cursor in rooms {
+                    self.start_sync(cursor);
+                }
+                true
+            }
+            ClientFrame::History { room, before, limit } => self.handle_history(id, room, before, limit).await,
+            ClientFrame::Who { room } => self.handle_who(id, room).await,
+            ClientFrame::Ping => self.send(id, ServerFrame::Pong).await,
+        }
+    }
+
+    async fn handle_send(&mut self, id: Option<String>, room: RoomId, client_id: String, body: String) -> bool {
+        if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_CHARS {
+            let message = format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters");
+            return self.send(id, error_frame("bad_frame", message)).await;
+        }
+        let max = self.state.config.max_body_bytes;
+        if body.len() > max.div_ceil(3) * 4 {
+            return self.send(id, error_frame("too_large", format!("message body exceeds {max} bytes"))).await;
+        }
+        let Ok(body) = b64::decode(&body) else {
+            return self.send(id, error_frame("bad_body", "body is not valid base64")).await;
+        };
+        if body.is_empty() || body.len() > max {
+            let message = format!("message body must be 1 to {max} bytes");
+            return self.send(id, error_frame("too_large", message)).await;
+        }
+        let user = self.user.as_ref();
+        match self.state.writer.enqueue_message(room, user, client_id, body).await {
+            Ok(reply) => {
+                self.acks.push_back(Box::pin(async move {
+                    let result = reply.await.unwrap_or(Err(StoreError::Closed));
+                    (id, result)
+                }));
+                true
+            }
+            Err(err) => self.send(id, store_error_frame(&err)).await,
+        }
+    }
+
+    async fn send_ack(&mut self, id: Option<String>, result: Result<Applied, StoreError>) -> bool {
+        let frame = match result {
+            Ok(Applied { room, entry: Some(entry), duplicate }) => ServerFrame::Ack {
+                room,
+                client_id: entry.client_id.unwrap_or_default(),
+                seq: entry.seq,
+                ts: entry.ts,
+                duplicate,
+            },
+            Ok(_) => error_frame("unavailable", "the message was not stored; retry"),
+            Err(err) => store_error_frame(&err),
+        };
+        self.send(id, frame).await
+    }
+
+    fn start_sync(&mut self, cursor: Cursor) {
+        self.cursors.insert(cursor.room, RoomCursor::Syncing { after: cursor.after.max(0) });
+        if !self.sync_queue.contains(&cursor.room) {
+            self.sync_queue.push_back(cursor.room);
+        }
+    }
+
+    /// Sends one page of one syncing room, taking rooms in turn.
+    async fn sync_step(&mut self) -> bool {
+        let Some(room) = self.sync_queue.pop_front() else { return true };
+        let Some(RoomCursor::Syncing { after }) = self.cursors.get(&room).copied() else { return true };
+        let page = self.state.store.entries_after(room, self.user.id, after, self.state.config.page_size).await;
+        let Page { entries, has_more } = match page {
+            Ok(page) => page,
+            Err(err) => {
+                self.cursors.remove(&room);
+                let frame = match err {
+                    StoreError::NotFound => error_frame("not_found", format!("cannot sync room {}: no such room, or you are not a member", room.0)),
+                    other => store_error_frame(&other),
+                };
+                return self.send(None, frame).await;
+            }
+        };
+        let last = entries.last().map_or(after, |e| e.seq);
+        if !entries.is_empty() {
+            let entries = entries.iter().map(WireEntry::from).collect();
+            if !self.send(None, ServerFrame::Page { room, entries, has_more }).await {
+                return false;
+            }
+        }
+        if has_more {
+            self.cursors.insert(room, RoomCursor::Syncing { after: last });
+            self.sync_queue.push_back(room);
+            true
+        } else {
+            self.cursors.insert(room, RoomCursor::Live { seq: last });
+            self.send(None, ServerFrame::Synced { room, seq: last }).await
+        }
+    }
+
+    async fn handle_history(&mut self, id: Option<String>, room: RoomId, before: Option<i64>, limit: Option<u32>) -> bool {
+        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_LIMIT);
+        let before = before.unwrap_or(i64::MAX);
+        match self.state.store.entries_before(room, self.user.id, before, limit).await {
+            Ok(Page { entries, has_more }) => {
+                let entries = entries.iter().map(WireEntry::from).collect();
+                self.send(id, ServerFrame::History { room, entries, has_more }).await
+            }
+            Err(err) => self.send(id, store_error_frame(&err)).await,
+        }
+    }
+
+    async fn handle_who(&mut self, id: Option<String>, room: Option<RoomId>) -> bool {
+        let people = match room {
+            Some(room) => match self.state.store.require_member(room, self.user.id).await {
+                Ok(()) => self.state.store.members_with_names(room).await,
+                Err(err) => Err(err),
+            },
+            None => self.state.store.co_members(self.user.id).await.map(|mut people| {
+                people.push((self.user.id, self.user.username.clone()));
+                people
+            }),
+        };
+        match people {
+            Ok(people) => {
+                let mut users: Vec<String> =
+                    people.into_iter().filter(|(uid, _)| self.state.hub.is_online(*uid)).map(|(_, name)| name).collect();
+                users.sort();
+                self.send(id, ServerFrame::Online { room, users }).await
+            }
+            Err(err) => self.send(id, store_error_frame(&err)).await,
+        }
+    }
+
+}
+
+/// Tells everyone who shares a room with `user` that they came or went.
+async fn announce_presence(state: &AppState, user: &UserRecord, online: bool) {
+    let Ok(people) = state.store.co_members(user.id).await else { return };
+    let ids: Vec<_> = people.into_iter().map(|(id, _)| id).collect();
+    let frame = ServerFrame::Presence { user: user.username.clone(), online };
+    let out = Outbound { position: None, json: Arc::from(Outgoing::new(None, frame).to_json()) };
+    state.hub.deliver(&ids, &out);
+}
+
+/// Frame the hub delivers for a committed entry, serialised once.
+pub fn entry_outbound(entry: &crate::store::Entry) -> Outbound {
+    let frame = ServerFrame::Entry { entry: WireEntry::from(entry) };
+    Outbound { position: Some((entry.room, entry.seq)), json: Arc::from(Outgoing::new(None, frame).to_json()) }
+}
+
+/// Frame telling a user they were invited to a room.
+pub fn invited_outbound(room: RoomId, by: &str) -> Outbound {
+    let frame = ServerFrame::Invited { room, by: by.to_owned() };
+    Outbound { position: None, json: Arc::from(Outgoing::new(None, frame).to_json()) }
+}

@@ -1,0 +1,161 @@
+//! Reading the per-room log: sync pages forward from a cursor and history
+//! pages backward. A reader only ever sees entries inside its own membership
+//! periods, and only while it is a member.
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Result, RoomId, Store, StoreError, UserId};
+
+/// What an entry records. Everything but `Message` is written by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Message,
+    Create,
+    Invite,
+    Join,
+    Leave,
+    Remove,
+    Key,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Create => "create",
+            Self::Invite => "invite",
+            Self::Join => "join",
+            Self::Leave => "leave",
+            Self::Remove => "remove",
+            Self::Key => "key",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "message" => Self::Message,
+            "create" => Self::Create,
+            "invite" => Self::Invite,
+            "join" => Self::Join,
+            "leave" => Self::Leave,
+            "remove" => Self::Remove,
+            "key" => Self::Key,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a room's log, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub room: RoomId,
+    pub seq: i64,
+    pub ts: i64,
+    pub kind: EntryKind,
+    pub sender: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub body: Option<Vec<u8>>,
+    pub detail: Option<String>,
+}
+
+/// A bounded slice of a room's log, in ascending order.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub has_more: bool,
+}
+
+#[derive(FromRow)]
+struct EntryRow {
+    room_id: RoomId,
+    seq: i64,
+    ts: i64,
+    kind: String,
+    sender: String,
+    subject: Option<String>,
+    client_id: Option<String>,
+    body: Option<Vec<u8>>,
+    detail: Option<String>,
+}
+
+impl EntryRow {
+    fn into_entry(self) -> Result<Entry> {
+        let kind = EntryKind::parse(&self.kind)
+            .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol(format!("unknown entry kind {:?}", self.kind))))?;
+        Ok(Entry {
+            room: self.room_id,
+            seq: self.seq,
+            ts: self.ts,
+            kind,
+            sender: self.sender,
+            subject: self.subject,
+            client_id: self.client_id,
+            body: self.body,
+            detail: self.detail,
+        })
+    }
+}
+
+impl Store {
+    /// Entries after `after`, oldest first, at most `limit`, restricted to
+    /// the reader's membership periods. `NotFound` unless `user` is a member.
+    pub async fn entries_after(&self, room: RoomId, user: UserId, after: i64, limit: u32) -> Result<Page> {
+        self.require_member(room, user).await?;
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
+                    e.client_id, e.body, e.detail
+             FROM entries e
+             JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
+                  AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
+             JOIN users s ON s.id = e.sender_id
+             LEFT JOIN users sub ON sub.id = e.subject_id
+             WHERE e.room_id = ?1 AND e.seq > ?3
+             ORDER BY e.seq LIMIT ?4",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        page_from(rows, limit)
+    }
+
+    /// Entries before `before`, returned oldest first, at most `limit`: the
+    /// newest `limit` of them.
+    pub async fn entries_before(&self, room: RoomId, user: UserId, before: i64, limit: u32) -> Result<Page> {
+        self.require_member(room, user).await?;
+        let mut rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
+                    e.client_id, e.body, e.detail
+             FROM entries e
+             JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
+                  AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
+             JOIN users s ON s.id = e.sender_id
+             LEFT JOIN users sub ON sub.id = e.subject_id
+             WHERE e.room_id = ?1 AND e.seq < ?3
+             ORDER BY e.seq DESC LIMIT ?4",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(before)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        let entries = rows.into_iter().map(EntryRow::into_entry).collect::<Result<_>>()?;
+        Ok(Page { entries, has_more })
+    }
+}
+
+fn page_from(mut rows: Vec<EntryRow>, limit: u32) -> Result<Page> {
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let entries = rows.into_iter().map(EntryRow::into_entry).collect::<Result<_>>()?;
+    Ok(Page { entries, has_more })
+}

@@ -1,0 +1,163 @@
+//! Reading rooms, memberships and invitations. Changes go through `writer`.
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Result, RoomId, Store, StoreError, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    Group,
+    Dm,
+}
+
+/// A room as one of its members sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: Option<String>,
+    pub creator: String,
+    pub members: Vec<String>,
+    pub last_seq: i64,
+    /// First entry of the caller's current membership.
+    pub joined_seq: i64,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct Invitation {
+    pub room: RoomId,
+    pub name: Option<String>,
+    pub invited_by: String,
+    pub created_at: i64,
+}
+
+#[derive(FromRow)]
+struct RoomRow {
+    id: RoomId,
+    kind: String,
+    name: Option<String>,
+    creator: String,
+    last_seq: i64,
+    start_seq: i64,
+}
+
+const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq
+     FROM rooms r
+     JOIN memberships m ON m.room_id = r.id AND m.end_seq IS NULL
+     JOIN users c ON c.id = r.creator_id";
+
+impl Store {
+    /// The rooms and DMs `user` is currently a member of.
+    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomInfo>> {
+        let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{ROOM_SELECT} WHERE m.user_id = ? ORDER BY r.id"
+        )))
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rooms = Vec::with_capacity(rows.len());
+        for row in rows {
+            rooms.push(self.room_info_from(row).await?);
+        }
+        Ok(rooms)
+    }
+
+    /// One room, if `user` is a member of it; `NotFound` otherwise.
+    pub async fn room_for_member(&self, room: RoomId, user: UserId) -> Result<RoomInfo> {
+        let row: RoomRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{ROOM_SELECT} WHERE m.user_id = ? AND r.id = ?"
+        )))
+        .bind(user)
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        self.room_info_from(row).await
+    }
+
+    async fn room_info_from(&self, row: RoomRow) -> Result<RoomInfo> {
+        let members = self.member_names(row.id).await?;
+        Ok(RoomInfo {
+            id: row.id,
+            kind: if row.kind == "dm" { RoomKind::Dm } else { RoomKind::Group },
+            name: row.name,
+            creator: row.creator,
+            members,
+            last_seq: row.last_seq,
+            joined_seq: row.start_seq,
+        })
+    }
+
+    async fn member_names(&self, room: RoomId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.username FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.room_id = ? AND m.end_seq IS NULL ORDER BY u.username",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Current members of a room, as ids.
+    pub async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+            .bind(room)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// `Ok` if `user` is currently a member of `room`, `NotFound` otherwise
+    /// (whether or not the room exists).
+    pub async fn require_member(&self, room: RoomId, user: UserId) -> Result<()> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT start_seq FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        found.map(|_| ()).ok_or(StoreError::NotFound)
+    }
+
+    /// Everyone who currently shares at least one room with `user`, and
+    /// their usernames (the user themself excluded).
+    pub async fn co_members(&self, user: UserId) -> Result<Vec<(UserId, String)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT DISTINCT o.user_id, u.username
+             FROM memberships mine
+             JOIN memberships o ON o.room_id = mine.room_id AND o.end_seq IS NULL AND o.user_id != mine.user_id
+             JOIN users u ON u.id = o.user_id
+             WHERE mine.user_id = ? AND mine.end_seq IS NULL",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, name)| (UserId(id), name)).collect())
+    }
+
+    /// Usernames of the given room's current members, with their ids.
+    pub async fn members_with_names(&self, room: RoomId) -> Result<Vec<(UserId, String)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT u.id, u.username FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.room_id = ? AND m.end_seq IS NULL ORDER BY u.username",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, name)| (UserId(id), name)).collect())
+    }
+
+    /// Pending invitations addressed to `user`.
+    pub async fn invitations_for(&self, user: UserId) -> Result<Vec<Invitation>> {
+        Ok(sqlx::query_as(
+            "SELECT i.room_id AS room, r.name, u.username AS invited_by, i.created_at
+             FROM invitations i JOIN rooms r ON r.id = i.room_id JOIN users u ON u.id = i.invited_by
+             WHERE i.user_id = ? ORDER BY i.created_at",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

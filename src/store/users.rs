@@ -1,0 +1,158 @@
+//! Users, identity keys, login sessions and registration challenges.
+
+use sqlx::FromRow;
+
+use super::{Result, Store, StoreError, UserId, UserRef, now_ms, unique_violation};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+}
+
+impl UserRecord {
+    pub fn as_ref(&self) -> UserRef {
+        UserRef { id: self.id, name: self.username.clone() }
+    }
+}
+
+/// One identity key in a user's history.
+#[derive(Debug, Clone, FromRow)]
+pub struct KeyRecord {
+    pub public_key: Vec<u8>,
+    pub fingerprint: String,
+    pub created_at: i64,
+    pub replaced_at: Option<i64>,
+    pub rotation_signature: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// Creates a user with their first identity key.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        public_key: &[u8],
+        fingerprint: &str,
+    ) -> Result<UserId> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, StoreError::UsernameTaken))?;
+        sqlx::query(
+            "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(public_key)
+        .bind(fingerprint)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(UserId(id))
+    }
+
+    pub async fn find_user(&self, username: &str) -> Result<UserRecord> {
+        sqlx::query_as("SELECT id, username FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// The user and their argon2id PHC string, for login.
+    pub async fn find_credentials(&self, username: &str) -> Result<Option<(UserRecord, String)>> {
+        let row: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT id, username, password_hash FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(id, username, hash)| (UserRecord { id: UserId(id), username }, hash)))
+    }
+
+    pub async fn current_key(&self, user: UserId) -> Result<KeyRecord> {
+        sqlx::query_as(
+            "SELECT public_key, fingerprint, created_at, replaced_at, rotation_signature
+             FROM user_keys WHERE user_id = ? AND replaced_at IS NULL",
+        )
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Every key the user has had, oldest first.
+    pub async fn key_history(&self, user: UserId) -> Result<Vec<KeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT public_key, fingerprint, created_at, replaced_at, rotation_signature
+             FROM user_keys WHERE user_id = ? ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn create_session(&self, user: UserId, token_hash: &[u8], expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(token_hash)
+            .bind(user)
+            .bind(now_ms())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The user a live (unexpired) session token hash belongs to.
+    pub async fn session_user(&self, token_hash: &[u8]) -> Result<UserRecord> {
+        sqlx::query_as(
+            "SELECT users.id, users.username FROM sessions JOIN users ON users.id = sessions.user_id
+             WHERE sessions.token_hash = ? AND sessions.expires_at > ?",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_challenge(&self, challenge: &[u8], expires_at: i64) -> Result<()> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO challenges (challenge, expires_at) VALUES (?, ?)")
+            .bind(challenge)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Consumes a challenge: true if it existed and had not expired. A
+    /// challenge can be used once, whatever the outcome.
+    pub async fn take_challenge(&self, challenge: &[u8]) -> Result<bool> {
+        let expires_at: Option<i64> =
+            sqlx::query_scalar("DELETE FROM challenges WHERE challenge = ? RETURNING expires_at")
+                .bind(challenge)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(expires_at.is_some_and(|t| t > now_ms()))
+    }
+}

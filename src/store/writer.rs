@@ -1,0 +1,494 @@
+//! The single writer of room logs.
+//!
+//! Every change that appends to a room's log (messages, membership changes,
+//! key rotations) is sent here as an `Op`. One task applies them in arrival
+//! order, many per transaction, and only after the transaction commits does
+//! it answer each caller and hand each new entry to `on_commit`, in commit
+//! order. That is what lets sessions deliver live entries without gaps: an
+//! entry is never announced before it can be read back, and never announced
+//! out of order.
+
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Entry, EntryKind, Result, RoomId, Store, StoreError, UserId, UserRef, now_ms, unique_violation};
+
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 512;
+/// Operations that may wait for the writer before callers are slowed down.
+const QUEUE_DEPTH: usize = 4096;
+
+/// A committed entry and who may see it live.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub entry: Entry,
+    /// Members at the entry's position (a leaver or removed user included).
+    pub recipients: Vec<UserId>,
+    /// A user told about the entry without being a member (an invitee).
+    pub notify: Option<UserId>,
+}
+
+/// What an operation did, for its caller.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub room: RoomId,
+    /// The entry this operation appended (or, for a duplicate send, the one
+    /// it appended the first time). `None` when nothing was appended.
+    pub entry: Option<Entry>,
+    /// A resend of a message already stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+pub type OnCommit = Box<dyn Fn(&Committed) + Send + Sync>;
+
+enum Op {
+    Send { room: RoomId, sender: UserRef, client_id: String, body: Vec<u8> },
+    CreateGroup { creator: UserRef, name: String },
+    OpenDm { me: UserRef, peer: UserRef },
+    Invite { room: RoomId, by: UserRef, user: UserRef },
+    Join { room: RoomId, user: UserRef },
+    Leave { room: RoomId, user: UserRef },
+    Remove { room: RoomId, by: UserRef, user: UserRef },
+    RotateKey { user: UserRef, old_fingerprint: String, new_key: NewKey },
+}
+
+/// A replacement identity key, already verified by the caller.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub public_key: Vec<u8>,
+    pub fingerprint: String,
+    pub rotation_signature: Vec<u8>,
+}
+
+enum Command {
+    Apply(Op, oneshot::Sender<Result<Applied>>),
+    Stop,
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Store {
+    /// Starts the writer task. `on_commit` runs on the writer task for each
+    /// new entry, in commit order: it must not block.
+    pub fn spawn_writer(&self, on_commit: OnCommit) -> (Writer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(run(self.clone(), rx, on_commit));
+        (Writer { tx }, task)
+    }
+}
+
+impl Writer {
+    async fn apply(&self, op: Op) -> Result<Applied> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx.send(Command::Apply(op, reply_tx)).await.map_err(|_| StoreError::Closed)?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finishes everything queued so far, then stops the task.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+
+    /// Queues a message and returns at once with the receiver of its
+    /// outcome, so one connection can have many messages in flight while
+    /// their order is fixed by the order of these calls. Waits only while
+    /// the writer's queue is full: that is how senders are slowed.
+    pub async fn enqueue_message(
+        &self,
+        room: RoomId,
+        sender: UserRef,
+        client_id: String,
+        body: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Applied>>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let op = Op::Send { room, sender, client_id, body };
+        self.tx.send(Command::Apply(op, reply_tx)).await.map_err(|_| StoreError::Closed)?;
+        Ok(reply_rx)
+    }
+
+    /// Appends a message. A resend with the same `client_id` by the same
+    /// sender in the same room returns the original entry, marked duplicate.
+    pub async fn send_message(&self, room: RoomId, sender: UserRef, client_id: String, body: Vec<u8>) -> Result<Applied> {
+        self.apply(Op::Send { room, sender, client_id, body }).await
+    }
+
+    pub async fn create_group(&self, creator: UserRef, name: String) -> Result<Applied> {
+        self.apply(Op::CreateGroup { creator, name }).await
+    }
+
+    /// Finds or creates the DM between two users.
+    pub async fn open_dm(&self, me: UserRef, peer: UserRef) -> Result<Applied> {
+        self.apply(Op::OpenDm { me, peer }).await
+    }
+
+    pub async fn invite(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Invite { room, by, user }).await
+    }
+
+    pub async fn join(&self, room: RoomId, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Join { room, user }).await
+    }
+
+    pub async fn leave(&self, room: RoomId, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Leave { room, user }).await
+    }
+
+    pub async fn remove(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Remove { room, by, user }).await
+    }
+
+    /// Replaces `user`'s current key (which must still have
+    /// `old_fingerprint`) and records a `key` entry in each of their rooms.
+    pub async fn rotate_key(&self, user: UserRef, old_fingerprint: String, new_key: NewKey) -> Result<Applied> {
+        self.apply(Op::RotateKey { user, old_fingerprint, new_key }).await
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv().await {
+            Some(Command::Apply(op, reply)) => batch.push((op, reply)),
+            Some(Command::Stop) | None => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Command::Apply(op, reply)) => batch.push((op, reply)),
+                Ok(Command::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&store, &mut batch, &on_commit).await;
+    }
+}
+
+/// Applies a batch in one transaction, each op inside its own savepoint so
+/// that one op's failure leaves the others intact.
+async fn commit_batch(store: &Store, batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>, on_commit: &OnCommit) {
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome: Result<()> = async {
+        let mut tx = store.pool.begin().await?;
+        for (op, _) in batch.iter() {
+            sqlx::query("SAVEPOINT op").execute(&mut *tx).await?;
+            match apply(&mut tx, op).await {
+                Ok(done) => {
+                    sqlx::query("RELEASE op").execute(&mut *tx).await?;
+                    results.push(Ok(done));
+                }
+                Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                Err(refused) => {
+                    sqlx::query("ROLLBACK TO op").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE op").execute(&mut *tx).await?;
+                    results.push(Err(refused));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+
+    if let Err(err) = outcome {
+        tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
+        for (_, reply) in batch.drain(..) {
+            let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol("the write was not stored".into()))));
+        }
+        return;
+    }
+    for ((_, reply), result) in batch.drain(..).zip(results) {
+        let reply_value = result.map(|(applied, committed)| {
+            for c in &committed {
+                on_commit(c);
+            }
+            applied
+        });
+        let _ = reply.send(reply_value);
+    }
+}
+
+type Done = (Applied, Vec<Committed>);
+
+async fn apply(tx: &mut Transaction<'static, Sqlite>, op: &Op) -> Result<Done> {
+    let conn: &mut SqliteConnection = tx;
+    match op {
+        Op::Send { room, sender, client_id, body } => send(conn, *room, sender, client_id, body).await,
+        Op::CreateGroup { creator, name } => create_group(conn, creator, name).await,
+        Op::OpenDm { me, peer } => open_dm(conn, me, peer).await,
+        Op::Invite { room, by, user } => invite(conn, *room, by, user).await,
+        Op::Join { room, user } => join(conn, *room, user).await,
+        Op::Leave { room, user } => leave(conn, *room, user).await,
+        Op::Remove { room, by, user } => remove(conn, *room, by, user).await,
+        Op::RotateKey { user, old_fingerprint, new_key } => rotate_key(conn, user, old_fingerprint, new_key).await,
+    }
+}
+
+async fn send(conn: &mut SqliteConnection, room: RoomId, sender: &UserRef, client_id: &str, body: &[u8]) -> Result<Done> {
+    require_member(conn, room, sender.id).await?;
+    let existing: Option<(i64, i64)> =
+        sqlx::query_as("SELECT seq, ts FROM entries WHERE room_id = ? AND sender_id = ? AND client_id = ?")
+            .bind(room)
+            .bind(sender.id)
+            .bind(client_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((seq, ts)) = existing {
+        let mut entry = new_entry(room, seq, ts, EntryKind::Message, sender, None);
+        entry.client_id = Some(client_id.to_owned());
+        return Ok((Applied { room, entry: Some(entry), duplicate: true }, vec![]));
+    }
+    let mut entry = new_entry(room, 0, now_ms(), EntryKind::Message, sender, None);
+    entry.client_id = Some(client_id.to_owned());
+    entry.body = Some(body.to_vec());
+    let entry = append(conn, entry, sender.id, None).await?;
+    let recipients = member_ids(conn, room).await?;
+    Ok(appended(entry, recipients, None))
+}
+
+async fn create_group(conn: &mut SqliteConnection, creator: &UserRef, name: &str) -> Result<Done> {
+    let now = now_ms();
+    let room: RoomId = sqlx::query_scalar("INSERT INTO rooms (kind, name, creator_id, created_at) VALUES ('group', ?, ?, ?) RETURNING id")
+        .bind(name)
+        .bind(creator.id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    let entry = append(conn, new_entry(room, 0, now, EntryKind::Create, creator, None), creator.id, None).await?;
+    start_membership(conn, room, creator.id, entry.seq).await?;
+    Ok(appended(entry, vec![creator.id], None))
+}
+
+async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> Result<Done> {
+    if me.id == peer.id {
+        return Err(StoreError::Conflict("a direct conversation needs two different users"));
+    }
+    let pair = format!("{}:{}", me.id.0.min(peer.id.0), me.id.0.max(peer.id.0));
+    let existing: Option<RoomId> = sqlx::query_scalar("SELECT id FROM rooms WHERE dm_pair = ?")
+        .bind(&pair)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(room) = existing {
+        return Ok((Applied { room, entry: None, duplicate: true }, vec![]));
+    }
+    let now = now_ms();
+    let room: RoomId =
+        sqlx::query_scalar("INSERT INTO rooms (kind, creator_id, dm_pair, created_at) VALUES ('dm', ?, ?, ?) RETURNING id")
+            .bind(me.id)
+            .bind(&pair)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+    let entry = append(conn, new_entry(room, 0, now, EntryKind::Create, me, Some(peer)), me.id, Some(peer.id)).await?;
+    start_membership(conn, room, me.id, entry.seq).await?;
+    start_membership(conn, room, peer.id, entry.seq).await?;
+    Ok(appended(entry, vec![me.id, peer.id], None))
+}
+
+async fn invite(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+    require_member(conn, room, by.id).await?;
+    require_group(conn, room).await?;
+    if is_member(conn, room, user.id).await? {
+        return Err(StoreError::Conflict("already a member"));
+    }
+    sqlx::query("INSERT OR REPLACE INTO invitations (room_id, user_id, invited_by, created_at) VALUES (?, ?, ?, ?)")
+        .bind(room)
+        .bind(user.id)
+        .bind(by.id)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Invite, by, Some(user)), by.id, Some(user.id)).await?;
+    let recipients = member_ids(conn, room).await?;
+    Ok(appended(entry, recipients, Some(user.id)))
+}
+
+async fn join(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Result<Done> {
+    if is_member(conn, room, user.id).await? {
+        return Err(StoreError::Conflict("already a member"));
+    }
+    let invited = sqlx::query("DELETE FROM invitations WHERE room_id = ? AND user_id = ?")
+        .bind(room)
+        .bind(user.id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if invited == 0 {
+        // Not invited, or no such room: indistinguishable on purpose.
+        return Err(StoreError::NotFound);
+    }
+    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Join, user, None), user.id, None).await?;
+    start_membership(conn, room, user.id, entry.seq).await?;
+    let recipients = member_ids(conn, room).await?;
+    Ok(appended(entry, recipients, None))
+}
+
+async fn leave(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Result<Done> {
+    require_member(conn, room, user.id).await?;
+    require_group(conn, room).await?;
+    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Leave, user, None), user.id, None).await?;
+    let recipients = member_ids(conn, room).await?;
+    end_membership(conn, room, user.id, entry.seq).await?;
+    Ok(appended(entry, recipients, None))
+}
+
+async fn remove(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+    require_member(conn, room, by.id).await?;
+    require_group(conn, room).await?;
+    let creator: UserId = sqlx::query_scalar("SELECT creator_id FROM rooms WHERE id = ?")
+        .bind(room)
+        .fetch_one(&mut *conn)
+        .await?;
+    if creator != by.id {
+        return Err(StoreError::Forbidden("only the room's creator can remove members"));
+    }
+    if by.id == user.id {
+        return Err(StoreError::Conflict("use leave to leave a room"));
+    }
+    if !is_member(conn, room, user.id).await? {
+        return Err(StoreError::Conflict("not a member"));
+    }
+    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Remove, by, Some(user)), by.id, Some(user.id)).await?;
+    let recipients = member_ids(conn, room).await?;
+    end_membership(conn, room, user.id, entry.seq).await?;
+    Ok(appended(entry, recipients, None))
+}
+
+async fn rotate_key(conn: &mut SqliteConnection, user: &UserRef, old_fingerprint: &str, new_key: &NewKey) -> Result<Done> {
+    let now = now_ms();
+    let replaced = sqlx::query("UPDATE user_keys SET replaced_at = ? WHERE user_id = ? AND replaced_at IS NULL AND fingerprint = ?")
+        .bind(now)
+        .bind(user.id)
+        .bind(old_fingerprint)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if replaced != 1 {
+        return Err(StoreError::Conflict("the current key changed meanwhile"));
+    }
+    sqlx::query(
+        "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at, rotation_signature) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(user.id)
+    .bind(&new_key.public_key)
+    .bind(&new_key.fingerprint)
+    .bind(now)
+    .bind(&new_key.rotation_signature)
+    .execute(&mut *conn)
+    .await?;
+    let rooms: Vec<RoomId> = sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = ? AND end_seq IS NULL ORDER BY room_id")
+        .bind(user.id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut committed = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let mut entry = new_entry(room, 0, now, EntryKind::Key, user, None);
+        entry.detail = Some(new_key.fingerprint.clone());
+        let entry = append(conn, entry, user.id, None).await?;
+        let recipients = member_ids(conn, room).await?;
+        committed.push(Committed { entry, recipients, notify: None });
+    }
+    Ok((Applied { room: RoomId(0), entry: None, duplicate: false }, committed))
+}
+
+fn new_entry(room: RoomId, seq: i64, ts: i64, kind: EntryKind, sender: &UserRef, subject: Option<&UserRef>) -> Entry {
+    Entry {
+        room,
+        seq,
+        ts,
+        kind,
+        sender: sender.name.clone(),
+        subject: subject.map(|s| s.name.clone()),
+        client_id: None,
+        body: None,
+        detail: None,
+    }
+}
+
+fn appended(entry: Entry, recipients: Vec<UserId>, notify: Option<UserId>) -> Done {
+    let applied = Applied { room: entry.room, entry: Some(entry.clone()), duplicate: false };
+    (applied, vec![Committed { entry, recipients, notify }])
+}
+
+/// Gives `entry` the room's next sequence number and stores it.
+async fn append(conn: &mut SqliteConnection, mut entry: Entry, sender: UserId, subject: Option<UserId>) -> Result<Entry> {
+    entry.seq = sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+        .bind(entry.room)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    sqlx::query(
+        "INSERT INTO entries (room_id, seq, ts, kind, sender_id, subject_id, client_id, body, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(entry.room)
+    .bind(entry.seq)
+    .bind(entry.ts)
+    .bind(entry.kind.as_str())
+    .bind(sender)
+    .bind(subject)
+    .bind(&entry.client_id)
+    .bind(&entry.body)
+    .bind(&entry.detail)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| unique_violation(e, StoreError::Conflict("duplicate client id")))?;
+    Ok(entry)
+}
+
+async fn is_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<bool> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL")
+            .bind(room)
+            .bind(user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+async fn require_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<()> {
+    if is_member(conn, room, user).await? { Ok(()) } else { Err(StoreError::NotFound) }
+}
+
+async fn require_group(conn: &mut SqliteConnection, room: RoomId) -> Result<()> {
+    let kind: String = sqlx::query_scalar("SELECT kind FROM rooms WHERE id = ?")
+        .bind(room)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    if kind == "group" { Ok(()) } else { Err(StoreError::Forbidden("a direct conversation always has its two members")) }
+}
+
+async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
+    Ok(sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+        .bind(room)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+async fn start_membership(conn: &mut SqliteConnection, room: RoomId, user: UserId, seq: i64) -> Result<()> {
+    sqlx::query("INSERT INTO memberships (room_id, user_id, start_seq) VALUES (?, ?, ?)")
+        .bind(room)
+        .bind(user)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn end_membership(conn: &mut SqliteConnection, room: RoomId, user: UserId, seq: i64) -> Result<()> {
+    sqlx::query("UPDATE memberships SET end_seq = ? WHERE room_id = ? AND user_id = ? AND end_seq IS NULL")
+        .bind(seq)
+        .bind(room)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
