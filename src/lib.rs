@@ -7,6 +7,7 @@
 //! - `config`, `cli`: settings and the command line.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod protocol;

@@ -1,0 +1,350 @@
+//! A WebSocket link to the server that survives the server going away.
+//!
+//! `Link::start` spawns one task that connects, authenticates, syncs every
+//! followed room from the last position it delivered, and resends whatever
+//! is still unacknowledged (the server deduplicates by `client_id`, so a
+//! resend is stored once). When the connection drops it reconnects with
+//! exponential backoff and jitter. The caller sees one ordered stream of
+//! `Event`s with no duplicate entries.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::protocol::{ClientFrame, Cursor, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, close};
+use crate::store::RoomId;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long without any frame from the server before the link is presumed dead.
+const SILENCE_LIMIT_FACTOR: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Authenticated; `resumed` is false the first time.
+    Connected { resumed: bool },
+    Disconnected { reason: String },
+    /// A log entry, in order per room, never twice.
+    Entry(WireEntry),
+    /// Everything up to `seq` in `room` has been delivered.
+    Synced { room: RoomId, seq: i64 },
+    Acked { room: RoomId, client_id: String, seq: i64, duplicate: bool },
+    /// A send the server refused for good (it will not be retried).
+    SendFailed { client_id: String, code: String, message: String },
+    Presence { user: String, online: bool },
+    Online { room: Option<RoomId>, users: Vec<String> },
+    Invited { room: RoomId, by: String },
+    History { room: RoomId, entries: Vec<WireEntry>, has_more: bool },
+    Error { code: String, message: String },
+    /// The session token was refused: the link stops.
+    Unauthorized,
+}
+
+enum Command {
+    Follow(Cursor),
+    Send { room: RoomId, client_id: String, body: String },
+    Who(Option<RoomId>),
+    History { room: RoomId, before: Option<i64>, limit: u32 },
+}
+
+/// Handle to a running link. Dropping it stops the link.
+pub struct Link {
+    commands: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<Event>,
+}
+
+struct Pending {
+    room: RoomId,
+    client_id: String,
+    body: String,
+}
+
+impl Link {
+    /// `server` is the base URL (`http://host:port`); the link uses `/ws`.
+    pub fn start(server: &str, token: String) -> Self {
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (event_tx, events) = mpsc::channel(4096);
+        let url = websocket_url(server);
+        tokio::spawn(run(url, token, command_rx, event_tx));
+        Self { commands, events }
+    }
+
+    /// Delivers `room` from `after` on (0 for everything visible), then live.
+    pub async fn follow(&self, room: RoomId, after: i64) {
+        let _ = self.commands.send(Command::Follow(Cursor { room, after })).await;
+    }
+
+    /// Queues a message body (already base64) until the server acknowledges it.
+    pub async fn send(&self, room: RoomId, client_id: String, body: String) {
+        let _ = self.commands.send(Command::Send { room, client_id, body }).await;
+    }
+
+    pub async fn who(&self, room: Option<RoomId>) {
+        let _ = self.commands.send(Command::Who(room)).await;
+    }
+
+    pub async fn history(&self, room: RoomId, before: Option<i64>, limit: u32) {
+        let _ = self.commands.send(Command::History { room, before, limit }).await;
+    }
+}
+
+/// `http://h:p` → `ws://h:p/ws`, `https://` → `wss://`.
+pub fn websocket_url(server: &str) -> String {
+    let base = server.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}/ws")
+}
+
+struct State {
+    token: String,
+    cursors: HashMap<RoomId, i64>,
+    outbox: Vec<Pending>,
+    events: mpsc::Sender<Event>,
+    connected_before: bool,
+}
+
+async fn run(url: String, token: String, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+    let mut state = State { token, cursors: HashMap::new(), outbox: Vec::new(), events, connected_before: false };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let outcome = session(&url, &mut state, &mut commands).await;
+        match outcome {
+            Outcome::Stopped => return,
+            Outcome::Unauthorized => {
+                let _ = state.events.send(Event::Unauthorized).await;
+                return;
+            }
+            Outcome::Lost { reason, was_up } => {
+                if state.events.send(Event::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+                if was_up {
+                    backoff = FIRST_BACKOFF;
+                }
+            }
+        }
+        // Keep taking commands while waiting, so sends made offline are kept.
+        let wait = with_jitter(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => state.absorb_offline(cmd),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Stopped,
+    Unauthorized,
+    Lost { reason: String, was_up: bool },
+}
+
+impl State {
+    /// A command received while disconnected: remember it for the next connection.
+    fn absorb_offline(&mut self, cmd: Command) {
+        match cmd {
+            Command::Follow(cursor) => {
+                self.cursors.entry(cursor.room).or_insert(cursor.after);
+            }
+            Command::Send { room, client_id, body } => self.outbox.push(Pending { room, client_id, body }),
+            Command::Who(_) | Command::History { .. } => {}
+        }
+    }
+}
+
+fn frame(id: Option<String>, frame: ClientFrame) -> Message {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        v: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(flatten)]
+        frame: &'a ClientFrame,
+    }
+    let json = serde_json::to_string(&Out { v: PROTOCOL_VERSION, id, frame: &frame }).expect("client frames serialise");
+    Message::text(json)
+}
+
+async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Command>) -> Outcome {
+    let lost = |reason: String| Outcome::Lost { reason, was_up: false };
+    let (ws, _) = match tokio_tungstenite::connect_async(url).await {
+        Ok(ok) => ok,
+        Err(err) => return lost(format!("cannot connect: {err}")),
+    };
+    let (mut sink, mut stream) = ws.split();
+    if sink.send(frame(None, ClientFrame::Auth { token: state.token.clone() })).await.is_err() {
+        return lost("connection closed during auth".into());
+    }
+    let heartbeat = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<Outgoing>(&text) {
+                Ok(Outgoing { frame: ServerFrame::Ready { heartbeat_ms, .. }, .. }) => {
+                    break Duration::from_millis(heartbeat_ms.max(100));
+                }
+                Ok(Outgoing { frame: ServerFrame::Error { code, .. }, .. }) if code == "unauthorized" => {
+                    return Outcome::Unauthorized;
+                }
+                _ => return lost("unexpected first frame".into()),
+            },
+            Ok(Some(Ok(Message::Close(Some(cf))))) if u16::from(cf.code) == close::UNAUTHORIZED => {
+                return Outcome::Unauthorized;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => return lost("connection closed during auth".into()),
+            Err(_) => return lost("no reply to auth".into()),
+        }
+    };
+    let resumed = state.connected_before;
+    state.connected_before = true;
+    if state.events.send(Event::Connected { resumed }).await.is_err() {
+        return Outcome::Stopped;
+    }
+    let rooms: Vec<Cursor> = state.cursors.iter().map(|(room, after)| Cursor { room: *room, after: *after }).collect();
+    if !rooms.is_empty() && sink.send(frame(None, ClientFrame::Sync { rooms })).await.is_err() {
+        return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+    }
+    for p in &state.outbox {
+        let send = ClientFrame::Send { room: p.room, client_id: p.client_id.clone(), body: p.body.clone() };
+        if sink.send(frame(Some(p.client_id.clone()), send)).await.is_err() {
+            return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+        }
+    }
+
+    let silence_limit = heartbeat * SILENCE_LIMIT_FACTOR;
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { let _ = sink.send(Message::Close(None)).await; return Outcome::Stopped };
+                let msg = match cmd {
+                    Command::Follow(cursor) => {
+                        let after = *state.cursors.entry(cursor.room).or_insert(cursor.after);
+                        frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] })
+                    }
+                    Command::Send { room, client_id, body } => {
+                        let msg = frame(Some(client_id.clone()), ClientFrame::Send { room, client_id: client_id.clone(), body: body.clone() });
+                        state.outbox.push(Pending { room, client_id, body });
+                        msg
+                    }
+                    Command::Who(room) => frame(None, ClientFrame::Who { room }),
+                    Command::History { room, before, limit } => frame(None, ClientFrame::History { room, before, limit: Some(limit) }),
+                };
+                if sink.send(msg).await.is_err() {
+                    return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+                }
+            }
+            msg = stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(outcome) = state.handle(&text).await { return outcome; }
+                    }
+                    Some(Ok(Message::Close(cf))) => {
+                        let code = cf.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                        if code == close::UNAUTHORIZED { return Outcome::Unauthorized; }
+                        let reason = cf.map(|c| c.reason.to_string()).unwrap_or_default();
+                        return Outcome::Lost { reason: format!("server closed the connection ({code} {reason})"), was_up: true };
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Outcome::Lost { reason: format!("connection lost: {err}"), was_up: true },
+                    None => return Outcome::Lost { reason: "connection lost".into(), was_up: true },
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > silence_limit {
+                    return Outcome::Lost { reason: "server stopped answering".into(), was_up: true };
+                }
+                if sink.send(frame(None, ClientFrame::Ping)).await.is_err() {
+                    return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    async fn emit(&self, event: Event) -> Result<(), Outcome> {
+        self.events.send(event).await.map_err(|_| Outcome::Stopped)
+    }
+
+    /// Handles one server frame; `Err` ends the session.
+    async fn handle(&mut self, text: &str) -> Result<(), Outcome> {
+        let Ok(Outgoing { id, frame, .. }) = serde_json::from_str::<Outgoing>(text) else {
+            return self.emit(Event::Error { code: "protocol".into(), message: "unreadable frame from server".into() }).await;
+        };
+        match frame {
+            ServerFrame::Entry { entry } => self.deliver(entry).await?,
+            ServerFrame::Page { entries, .. } => {
+                for entry in entries {
+                    self.deliver(entry).await?;
+                }
+            }
+            ServerFrame::Synced { room, seq } => {
+                let cursor = self.cursors.entry(room).or_insert(seq);
+                *cursor = (*cursor).max(seq);
+                self.emit(Event::Synced { room, seq }).await?;
+            }
+            ServerFrame::Ack { room, client_id, seq, duplicate, .. } => {
+                self.outbox.retain(|p| p.client_id != client_id);
+                self.emit(Event::Acked { room, client_id, seq, duplicate }).await?;
+            }
+            ServerFrame::Error { code, message, .. } => {
+                let failed_send = id.filter(|id| self.outbox.iter().any(|p| &p.client_id == id));
+                match failed_send {
+                    // "unavailable" means not stored yet: keep it for the next try.
+                    Some(client_id) if code != "unavailable" => {
+                        self.outbox.retain(|p| p.client_id != client_id);
+                        self.emit(Event::SendFailed { client_id, code, message }).await?;
+                    }
+                    _ => self.emit(Event::Error { code, message }).await?,
+                }
+            }
+            ServerFrame::Presence { user, online } => self.emit(Event::Presence { user, online }).await?,
+            ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
+            ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,
+            ServerFrame::History { room, entries, has_more } => {
+                self.emit(Event::History { room, entries, has_more }).await?
+            }
+            ServerFrame::Ready { .. } | ServerFrame::Pong => {}
+        }
+        Ok(())
+    }
+
+    /// Passes an entry on unless it was already delivered.
+    async fn deliver(&mut self, entry: WireEntry) -> Result<(), Outcome> {
+        if let Some(cursor) = self.cursors.get_mut(&entry.room) {
+            if entry.seq <= *cursor {
+                return Ok(());
+            }
+            *cursor = entry.seq;
+        }
+        self.emit(Event::Entry(entry)).await
+    }
+}
+
+/// `base` plus up to 50 % random extra, so clients do not reconnect in lockstep.
+fn with_jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 2];
+    let _ = getrandom::fill(&mut byte);
+    let fraction = f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX) / 2.0;
+    base + base.mul_f64(fraction)
+}
+
