@@ -25,7 +25,8 @@ impl IdentityKey {
     /// Parses an SPKI DER public key and rejects anything but RSA keys of
     /// 2048 to 4096 bits with exponent 65537.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
-        let key = rsa::PublicKey::from_public_key_der(der).map_err(|_| CryptoError::MalformedKey)?;
+        let key =
+            rsa::PublicKey::from_public_key_der(der).map_err(|_| CryptoError::MalformedKey)?;
         let bits = key.n().bit_width() as usize;
         if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) {
             return Err(CryptoError::KeySize { bits });
@@ -33,7 +34,10 @@ impl IdentityKey {
         if key.e() != &rsa::BoxedUint::from(65537u32) {
             return Err(CryptoError::KeyExponent);
         }
-        Ok(Self { key, spki_der: der.to_vec() })
+        Ok(Self {
+            key,
+            spki_der: der.to_vec(),
+        })
     }
 
     pub fn spki_der(&self) -> &[u8] {
@@ -62,7 +66,12 @@ impl IdentityKey {
 
 impl fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdentityKey({} bits, {})", self.bits(), self.fingerprint())
+        write!(
+            f,
+            "IdentityKey({} bits, {})",
+            self.bits(),
+            self.fingerprint()
+        )
     }
 }
 

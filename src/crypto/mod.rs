@@ -2,15 +2,33 @@
 //!
 //! The server only ever uses the public half: it parses identity keys and
 //! checks signatures on registration proofs and key rotations. Everything that
-//! touches a private key or a plaintext is client-side.
+//! touches a private key or a plaintext is client-side: `keys` (identity
+//! private keys at rest), `envelope` (one message), `sender_keys` (per-room
+//! sender keys and their distribution), `safety` (numbers people compare) and
+//! `trust` (which peer keys this client has pinned). `docs/CRYPTO.md`
+//! describes every format byte by byte.
 
+pub mod envelope;
 pub mod identity;
+pub mod keys;
+pub mod private_file;
+pub mod safety;
+pub mod sender_keys;
 pub mod statements;
+pub mod trust;
+pub mod wire;
+
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod vectors;
 
 use thiserror::Error;
 
 /// Why a cryptographic operation failed. Deliberately coarse: an envelope that
-/// does not open says so, never which step failed.
+/// does not open says so, never which step failed. The few distinct variants
+/// exist because the UI shows them differently (an unknown version asks the
+/// user to upgrade, a replay or a wrong room hints at a misbehaving server).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("not a valid RSA public key (SPKI DER expected)")]
@@ -21,4 +39,30 @@ pub enum CryptoError {
     KeyExponent,
     #[error("signature does not verify")]
     BadSignature,
+    #[error("not a valid RSA private key (PKCS#8 expected)")]
+    MalformedPrivateKey,
+    #[error("RSA key generation failed")]
+    KeyGeneration,
+    #[error("the operating system random number generator failed")]
+    Rng,
+    #[error("signing failed")]
+    SigningFailed,
+    #[error("the envelope did not open")]
+    OpenFailed,
+    #[error("unknown format version {version}; a newer hush may be needed")]
+    UnknownVersion { version: u8 },
+    #[error("the envelope belongs to a different room")]
+    WrongRoom,
+    #[error("the envelope was sent by a different user than claimed")]
+    WrongSender,
+    #[error("the envelope repeats or precedes one already seen (replay)")]
+    Replay,
+    #[error("this sender-key distribution holds no key for us")]
+    NotARecipient,
+    #[error("invalid username")]
+    InvalidUsername,
+    #[error("too large to seal")]
+    TooLarge,
+    #[error("this sender key has been used for too many messages; rotate it")]
+    SenderKeyExhausted,
 }

@@ -12,7 +12,10 @@ pub fn registration_proof(username: &str, challenge: &[u8]) -> Vec<u8> {
 /// Signed by a user's current key to hand over to a new one:
 /// `"hush-rotate-v1" 0x00 username 0x00 sha256(old SPKI) 0x00 new SPKI DER`.
 pub fn key_rotation(username: &str, old_fingerprint: &[u8; 32], new_spki_der: &[u8]) -> Vec<u8> {
-    labelled(b"hush-rotate-v1", &[username.as_bytes(), old_fingerprint, new_spki_der])
+    labelled(
+        b"hush-rotate-v1",
+        &[username.as_bytes(), old_fingerprint, new_spki_der],
+    )
 }
 
 fn labelled(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

@@ -1,0 +1,751 @@
+//! Test vectors in `tests/vectors/*.json` for independent implementations
+//! (the browser client): fixed inputs, expected outputs, and rejection cases
+//! with the error each must produce.
+//!
+//! RSA-PSS and RSA-OAEP are randomized, so the files store one produced
+//! signature / wrapped key; checkers verify or unwrap them rather than
+//! reproduce them. Everything deterministic (fingerprints, safety numbers,
+//! AES-GCM under a fixed nonce, the signed bytes) is compared exactly.
+//!
+//! `cargo test --lib crypto::vectors` checks the committed files;
+//! `HUSH_REGEN_VECTORS=1 cargo test --lib crypto::vectors` rewrites them
+//! (new random signatures) and then checks what it wrote.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::CryptoError;
+use super::envelope::{self, OpenContext, Payload, ReplayTracker};
+use super::identity::IdentityKey;
+use super::keys::IdentityPrivateKey;
+use super::safety::SafetyNumber;
+use super::sender_keys::{self, Recipient, SenderKey};
+use super::test_support::fixture_key;
+
+const ROOM_ID: i64 = 42;
+const EPOCH: u32 = 3;
+const SENDER_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn regenerating() -> bool {
+    std::env::var("HUSH_REGEN_VECTORS").is_ok_and(|value| value == "1")
+}
+
+/// Writes the vectors when regenerating, then reads the committed file.
+fn write_or_read<T: Serialize + DeserializeOwned>(name: &str, build: impl FnOnce() -> T) -> T {
+    let path = vectors_dir().join(name);
+    if regenerating() {
+        std::fs::create_dir_all(vectors_dir()).unwrap();
+        let mut text = serde_json::to_string_pretty(&build()).unwrap();
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+    }
+    read(name)
+}
+
+fn read<T: DeserializeOwned>(name: &str) -> T {
+    let path = vectors_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing; run with HUSH_REGEN_VECTORS=1", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    BASE64.decode(text).unwrap()
+}
+
+fn sender_key() -> SenderKey {
+    SenderKey::from_bytes(EPOCH, unhex(SENDER_KEY_HEX).try_into().unwrap())
+}
+
+fn identity(spki_b64: &str) -> IdentityKey {
+    IdentityKey::from_spki_der(&unb64(spki_b64)).unwrap()
+}
+
+/// The name an implementation reports for each failure.
+fn error_name(error: &CryptoError) -> &'static str {
+    match error {
+        CryptoError::OpenFailed => "OpenFailed",
+        CryptoError::BadSignature => "BadSignature",
+        CryptoError::WrongRoom => "WrongRoom",
+        CryptoError::WrongSender => "WrongSender",
+        CryptoError::UnknownVersion { .. } => "UnknownVersion",
+        CryptoError::Replay => "Replay",
+        CryptoError::NotARecipient => "NotARecipient",
+        _ => "Other",
+    }
+}
+
+// ---------------------------------------------------------------- fingerprint
+
+#[derive(Serialize, Deserialize)]
+struct FingerprintVectors {
+    description: String,
+    cases: Vec<FingerprintCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FingerprintCase {
+    fixture: String,
+    spki_der_b64: String,
+    fingerprint_hex: String,
+    fingerprint_display: String,
+}
+
+#[test]
+fn fingerprint_vectors_hold() {
+    let vectors = write_or_read("fingerprint.json", || FingerprintVectors {
+        description: "fingerprint = SHA-256(SPKI DER); display = lower-case hex in 16 groups \
+                      of 4 separated by spaces. Keys are tests/fixtures/keys/<fixture>.pem."
+            .into(),
+        cases: ["alice", "bob", "carol", "dave", "mallory"]
+            .iter()
+            .map(|name| {
+                let key = fixture_key(name);
+                let public = key.public();
+                FingerprintCase {
+                    fixture: (*name).into(),
+                    spki_der_b64: b64(public.spki_der()),
+                    fingerprint_hex: public.fingerprint().to_hex(),
+                    fingerprint_display: public.fingerprint().to_string(),
+                }
+            })
+            .collect(),
+    });
+    assert!(!vectors.cases.is_empty());
+    for case in &vectors.cases {
+        let key = identity(&case.spki_der_b64);
+        assert_eq!(
+            key.spki_der(),
+            fixture_key(&case.fixture).public().spki_der()
+        );
+        assert_eq!(key.fingerprint().to_hex(), case.fingerprint_hex);
+        assert_eq!(key.fingerprint().to_string(), case.fingerprint_display);
+    }
+}
+
+// -------------------------------------------------------------- safety number
+
+#[derive(Serialize, Deserialize)]
+struct SafetyVectors {
+    description: String,
+    cases: Vec<SafetyCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SafetyCase {
+    first_username: String,
+    first_fingerprint_hex: String,
+    second_username: String,
+    second_fingerprint_hex: String,
+    safety_number: String,
+}
+
+#[test]
+fn safety_number_vectors_hold() {
+    let vectors = write_or_read("safety_number.json", || {
+        let pairs = [
+            ("alice", "alice", "bob", "bob"),
+            ("bob", "bob", "alice", "alice"),
+            ("carol", "carol", "dave", "dave"),
+            ("bob", "bob", "bob.x", "mallory"),
+            ("alice", "alice", "bob", "mallory"),
+        ];
+        SafetyVectors {
+            description: "SHA-512(\"hush-safety-v1\" 0x00 || for each of the two users sorted by \
+                          username bytes: len(username) u8 || username || fingerprint[32]); group i \
+                          (0..12) = big-endian 40-bit integer of digest bytes 5i..5i+5 mod 100000, \
+                          zero-padded to 5 digits, joined by single spaces."
+                .into(),
+            cases: pairs
+                .iter()
+                .map(|(first, first_fixture, second, second_fixture)| {
+                    let a = fixture_key(first_fixture).public().fingerprint();
+                    let b = fixture_key(second_fixture).public().fingerprint();
+                    SafetyCase {
+                        first_username: (*first).into(),
+                        first_fingerprint_hex: a.to_hex(),
+                        second_username: (*second).into(),
+                        second_fingerprint_hex: b.to_hex(),
+                        safety_number: SafetyNumber::between((first, &a), (second, &b))
+                            .to_string(),
+                    }
+                })
+                .collect(),
+        }
+    });
+    for case in &vectors.cases {
+        let fingerprint = |hex: &str| super::identity::Fingerprint(unhex(hex).try_into().unwrap());
+        let a = fingerprint(&case.first_fingerprint_hex);
+        let b = fingerprint(&case.second_fingerprint_hex);
+        let forward =
+            SafetyNumber::between((&case.first_username, &a), (&case.second_username, &b));
+        let backward =
+            SafetyNumber::between((&case.second_username, &b), (&case.first_username, &a));
+        assert_eq!(forward.to_string(), case.safety_number);
+        assert_eq!(backward.to_string(), case.safety_number);
+    }
+}
+
+// ------------------------------------------------------------------- envelope
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeVectors {
+    description: String,
+    sender_fixture: String,
+    sender_spki_der_b64: String,
+    room_id: i64,
+    sender: String,
+    epoch: u32,
+    sender_key_hex: String,
+    accept: Vec<EnvelopeAcceptCase>,
+    reject: Vec<EnvelopeRejectCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeAcceptCase {
+    name: String,
+    counter: u64,
+    nonce_hex: String,
+    /// The exact plaintext bytes (UTF-8 JSON).
+    payload_json: String,
+    /// AES-GCM associated data: every envelope byte before the nonce.
+    aad_hex: String,
+    /// AES-256-GCM output, ciphertext followed by the 16-byte tag.
+    ciphertext_and_tag_b64: String,
+    /// Envelope bytes covered by the signature (everything before sig_len).
+    signed_len: usize,
+    envelope_b64: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeRejectCase {
+    name: String,
+    envelope_b64: String,
+    /// What the server claims and what we pinned.
+    room_id: i64,
+    sender: String,
+    sender_spki_der_b64: String,
+    sender_key_hex: String,
+    /// Envelopes opened (successfully) first with the same replay tracker.
+    open_first_b64: Vec<String>,
+    expect: String,
+}
+
+struct BuiltEnvelope {
+    body: Vec<u8>,
+    aad_len: usize,
+    signed_len: usize,
+}
+
+fn build_envelope(counter: u64, nonce: &[u8; 12], payload: &Payload) -> BuiltEnvelope {
+    let body = envelope::seal_with_nonce(
+        ROOM_ID,
+        "alice",
+        &sender_key(),
+        counter,
+        nonce,
+        payload,
+        &fixture_key("alice"),
+    )
+    .unwrap();
+    let aad_len = 6 + 8 + 1 + "alice".len() + 4 + 8;
+    let ct_len = u32::from_be_bytes(body[aad_len + 12..aad_len + 16].try_into().unwrap()) as usize;
+    let signed_len = aad_len + 12 + 4 + ct_len;
+    BuiltEnvelope {
+        body,
+        aad_len,
+        signed_len,
+    }
+}
+
+fn resign(body: &[u8], signed_len: usize, signer: &IdentityPrivateKey) -> Vec<u8> {
+    let mut out = body[..signed_len].to_vec();
+    let signature = signer.sign(&out).unwrap();
+    out.extend_from_slice(&(signature.len() as u16).to_be_bytes());
+    out.extend_from_slice(&signature);
+    out
+}
+
+fn build_envelope_vectors() -> EnvelopeVectors {
+    let alice = fixture_key("alice");
+    let alice_spki = b64(alice.public().spki_der());
+    let text = Payload::text("Hello, Bob! 👋");
+    let file = Payload::file("note.txt", "text/plain", b"hush\n".to_vec());
+    let nonce_a: [u8; 12] = unhex("a0a1a2a3a4a5a6a7a8a9aaab").try_into().unwrap();
+    let nonce_b: [u8; 12] = unhex("b0b1b2b3b4b5b6b7b8b9babb").try_into().unwrap();
+    let accepted = [
+        ("text message", 17, nonce_a, &text),
+        ("file attachment", 18, nonce_b, &file),
+    ];
+    let mut accept = Vec::new();
+    let mut built = Vec::new();
+    for (name, counter, nonce, payload) in accepted {
+        let envelope = build_envelope(counter, &nonce, payload);
+        accept.push(EnvelopeAcceptCase {
+            name: name.into(),
+            counter,
+            nonce_hex: hex(&nonce),
+            payload_json: String::from_utf8(payload.to_bytes().to_vec()).unwrap(),
+            aad_hex: hex(&envelope.body[..envelope.aad_len]),
+            ciphertext_and_tag_b64: b64(&envelope.body[envelope.aad_len + 16..envelope.signed_len]),
+            signed_len: envelope.signed_len,
+            envelope_b64: b64(&envelope.body),
+        });
+        built.push(envelope);
+    }
+    let good = &built[0];
+    let flipped = |position: usize| {
+        let mut body = good.body.clone();
+        body[position] ^= 0x01;
+        body
+    };
+    let first_ct_byte = good.aad_len + 16;
+    let last_tag_byte = good.signed_len - 1;
+    let last_sig_byte = good.body.len() - 1;
+    let case = |name: &str, body: Vec<u8>, expect: &str| EnvelopeRejectCase {
+        name: name.into(),
+        envelope_b64: b64(&body),
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        sender_spki_der_b64: alice_spki.clone(),
+        sender_key_hex: SENDER_KEY_HEX.into(),
+        open_first_b64: Vec::new(),
+        expect: expect.into(),
+    };
+    let bob = fixture_key("bob");
+    let mut wrong_version = good.body.clone();
+    wrong_version[4] = 0x02;
+    let reject = vec![
+        case(
+            "flipped ciphertext byte",
+            flipped(first_ct_byte),
+            "BadSignature",
+        ),
+        case("flipped tag byte", flipped(last_tag_byte), "BadSignature"),
+        case(
+            "flipped signature byte",
+            flipped(last_sig_byte),
+            "BadSignature",
+        ),
+        case(
+            "flipped ciphertext byte, re-signed by the sender (AEAD must catch it)",
+            resign(&flipped(first_ct_byte), good.signed_len, &alice),
+            "OpenFailed",
+        ),
+        case(
+            "flipped tag byte, re-signed by the sender (AEAD must catch it)",
+            resign(&flipped(last_tag_byte), good.signed_len, &alice),
+            "OpenFailed",
+        ),
+        EnvelopeRejectCase {
+            room_id: ROOM_ID + 1,
+            ..case("server claims another room", good.body.clone(), "WrongRoom")
+        },
+        EnvelopeRejectCase {
+            sender: "bob".into(),
+            sender_spki_der_b64: b64(bob.public().spki_der()),
+            ..case(
+                "server claims another sender",
+                good.body.clone(),
+                "WrongSender",
+            )
+        },
+        EnvelopeRejectCase {
+            sender_spki_der_b64: b64(bob.public().spki_der()),
+            ..case(
+                "pinned key for alice is not the signer (bob fixture)",
+                good.body.clone(),
+                "BadSignature",
+            )
+        },
+        EnvelopeRejectCase {
+            sender_key_hex: hex(&[0x55; 32]),
+            ..case("wrong sender key", good.body.clone(), "OpenFailed")
+        },
+        case("unknown version byte 0x02", wrong_version, "UnknownVersion"),
+        EnvelopeRejectCase {
+            open_first_b64: vec![b64(&good.body)],
+            ..case("same envelope opened twice", good.body.clone(), "Replay")
+        },
+        EnvelopeRejectCase {
+            open_first_b64: vec![b64(&built[1].body)],
+            ..case(
+                "counter 17 after counter 18 (same room, sender, epoch)",
+                good.body.clone(),
+                "Replay",
+            )
+        },
+    ];
+    EnvelopeVectors {
+        description: "Message envelopes (docs/CRYPTO.md). Seal with sender_key and the given \
+                      nonce: the AAD, ciphertext and the first signed_len envelope bytes must \
+                      match exactly; the RSA-PSS-SHA256 (salt 32) signature is one valid sample \
+                      and must verify under sender_spki_der_b64. Reject cases: open with the \
+                      given claims and key (after opening open_first_b64 with the same replay \
+                      tracker) and expect the named error."
+            .into(),
+        sender_fixture: "alice".into(),
+        sender_spki_der_b64: alice_spki,
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        epoch: EPOCH,
+        sender_key_hex: SENDER_KEY_HEX.into(),
+        accept,
+        reject,
+    }
+}
+
+#[test]
+fn envelope_vectors_hold() {
+    let vectors = write_or_read("envelope.json", build_envelope_vectors);
+    let alice = identity(&vectors.sender_spki_der_b64);
+    assert_eq!(
+        alice.spki_der(),
+        fixture_key(&vectors.sender_fixture).public().spki_der()
+    );
+    let key = SenderKey::from_bytes(
+        vectors.epoch,
+        unhex(&vectors.sender_key_hex).try_into().unwrap(),
+    );
+    let context = OpenContext {
+        room_id: vectors.room_id,
+        sender: &vectors.sender,
+        sender_identity: &alice,
+    };
+    for case in &vectors.accept {
+        let stored = unb64(&case.envelope_b64);
+        let payload = Payload::from_bytes(case.payload_json.as_bytes()).unwrap();
+        assert_eq!(&*payload.to_bytes(), case.payload_json.as_bytes());
+        let nonce: [u8; 12] = unhex(&case.nonce_hex).try_into().unwrap();
+        let rebuilt = build_envelope(case.counter, &nonce, &payload);
+        assert_eq!(rebuilt.signed_len, case.signed_len, "{}", case.name);
+        assert_eq!(hex(&rebuilt.body[..rebuilt.aad_len]), case.aad_hex);
+        assert_eq!(
+            b64(&rebuilt.body[rebuilt.aad_len + 16..rebuilt.signed_len]),
+            case.ciphertext_and_tag_b64
+        );
+        assert_eq!(rebuilt.body[..case.signed_len], stored[..case.signed_len]);
+        let opened = envelope::open(&stored, &context, &key, &mut ReplayTracker::new())
+            .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        assert!(opened.payload == payload, "{}", case.name);
+        assert_eq!(opened.header.counter, case.counter);
+    }
+    assert!(vectors.reject.len() >= 7);
+    for case in &vectors.reject {
+        let pinned = identity(&case.sender_spki_der_b64);
+        let key = SenderKey::from_bytes(
+            vectors.epoch,
+            unhex(&case.sender_key_hex).try_into().unwrap(),
+        );
+        let context = OpenContext {
+            room_id: case.room_id,
+            sender: &case.sender,
+            sender_identity: &pinned,
+        };
+        let mut replay = ReplayTracker::new();
+        for earlier in &case.open_first_b64 {
+            envelope::open(&unb64(earlier), &context, &key, &mut replay).unwrap();
+        }
+        let error = envelope::open(&unb64(&case.envelope_b64), &context, &key, &mut replay)
+            .err()
+            .unwrap_or_else(|| panic!("{} opened", case.name));
+        assert_eq!(error_name(&error), case.expect, "{}", case.name);
+    }
+}
+
+// ----------------------------------------------------------------- sender key
+
+#[derive(Serialize, Deserialize)]
+struct SenderKeyVectors {
+    description: String,
+    room_id: i64,
+    sender: String,
+    sender_fixture: String,
+    sender_spki_der_b64: String,
+    epoch: u32,
+    sender_key_hex: String,
+    /// What RSA-OAEP-SHA256 wraps: key || room_id i64 || epoch u32 || sender.
+    wrapped_plaintext_hex: String,
+    recipients: Vec<SenderKeyRecipient>,
+    distribution_b64: String,
+    signed_len: usize,
+    reject: Vec<DistributionRejectCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SenderKeyRecipient {
+    username: String,
+    fixture: String,
+    fingerprint_hex: String,
+    /// The same bytes as this recipient's entry in the distribution.
+    wrapped_key_b64: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DistributionRejectCase {
+    name: String,
+    distribution_b64: String,
+    room_id: i64,
+    sender: String,
+    sender_spki_der_b64: String,
+    me: String,
+    me_fixture: String,
+    expect: String,
+}
+
+fn build_sender_key_vectors() -> SenderKeyVectors {
+    let alice = fixture_key("alice");
+    let bob = fixture_key("bob");
+    let alice_spki = b64(alice.public().spki_der());
+    let recipients = [
+        Recipient {
+            username: "alice",
+            identity: alice.public(),
+        },
+        Recipient {
+            username: "bob",
+            identity: bob.public(),
+        },
+    ];
+    let body = sender_keys::seal_distribution(ROOM_ID, "alice", &sender_key(), &recipients, &alice)
+        .unwrap();
+    let (entries, signed_len) = distribution_entries(&body);
+    let mut plaintext = unhex(SENDER_KEY_HEX);
+    plaintext.extend_from_slice(&ROOM_ID.to_be_bytes());
+    plaintext.extend_from_slice(&EPOCH.to_be_bytes());
+    plaintext.extend_from_slice(b"alice");
+
+    // Bob's entry replaced by one wrapping a different room, re-signed:
+    // the signature holds, the binding inside the wrapped key does not.
+    let mut wrong_context = plaintext.clone();
+    wrong_context[32..40].copy_from_slice(&(ROOM_ID + 1).to_be_bytes());
+    let rewrapped = bob
+        .public()
+        .rsa()
+        .oaep_encrypt::<rsa::sha2::Sha256>(&wrong_context)
+        .unwrap();
+    let (bob_offset, bob_len) = entries[1].2;
+    let mut swapped = body[..bob_offset].to_vec();
+    swapped.extend_from_slice(&rewrapped);
+    swapped.extend_from_slice(&body[bob_offset + bob_len..signed_len]);
+    let swapped = resign(&swapped, signed_len, &alice);
+
+    let mut flipped_signature = body.clone();
+    *flipped_signature.last_mut().unwrap() ^= 0x01;
+    let mut wrong_version = body.clone();
+    wrong_version[4] = 0x02;
+    let case = |name: &str, body: &[u8], me: &str, expect: &str| DistributionRejectCase {
+        name: name.into(),
+        distribution_b64: b64(body),
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        sender_spki_der_b64: alice_spki.clone(),
+        me: me.into(),
+        me_fixture: me.into(),
+        expect: expect.into(),
+    };
+    let reject = vec![
+        case("carol is not a recipient", &body, "carol", "NotARecipient"),
+        DistributionRejectCase {
+            me_fixture: "carol".into(),
+            ..case("carol claiming bob's entry", &body, "bob", "NotARecipient")
+        },
+        case(
+            "flipped signature byte",
+            &flipped_signature,
+            "bob",
+            "BadSignature",
+        ),
+        case(
+            "unknown version byte 0x02",
+            &wrong_version,
+            "bob",
+            "UnknownVersion",
+        ),
+        DistributionRejectCase {
+            room_id: ROOM_ID + 1,
+            ..case("server claims another room", &body, "bob", "WrongRoom")
+        },
+        DistributionRejectCase {
+            sender: "mallory".into(),
+            ..case("server claims another sender", &body, "bob", "WrongSender")
+        },
+        case(
+            "wrapped key bound to another room, re-signed by the sender",
+            &swapped,
+            "bob",
+            "OpenFailed",
+        ),
+    ];
+    SenderKeyVectors {
+        description: "Sender-key distribution (docs/CRYPTO.md). Each recipient fixture key must \
+                      unwrap its wrapped_key_b64 (RSA-OAEP, SHA-256, MGF1-SHA-256, empty label) \
+                      to wrapped_plaintext_hex, and open distribution_b64 (its signature by the \
+                      sender verifies over the first signed_len bytes) to sender_key_hex at \
+                      epoch. Reject cases: open as `me` with me_fixture's private key and \
+                      expect the named error."
+            .into(),
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        sender_fixture: "alice".into(),
+        sender_spki_der_b64: alice_spki.clone(),
+        epoch: EPOCH,
+        sender_key_hex: SENDER_KEY_HEX.into(),
+        wrapped_plaintext_hex: hex(&plaintext),
+        recipients: entries
+            .iter()
+            .map(|(name, fingerprint, (offset, len))| SenderKeyRecipient {
+                username: name.clone(),
+                fixture: name.clone(),
+                fingerprint_hex: hex(fingerprint),
+                wrapped_key_b64: b64(&body[*offset..offset + len]),
+            })
+            .collect(),
+        distribution_b64: b64(&body),
+        signed_len,
+        reject,
+    }
+}
+
+/// (name, fingerprint, (offset, len) of the wrapped key) per entry, and the
+/// signed length: an independent walk over the documented layout.
+#[allow(clippy::type_complexity)]
+fn distribution_entries(body: &[u8]) -> (Vec<(String, [u8; 32], (usize, usize))>, usize) {
+    let sender_len = body[14] as usize;
+    let mut at = 15 + sender_len + 4;
+    let count = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    at += 2;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let name_len = body[at] as usize;
+        let name = String::from_utf8(body[at + 1..at + 1 + name_len].to_vec()).unwrap();
+        at += 1 + name_len;
+        let fingerprint: [u8; 32] = body[at..at + 32].try_into().unwrap();
+        at += 32;
+        let wrapped_len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+        at += 2;
+        entries.push((name, fingerprint, (at, wrapped_len)));
+        at += wrapped_len;
+    }
+    (entries, at)
+}
+
+#[test]
+fn sender_key_vectors_hold() {
+    let vectors = write_or_read("sender_key.json", build_sender_key_vectors);
+    let sender = identity(&vectors.sender_spki_der_b64);
+    assert_eq!(
+        sender.spki_der(),
+        fixture_key(&vectors.sender_fixture).public().spki_der()
+    );
+    let body = unb64(&vectors.distribution_b64);
+    let signature_at = vectors.signed_len + 2;
+    sender
+        .verify(&body[..vectors.signed_len], &body[signature_at..])
+        .unwrap();
+    let context = OpenContext {
+        room_id: vectors.room_id,
+        sender: &vectors.sender,
+        sender_identity: &sender,
+    };
+    let expected_plaintext = unhex(&vectors.wrapped_plaintext_hex);
+    assert_eq!(
+        &expected_plaintext[..32],
+        unhex(&vectors.sender_key_hex).as_slice()
+    );
+    let (entries, signed_len) = distribution_entries(&body);
+    assert_eq!(signed_len, vectors.signed_len);
+    assert_eq!(entries.len(), vectors.recipients.len());
+    for (recipient, (name, fingerprint, (offset, len))) in vectors.recipients.iter().zip(&entries) {
+        let private = fixture_key(&recipient.fixture);
+        assert_eq!(&recipient.username, name);
+        assert_eq!(
+            private.public().fingerprint().to_hex(),
+            recipient.fingerprint_hex
+        );
+        assert_eq!(hex(fingerprint), recipient.fingerprint_hex);
+        let wrapped = unb64(&recipient.wrapped_key_b64);
+        assert_eq!(wrapped, body[*offset..offset + len]);
+        assert_eq!(*private.unwrap_key(&wrapped).unwrap(), expected_plaintext);
+        let key =
+            sender_keys::open_distribution(&body, &context, &recipient.username, &private).unwrap();
+        assert_eq!(key.epoch(), vectors.epoch);
+        assert_eq!(hex(key.key_bytes()), vectors.sender_key_hex);
+    }
+    for case in &vectors.reject {
+        let pinned = identity(&case.sender_spki_der_b64);
+        let context = OpenContext {
+            room_id: case.room_id,
+            sender: &case.sender,
+            sender_identity: &pinned,
+        };
+        let error = sender_keys::open_distribution(
+            &unb64(&case.distribution_b64),
+            &context,
+            &case.me,
+            &fixture_key(&case.me_fixture),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{} opened", case.name));
+        assert_eq!(error_name(&error), case.expect, "{}", case.name);
+    }
+}
+
+/// The envelope and sender-key vectors share room, sender, epoch and key:
+/// Bob unwraps the distribution, then opens Alice's message with it.
+/// Only reads (the tests above write), so it is skipped while regenerating.
+#[test]
+fn vectors_chain_from_distribution_to_message() {
+    if regenerating() {
+        return;
+    }
+    let distribution: SenderKeyVectors = read("sender_key.json");
+    let messages: EnvelopeVectors = read("envelope.json");
+    let alice = identity(&distribution.sender_spki_der_b64);
+    let context = OpenContext {
+        room_id: distribution.room_id,
+        sender: &distribution.sender,
+        sender_identity: &alice,
+    };
+    let key = sender_keys::open_distribution(
+        &unb64(&distribution.distribution_b64),
+        &context,
+        "bob",
+        &fixture_key("bob"),
+    )
+    .unwrap();
+    let opened = envelope::open(
+        &unb64(&messages.accept[0].envelope_b64),
+        &context,
+        &key,
+        &mut ReplayTracker::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(opened.payload.to_bytes().to_vec()).unwrap(),
+        messages.accept[0].payload_json
+    );
+}

@@ -1,0 +1,88 @@
+// Independent check of the hush vectors with WebCrypto only (the same API
+// the browser client uses): `node tests/vectors/check-webcrypto.mjs`.
+// Needs Node 20+ (globalThis.crypto.subtle). Exits non-zero on any mismatch.
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const fixtures = join(here, "..", "fixtures", "keys");
+const subtle = globalThis.crypto.subtle;
+const load = (name) => JSON.parse(readFileSync(join(here, name), "utf8"));
+const b64 = (s) => new Uint8Array(Buffer.from(s, "base64"));
+const unhex = (s) => new Uint8Array(Buffer.from(s, "hex"));
+const hex = (u) => Buffer.from(u).toString("hex");
+const equal = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+let failures = 0;
+const check = (ok, what) => {
+  if (!ok) { failures++; console.error("FAIL", what); }
+};
+
+const pssKey = (spki) =>
+  subtle.importKey("spki", spki, { name: "RSA-PSS", hash: "SHA-256" }, false, ["verify"]);
+const oaepPrivate = (fixture) => {
+  const pem = readFileSync(join(fixtures, `${fixture}.pem`), "utf8");
+  const der = b64(pem.replace(/-----[^-]+-----|\s/g, ""));
+  return subtle.importKey("pkcs8", der, { name: "RSA-OAEP", hash: "SHA-256" }, false, ["decrypt"]);
+};
+const gcmKey = (raw) => subtle.importKey("raw", raw, "AES-GCM", false, ["encrypt", "decrypt"]);
+
+// fingerprint.json
+for (const c of load("fingerprint.json").cases) {
+  const fp = hex(new Uint8Array(await subtle.digest("SHA-256", b64(c.spki_der_b64))));
+  check(fp === c.fingerprint_hex, `fingerprint ${c.fixture}`);
+  check(fp.match(/.{4}/g).join(" ") === c.fingerprint_display, `display ${c.fixture}`);
+}
+
+// safety_number.json
+for (const c of load("safety_number.json").cases) {
+  const users = [
+    [c.first_username, unhex(c.first_fingerprint_hex)],
+    [c.second_username, unhex(c.second_fingerprint_hex)],
+  ].sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
+  const parts = [Buffer.from("hush-safety-v1\0")];
+  for (const [name, fp] of users) parts.push(Buffer.from([name.length]), Buffer.from(name), fp);
+  const digest = new Uint8Array(await subtle.digest("SHA-512", Buffer.concat(parts)));
+  const groups = [];
+  for (let i = 0; i < 12; i++) {
+    let v = 0;
+    for (const byte of digest.slice(5 * i, 5 * i + 5)) v = v * 256 + byte;
+    groups.push(String(v % 100000).padStart(5, "0"));
+  }
+  check(groups.join(" ") === c.safety_number, `safety ${c.first_username}/${c.second_username}`);
+}
+
+// envelope.json: accept cases
+const env = load("envelope.json");
+const key = await gcmKey(unhex(env.sender_key_hex));
+const alicePss = await pssKey(b64(env.sender_spki_der_b64));
+for (const c of env.accept) {
+  const body = b64(c.envelope_b64);
+  const aad = unhex(c.aad_hex);
+  const iv = unhex(c.nonce_hex);
+  check(equal(body.slice(0, aad.length), aad), `${c.name}: aad prefix`);
+  check(equal(body.slice(aad.length, aad.length + 12), iv), `${c.name}: nonce`);
+  const sealed = new Uint8Array(await subtle.encrypt(
+    { name: "AES-GCM", iv, additionalData: aad, tagLength: 128 }, key,
+    new TextEncoder().encode(c.payload_json)));
+  check(hex(sealed) === hex(b64(c.ciphertext_and_tag_b64)), `${c.name}: AES-GCM output`);
+  const sigLen = (body[c.signed_len] << 8) | body[c.signed_len + 1];
+  const sig = body.slice(c.signed_len + 2);
+  check(sig.length === sigLen, `${c.name}: sig_len`);
+  check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, alicePss, sig,
+    body.slice(0, c.signed_len)), `${c.name}: signature`);
+}
+
+// sender_key.json: every recipient unwraps its key; the signature verifies.
+const sk = load("sender_key.json");
+const dist = b64(sk.distribution_b64);
+check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, await pssKey(b64(sk.sender_spki_der_b64)),
+  dist.slice(sk.signed_len + 2), dist.slice(0, sk.signed_len)), "distribution signature");
+for (const r of sk.recipients) {
+  const plain = new Uint8Array(await subtle.decrypt({ name: "RSA-OAEP" },
+    await oaepPrivate(r.fixture), b64(r.wrapped_key_b64)));
+  check(hex(plain) === sk.wrapped_plaintext_hex, `unwrap for ${r.username}`);
+}
+
+if (failures) { console.error(`${failures} check(s) failed`); process.exit(1); }
+console.log("all WebCrypto vector checks passed");
