@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::ServerConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "hush", version, about = "Self-hosted, end-to-end encrypted chat in one binary")]
+#[command(
+    name = "hush",
+    version,
+    about = "Self-hosted, end-to-end encrypted chat in one binary"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

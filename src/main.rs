@@ -19,7 +19,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
-    let store = Store::open(&args.db).await.with_context(|| format!("opening database {}", args.db.display()))?;
+    let store = Store::open(&args.db)
+        .await
+        .with_context(|| format!("opening database {}", args.db.display()))?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("listening on {}", args.addr))?;
@@ -31,7 +33,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -136,11 +136,25 @@ pub struct Incoming {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Must be the first frame on a connection.
-    Auth { token: String },
-    Send { room: RoomId, client_id: String, body: String },
-    Sync { rooms: Vec<Cursor> },
-    History { room: RoomId, before: Option<i64>, limit: Option<u32> },
-    Who { room: Option<RoomId> },
+    Auth {
+        token: String,
+    },
+    Send {
+        room: RoomId,
+        client_id: String,
+        body: String,
+    },
+    Sync {
+        rooms: Vec<Cursor>,
+    },
+    History {
+        room: RoomId,
+        before: Option<i64>,
+        limit: Option<u32>,
+    },
+    Who {
+        room: Option<RoomId>,
+    },
     Ping,
 }
 
@@ -173,7 +187,11 @@ impl From<&Entry> for WireEntry {
             subject: e.subject.clone(),
             client_id: e.client_id.clone(),
             body: e.body.as_deref().map(b64::encode),
-            fingerprint: if e.kind == EntryKind::Key { e.detail.clone() } else { None },
+            fingerprint: if e.kind == EntryKind::Key {
+                e.detail.clone()
+            } else {
+                None
+            },
         }
     }
 }
@@ -181,17 +199,55 @@ impl From<&Entry> for WireEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Ready { user: String, heartbeat_ms: u64, max_body_bytes: usize, server_time: i64 },
-    Ack { room: RoomId, client_id: String, seq: i64, ts: i64, duplicate: bool },
-    Entry { entry: WireEntry },
-    Page { room: RoomId, entries: Vec<WireEntry>, has_more: bool },
-    Synced { room: RoomId, seq: i64 },
-    History { room: RoomId, entries: Vec<WireEntry>, has_more: bool },
-    Presence { user: String, online: bool },
-    Online { room: Option<RoomId>, users: Vec<String> },
-    Invited { room: RoomId, by: String },
+    Ready {
+        user: String,
+        heartbeat_ms: u64,
+        max_body_bytes: usize,
+        server_time: i64,
+    },
+    Ack {
+        room: RoomId,
+        client_id: String,
+        seq: i64,
+        ts: i64,
+        duplicate: bool,
+    },
+    Entry {
+        entry: WireEntry,
+    },
+    Page {
+        room: RoomId,
+        entries: Vec<WireEntry>,
+        has_more: bool,
+    },
+    Synced {
+        room: RoomId,
+        seq: i64,
+    },
+    History {
+        room: RoomId,
+        entries: Vec<WireEntry>,
+        has_more: bool,
+    },
+    Presence {
+        user: String,
+        online: bool,
+    },
+    Online {
+        room: Option<RoomId>,
+        users: Vec<String>,
+    },
+    Invited {
+        room: RoomId,
+        by: String,
+    },
     Pong,
-    Error { code: String, message: String, #[serde(default, skip_serializing_if = "Option::is_none")] retry_after_ms: Option<u64> },
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// A server frame with its envelope fields, as sent.
@@ -206,7 +262,11 @@ pub struct Outgoing {
 
 impl Outgoing {
     pub fn new(id: Option<String>, frame: ServerFrame) -> Self {
-        Self { v: PROTOCOL_VERSION, id, frame }
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            frame,
+        }
     }
 
     pub fn to_json(&self) -> String {

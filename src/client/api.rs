@@ -8,8 +8,8 @@ use thiserror::Error;
 
 use crate::crypto::statements;
 use crate::protocol::{
-    ChallengeResponse, CreateRoomRequest, ErrorBody, KeyInfo, KeysResponse, LoginRequest, LoginResponse,
-    RegisterRequest, RegisterResponse, RotateKeyRequest, UserRequest, b64,
+    ChallengeResponse, CreateRoomRequest, ErrorBody, KeyInfo, KeysResponse, LoginRequest,
+    LoginResponse, RegisterRequest, RegisterResponse, RotateKeyRequest, UserRequest, b64,
 };
 use crate::store::RoomId;
 
@@ -18,7 +18,12 @@ pub enum ApiError {
     #[error("cannot reach the server: {0}")]
     Unreachable(#[from] reqwest::Error),
     #[error("{message} ({code}, HTTP {status})")]
-    Refused { status: u16, code: String, message: String, retry_after_secs: Option<u64> },
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     #[error("unexpected reply from the server: {0}")]
     Protocol(String),
 }
@@ -56,7 +61,12 @@ impl Room {
         match &self.name {
             Some(name) => format!("#{name}"),
             None => {
-                let peer = self.members.iter().find(|m| *m != me).cloned().unwrap_or_else(|| me.to_owned());
+                let peer = self
+                    .members
+                    .iter()
+                    .find(|m| *m != me)
+                    .cloned()
+                    .unwrap_or_else(|| me.to_owned());
                 format!("@{peer}")
             }
         }
@@ -82,7 +92,11 @@ pub struct Api {
 impl Api {
     /// `server` is the server's base URL, e.g. `http://127.0.0.1:7878`.
     pub fn new(server: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: server.trim_end_matches('/').to_owned(), token: None }
+        Self {
+            http: reqwest::Client::new(),
+            base: server.trim_end_matches('/').to_owned(),
+            token: None,
+        }
     }
 
     pub fn with_token(mut self, token: String) -> Self {
@@ -107,8 +121,11 @@ impl Api {
         public_key: &[u8],
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<RegisterResponse> {
-        let challenge: ChallengeResponse = self.post("/api/v1/register/challenge", &serde_json::json!({})).await?;
-        let raw = b64::decode(&challenge.challenge).map_err(|_| ApiError::Protocol("challenge is not base64".into()))?;
+        let challenge: ChallengeResponse = self
+            .post("/api/v1/register/challenge", &serde_json::json!({}))
+            .await?;
+        let raw = b64::decode(&challenge.challenge)
+            .map_err(|_| ApiError::Protocol("challenge is not base64".into()))?;
         let signature = sign(&statements::registration_proof(username, &raw));
         let request = RegisterRequest {
             username: username.to_owned(),
@@ -122,13 +139,17 @@ impl Api {
 
     /// Logs in and returns a client carrying the session token.
     pub async fn login(&self, username: &str, password: &str) -> Result<(Self, LoginResponse)> {
-        let request = LoginRequest { username: username.to_owned(), password: password.to_owned() };
+        let request = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
         let reply: LoginResponse = self.post("/api/v1/login", &request).await?;
         Ok((self.clone().with_token(reply.token.clone()), reply))
     }
 
     pub async fn logout(&self) -> Result<()> {
-        self.post_empty("/api/v1/logout", &serde_json::json!({})).await
+        self.post_empty("/api/v1/logout", &serde_json::json!({}))
+            .await
     }
 
     pub async fn keys_of(&self, username: &str) -> Result<KeysResponse> {
@@ -137,7 +158,10 @@ impl Api {
 
     /// Publishes a new key; `signature` is the old key's over the rotation statement.
     pub async fn rotate_key(&self, public_key: &[u8], signature: &[u8]) -> Result<KeyInfo> {
-        let request = RotateKeyRequest { public_key: b64::encode(public_key), signature: b64::encode(signature) };
+        let request = RotateKeyRequest {
+            public_key: b64::encode(public_key),
+            signature: b64::encode(signature),
+        };
         self.post("/api/v1/keys/rotate", &request).await
     }
 
@@ -150,29 +174,59 @@ impl Api {
     }
 
     pub async fn create_room(&self, name: &str) -> Result<Room> {
-        self.post("/api/v1/rooms", &CreateRoomRequest { name: name.to_owned() }).await
+        self.post(
+            "/api/v1/rooms",
+            &CreateRoomRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await
     }
 
     pub async fn invite(&self, room: RoomId, username: &str) -> Result<()> {
-        self.post_empty(&format!("/api/v1/rooms/{}/invite", room.0), &UserRequest { username: username.to_owned() })
-            .await
+        self.post_empty(
+            &format!("/api/v1/rooms/{}/invite", room.0),
+            &UserRequest {
+                username: username.to_owned(),
+            },
+        )
+        .await
     }
 
     pub async fn join(&self, room: RoomId) -> Result<Room> {
-        self.post(&format!("/api/v1/rooms/{}/join", room.0), &serde_json::json!({})).await
+        self.post(
+            &format!("/api/v1/rooms/{}/join", room.0),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     pub async fn leave(&self, room: RoomId) -> Result<()> {
-        self.post_empty(&format!("/api/v1/rooms/{}/leave", room.0), &serde_json::json!({})).await
+        self.post_empty(
+            &format!("/api/v1/rooms/{}/leave", room.0),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     pub async fn remove(&self, room: RoomId, username: &str) -> Result<()> {
-        self.post_empty(&format!("/api/v1/rooms/{}/remove", room.0), &UserRequest { username: username.to_owned() })
-            .await
+        self.post_empty(
+            &format!("/api/v1/rooms/{}/remove", room.0),
+            &UserRequest {
+                username: username.to_owned(),
+            },
+        )
+        .await
     }
 
     pub async fn open_dm(&self, username: &str) -> Result<Room> {
-        self.post("/api/v1/dm", &UserRequest { username: username.to_owned() }).await
+        self.post(
+            "/api/v1/dm",
+            &UserRequest {
+                username: username.to_owned(),
+            },
+        )
+        .await
     }
 
     pub async fn invitations(&self) -> Result<Vec<Invitation>> {
@@ -192,12 +246,26 @@ impl Api {
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        decode(self.request(reqwest::Method::POST, path).json(body).send().await?).await
+        decode(
+            self.request(reqwest::Method::POST, path)
+                .json(body)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     async fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
-        let response = self.request(reqwest::Method::POST, path).json(body).send().await?;
-        if response.status().is_success() { Ok(()) } else { Err(refusal(response).await) }
+        let response = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(refusal(response).await)
+        }
     }
 }
 
@@ -221,7 +289,11 @@ async fn refusal(response: reqwest::Response) -> ApiError {
         },
         Err(_) => ApiError::Refused {
             status: status.as_u16(),
-            code: if status == StatusCode::NOT_FOUND { "not_found".into() } else { "http_error".into() },
+            code: if status == StatusCode::NOT_FOUND {
+                "not_found".into()
+            } else {
+                "http_error".into()
+            },
             message: String::from_utf8_lossy(&body).chars().take(200).collect(),
             retry_after_secs: None,
         },

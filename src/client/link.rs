@@ -14,7 +14,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::protocol::{ClientFrame, Cursor, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, close};
+use crate::protocol::{
+    ClientFrame, Cursor, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, close,
+};
 use crate::store::RoomId;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -25,29 +27,69 @@ const SILENCE_LIMIT_FACTOR: u32 = 3;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Authenticated; `resumed` is false the first time.
-    Connected { resumed: bool },
-    Disconnected { reason: String },
+    Connected {
+        resumed: bool,
+    },
+    Disconnected {
+        reason: String,
+    },
     /// A log entry, in order per room, never twice.
     Entry(WireEntry),
     /// Everything up to `seq` in `room` has been delivered.
-    Synced { room: RoomId, seq: i64 },
-    Acked { room: RoomId, client_id: String, seq: i64, duplicate: bool },
+    Synced {
+        room: RoomId,
+        seq: i64,
+    },
+    Acked {
+        room: RoomId,
+        client_id: String,
+        seq: i64,
+        duplicate: bool,
+    },
     /// A send the server refused for good (it will not be retried).
-    SendFailed { client_id: String, code: String, message: String },
-    Presence { user: String, online: bool },
-    Online { room: Option<RoomId>, users: Vec<String> },
-    Invited { room: RoomId, by: String },
-    History { room: RoomId, entries: Vec<WireEntry>, has_more: bool },
-    Error { code: String, message: String },
+    SendFailed {
+        client_id: String,
+        code: String,
+        message: String,
+    },
+    Presence {
+        user: String,
+        online: bool,
+    },
+    Online {
+        room: Option<RoomId>,
+        users: Vec<String>,
+    },
+    Invited {
+        room: RoomId,
+        by: String,
+    },
+    History {
+        room: RoomId,
+        entries: Vec<WireEntry>,
+        has_more: bool,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     /// The session token was refused: the link stops.
     Unauthorized,
 }
 
 enum Command {
     Follow(Cursor),
-    Send { room: RoomId, client_id: String, body: String },
+    Send {
+        room: RoomId,
+        client_id: String,
+        body: String,
+    },
     Who(Option<RoomId>),
-    History { room: RoomId, before: Option<i64>, limit: u32 },
+    History {
+        room: RoomId,
+        before: Option<i64>,
+        limit: u32,
+    },
 }
 
 /// Handle to a running link. Dropping it stops the link.
@@ -74,12 +116,22 @@ impl Link {
 
     /// Delivers `room` from `after` on (0 for everything visible), then live.
     pub async fn follow(&self, room: RoomId, after: i64) {
-        let _ = self.commands.send(Command::Follow(Cursor { room, after })).await;
+        let _ = self
+            .commands
+            .send(Command::Follow(Cursor { room, after }))
+            .await;
     }
 
     /// Queues a message body (already base64) until the server acknowledges it.
     pub async fn send(&self, room: RoomId, client_id: String, body: String) {
-        let _ = self.commands.send(Command::Send { room, client_id, body }).await;
+        let _ = self
+            .commands
+            .send(Command::Send {
+                room,
+                client_id,
+                body,
+            })
+            .await;
     }
 
     pub async fn who(&self, room: Option<RoomId>) {
@@ -87,7 +139,14 @@ impl Link {
     }
 
     pub async fn history(&self, room: RoomId, before: Option<i64>, limit: u32) {
-        let _ = self.commands.send(Command::History { room, before, limit }).await;
+        let _ = self
+            .commands
+            .send(Command::History {
+                room,
+                before,
+                limit,
+            })
+            .await;
     }
 }
 
@@ -112,8 +171,19 @@ struct State {
     connected_before: bool,
 }
 
-async fn run(url: String, token: String, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
-    let mut state = State { token, cursors: HashMap::new(), outbox: Vec::new(), events, connected_before: false };
+async fn run(
+    url: String,
+    token: String,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut state = State {
+        token,
+        cursors: HashMap::new(),
+        outbox: Vec::new(),
+        events,
+        connected_before: false,
+    };
     let mut backoff = FIRST_BACKOFF;
     loop {
         let outcome = session(&url, &mut state, &mut commands).await;
@@ -124,7 +194,12 @@ async fn run(url: String, token: String, mut commands: mpsc::Receiver<Command>, 
                 return;
             }
             Outcome::Lost { reason, was_up } => {
-                if state.events.send(Event::Disconnected { reason }).await.is_err() {
+                if state
+                    .events
+                    .send(Event::Disconnected { reason })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if was_up {
@@ -162,7 +237,15 @@ impl State {
             Command::Follow(cursor) => {
                 self.cursors.entry(cursor.room).or_insert(cursor.after);
             }
-            Command::Send { room, client_id, body } => self.outbox.push(Pending { room, client_id, body }),
+            Command::Send {
+                room,
+                client_id,
+                body,
+            } => self.outbox.push(Pending {
+                room,
+                client_id,
+                body,
+            }),
             Command::Who(_) | Command::History { .. } => {}
         }
     }
@@ -177,27 +260,50 @@ fn frame(id: Option<String>, frame: ClientFrame) -> Message {
         #[serde(flatten)]
         frame: &'a ClientFrame,
     }
-    let json = serde_json::to_string(&Out { v: PROTOCOL_VERSION, id, frame: &frame }).expect("client frames serialise");
+    let json = serde_json::to_string(&Out {
+        v: PROTOCOL_VERSION,
+        id,
+        frame: &frame,
+    })
+    .expect("client frames serialise");
     Message::text(json)
 }
 
 async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Command>) -> Outcome {
-    let lost = |reason: String| Outcome::Lost { reason, was_up: false };
+    let lost = |reason: String| Outcome::Lost {
+        reason,
+        was_up: false,
+    };
     let (ws, _) = match tokio_tungstenite::connect_async(url).await {
         Ok(ok) => ok,
         Err(err) => return lost(format!("cannot connect: {err}")),
     };
     let (mut sink, mut stream) = ws.split();
-    if sink.send(frame(None, ClientFrame::Auth { token: state.token.clone() })).await.is_err() {
+    if sink
+        .send(frame(
+            None,
+            ClientFrame::Auth {
+                token: state.token.clone(),
+            },
+        ))
+        .await
+        .is_err()
+    {
         return lost("connection closed during auth".into());
     }
     let heartbeat = loop {
         match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<Outgoing>(&text) {
-                Ok(Outgoing { frame: ServerFrame::Ready { heartbeat_ms, .. }, .. }) => {
+                Ok(Outgoing {
+                    frame: ServerFrame::Ready { heartbeat_ms, .. },
+                    ..
+                }) => {
                     break Duration::from_millis(heartbeat_ms.max(100));
                 }
-                Ok(Outgoing { frame: ServerFrame::Error { code, .. }, .. }) if code == "unauthorized" => {
+                Ok(Outgoing {
+                    frame: ServerFrame::Error { code, .. },
+                    ..
+                }) if code == "unauthorized" => {
                     return Outcome::Unauthorized;
                 }
                 _ => return lost("unexpected first frame".into()),
@@ -212,17 +318,48 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
     };
     let resumed = state.connected_before;
     state.connected_before = true;
-    if state.events.send(Event::Connected { resumed }).await.is_err() {
+    if state
+        .events
+        .send(Event::Connected { resumed })
+        .await
+        .is_err()
+    {
         return Outcome::Stopped;
     }
-    let rooms: Vec<Cursor> = state.cursors.iter().map(|(room, after)| Cursor { room: *room, after: *after }).collect();
-    if !rooms.is_empty() && sink.send(frame(None, ClientFrame::Sync { rooms })).await.is_err() {
-        return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+    let rooms: Vec<Cursor> = state
+        .cursors
+        .iter()
+        .map(|(room, after)| Cursor {
+            room: *room,
+            after: *after,
+        })
+        .collect();
+    if !rooms.is_empty()
+        && sink
+            .send(frame(None, ClientFrame::Sync { rooms }))
+            .await
+            .is_err()
+    {
+        return Outcome::Lost {
+            reason: "connection lost".into(),
+            was_up: true,
+        };
     }
     for p in &state.outbox {
-        let send = ClientFrame::Send { room: p.room, client_id: p.client_id.clone(), body: p.body.clone() };
-        if sink.send(frame(Some(p.client_id.clone()), send)).await.is_err() {
-            return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+        let send = ClientFrame::Send {
+            room: p.room,
+            client_id: p.client_id.clone(),
+            body: p.body.clone(),
+        };
+        if sink
+            .send(frame(Some(p.client_id.clone()), send))
+            .await
+            .is_err()
+        {
+            return Outcome::Lost {
+                reason: "connection lost".into(),
+                was_up: true,
+            };
         }
     }
 
@@ -288,7 +425,12 @@ impl State {
     /// Handles one server frame; `Err` ends the session.
     async fn handle(&mut self, text: &str) -> Result<(), Outcome> {
         let Ok(Outgoing { id, frame, .. }) = serde_json::from_str::<Outgoing>(text) else {
-            return self.emit(Event::Error { code: "protocol".into(), message: "unreadable frame from server".into() }).await;
+            return self
+                .emit(Event::Error {
+                    code: "protocol".into(),
+                    message: "unreadable frame from server".into(),
+                })
+                .await;
         };
         match frame {
             ServerFrame::Entry { entry } => self.deliver(entry).await?,
@@ -302,9 +444,21 @@ impl State {
                 *cursor = (*cursor).max(seq);
                 self.emit(Event::Synced { room, seq }).await?;
             }
-            ServerFrame::Ack { room, client_id, seq, duplicate, .. } => {
+            ServerFrame::Ack {
+                room,
+                client_id,
+                seq,
+                duplicate,
+                ..
+            } => {
                 self.outbox.retain(|p| p.client_id != client_id);
-                self.emit(Event::Acked { room, client_id, seq, duplicate }).await?;
+                self.emit(Event::Acked {
+                    room,
+                    client_id,
+                    seq,
+                    duplicate,
+                })
+                .await?;
             }
             ServerFrame::Error { code, message, .. } => {
                 let failed_send = id.filter(|id| self.outbox.iter().any(|p| &p.client_id == id));
@@ -312,16 +466,32 @@ impl State {
                     // "unavailable" means not stored yet: keep it for the next try.
                     Some(client_id) if code != "unavailable" => {
                         self.outbox.retain(|p| p.client_id != client_id);
-                        self.emit(Event::SendFailed { client_id, code, message }).await?;
+                        self.emit(Event::SendFailed {
+                            client_id,
+                            code,
+                            message,
+                        })
+                        .await?;
                     }
                     _ => self.emit(Event::Error { code, message }).await?,
                 }
             }
-            ServerFrame::Presence { user, online } => self.emit(Event::Presence { user, online }).await?,
+            ServerFrame::Presence { user, online } => {
+                self.emit(Event::Presence { user, online }).await?
+            }
             ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
             ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,
-            ServerFrame::History { room, entries, has_more } => {
-                self.emit(Event::History { room, entries, has_more }).await?
+            ServerFrame::History {
+                room,
+                entries,
+                has_more,
+            } => {
+                self.emit(Event::History {
+                    room,
+                    entries,
+                    has_more,
+                })
+                .await?
             }
             ServerFrame::Ready { .. } | ServerFrame::Pong => {}
         }
@@ -347,4 +517,3 @@ fn with_jitter(base: Duration) -> Duration {
     let fraction = f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX) / 2.0;
     base + base.mul_f64(fraction)
 }
-
