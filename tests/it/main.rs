@@ -1,0 +1,16 @@
+//! hush integration tests: each test starts its own server on an ephemeral
+//! port with its own SQLite file and talks to it over HTTP and WebSocket.
+
+mod support;
+
+mod delivery;
+mod direct;
+mod heartbeat;
+mod keys;
+mod lifecycle;
+mod login;
+mod membership;
+mod presence;
+mod protocol_errors;
+mod registration;
+mod sync;

@@ -1,0 +1,208 @@
+//! Catching up: offline members sync what they missed, and sync racing
+//! live traffic yields every entry exactly once, in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, ensure};
+use hush::config::ServerConfig;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_offline_member_gets_everything_he_missed_when_he_syncs() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.create_room(&t[0], "r").await?;
+    app.invite(&t[0], room, "bob").await?;
+    let joined = app.join(&t[1], room).await?;
+    let join_seq = joined["joined_seq"].as_i64().unwrap();
+
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        sent.push(
+            alice
+                .send_ok(room, &format!("c{i}"), format!("body {i}").as_bytes())
+                .await?,
+        );
+    }
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let (entries, synced) = bob.sync(room, join_seq).await?;
+    assert_eq!(message_seqs(&entries), sent);
+    assert_eq!(synced, *sent.last().unwrap());
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(
+            unb64(entry["body"].as_str().unwrap())?,
+            format!("body {i}").as_bytes()
+        );
+        assert_eq!(entry["client_id"], format!("c{i}"));
+    }
+
+    // From 0: his join entry and everything after, nothing before it.
+    let (all, synced_again) = bob.sync(room, 0).await?;
+    assert_eq!(synced_again, synced);
+    let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (join_seq..=synced).collect::<Vec<_>>());
+    assert_eq!(all[0]["kind"], "join");
+    assert_eq!(all[0]["sender"], "bob");
+
+    // Caught up: live again, and the next message arrives exactly once.
+    let next = alice.send_ok(room, "later", b"later").await?;
+    assert_eq!(bob.next_entry(room).await?["seq"], next);
+    bob.assert_no_entries().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_during_concurrent_sends_delivers_every_entry_once_in_order() -> Result<()> {
+    sync_races_live_traffic(ServerConfig::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_with_small_pages_during_concurrent_sends_delivers_every_entry_once_in_order()
+-> Result<()> {
+    sync_races_live_traffic(ServerConfig {
+        page_size: 7,
+        ..ServerConfig::default()
+    })
+    .await
+}
+
+/// Each sender sends at least this many, and keeps going until bob has
+/// synced and seen live traffic resume (at most `MAX_PER_SENDER`).
+const PER_SENDER: usize = 100;
+const MAX_PER_SENDER: usize = 5_000;
+/// Live entries bob must see after `synced` before the senders may stop.
+const LIVE_AFTER_SYNC: usize = 20;
+
+/// bob saw some of the room, went offline, missed a backlog of several
+/// pages, and reconnects and syncs while alice and carol keep sending.
+async fn sync_races_live_traffic(config: ServerConfig) -> Result<()> {
+    let page_size = config.page_size as i64;
+    let app = spawn_app_with(config).await?;
+    let t = app.users(&["alice", "bob", "carol"]).await?;
+    let room = app
+        .group(&t[0], &[("bob", &t[1]), ("carol", &t[2])])
+        .await?;
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let seen = alice.send_ok(room, "before", b"seen by bob").await?;
+    assert_eq!(bob.next_entry(room).await?["seq"], seen);
+    bob.close().await?;
+
+    let mut last = seen;
+    for i in 0..(3 * page_size.min(20) + 2) {
+        last = alice
+            .send_ok(room, &format!("backlog-{i}"), b"missed")
+            .await?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let carol = app.connect_ws(&t[2]).await?;
+    let alice_task = tokio::spawn(send_burst(alice, room, "a", None, stop.clone()));
+    let carol_task = tokio::spawn(send_burst(carol, room, "c", Some(started_tx), stop.clone()));
+    // Reconnect once the burst is under way, so sync and live traffic overlap.
+    started_rx.await.context("carol's burst did not start")?;
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    bob.send_json(&json!({ "v": 1, "type": "sync", "rooms": [{ "room": room, "after": seen }] }))
+        .await?;
+    let mut stream = Vec::new();
+    let mut pages = 0;
+    let mut synced = false;
+    let (mut live_before_synced, mut live_after_synced) = (0, 0);
+    let mut expected_last = None;
+    let mut senders = Some((alice_task, carol_task));
+    for _ in 0..MAX_FRAMES {
+        if expected_last.is_some() && stream.last() == expected_last.as_ref() {
+            break;
+        }
+        if live_after_synced >= LIVE_AFTER_SYNC
+            && let Some((alice_task, carol_task)) = senders.take()
+        {
+            stop.store(true, Ordering::Relaxed);
+            let mut acked = alice_task.await??;
+            acked.extend(carol_task.await??);
+            acked.sort();
+            assert_eq!(
+                acked,
+                (last + 1..=last + acked.len() as i64).collect::<Vec<_>>(),
+                "acks are gap-free"
+            );
+            assert!(acked.len() >= 2 * PER_SENDER);
+            expected_last = acked.last().copied();
+            continue;
+        }
+        let frame = bob.next_frame().await?;
+        match frame["type"].as_str() {
+            Some("page") => {
+                pages += 1;
+                ensure!(!synced, "page after synced: {frame}");
+                for e in frame["entries"].as_array().unwrap() {
+                    stream.push(e["seq"].as_i64().unwrap());
+                }
+            }
+            Some("entry") if frame["entry"]["room"] == room => {
+                if synced {
+                    live_after_synced += 1;
+                } else {
+                    live_before_synced += 1;
+                }
+                stream.push(frame["entry"]["seq"].as_i64().unwrap())
+            }
+            Some("synced") => synced = true,
+            Some("presence") => {}
+            _ => anyhow::bail!("unexpected frame {frame}"),
+        }
+    }
+    let expected_last = expected_last.context("the senders were never stopped")?;
+    eprintln!("pages {pages}, live before synced {live_before_synced}, after {live_after_synced}");
+    assert!(pages >= 1, "the backlog came as pages");
+    let want: Vec<i64> = (seen + 1..=expected_last).collect();
+    if stream != want {
+        let bad: Vec<_> = stream.windows(2).filter(|w| w[1] != w[0] + 1).collect();
+        anyhow::bail!(
+            "bob's stream is not every seq once in order: {} seqs, want {} ({}..={}); breaks: {:?}",
+            stream.len(),
+            want.len(),
+            seen + 1,
+            expected_last,
+            &bad[..bad.len().min(10)]
+        );
+    }
+    bob.assert_no_entries().await?;
+    Ok(())
+}
+
+/// Sends messages one after another (each after the previous ack) until
+/// `stop` is set and at least `PER_SENDER` went out; signals `started`
+/// after the tenth. Returns the acked seqs.
+async fn send_burst(
+    mut ws: WsClient,
+    room: i64,
+    tag: &str,
+    mut started: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<i64>> {
+    let mut seqs = Vec::new();
+    for i in 0..MAX_PER_SENDER {
+        seqs.push(
+            ws.send_ok(room, &format!("{tag}{i}"), format!("{tag}{i}").as_bytes())
+                .await?,
+        );
+        if i == 10 {
+            if let Some(tx) = started.take() {
+                let _ = tx.send(());
+            }
+        }
+        if i + 1 >= PER_SENDER && stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(seqs)
+}
