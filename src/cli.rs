@@ -23,6 +23,44 @@ pub struct Cli {
 pub enum Command {
     /// Run the chat server (HTTP API, WebSocket relay, SQLite log).
     Serve(ServeArgs),
+    /// Manage identity keys and trust in peers' keys.
+    Keys {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Register your identity (from the key store) on the server.
+    Register {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Create, join, leave and list rooms.
+    Room {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+    /// Send an end-to-end encrypted message or file.
+    Send {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: SendArgs,
+    },
+    /// Print a conversation, decrypted and checked.
+    Read {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: ReadArgs,
+    },
+    /// Interactive terminal chat.
+    Chat {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -78,4 +116,120 @@ impl ServeArgs {
             ..ServerConfig::default()
         }
     }
+}
+
+/// Flags every client command shares.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Base URL of the hush server.
+    #[arg(
+        long,
+        global = true,
+        env = "HUSH_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    pub server: String,
+
+    /// Your username (the identity in the key store).
+    #[arg(long, short = 'u', global = true, env = "HUSH_USER")]
+    pub user: Option<String>,
+
+    /// Key store folder.
+    #[arg(long, global = true, env = "HUSH_KEYS", default_value = "keys")]
+    pub keys_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new identity key pair for USER (passphrase from HUSH_PASSPHRASE or a prompt).
+    New {
+        user: String,
+        /// RSA key size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 3072)]
+        bits: usize,
+    },
+    /// List the identities in the key store with their fingerprints.
+    List,
+    /// Show the fingerprint of a local identity.
+    Show { user: String },
+    /// Write USER's keys (still passphrase-protected) to FILE, to back up or move them.
+    Export { user: String, file: PathBuf },
+    /// Add the identity in FILE (from `keys export`) to the key store.
+    Import { file: PathBuf },
+    /// Make a new key, publish it with a statement signed by the old one, keep the old one for history.
+    Rotate {
+        #[arg(long, default_value_t = 3072)]
+        bits: usize,
+    },
+    /// Show the safety number you share with PEER, to compare in person or by phone.
+    Verify {
+        peer: String,
+        /// Record that you compared it and it matched.
+        #[arg(long)]
+        mark_verified: bool,
+    },
+    /// Accept PEER's current key after it changed without a valid rotation.
+    Trust { peer: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoomCommand {
+    /// Create a group room.
+    Create { name: String },
+    /// Invite USER to ROOM (a room name or id).
+    Invite {
+        room: String,
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// Accept an invitation to ROOM (name or id).
+    Join { room: String },
+    /// Leave ROOM.
+    Leave { room: String },
+    /// Remove USER from ROOM (the room's creator only).
+    Remove {
+        room: String,
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// List your rooms, DMs and pending invitations.
+    List,
+}
+
+/// Which conversation a command is about.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A group room, by name or id.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// The DM with this user.
+    #[arg(long = "to", visible_alias = "with")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The text to send; `-` reads it from standard input.
+    pub text: Option<String>,
+    /// Send this file (image, audio, anything) instead of text.
+    #[arg(long, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Keep running and print new messages as they arrive.
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where received attachments are saved.
+    #[arg(long, default_value = "downloads")]
+    pub save_dir: PathBuf,
 }

@@ -7,13 +7,30 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use hush::cli::{Cli, Command, LogFormat, ServeArgs};
+use hush::client::commands;
 use hush::store::Store;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Keys { opts, command } => commands::keys(&opts, &command).await,
+        Command::Register { opts } => commands::register(&opts).await,
+        Command::Room { opts, command } => commands::room(&opts, &command).await,
+        Command::Send { opts, args } => commands::send(&opts, &args).await,
+        Command::Read { opts, args } => commands::read(&opts, &args).await,
+        Command::Chat { opts } => hush::client::chat::run(&opts).await,
     }
 }
 

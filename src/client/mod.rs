@@ -1,5 +1,12 @@
 //! Client side: the HTTP API, the reconnecting WebSocket link, and (with
 //! the crypto module) what every command shares.
 
+pub mod account;
 pub mod api;
+pub mod chat;
+pub mod commands;
+pub mod conversation;
+pub mod directory;
+pub mod keystore;
 pub mod link;
+pub mod transcript;

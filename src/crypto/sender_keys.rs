@@ -286,6 +286,32 @@ impl SenderKeyState {
         }
     }
 
+    /// After a restart, with the client's own latest key recovered from its
+    /// distribution in the log: `members` are that distribution's
+    /// recipients and `next_counter` is one above the highest counter this
+    /// user sent under it. Avoids a needless rotation on every start.
+    pub fn resume_with_key(
+        room_id: i64,
+        sender: &str,
+        key: SenderKey,
+        members: &[(String, Fingerprint)],
+        next_counter: u64,
+    ) -> Self {
+        Self {
+            room_id,
+            sender: sender.to_owned(),
+            last_epoch: key.epoch(),
+            current: Some(CurrentKey {
+                key,
+                members: members
+                    .iter()
+                    .map(|(name, fp)| (name.clone(), fp.0))
+                    .collect(),
+                next_counter,
+            }),
+        }
+    }
+
     /// The epoch of the current key (or of the last one, if none is held).
     pub fn epoch(&self) -> u32 {
         self.last_epoch

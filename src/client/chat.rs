@@ -1,0 +1,381 @@
+//! `hush chat`: the interactive terminal client.
+//!
+//! Line-oriented so it works in any terminal and under `tmux`/scripts:
+//! typing a line sends it to the current conversation; `/`-commands do the
+//! rest. One `Link` carries every room; it reconnects by itself and resyncs
+//! from the last entry seen. Lines typed while disconnected are kept and
+//! sealed once the connection is back, each posted exactly once (the server
+//! deduplicates resends by client id).
+
+use std::collections::{HashMap, VecDeque};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::account::Account;
+use super::api::Room;
+use super::commands::{Printer, file_payload};
+use super::conversation::{Conversation, Shown};
+use super::link::{Event, Link};
+use super::transcript;
+use crate::cli::ClientOpts;
+use crate::crypto::envelope::Payload;
+use crate::crypto::safety::SafetyNumber;
+use crate::store::RoomId;
+
+const HELP: &str = "\
+commands:
+  /rooms               list rooms and DMs with unread counts
+  /go ROOM|@USER       switch to a room (name or id) or a DM
+  /dm USER             open the DM with USER and switch to it
+  /create NAME         create a room and switch to it
+  /invite USER         invite USER to the current room
+  /join ROOM           accept an invitation
+  /leave               leave the current room
+  /who                 who is online in the current room
+  /history [N]         show the last N messages here (default 20)
+  /verify USER         show the safety number with USER
+  /file PATH           send a file
+  /quit                leave hush chat
+anything else is sent to the current conversation";
+
+struct RoomView {
+    room: Room,
+    conversation: Conversation,
+    shown: Vec<Shown>,
+    unread: usize,
+    is_synced: bool,
+}
+
+struct Chat {
+    account: Account,
+    link: Link,
+    rooms: HashMap<RoomId, RoomView>,
+    current: Option<RoomId>,
+    is_online: bool,
+    /// Lines typed while offline, sealed and sent once back online.
+    typed_offline: VecDeque<(RoomId, Payload)>,
+    printer: Printer,
+}
+
+pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
+    let account = Account::open(opts).await?;
+    let token = account.api.token().context("not logged in")?.to_owned();
+    let link = Link::start(account.api.server(), token);
+    let printer = Printer {
+        json: false,
+        save_dir: "downloads".into(),
+        room: 0,
+    };
+    let mut chat = Chat {
+        account,
+        link,
+        rooms: HashMap::new(),
+        current: None,
+        is_online: false,
+        typed_offline: VecDeque::new(),
+        printer,
+    };
+    for room in chat.account.api.rooms().await? {
+        chat.add_room(room).await;
+    }
+    chat.current = chat.rooms.keys().min().copied();
+    println!(
+        "hush chat as {}. /help for commands.",
+        chat.account.username()
+    );
+    chat.print_rooms();
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) => if !chat.handle_line(line.trim()).await { break },
+                None => break,
+            },
+            event = chat.link.events.recv() => match event {
+                Some(event) => if !chat.handle_event(event).await { break },
+                None => break,
+            },
+        }
+    }
+    chat.account.finish()
+}
+
+impl Chat {
+    async fn add_room(&mut self, room: Room) {
+        if self.rooms.contains_key(&room.id) {
+            return;
+        }
+        self.link.follow(room.id, 0).await;
+        let conversation = Conversation::new(room.id, self.account.username());
+        self.rooms.insert(
+            room.id,
+            RoomView {
+                room,
+                conversation,
+                shown: Vec::new(),
+                unread: 0,
+                is_synced: false,
+            },
+        );
+    }
+
+    fn label(&self, room: RoomId) -> String {
+        self.rooms.get(&room).map_or_else(
+            || format!("room {}", room.0),
+            |v| v.room.label(self.account.username()),
+        )
+    }
+
+    fn print_rooms(&self) {
+        let mut ids: Vec<_> = self.rooms.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let view = &self.rooms[&id];
+            let marker = if Some(id) == self.current { ">" } else { " " };
+            let unread = if view.unread > 0 {
+                format!(" ({} unread)", view.unread)
+            } else {
+                String::new()
+            };
+            println!(
+                "{marker} {:>4} {}{unread}",
+                id.0,
+                view.room.label(self.account.username())
+            );
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Entry(entry) => {
+                let Some(view) = self.rooms.get_mut(&entry.room) else {
+                    return true;
+                };
+                let shown = view
+                    .conversation
+                    .process(&entry, &self.account.identity, &mut self.account.directory)
+                    .await;
+                let is_current = Some(entry.room) == self.current;
+                if view.is_synced && !matches!(shown, Shown::Quiet { .. }) {
+                    if is_current {
+                        let _ = self.printer.print(&shown);
+                    } else {
+                        view.unread += 1;
+                        println!(
+                            "[{}: new message]",
+                            view.room.label(self.account.username())
+                        );
+                    }
+                }
+                view.shown.push(shown);
+                self.account.print_notices();
+            }
+            Event::Synced { room, .. } => {
+                if let Some(view) = self.rooms.get_mut(&room)
+                    && !view.is_synced
+                {
+                    view.is_synced = true;
+                    if Some(room) == self.current {
+                        self.show_recent(room, 20);
+                    }
+                }
+            }
+            Event::Connected { resumed } => {
+                self.is_online = true;
+                if resumed {
+                    println!("* reconnected");
+                }
+                self.flush_offline().await;
+            }
+            Event::Disconnected { reason } => {
+                if self.is_online {
+                    println!("* disconnected ({reason}); reconnecting…");
+                }
+                self.is_online = false;
+            }
+            Event::Acked { .. } => {}
+            Event::SendFailed { code, message, .. } => println!("! not sent: {message} ({code})"),
+            Event::Presence { user, online } => {
+                println!("* {user} is {}", if online { "online" } else { "offline" })
+            }
+            Event::Online { users, .. } => println!("* online: {}", users.join(", ")),
+            Event::Invited { room, by } => {
+                println!("* {by} invited you to room {} — /join {}", room.0, room.0)
+            }
+            Event::History { .. } => {}
+            Event::Error { code, message } => println!("! {message} ({code})"),
+            Event::Unauthorized => {
+                println!("! the server refused our session; log in again");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn show_recent(&self, room: RoomId, count: usize) {
+        let Some(view) = self.rooms.get(&room) else {
+            return;
+        };
+        println!("--- {} ---", view.room.label(self.account.username()));
+        let visible: Vec<&Shown> = view
+            .shown
+            .iter()
+            .filter(|s| !matches!(s, Shown::Quiet { .. }))
+            .collect();
+        for shown in &visible[visible.len().saturating_sub(count)..] {
+            let _ = self.printer.print(shown);
+        }
+    }
+
+    async fn flush_offline(&mut self) {
+        while let Some((room, payload)) = self.typed_offline.pop_front() {
+            if let Err(err) = self.post(room, &payload).await {
+                println!("! could not send: {err:#}");
+                self.typed_offline.push_front((room, payload));
+                return;
+            }
+        }
+    }
+
+    async fn post(&mut self, room: RoomId, payload: &Payload) -> anyhow::Result<()> {
+        let view = self.rooms.get_mut(&room).context("not in that room")?;
+        transcript::post(
+            &mut self.account,
+            &self.link,
+            &mut view.conversation,
+            &view.room,
+            payload,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn send(&mut self, payload: Payload) {
+        let Some(room) = self.current else {
+            println!("! no conversation selected: /rooms, /go ROOM or /dm USER");
+            return;
+        };
+        if !self.is_online {
+            println!("* offline: will send when reconnected");
+            self.typed_offline.push_back((room, payload));
+            return;
+        }
+        if let Err(err) = self.post(room, &payload).await {
+            println!("! {err:#}; will retry when reconnected");
+            self.typed_offline.push_back((room, payload));
+        }
+        self.account.print_notices();
+    }
+
+    async fn switch_to(&mut self, room: Room) {
+        let id = room.id;
+        self.add_room(room).await;
+        self.current = Some(id);
+        if let Some(view) = self.rooms.get_mut(&id) {
+            view.unread = 0;
+        }
+        self.show_recent(id, 20);
+    }
+
+    /// Handles one typed line; false to quit.
+    async fn handle_line(&mut self, line: &str) -> bool {
+        if line.is_empty() {
+            return true;
+        }
+        let Some(command) = line.strip_prefix('/') else {
+            self.send(Payload::text(line)).await;
+            return true;
+        };
+        let (name, arg) = command
+            .split_once(' ')
+            .map_or((command, ""), |(n, a)| (n, a.trim()));
+        let result: anyhow::Result<()> = async {
+            match name {
+                "quit" | "exit" => return Err(anyhow::anyhow!("quit")),
+                "help" => println!("{HELP}"),
+                "rooms" => self.print_rooms(),
+                "go" | "switch" => {
+                    if let Some(peer) = arg.strip_prefix('@') {
+                        let room = self.account.api.open_dm(peer).await?;
+                        self.switch_to(room).await;
+                    } else {
+                        let room = super::account::find_room(&self.account.api, arg).await?;
+                        self.switch_to(room).await;
+                    }
+                }
+                "dm" => {
+                    let room = self.account.api.open_dm(arg).await?;
+                    self.switch_to(room).await;
+                }
+                "create" => {
+                    let room = self.account.api.create_room(arg).await?;
+                    self.switch_to(room).await;
+                }
+                "invite" => {
+                    let room = self.current.context("no conversation selected")?;
+                    self.account.api.invite(room, arg).await?;
+                    println!("* invited {arg}");
+                }
+                "join" => {
+                    let id = arg.trim_start_matches('#');
+                    let invitations = self.account.api.invitations().await?;
+                    let room = invitations
+                        .iter()
+                        .find(|i| i.name.as_deref() == Some(id) || i.room.0.to_string() == id)
+                        .map(|i| i.room)
+                        .context("no such invitation")?;
+                    let room = self.account.api.join(room).await?;
+                    self.switch_to(room).await;
+                }
+                "leave" => {
+                    let room = self.current.context("no conversation selected")?;
+                    self.account.api.leave(room).await?;
+                    println!("* left {}", self.label(room));
+                    self.rooms.remove(&room);
+                    self.current = self.rooms.keys().min().copied();
+                }
+                "who" => self.link.who(self.current).await,
+                "history" => {
+                    let count = arg.parse().unwrap_or(20);
+                    if let Some(room) = self.current {
+                        self.show_recent(room, count);
+                    }
+                }
+                "verify" => {
+                    let peer = self.account.directory.peer(arg).await?;
+                    let theirs = peer.usable.context(
+                        "their key changed without a valid rotation; see `hush keys trust`",
+                    )?;
+                    let mine = self.account.identity.current.public().clone();
+                    println!("safety number with {arg}:");
+                    for line in
+                        SafetyNumber::for_keys((self.account.username(), &mine), (arg, &theirs))
+                            .to_lines()
+                    {
+                        println!("    {line}");
+                    }
+                    println!(
+                        "compare it with {arg}; then `hush keys verify {arg} --mark-verified`"
+                    );
+                }
+                "file" => {
+                    let payload = file_payload(std::path::Path::new(arg))?;
+                    self.send(payload).await;
+                }
+                other => println!("! unknown command /{other}; /help lists them"),
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Err(err) if err.to_string() == "quit" => false,
+            Err(err) => {
+                println!("! {err:#}");
+                true
+            }
+            Ok(()) => true,
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The scripting commands: `hush keys …`, `register`, `room …`, `send`,
+//! `read`. Each reads its secrets from the environment or a prompt, does
+//! one thing and exits; errors carry context for the person running them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use super::account::{Account, find_room, new_passphrase, passphrase, password, require_user};
+use super::api::Api;
+use super::conversation::Shown;
+use super::directory::Directory;
+use super::keystore::KeyStore;
+use super::link::Event;
+use super::transcript;
+use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
+use crate::crypto::envelope::Payload;
+use crate::crypto::keys::IdentityPrivateKey;
+use crate::crypto::safety::SafetyNumber;
+use crate::crypto::statements;
+
+pub async fn keys(opts: &ClientOpts, command: &KeysCommand) -> anyhow::Result<()> {
+    let store = KeyStore::new(&opts.keys_dir);
+    match command {
+        KeysCommand::New { user, bits } => {
+            if !crate::crypto::wire::is_valid_username(user) {
+                bail!("{user:?} is not a valid username (3-32 of a-z 0-9 _ . -)");
+            }
+            if store.has(user) {
+                bail!("{user} already has a key in {}", store.dir().display());
+            }
+            let passphrase = new_passphrase(user)?;
+            let key = generate(*bits).await?;
+            let path = store.create(user, &key, &passphrase)?;
+            println!(
+                "{user}: {} ({} bits)",
+                key.public().fingerprint(),
+                key.public().bits()
+            );
+            println!(
+                "saved to {} (mode 0600, encrypted with your passphrase)",
+                path.display()
+            );
+        }
+        KeysCommand::List => {
+            let users = store.users()?;
+            if users.is_empty() {
+                println!("no identities in {}", store.dir().display());
+            }
+            for user in users {
+                let file = store.key_file(&user)?;
+                println!(
+                    "{user:<20} {} ({} bits)",
+                    file.public_key().fingerprint(),
+                    file.public_key().bits()
+                );
+            }
+        }
+        KeysCommand::Show { user } => {
+            let file = store.key_file(user)?;
+            println!("{user}");
+            println!("fingerprint: {}", file.public_key().fingerprint());
+            println!("size:        {} bits", file.public_key().bits());
+        }
+        KeysCommand::Export { user, file } => {
+            store.export(user, file)?;
+            println!(
+                "exported {user}'s keys to {} (still encrypted with the passphrase)",
+                file.display()
+            );
+        }
+        KeysCommand::Import { file } => {
+            let user = store.import(file)?;
+            println!("imported {user} into {}", store.dir().display());
+        }
+        KeysCommand::Rotate { bits } => rotate(opts, &store, *bits).await?,
+        KeysCommand::Verify {
+            peer,
+            mark_verified,
+        } => verify(opts, peer, *mark_verified).await?,
+        KeysCommand::Trust { peer } => trust(opts, &store, peer).await?,
+    }
+    Ok(())
+}
+
+/// Generates a key on a worker thread, showing progress on stderr.
+async fn generate(bits: usize) -> anyhow::Result<IdentityPrivateKey> {
+    eprint!("generating a {bits}-bit RSA key ");
+    let key = tokio::task::spawn_blocking(move || {
+        IdentityPrivateKey::generate(bits, |_| {
+            eprint!(".");
+            let _ = std::io::stderr().flush();
+        })
+    })
+    .await??;
+    eprintln!(" done");
+    Ok(key)
+}
+
+async fn rotate(opts: &ClientOpts, store: &KeyStore, bits: usize) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
+    let identity = store.open(&user, &passphrase)?;
+    let (api, _) = Api::new(&opts.server)
+        .login(&user, &password(&user)?)
+        .await
+        .context("logging in")?;
+    let new = generate(bits).await?;
+    let old = &identity.current;
+    let statement = statements::key_rotation(
+        &user,
+        &old.public().fingerprint().0,
+        new.public().spki_der(),
+    );
+    let signature = old.sign(&statement)?;
+    api.rotate_key(new.public().spki_der(), &signature)
+        .await
+        .context("publishing the new key")?;
+    store.rotate(&identity, &new, &passphrase)?;
+    println!("{user}: new key {}", new.public().fingerprint());
+    println!(
+        "the old key {} is kept to read earlier messages",
+        old.public().fingerprint()
+    );
+    Ok(())
+}
+
+async fn verify(opts: &ClientOpts, peer: &str, mark_verified: bool) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let store = KeyStore::new(&opts.keys_dir);
+    let mine = store.key_file(&user)?.public_key().clone();
+    let (api, _) = Api::new(&opts.server)
+        .login(&user, &password(&user)?)
+        .await
+        .context("logging in")?;
+    let mut directory = Directory::new(api, store.load_trust(&user)?);
+    let found = directory.peer(peer).await?;
+    for notice in directory.take_notices() {
+        eprintln!("hush: {notice}");
+    }
+    let Some(theirs) = found.usable else {
+        store.save_trust(&user, directory.trust_store())?;
+        bail!(
+            "{peer}'s key changed without a valid rotation; compare the new key with them, then `hush keys trust {peer}`"
+        );
+    };
+    println!("{user}: {}", mine.fingerprint());
+    println!("{peer}: {}", theirs.fingerprint());
+    println!("safety number (the same on both sides):");
+    for line in SafetyNumber::for_keys((&user, &mine), (peer, &theirs)).to_lines() {
+        println!("    {line}");
+    }
+    if mark_verified {
+        directory
+            .trust_store_mut()
+            .mark_verified(peer, &theirs.fingerprint())?;
+        println!("{peer} is now marked verified");
+    } else if found.is_verified {
+        println!("{peer} is marked verified");
+    } else {
+        println!("compare it with {peer}, then run `hush keys verify {peer} --mark-verified`");
+    }
+    store.save_trust(&user, directory.trust_store())?;
+    Ok(())
+}
+
+async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let (api, _) = Api::new(&opts.server)
+        .login(&user, &password(&user)?)
+        .await
+        .context("logging in")?;
+    let mut directory = Directory::new(api, store.load_trust(&user)?);
+    let found = directory.peer(peer).await?;
+    let key = found
+        .blocked_key
+        .or(found.usable)
+        .context("no key to trust")?;
+    directory.trust_store_mut().trust(peer, &key);
+    store.save_trust(&user, directory.trust_store())?;
+    println!("now trusting {peer}'s key {}", key.fingerprint());
+    Ok(())
+}
+
+pub async fn register(opts: &ClientOpts) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let store = KeyStore::new(&opts.keys_dir);
+    let identity = store.open(
+        &user,
+        &passphrase(&format!("Passphrase for {user}'s key: "))?,
+    )?;
+    let password = password(&user)?;
+    let key = &identity.current;
+    let mut signing_error = None;
+    let reply = Api::new(&opts.server)
+        .register(&user, &password, key.public().spki_der(), |message| {
+            key.sign(message).unwrap_or_else(|e| {
+                signing_error = Some(e);
+                Vec::new()
+            })
+        })
+        .await;
+    if let Some(err) = signing_error {
+        bail!("signing the registration proof failed: {err}");
+    }
+    let reply = reply.context("registering")?;
+    println!(
+        "registered {} with key {}",
+        reply.username,
+        key.public().fingerprint()
+    );
+    Ok(())
+}
+
+pub async fn room(opts: &ClientOpts, command: &RoomCommand) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let (api, _) = Api::new(&opts.server)
+        .login(&user, &password(&user)?)
+        .await
+        .context("logging in")?;
+    match command {
+        RoomCommand::Create { name } => {
+            let room = api.create_room(name).await?;
+            println!("created #{name} (id {})", room.id.0);
+        }
+        RoomCommand::Invite { room, member } => {
+            let found = find_room(&api, room).await?;
+            api.invite(found.id, member).await?;
+            println!("invited {member} to {}", found.label(&user));
+        }
+        RoomCommand::Join { room } => {
+            let invitations = api.invitations().await?;
+            let name = room.trim_start_matches('#');
+            let id = invitations
+                .iter()
+                .find(|i| i.name.as_deref() == Some(name) || i.room.0.to_string() == name)
+                .map(|i| i.room)
+                .with_context(|| format!("no invitation to {room:?} (see `hush room list`)"))?;
+            let joined = api.join(id).await?;
+            println!("joined {} (id {})", joined.label(&user), joined.id.0);
+        }
+        RoomCommand::Leave { room } => {
+            let found = find_room(&api, room).await?;
+            api.leave(found.id).await?;
+            println!("left {}", found.label(&user));
+        }
+        RoomCommand::Remove { room, member } => {
+            let found = find_room(&api, room).await?;
+            api.remove(found.id, member).await?;
+            println!("removed {member} from {}", found.label(&user));
+        }
+        RoomCommand::List => {
+            for room in api.rooms().await? {
+                let kind = if room.is_dm() { "dm" } else { "room" };
+                println!(
+                    "{:>5}  {kind:<4}  {:<24} {}",
+                    room.id.0,
+                    room.label(&user),
+                    room.members.join(", ")
+                );
+            }
+            for invitation in api.invitations().await? {
+                let name = invitation.name.as_deref().unwrap_or("?");
+                println!(
+                    "{:>5}  invited to #{name} by {}",
+                    invitation.room.0, invitation.invited_by
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
+    let payload = match (&args.file, args.text.as_deref()) {
+        (Some(path), _) => file_payload(path)?,
+        (None, Some("-")) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            Payload::text(text.trim_end_matches('\n'))
+        }
+        (None, Some(text)) => Payload::text(text),
+        (None, None) => bail!("give the text to send, `-` for standard input, or --file PATH"),
+    };
+    let mut account = Account::open(opts).await?;
+    let room = account.resolve(&args.target).await?;
+    let (mut link, mut conversation, _) = transcript::load(&mut account, &room).await?;
+    let ids = transcript::post(&mut account, &link, &mut conversation, &room, &payload).await?;
+    let seq = transcript::await_acks(&mut link, ids).await?;
+    account.finish()?;
+    println!("sent to {} as #{seq}", room.label(account.username()));
+    Ok(())
+}
+
+/// A file attachment: its bytes, its name and a MIME type guessed from the name.
+pub fn file_payload(path: &Path) -> anyhow::Result<Payload> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    Ok(Payload::file(name.clone(), guess_mime(&name), data))
+}
+
+/// A MIME type from the file name, for the receiving side to display it.
+pub fn guess_mime(name: &str) -> &'static str {
+    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" => "audio/ogg",
+        "wav" => "audio/wav",
+        "m4a" => "audio/mp4",
+        "webm" => "audio/webm",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
+    let mut account = Account::open(opts).await?;
+    let room = account.resolve(&args.target).await?;
+    let (mut link, mut conversation, shown) = transcript::load(&mut account, &room).await?;
+    account.print_notices();
+    let printer = Printer {
+        json: args.json,
+        save_dir: args.save_dir.clone(),
+        room: room.id.0,
+    };
+    for item in &shown {
+        printer.print(item)?;
+    }
+    account.finish()?;
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
+        let Some(event) = link.events.recv().await else {
+            return Ok(());
+        };
+        match event {
+            Event::Entry(entry) if entry.room == room.id => {
+                let item = conversation
+                    .process(&entry, &account.identity, &mut account.directory)
+                    .await;
+                account.print_notices();
+                printer.print(&item)?;
+            }
+            Event::Disconnected { reason } => {
+                eprintln!("hush: disconnected ({reason}); reconnecting")
+            }
+            Event::Connected { resumed: true } => eprintln!("hush: reconnected"),
+            Event::Unauthorized => bail!("the server refused our session"),
+            _ => {}
+        }
+    }
+}
+
+/// Prints what `read` shows, as text or JSON lines, saving attachments.
+pub struct Printer {
+    pub json: bool,
+    pub save_dir: PathBuf,
+    pub room: i64,
+}
+
+impl Printer {
+    pub fn print(&self, item: &Shown) -> anyhow::Result<()> {
+        let line = match item {
+            Shown::Quiet { .. } => return Ok(()),
+            Shown::Message {
+                seq,
+                ts,
+                sender,
+                payload,
+                is_sender_verified,
+            } => {
+                let (text, file) = match payload {
+                    Payload::Text { text } => (Some(text.clone()), None),
+                    Payload::File { name, mime, data } => {
+                        let path = self.save(*seq, name, data)?;
+                        (None, Some((name.clone(), mime.clone(), data.len(), path)))
+                    }
+                };
+                if self.json {
+                    let mut obj = json!({
+                        "room": self.room, "seq": seq, "ts": ts, "sender": sender, "kind": "message",
+                        "verified": is_sender_verified,
+                    });
+                    if let Some(text) = text {
+                        obj["text"] = json!(text);
+                    }
+                    if let Some((name, mime, size, path)) = file {
+                        obj["file"] =
+                            json!({ "name": name, "mime": mime, "size": size, "saved_to": path });
+                    }
+                    obj.to_string()
+                } else {
+                    let mark = if *is_sender_verified { " ✓" } else { "" };
+                    let content = match (text, file) {
+                        (Some(text), _) => text,
+                        (None, Some((name, mime, size, path))) => {
+                            format!(
+                                "[file {name}, {mime}, {size} bytes, saved to {}]",
+                                path.display()
+                            )
+                        }
+                        (None, None) => String::new(),
+                    };
+                    format!("#{seq} {} {sender}{mark}: {content}", format_time(*ts))
+                }
+            }
+            Shown::Event { seq, ts, text } => {
+                if self.json {
+                    json!({ "room": self.room, "seq": seq, "ts": ts, "kind": "event", "text": text }).to_string()
+                } else {
+                    format!("#{seq} {} * {text}", format_time(*ts))
+                }
+            }
+            Shown::Rejected {
+                seq,
+                ts,
+                sender,
+                reason,
+            } => {
+                if self.json {
+                    json!({ "room": self.room, "seq": seq, "ts": ts, "sender": sender, "kind": "rejected", "warning": reason })
+                        .to_string()
+                } else {
+                    format!(
+                        "#{seq} {} !! message from {sender} REJECTED: {reason}",
+                        format_time(*ts)
+                    )
+                }
+            }
+        };
+        println!("{line}");
+        Ok(())
+    }
+
+    fn save(&self, seq: i64, name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.save_dir)
+            .with_context(|| format!("creating {}", self.save_dir.display()))?;
+        // Only the last path component, so a sender cannot choose where it lands.
+        let base = Path::new(name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let base = if base.is_empty() || base.starts_with('.') {
+            format!("file{base}")
+        } else {
+            base
+        };
+        let path = self.save_dir.join(format!("{}-{seq}-{base}", self.room));
+        std::fs::write(&path, data).with_context(|| format!("saving {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `2026-11-26 09:15:02` in UTC.
+pub fn format_time(ts_ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ts_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
+}
