@@ -40,11 +40,12 @@ async fn a_restart_on_the_same_database_keeps_users_tokens_rooms_and_history() -
         );
     }
     let dm_seq = alice.send_ok(dm, "d0", b"dm before").await?;
-    let old_addr = app.addr;
+    let (old_addr, old_db) = (app.addr, app.db_path.clone());
     drop(alice);
 
     let app = app.restart().await?;
     assert_ne!(app.addr, old_addr);
+    assert_eq!(app.db_path, old_db);
 
     // Tokens and rooms survived.
     let (status, rooms) = app.get("/api/v1/rooms", Some(&t[1])).await?;
