@@ -165,3 +165,100 @@ async fn only_the_creator_can_remove_and_a_removed_member_stops_receiving() -> R
     assert_eq!(info["last_seq"], gone);
     Ok(())
 }
+
+#[tokio::test]
+async fn history_pages_backwards_from_the_newest_entries() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice"]).await?;
+    let room = app.create_room(&t[0], "r").await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut sent = Vec::new();
+    for i in 0..7 {
+        sent.push(alice.send_ok(room, &format!("h{i}"), b"x").await?);
+    }
+    let newest = alice.history(room, None, Some(3)).await?;
+    assert_eq!(
+        message_seqs(newest["entries"].as_array().unwrap()),
+        sent[4..].to_vec()
+    );
+    assert_eq!(newest["has_more"], true);
+    let older = alice.history(room, Some(sent[4]), Some(3)).await?;
+    assert_eq!(
+        message_seqs(older["entries"].as_array().unwrap()),
+        sent[1..4].to_vec()
+    );
+    let oldest = alice.history(room, Some(sent[1]), Some(3)).await?;
+    let seqs: Vec<i64> = oldest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    // The room's `create` entry, then the first message; nothing before.
+    assert_eq!(seqs, vec![1, sent[0]], "{oldest}");
+    assert_eq!(oldest["has_more"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dm_cannot_be_joined_left_or_extended() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob", "carol"]).await?;
+    let (_, dm) = app.open_dm(&t[0], "bob").await?;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rooms/{dm}/invite"),
+            Some(&t[0]),
+            Some(json!({ "username": "carol" })),
+        )
+        .await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(&format!("/api/v1/rooms/{dm}/leave"), Some(&t[1]), None)
+        .await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{body}"
+    );
+    let (status, _) = app
+        .post(&format!("/api/v1/rooms/{dm}/join"), Some(&t[2]), None)
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, info) = app.get(&format!("/api/v1/rooms/{dm}"), Some(&t[0])).await?;
+    assert_eq!(info["members"], json!(["alice", "bob"]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_member_who_leaves_and_rejoins_does_not_see_what_was_said_while_away() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let first = alice.send_ok(room, "1", b"first").await?;
+    let (status, _) = app
+        .post(&format!("/api/v1/rooms/{room}/leave"), Some(&t[1]), None)
+        .await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let away = alice.send_ok(room, "2", b"while away").await?;
+    let back = app.add_member(&t[0], room, "bob", &t[1]).await?;
+    let rejoin = back["joined_seq"].as_i64().context("joined_seq")?;
+    let last = alice.send_ok(room, "3", b"back").await?;
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let (entries, _) = bob.sync(room, 0).await?;
+    let msgs = message_seqs(&entries);
+    assert_eq!(msgs, vec![first, last], "{entries:?}");
+    assert!(!msgs.contains(&away));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["seq"] == rejoin && e["kind"] == "join")
+    );
+    Ok(())
+}

@@ -110,3 +110,36 @@ async fn a_first_frame_that_is_not_a_valid_auth_closes_with_4001() -> Result<()>
     app.connect_ws(&token).await?.ping().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_closed_with_4001() -> Result<()> {
+    let config = ServerConfig {
+        auth_timeout: std::time::Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let app = spawn_app_with(config).await?;
+    let mut ws = app.connect_ws_raw().await?;
+    assert_eq!(ws.expect_close().await?, Some(4001));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_frame_limit_closes_with_1009() -> Result<()> {
+    let config = ServerConfig {
+        max_body_bytes: 64,
+        ..ServerConfig::default()
+    };
+    let max_frame = config.max_frame_bytes();
+    let app = spawn_app_with(config).await?;
+    let t = app.users(&["alice"]).await?;
+    let room = app.create_room(&t[0], "r").await?;
+    let mut ws = app.connect_ws(&t[0]).await?;
+    let huge = json!({ "v": 1, "type": "send", "room": room, "client_id": "big", "body": "A".repeat(max_frame) });
+    ws.send_json(&huge).await?;
+    assert_eq!(ws.expect_close().await?, Some(1009));
+    // Nothing was stored, and the user can reconnect.
+    let mut again = app.connect_ws(&t[0]).await?;
+    let (entries, _) = again.sync(room, 0).await?;
+    assert!(message_seqs(&entries).is_empty());
+    Ok(())
+}
