@@ -2,7 +2,7 @@
 //! with AES-256-GCM under the sender's current sender key, bound to room,
 //! sender, epoch and counter, and signed with the sender's identity key.
 //!
-//! Layout (all integers big-endian; `docs/CRYPTO.md` has the table):
+//! Layout (all integers big-endian; `docs/PROTOCOL.md §19` has the table):
 //! `"HUSH" 0x01 0x01 | room_id i64 | sender_len u8 | sender | epoch u32 |
 //! counter u64 | nonce [12] | ct_len u32 | ciphertext‖tag | sig_len u16 | sig`.
 //! The AES-GCM associated data is every byte before the nonce; the RSA-PSS

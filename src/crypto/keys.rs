@@ -1,7 +1,7 @@
 //! Identity private keys: generation, PKCS#8 import, signing and unwrapping,
 //! and the passphrase-protected key file that keeps them at rest.
 //!
-//! A key file is a small JSON document (format in `docs/CRYPTO.md`): the
+//! A key file is a small JSON document (format in `docs/PROTOCOL.md §19`): the
 //! public key in clear, so listing keys needs no passphrase, and the PKCS#8
 //! DER of the private key under AES-256-GCM with a key derived from the
 //! passphrase by Argon2id. The parameters travel in the file so they can be

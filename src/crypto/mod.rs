@@ -5,7 +5,7 @@
 //! touches a private key or a plaintext is client-side: `keys` (identity
 //! private keys at rest), `envelope` (one message), `sender_keys` (per-room
 //! sender keys and their distribution), `safety` (numbers people compare) and
-//! `trust` (which peer keys this client has pinned). `docs/CRYPTO.md`
+//! `trust` (which peer keys this client has pinned). `docs/PROTOCOL.md §19`
 //! describes every format byte by byte.
 
 pub mod envelope;

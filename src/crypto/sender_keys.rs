@@ -3,7 +3,7 @@
 //! *sender-key distribution*, plus the sender-side state that decides when a
 //! fresh key (the next epoch) is needed.
 //!
-//! Distribution layout (all integers big-endian; table in `docs/CRYPTO.md`):
+//! Distribution layout (all integers big-endian; table in `docs/PROTOCOL.md §19`):
 //! `"HUSH" 0x01 0x02 | room_id i64 | sender_len u8 | sender | epoch u32 |
 //! count u16 | count × (name_len u8 | name | fingerprint [32] | wrapped_len
 //! u16 | wrapped) | sig_len u16 | sig`. The signature (RSA-PSS-SHA256 by the

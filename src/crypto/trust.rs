@@ -8,7 +8,7 @@
 //! was for the old key.
 //!
 //! Stored as `trust.json` in the key store directory (format in
-//! `docs/CRYPTO.md`). Pure logic plus load/save; no network.
+//! `docs/PROTOCOL.md §19`). Pure logic plus load/save; no network.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -400,13 +400,14 @@ fn build_envelope_vectors() -> EnvelopeVectors {
         },
     ];
     EnvelopeVectors {
-        description: "Message envelopes (docs/CRYPTO.md). Seal with sender_key and the given \
+        description:
+            "Message envelopes (docs/PROTOCOL.md §19). Seal with sender_key and the given \
                       nonce: the AAD, ciphertext and the first signed_len envelope bytes must \
                       match exactly; the RSA-PSS-SHA256 (salt 32) signature is one valid sample \
                       and must verify under sender_spki_der_b64. Reject cases: open with the \
                       given claims and key (after opening open_first_b64 with the same replay \
                       tracker) and expect the named error."
-            .into(),
+                .into(),
         sender_fixture: "alice".into(),
         sender_spki_der_b64: alice_spki,
         room_id: ROOM_ID,
@@ -601,13 +602,14 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
         ),
     ];
     SenderKeyVectors {
-        description: "Sender-key distribution (docs/CRYPTO.md). Each recipient fixture key must \
+        description:
+            "Sender-key distribution (docs/PROTOCOL.md §19). Each recipient fixture key must \
                       unwrap its wrapped_key_b64 (RSA-OAEP, SHA-256, MGF1-SHA-256, empty label) \
                       to wrapped_plaintext_hex, and open distribution_b64 (its signature by the \
                       sender verifies over the first signed_len bytes) to sender_key_hex at \
                       epoch. Reject cases: open as `me` with me_fixture's private key and \
                       expect the named error."
-            .into(),
+                .into(),
         room_id: ROOM_ID,
         sender: "alice".into(),
         sender_fixture: "alice".into(),

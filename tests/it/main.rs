@@ -3,8 +3,10 @@
 
 mod support;
 
+mod cli;
 mod delivery;
 mod direct;
+mod e2e;
 mod heartbeat;
 mod keys;
 mod lifecycle;
