@@ -27,8 +27,12 @@ pub struct Passwords {
 
 impl Passwords {
     pub fn new(slots: usize) -> Self {
-        let dummy_hash = hash_now("hush dummy password for unknown users").expect("argon2 with default parameters works");
-        Self { slots: Arc::new(Semaphore::new(slots.max(1))), dummy_hash: dummy_hash.into() }
+        let dummy_hash = hash_now("hush dummy password for unknown users")
+            .expect("argon2 with default parameters works");
+        Self {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            dummy_hash: dummy_hash.into(),
+        }
     }
 
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
@@ -39,12 +43,18 @@ impl Passwords {
     /// True if `password` matches `stored`; with no stored hash (unknown
     /// user) it does the same work and returns false.
     pub async fn verify(&self, stored: Option<String>, password: String) -> bool {
-        let Ok(_slot) = self.slots.acquire().await else { return false };
+        let Ok(_slot) = self.slots.acquire().await else {
+            return false;
+        };
         let is_known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -94,7 +104,10 @@ const MAX_TRACKED: usize = 100_000;
 
 impl LoginThrottle {
     pub fn new(free_failures: u32) -> Self {
-        Self { free_failures, failures: Mutex::default() }
+        Self {
+            free_failures,
+            failures: Mutex::default(),
+        }
     }
 
     /// `Err(wait)` while the account is in a delay period.
@@ -112,7 +125,10 @@ impl LoginThrottle {
         if failures.len() >= MAX_TRACKED {
             failures.retain(|_, f| f.blocked_until > now);
         }
-        let entry = failures.entry(username.to_owned()).or_insert(Failures { count: 0, blocked_until: now });
+        let entry = failures.entry(username.to_owned()).or_insert(Failures {
+            count: 0,
+            blocked_until: now,
+        });
         entry.count += 1;
         if entry.count >= self.free_failures {
             let doublings = (entry.count - self.free_failures).min(20);
@@ -122,7 +138,10 @@ impl LoginThrottle {
     }
 
     pub fn record_success(&self, username: &str) {
-        self.failures.lock().expect("throttle lock poisoned").remove(username);
+        self.failures
+            .lock()
+            .expect("throttle lock poisoned")
+            .remove(username);
     }
 }
 

@@ -21,7 +21,12 @@ impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after_secs: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -29,28 +34,46 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing, invalid or expired session token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing, invalid or expired session token",
+        )
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource, or not visible to you")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such resource, or not visible to you",
+        )
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; nothing was changed")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; nothing was changed",
+        )
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::UsernameTaken => Self::new(StatusCode::CONFLICT, "username_taken", "that username is taken"),
+            StoreError::UsernameTaken => Self::new(
+                StatusCode::CONFLICT,
+                "username_taken",
+                "that username is taken",
+            ),
             StoreError::NotFound => Self::not_found(),
             StoreError::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
             StoreError::Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why),
-            StoreError::Closed => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is shutting down")
-            }
+            StoreError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is shutting down",
+            ),
             StoreError::Db(_) | StoreError::Migrate(_) => {
                 tracing::error!(error = %err, "database error");
                 Self::internal()
@@ -67,9 +90,12 @@ pub fn reply(err: &ApiError) -> warp::reply::Response {
             retry_after_secs: err.retry_after_secs,
         },
     };
-    let mut response = warp::reply::with_status(warp::reply::json(&body), err.status).into_response();
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&body), err.status).into_response();
     if let Some(secs) = err.retry_after_secs {
-        response.headers_mut().insert(warp::http::header::RETRY_AFTER, secs.into());
+        response
+            .headers_mut()
+            .insert(warp::http::header::RETRY_AFTER, secs.into());
     }
     response
 }
@@ -83,15 +109,34 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
         ApiError::bad_request("bad_request", format!("invalid JSON body: {e}"))
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large")
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request", "expected a JSON body")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body too large",
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "expected a JSON body",
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed here",
+        )
     } else if rejection.find::<warp::reject::MissingHeader>().is_some() {
         ApiError::bad_request("bad_request", "a required header is missing")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, "bad_request", "Content-Length is required")
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "bad_request",
+            "Content-Length is required",
+        )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
         ApiError::bad_request("bad_request", "the request could not be handled")

@@ -49,7 +49,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(queue_len: usize) -> Self {
-        Self { conns: Arc::default(), next_id: Arc::default(), queue_len }
+        Self {
+            conns: Arc::default(),
+            next_id: Arc::default(),
+            queue_len,
+        }
     }
 
     pub fn register(&self, user: UserId, token_hash: [u8; 32]) -> Registration {
@@ -58,8 +62,18 @@ impl Hub {
         let cut_reason = Arc::new(AtomicU16::new(0));
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         let list = conns.entry(user).or_default();
-        list.push(Conn { id, token_hash, tx, cut_reason: cut_reason.clone() });
-        Registration { id, rx, is_first: list.len() == 1, cut_reason }
+        list.push(Conn {
+            id,
+            token_hash,
+            tx,
+            cut_reason: cut_reason.clone(),
+        });
+        Registration {
+            id,
+            rx,
+            is_first: list.len() == 1,
+            cut_reason,
+        }
     }
 
     /// Removes a connection; true if the user has no connection left.
@@ -67,7 +81,9 @@ impl Hub {
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         // Already gone when the hub cut it off: the user is offline unless
         // another connection is still registered.
-        let Some(list) = conns.get_mut(&user) else { return true };
+        let Some(list) = conns.get_mut(&user) else {
+            return true;
+        };
         list.retain(|c| c.id != id);
         let now_empty = list.is_empty();
         if now_empty {
@@ -114,10 +130,18 @@ impl Hub {
     }
 
     pub fn is_online(&self, user: UserId) -> bool {
-        self.conns.lock().expect("hub lock poisoned").contains_key(&user)
+        self.conns
+            .lock()
+            .expect("hub lock poisoned")
+            .contains_key(&user)
     }
 
     pub fn connection_count(&self) -> usize {
-        self.conns.lock().expect("hub lock poisoned").values().map(Vec::len).sum()
+        self.conns
+            .lock()
+            .expect("hub lock poisoned")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }

@@ -39,13 +39,27 @@ pub struct AppState {
 /// Serves until `shutdown` resolves, then stops accepting, lets each
 /// session flush its acknowledgements and close with 1001, lets the writer
 /// finish what is queued, and returns.
-pub async fn run(listener: TcpListener, store: Store, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let hub = hub::Hub::new(config.outbound_queue);
     let publish_hub = hub.clone();
     let (writer, writer_task) = store.spawn_writer(Box::new(move |committed| {
-        publish_hub.deliver(&committed.recipients, &session::entry_outbound(&committed.entry));
-        if let Some(invitee) = committed.notify.filter(|_| committed.entry.kind == crate::store::EntryKind::Invite) {
-            publish_hub.deliver(&[invitee], &session::invited_outbound(committed.entry.room, &committed.entry.sender));
+        publish_hub.deliver(
+            &committed.recipients,
+            &session::entry_outbound(&committed.entry),
+        );
+        if let Some(invitee) = committed
+            .notify
+            .filter(|_| committed.entry.kind == crate::store::EntryKind::Invite)
+        {
+            publish_hub.deliver(
+                &[invitee],
+                &session::invited_outbound(committed.entry.room, &committed.entry.sender),
+            );
         }
     }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -60,12 +74,18 @@ pub async fn run(listener: TcpListener, store: Store, config: ServerConfig, shut
         sessions: TaskTracker::new(),
     };
 
-    let routes = websocket(state.clone()).or(routes::api(state.clone())).recover(error::recover);
+    let routes = websocket(state.clone())
+        .or(routes::api(state.clone()))
+        .recover(error::recover);
     let signal = async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     };
-    warp::serve(routes).incoming(listener).graceful(signal).run().await;
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(signal)
+        .run()
+        .await;
 
     state.sessions.close();
     state.sessions.wait().await;
@@ -75,13 +95,19 @@ pub async fn run(listener: TcpListener, store: Store, config: ServerConfig, shut
 }
 
 /// GET /ws — the WebSocket endpoint (upgrade; authenticate with the first frame).
-fn websocket(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    warp::path!("ws").and(warp::ws()).map(move |ws: warp::ws::Ws| {
-        let state = state.clone();
-        let max = state.config.max_frame_bytes();
-        ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
-            let tracker = state.sessions.clone();
-            tracker.track_future(session::run(socket, state))
+fn websocket(
+    state: AppState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    warp::path!("ws")
+        .and(warp::ws())
+        .map(move |ws: warp::ws::Ws| {
+            let state = state.clone();
+            let max = state.config.max_frame_bytes();
+            ws.max_message_size(max)
+                .max_frame_size(max)
+                .on_upgrade(move |socket| {
+                    let tracker = state.sessions.clone();
+                    tracker.track_future(session::run(socket, state))
+                })
         })
-    })
 }

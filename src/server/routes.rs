@@ -13,11 +13,11 @@ use super::error::ApiError;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::statements;
 use crate::protocol::{
-    ChallengeResponse, CreateRoomRequest, KeyInfo, KeysResponse, LoginRequest, LoginResponse, RegisterRequest,
-    RegisterResponse, RotateKeyRequest, UserRequest, b64,
+    ChallengeResponse, CreateRoomRequest, KeyInfo, KeysResponse, LoginRequest, LoginResponse,
+    RegisterRequest, RegisterResponse, RotateKeyRequest, UserRequest, b64,
 };
-use crate::store::{KeyRecord, RoomId, UserRecord, now_ms};
 use crate::store::writer::NewKey;
+use crate::store::{KeyRecord, RoomId, UserRecord, now_ms};
 
 const MAX_JSON_BODY: u64 = 64 * 1024;
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
@@ -25,19 +25,35 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 type Resp = Result<warp::reply::Response, Rejection>;
 
 /// Every `/healthz` and `/api/v1/…` route.
-pub fn api(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_state(&state)).and_then(healthz);
+pub fn api(
+    state: AppState,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(&state))
+        .and_then(healthz);
     let v1 = warp::path("api").and(warp::path("v1"));
 
-    let challenge = warp::path!("register" / "challenge").and(warp::post()).and(with_state(&state)).and_then(challenge);
-    let register = warp::path!("register").and(warp::post()).and(with_state(&state)).and(json()).and_then(register);
+    let challenge = warp::path!("register" / "challenge")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and_then(challenge);
+    let register = warp::path!("register")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(json())
+        .and_then(register);
     let login = warp::path!("login")
         .and(warp::post())
         .and(with_state(&state))
         .and(warp::addr::remote())
         .and(json())
         .and_then(login);
-    let logout = warp::path!("logout").and(warp::post()).and(with_state(&state)).and(authed(&state)).and_then(logout);
+    let logout = warp::path!("logout")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(authed(&state))
+        .and_then(logout);
     let keys = warp::path!("users" / String / "keys")
         .and(warp::get())
         .and(with_state(&state))
@@ -49,7 +65,11 @@ pub fn api(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), E
         .and(authed(&state))
         .and(json())
         .and_then(rotate_key);
-    let list_rooms = warp::path!("rooms").and(warp::get()).and(with_state(&state)).and(authed(&state)).and_then(list_rooms);
+    let list_rooms = warp::path!("rooms")
+        .and(warp::get())
+        .and(with_state(&state))
+        .and(authed(&state))
+        .and_then(list_rooms);
     let create_room = warp::path!("rooms")
         .and(warp::post())
         .and(with_state(&state))
@@ -67,15 +87,28 @@ pub fn api(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), E
         .and(authed(&state))
         .and(json())
         .and_then(invite);
-    let join = warp::path!("rooms" / i64 / "join").and(warp::post()).and(with_state(&state)).and(authed(&state)).and_then(join);
-    let leave = warp::path!("rooms" / i64 / "leave").and(warp::post()).and(with_state(&state)).and(authed(&state)).and_then(leave);
+    let join = warp::path!("rooms" / i64 / "join")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(authed(&state))
+        .and_then(join);
+    let leave = warp::path!("rooms" / i64 / "leave")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(authed(&state))
+        .and_then(leave);
     let remove = warp::path!("rooms" / i64 / "remove")
         .and(warp::post())
         .and(with_state(&state))
         .and(authed(&state))
         .and(json())
         .and_then(remove);
-    let dm = warp::path!("dm").and(warp::post()).and(with_state(&state)).and(authed(&state)).and(json()).and_then(open_dm);
+    let dm = warp::path!("dm")
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(authed(&state))
+        .and(json())
+        .and_then(open_dm);
     let invitations = warp::path!("invitations")
         .and(warp::get())
         .and(with_state(&state))
@@ -116,12 +149,15 @@ pub fn api(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), E
     healthz.or(api).unify()
 }
 
-fn with_state(state: &AppState) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone + use<> {
+fn with_state(
+    state: &AppState,
+) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone + use<> {
     let state = state.clone();
     warp::any().map(move || state.clone())
 }
 
-fn json<T: serde::de::DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+fn json<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_JSON_BODY).and(warp::body::json())
 }
 
@@ -133,17 +169,24 @@ pub struct Caller {
 }
 
 fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
-    with_state(state).and(warp::header::optional::<String>("authorization")).and_then(
-        |state: AppState, header: Option<String>| async move {
+    with_state(state)
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(|state: AppState, header: Option<String>| async move {
             let token = header
                 .as_deref()
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .ok_or_else(ApiError::unauthorized)?;
             let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
-            let user = state.store.session_user(&hash).await.map_err(|_| ApiError::unauthorized())?;
-            Ok::<_, Rejection>(Caller { user, token_hash: hash })
-        },
-    )
+            let user = state
+                .store
+                .session_user(&hash)
+                .await
+                .map_err(|_| ApiError::unauthorized())?;
+            Ok::<_, Rejection>(Caller {
+                user,
+                token_hash: hash,
+            })
+        })
 }
 
 fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
@@ -153,7 +196,10 @@ fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
 /// GET /healthz — 200 once the database answers.
 async fn healthz(state: AppState) -> Resp {
     state.store.ping().await.map_err(ApiError::from)?;
-    ok_json(StatusCode::OK, &serde_json::json!({ "status": "ok", "protocol": crate::protocol::PROTOCOL_VERSION }))
+    ok_json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "protocol": crate::protocol::PROTOCOL_VERSION }),
+    )
 }
 
 /// POST /api/v1/register/challenge — a single-use nonce to sign when registering.
@@ -161,10 +207,17 @@ async fn challenge(state: AppState) -> Resp {
     let mut challenge = [0u8; 32];
     getrandom::fill(&mut challenge).expect("the OS random source works");
     let expires_at = now_ms() + CHALLENGE_TTL.as_millis() as i64;
-    state.store.insert_challenge(&challenge, expires_at).await.map_err(ApiError::from)?;
+    state
+        .store
+        .insert_challenge(&challenge, expires_at)
+        .await
+        .map_err(ApiError::from)?;
     ok_json(
         StatusCode::OK,
-        &ChallengeResponse { challenge: b64::encode(&challenge), expires_in_secs: CHALLENGE_TTL.as_secs() },
+        &ChallengeResponse {
+            challenge: b64::encode(&challenge),
+            expires_in_secs: CHALLENGE_TTL.as_secs(),
+        },
     )
 }
 
@@ -175,42 +228,82 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
     validate_password(&req.password)?;
     let der = b64::decode(&req.public_key)
         .map_err(|_| ApiError::bad_request("invalid_key", "public_key is not valid base64"))?;
-    let key = IdentityKey::from_spki_der(&der).map_err(|e| ApiError::bad_request("invalid_key", e.to_string()))?;
+    let key = IdentityKey::from_spki_der(&der)
+        .map_err(|e| ApiError::bad_request("invalid_key", e.to_string()))?;
     let challenge = b64::decode(&req.challenge)
         .map_err(|_| ApiError::bad_request("invalid_proof", "challenge is not valid base64"))?;
     let signature = b64::decode(&req.signature)
         .map_err(|_| ApiError::bad_request("invalid_proof", "signature is not valid base64"))?;
-    if !state.store.take_challenge(&challenge).await.map_err(ApiError::from)? {
-        return Err(ApiError::bad_request("invalid_proof", "unknown, used or expired challenge").into());
+    if !state
+        .store
+        .take_challenge(&challenge)
+        .await
+        .map_err(ApiError::from)?
+    {
+        return Err(
+            ApiError::bad_request("invalid_proof", "unknown, used or expired challenge").into(),
+        );
     }
-    key.verify(&statements::registration_proof(&req.username, &challenge), &signature).map_err(|_| {
-        ApiError::bad_request("invalid_proof", "the signature does not prove possession of the key")
+    key.verify(
+        &statements::registration_proof(&req.username, &challenge),
+        &signature,
+    )
+    .map_err(|_| {
+        ApiError::bad_request(
+            "invalid_proof",
+            "the signature does not prove possession of the key",
+        )
     })?;
     let hash = state.passwords.hash(req.password).await.map_err(|e| {
         tracing::error!(error = %e, "password hashing failed");
         ApiError::internal()
     })?;
     let fingerprint = key.fingerprint().to_hex();
-    state.store.create_user(&req.username, &hash, key.spki_der(), &fingerprint).await.map_err(ApiError::from)?;
+    state
+        .store
+        .create_user(&req.username, &hash, key.spki_der(), &fingerprint)
+        .await
+        .map_err(ApiError::from)?;
     tracing::info!(username = %req.username, "user registered");
-    ok_json(StatusCode::CREATED, &RegisterResponse { username: req.username, fingerprint })
+    ok_json(
+        StatusCode::CREATED,
+        &RegisterResponse {
+            username: req.username,
+            fingerprint,
+        },
+    )
 }
 
 /// POST /api/v1/login — exchange username and password for a session token.
 async fn login(state: AppState, _peer: Option<SocketAddr>, req: LoginRequest) -> Resp {
-    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password");
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        )
+    };
     let username = req.username.to_ascii_lowercase();
     if let Err(wait) = state.login_throttle.check(&username) {
-        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many failed logins; wait and retry");
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed logins; wait and retry",
+        );
         err.retry_after_secs = Some(wait.as_secs().max(1));
         return Err(err.into());
     }
-    let found = state.store.find_credentials(&username).await.map_err(ApiError::from)?;
+    let found = state
+        .store
+        .find_credentials(&username)
+        .await
+        .map_err(ApiError::from)?;
     let (user, stored) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
     };
-    let matches = req.password.len() <= MAX_PASSWORD_BYTES && state.passwords.verify(stored, req.password).await;
+    let matches = req.password.len() <= MAX_PASSWORD_BYTES
+        && state.passwords.verify(stored, req.password).await;
     let Some(user) = user.filter(|_| matches) else {
         state.login_throttle.record_failure(&username);
         return Err(invalid().into());
@@ -218,24 +311,58 @@ async fn login(state: AppState, _peer: Option<SocketAddr>, req: LoginRequest) ->
     state.login_throttle.record_success(&username);
     let (token, hash) = new_token();
     let expires_at = now_ms() + state.config.session_ttl.as_millis() as i64;
-    state.store.create_session(user.id, &hash, expires_at).await.map_err(ApiError::from)?;
-    ok_json(StatusCode::OK, &LoginResponse { token, username: user.username, expires_at })
+    state
+        .store
+        .create_session(user.id, &hash, expires_at)
+        .await
+        .map_err(ApiError::from)?;
+    ok_json(
+        StatusCode::OK,
+        &LoginResponse {
+            token,
+            username: user.username,
+            expires_at,
+        },
+    )
 }
 
 /// POST /api/v1/logout — revoke this session token and close its sockets.
 async fn logout(state: AppState, caller: Caller) -> Resp {
-    state.store.delete_session(&caller.token_hash).await.map_err(ApiError::from)?;
+    state
+        .store
+        .delete_session(&caller.token_hash)
+        .await
+        .map_err(ApiError::from)?;
     state.hub.revoke(caller.user.id, &caller.token_hash);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// GET /api/v1/users/{username}/keys — a user's current key and key history.
 async fn user_keys(username: String, state: AppState, _caller: Caller) -> Resp {
-    let user = state.store.find_user(&username).await.map_err(ApiError::from)?;
-    let history = state.store.key_history(user.id).await.map_err(ApiError::from)?;
+    let user = state
+        .store
+        .find_user(&username)
+        .await
+        .map_err(ApiError::from)?;
+    let history = state
+        .store
+        .key_history(user.id)
+        .await
+        .map_err(ApiError::from)?;
     let history: Vec<KeyInfo> = history.iter().map(key_info).collect();
-    let current = history.iter().find(|k| k.replaced_at.is_none()).cloned().ok_or_else(ApiError::internal)?;
-    ok_json(StatusCode::OK, &KeysResponse { username: user.username, current, history })
+    let current = history
+        .iter()
+        .find(|k| k.replaced_at.is_none())
+        .cloned()
+        .ok_or_else(ApiError::internal)?;
+    ok_json(
+        StatusCode::OK,
+        &KeysResponse {
+            username: user.username,
+            current,
+            history,
+        },
+    )
 }
 
 fn key_info(k: &KeyRecord) -> KeyInfo {
@@ -253,31 +380,57 @@ fn key_info(k: &KeyRecord) -> KeyInfo {
 async fn rotate_key(state: AppState, caller: Caller, req: RotateKeyRequest) -> Resp {
     let der = b64::decode(&req.public_key)
         .map_err(|_| ApiError::bad_request("invalid_key", "public_key is not valid base64"))?;
-    let new_key = IdentityKey::from_spki_der(&der).map_err(|e| ApiError::bad_request("invalid_key", e.to_string()))?;
+    let new_key = IdentityKey::from_spki_der(&der)
+        .map_err(|e| ApiError::bad_request("invalid_key", e.to_string()))?;
     let signature = b64::decode(&req.signature)
         .map_err(|_| ApiError::bad_request("invalid_proof", "signature is not valid base64"))?;
-    let current = state.store.current_key(caller.user.id).await.map_err(ApiError::from)?;
-    let old_key = IdentityKey::from_spki_der(&current.public_key).map_err(|_| ApiError::internal())?;
+    let current = state
+        .store
+        .current_key(caller.user.id)
+        .await
+        .map_err(ApiError::from)?;
+    let old_key =
+        IdentityKey::from_spki_der(&current.public_key).map_err(|_| ApiError::internal())?;
     if old_key.spki_der() == new_key.spki_der() {
         return Err(ApiError::bad_request("invalid_key", "the new key is the current key").into());
     }
-    let statement = statements::key_rotation(&caller.user.username, &old_key.fingerprint().0, new_key.spki_der());
+    let statement = statements::key_rotation(
+        &caller.user.username,
+        &old_key.fingerprint().0,
+        new_key.spki_der(),
+    );
     old_key.verify(&statement, &signature).map_err(|_| {
-        ApiError::new(StatusCode::FORBIDDEN, "invalid_proof", "the rotation statement is not signed by your current key")
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_proof",
+            "the rotation statement is not signed by your current key",
+        )
     })?;
     let new = NewKey {
         public_key: new_key.spki_der().to_vec(),
         fingerprint: new_key.fingerprint().to_hex(),
         rotation_signature: signature,
     };
-    state.writer.rotate_key(caller.user.as_ref(), current.fingerprint, new).await.map_err(ApiError::from)?;
-    let current = state.store.current_key(caller.user.id).await.map_err(ApiError::from)?;
+    state
+        .writer
+        .rotate_key(caller.user.as_ref(), current.fingerprint, new)
+        .await
+        .map_err(ApiError::from)?;
+    let current = state
+        .store
+        .current_key(caller.user.id)
+        .await
+        .map_err(ApiError::from)?;
     ok_json(StatusCode::OK, &key_info(&current))
 }
 
 /// GET /api/v1/rooms — the caller's rooms and DMs.
 async fn list_rooms(state: AppState, caller: Caller) -> Resp {
-    let rooms = state.store.rooms_of(caller.user.id).await.map_err(ApiError::from)?;
+    let rooms = state
+        .store
+        .rooms_of(caller.user.id)
+        .await
+        .map_err(ApiError::from)?;
     ok_json(StatusCode::OK, &rooms)
 }
 
@@ -285,14 +438,26 @@ async fn list_rooms(state: AppState, caller: Caller) -> Resp {
 async fn create_room(state: AppState, caller: Caller, req: CreateRoomRequest) -> Resp {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("bad_request", "a room name is 1 to 64 printable characters").into());
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "a room name is 1 to 64 printable characters",
+        )
+        .into());
     }
-    let applied = state.writer.create_group(caller.user.as_ref(), name.to_owned()).await.map_err(ApiError::from)?;
+    let applied = state
+        .writer
+        .create_group(caller.user.as_ref(), name.to_owned())
+        .await
+        .map_err(ApiError::from)?;
     room_reply(&state, &caller, applied.room, StatusCode::CREATED).await
 }
 
 async fn room_reply(state: &AppState, caller: &Caller, room: RoomId, status: StatusCode) -> Resp {
-    let info = state.store.room_for_member(room, caller.user.id).await.map_err(ApiError::from)?;
+    let info = state
+        .store
+        .room_for_member(room, caller.user.id)
+        .await
+        .map_err(ApiError::from)?;
     ok_json(status, &info)
 }
 
@@ -303,52 +468,97 @@ async fn get_room(room: i64, state: AppState, caller: Caller) -> Resp {
 
 /// POST /api/v1/rooms/{id}/invite — a member invites a user to a group room.
 async fn invite(room: i64, state: AppState, caller: Caller, req: UserRequest) -> Resp {
-    let user = state.store.find_user(&req.username).await.map_err(ApiError::from)?;
-    state.writer.invite(RoomId(room), caller.user.as_ref(), user.as_ref()).await.map_err(ApiError::from)?;
+    let user = state
+        .store
+        .find_user(&req.username)
+        .await
+        .map_err(ApiError::from)?;
+    state
+        .writer
+        .invite(RoomId(room), caller.user.as_ref(), user.as_ref())
+        .await
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// POST /api/v1/rooms/{id}/join — accept an invitation.
 async fn join(room: i64, state: AppState, caller: Caller) -> Resp {
-    state.writer.join(RoomId(room), caller.user.as_ref()).await.map_err(ApiError::from)?;
+    state
+        .writer
+        .join(RoomId(room), caller.user.as_ref())
+        .await
+        .map_err(ApiError::from)?;
     room_reply(&state, &caller, RoomId(room), StatusCode::OK).await
 }
 
 /// POST /api/v1/rooms/{id}/leave — stop being a member of a group room.
 async fn leave(room: i64, state: AppState, caller: Caller) -> Resp {
-    state.writer.leave(RoomId(room), caller.user.as_ref()).await.map_err(ApiError::from)?;
+    state
+        .writer
+        .leave(RoomId(room), caller.user.as_ref())
+        .await
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// POST /api/v1/rooms/{id}/remove — the room's creator removes a member.
 async fn remove(room: i64, state: AppState, caller: Caller, req: UserRequest) -> Resp {
-    let user = state.store.find_user(&req.username).await.map_err(ApiError::from)?;
-    state.writer.remove(RoomId(room), caller.user.as_ref(), user.as_ref()).await.map_err(ApiError::from)?;
+    let user = state
+        .store
+        .find_user(&req.username)
+        .await
+        .map_err(ApiError::from)?;
+    state
+        .writer
+        .remove(RoomId(room), caller.user.as_ref(), user.as_ref())
+        .await
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// POST /api/v1/dm — find or create the direct conversation with a user.
 async fn open_dm(state: AppState, caller: Caller, req: UserRequest) -> Resp {
-    let peer = state.store.find_user(&req.username).await.map_err(ApiError::from)?;
-    let applied = state.writer.open_dm(caller.user.as_ref(), peer.as_ref()).await.map_err(|e| match e {
-        crate::store::StoreError::Conflict(why) => ApiError::bad_request("bad_request", why),
-        other => ApiError::from(other),
-    })?;
-    let status = if applied.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let peer = state
+        .store
+        .find_user(&req.username)
+        .await
+        .map_err(ApiError::from)?;
+    let applied = state
+        .writer
+        .open_dm(caller.user.as_ref(), peer.as_ref())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(why) => ApiError::bad_request("bad_request", why),
+            other => ApiError::from(other),
+        })?;
+    let status = if applied.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     room_reply(&state, &caller, applied.room, status).await
 }
 
 /// GET /api/v1/invitations — invitations waiting for the caller.
 async fn invitations(state: AppState, caller: Caller) -> Resp {
-    let list = state.store.invitations_for(caller.user.id).await.map_err(ApiError::from)?;
+    let list = state
+        .store
+        .invitations_for(caller.user.id)
+        .await
+        .map_err(ApiError::from)?;
     ok_json(StatusCode::OK, &list)
 }
 
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -`, starting with a letter or digit.
 pub fn validate_username(name: &str) -> Result<(), ApiError> {
     let ok_len = (3..=32).contains(&name.len());
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-    let ok_start = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    let ok_start = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
     if ok_len && ok_chars && ok_start {
         Ok(())
     } else {
@@ -363,7 +573,9 @@ fn validate_password(password: &str) -> Result<(), ApiError> {
     if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::bad_request(
             "weak_password",
-            format!("a password is at least {MIN_PASSWORD_CHARS} characters and at most {MAX_PASSWORD_BYTES} bytes"),
+            format!(
+                "a password is at least {MIN_PASSWORD_CHARS} characters and at most {MAX_PASSWORD_BYTES} bytes"
+            ),
         ));
     }
     Ok(())

@@ -22,7 +22,9 @@ use warp::ws::{Message, WebSocket};
 use super::AppState;
 use super::auth::token_hash;
 use super::hub::Outbound;
-use crate::protocol::{ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close};
+use crate::protocol::{
+    ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close,
+};
 use crate::store::writer::Applied;
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
 
@@ -41,7 +43,9 @@ enum RoomCursor {
     Live { seq: i64 },
 }
 
-type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (Option<String>, Result<Applied, StoreError>)> + Send>>;
+type AckFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Option<String>, Result<Applied, StoreError>)> + Send>,
+>;
 
 struct Session {
     state: AppState,
@@ -63,7 +67,9 @@ pub async fn run(socket: WebSocket, state: AppState) {
     let (user, token) = match authenticate(&state, &mut sink, &mut stream).await {
         Some(found) => found,
         None => {
-            let _ = sink.send(Message::close_with(close::UNAUTHORIZED, "unauthorized")).await;
+            let _ = sink
+                .send(Message::close_with(close::UNAUTHORIZED, "unauthorized"))
+                .await;
             return;
         }
     };
@@ -88,12 +94,18 @@ pub async fn run(socket: WebSocket, state: AppState) {
         if registration.is_first {
             announce_presence(&state, &session.user, true).await;
         }
-        session.serve(stream, registration.rx, &registration.cut_reason).await
+        session
+            .serve(stream, registration.rx, &registration.cut_reason)
+            .await
     } else {
         End::Closed
     };
     if let End::Close(code, reason) = end {
-        let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.send(Message::close_with(code, reason))).await;
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT,
+            session.sink.send(Message::close_with(code, reason)),
+        )
+        .await;
     }
     let _ = session.sink.close().await;
     if state.hub.unregister(session.user.id, conn_id) {
@@ -123,10 +135,19 @@ async fn authenticate(
     let text = first.to_str().ok()?;
     let incoming: Result<Incoming, _> = serde_json::from_str(text);
     let (id, token) = match incoming {
-        Ok(Incoming { v: PROTOCOL_VERSION, id, frame: ClientFrame::Auth { token } }) => (id, token),
+        Ok(Incoming {
+            v: PROTOCOL_VERSION,
+            id,
+            frame: ClientFrame::Auth { token },
+        }) => (id, token),
         _ => {
-            let frame = error_frame("unauthorized", "the first frame must be {\"v\":1,\"type\":\"auth\",\"token\":…}");
-            let _ = sink.send(Message::text(Outgoing::new(None, frame).to_json())).await;
+            let frame = error_frame(
+                "unauthorized",
+                "the first frame must be {\"v\":1,\"type\":\"auth\",\"token\":…}",
+            );
+            let _ = sink
+                .send(Message::text(Outgoing::new(None, frame).to_json()))
+                .await;
             return None;
         }
     };
@@ -139,14 +160,20 @@ async fn authenticate(
         (Some(user), Some(hash)) => Some((user, hash)),
         _ => {
             let frame = error_frame("unauthorized", "invalid or expired session token");
-            let _ = sink.send(Message::text(Outgoing::new(id, frame).to_json())).await;
+            let _ = sink
+                .send(Message::text(Outgoing::new(id, frame).to_json()))
+                .await;
             None
         }
     }
 }
 
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
-    ServerFrame::Error { code: code.to_owned(), message: message.into(), retry_after_ms: None }
+    ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.into(),
+        retry_after_ms: None,
+    }
 }
 
 fn store_error_frame(err: &StoreError) -> ServerFrame {
@@ -155,7 +182,10 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
         StoreError::Forbidden(why) => error_frame("forbidden", *why),
         StoreError::Conflict(why) => error_frame("conflict", *why),
         StoreError::UsernameTaken => error_frame("conflict", "username taken"),
-        StoreError::Closed => error_frame("unavailable", "the server is shutting down; retry after reconnecting"),
+        StoreError::Closed => error_frame(
+            "unavailable",
+            "the server is shutting down; retry after reconnecting",
+        ),
         StoreError::Db(_) | StoreError::Migrate(_) => {
             tracing::error!(error = %err, "database error in a session");
             error_frame("unavailable", "the message was not stored; retry")
@@ -238,11 +268,15 @@ impl Session {
     }
 
     async fn send_raw(&mut self, msg: Message) -> bool {
-        matches!(tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn send(&mut self, id: Option<String>, frame: ServerFrame) -> bool {
-        self.send_raw(Message::text(Outgoing::new(id, frame).to_json())).await
+        self.send_raw(Message::text(Outgoing::new(id, frame).to_json()))
+            .await
     }
 
     /// Forwards a frame from the hub unless this connection already has it.
@@ -272,47 +306,86 @@ impl Session {
                 let id = serde_json::from_str::<serde_json::Value>(text)
                     .ok()
                     .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned));
-                return self.send(id, error_frame("bad_frame", format!("invalid frame: {err}"))).await;
+                return self
+                    .send(
+                        id,
+                        error_frame("bad_frame", format!("invalid frame: {err}")),
+                    )
+                    .await;
             }
         };
         let id = incoming.id;
         if incoming.v != PROTOCOL_VERSION {
-            let message = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", incoming.v);
-            return self.send(id, error_frame("unsupported_version", message)).await;
+            let message = format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                incoming.v
+            );
+            return self
+                .send(id, error_frame("unsupported_version", message))
+                .await;
         }
         match incoming.frame {
-            ClientFrame::Auth { .. } => self.send(id, error_frame("bad_frame", "already authenticated")).await,
-            ClientFrame::Send { room, client_id, body } => self.handle_send(id, room, client_id, body).await,
+            ClientFrame::Auth { .. } => {
+                self.send(id, error_frame("bad_frame", "already authenticated"))
+                    .await
+            }
+            ClientFrame::Send {
+                room,
+                client_id,
+                body,
+            } => self.handle_send(id, room, client_id, body).await,
             ClientFrame::Sync { rooms } => {
                 for cursor in rooms {
                     self.start_sync(cursor);
                 }
                 true
             }
-            ClientFrame::History { room, before, limit } => self.handle_history(id, room, before, limit).await,
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+            } => self.handle_history(id, room, before, limit).await,
             ClientFrame::Who { room } => self.handle_who(id, room).await,
             ClientFrame::Ping => self.send(id, ServerFrame::Pong).await,
         }
     }
 
-    async fn handle_send(&mut self, id: Option<String>, room: RoomId, client_id: String, body: String) -> bool {
+    async fn handle_send(
+        &mut self,
+        id: Option<String>,
+        room: RoomId,
+        client_id: String,
+        body: String,
+    ) -> bool {
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_CHARS {
             let message = format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters");
             return self.send(id, error_frame("bad_frame", message)).await;
         }
         let max = self.state.config.max_body_bytes;
         if body.len() > max.div_ceil(3) * 4 {
-            return self.send(id, error_frame("too_large", format!("message body exceeds {max} bytes"))).await;
+            return self
+                .send(
+                    id,
+                    error_frame("too_large", format!("message body exceeds {max} bytes")),
+                )
+                .await;
         }
         let Ok(body) = b64::decode(&body) else {
-            return self.send(id, error_frame("bad_body", "body is not valid base64")).await;
+            return self
+                .send(id, error_frame("bad_body", "body is not valid base64"))
+                .await;
         };
         if body.is_empty() || body.len() > max {
             let message = format!("message body must be 1 to {max} bytes");
             return self.send(id, error_frame("too_large", message)).await;
         }
         let user = self.user.as_ref();
-        match self.state.writer.enqueue_message(room, user, client_id, body).await {
+        match self
+            .state
+            .writer
+            .enqueue_message(room, user, client_id, body)
+            .await
+        {
             Ok(reply) => {
                 self.acks.push_back(Box::pin(async move {
                     let result = reply.await.unwrap_or(Err(StoreError::Closed));
@@ -326,7 +399,11 @@ impl Session {
 
     async fn send_ack(&mut self, id: Option<String>, result: Result<Applied, StoreError>) -> bool {
         let frame = match result {
-            Ok(Applied { room, entry: Some(entry), duplicate }) => ServerFrame::Ack {
+            Ok(Applied {
+                room,
+                entry: Some(entry),
+                duplicate,
+            }) => ServerFrame::Ack {
                 room,
                 client_id: entry.client_id.unwrap_or_default(),
                 seq: entry.seq,
@@ -340,7 +417,12 @@ impl Session {
     }
 
     fn start_sync(&mut self, cursor: Cursor) {
-        self.cursors.insert(cursor.room, RoomCursor::Syncing { after: cursor.after.max(0) });
+        self.cursors.insert(
+            cursor.room,
+            RoomCursor::Syncing {
+                after: cursor.after.max(0),
+            },
+        );
         if !self.sync_queue.contains(&cursor.room) {
             self.sync_queue.push_back(cursor.room);
         }
@@ -348,15 +430,29 @@ impl Session {
 
     /// Sends one page of one syncing room, taking rooms in turn.
     async fn sync_step(&mut self) -> bool {
-        let Some(room) = self.sync_queue.pop_front() else { return true };
-        let Some(RoomCursor::Syncing { after }) = self.cursors.get(&room).copied() else { return true };
-        let page = self.state.store.entries_after(room, self.user.id, after, self.state.config.page_size).await;
+        let Some(room) = self.sync_queue.pop_front() else {
+            return true;
+        };
+        let Some(RoomCursor::Syncing { after }) = self.cursors.get(&room).copied() else {
+            return true;
+        };
+        let page = self
+            .state
+            .store
+            .entries_after(room, self.user.id, after, self.state.config.page_size)
+            .await;
         let Page { entries, has_more } = match page {
             Ok(page) => page,
             Err(err) => {
                 self.cursors.remove(&room);
                 let frame = match err {
-                    StoreError::NotFound => error_frame("not_found", format!("cannot sync room {}: no such room, or you are not a member", room.0)),
+                    StoreError::NotFound => error_frame(
+                        "not_found",
+                        format!(
+                            "cannot sync room {}: no such room, or you are not a member",
+                            room.0
+                        ),
+                    ),
                     other => store_error_frame(&other),
                 };
                 return self.send(None, frame).await;
@@ -365,27 +461,60 @@ impl Session {
         let last = entries.last().map_or(after, |e| e.seq);
         if !entries.is_empty() {
             let entries = entries.iter().map(WireEntry::from).collect();
-            if !self.send(None, ServerFrame::Page { room, entries, has_more }).await {
+            if !self
+                .send(
+                    None,
+                    ServerFrame::Page {
+                        room,
+                        entries,
+                        has_more,
+                    },
+                )
+                .await
+            {
                 return false;
             }
         }
         if has_more {
-            self.cursors.insert(room, RoomCursor::Syncing { after: last });
+            self.cursors
+                .insert(room, RoomCursor::Syncing { after: last });
             self.sync_queue.push_back(room);
             true
         } else {
             self.cursors.insert(room, RoomCursor::Live { seq: last });
-            self.send(None, ServerFrame::Synced { room, seq: last }).await
+            self.send(None, ServerFrame::Synced { room, seq: last })
+                .await
         }
     }
 
-    async fn handle_history(&mut self, id: Option<String>, room: RoomId, before: Option<i64>, limit: Option<u32>) -> bool {
-        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_LIMIT);
+    async fn handle_history(
+        &mut self,
+        id: Option<String>,
+        room: RoomId,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> bool {
+        let limit = limit
+            .unwrap_or(DEFAULT_HISTORY_LIMIT)
+            .clamp(1, MAX_HISTORY_LIMIT);
         let before = before.unwrap_or(i64::MAX);
-        match self.state.store.entries_before(room, self.user.id, before, limit).await {
+        match self
+            .state
+            .store
+            .entries_before(room, self.user.id, before, limit)
+            .await
+        {
             Ok(Page { entries, has_more }) => {
                 let entries = entries.iter().map(WireEntry::from).collect();
-                self.send(id, ServerFrame::History { room, entries, has_more }).await
+                self.send(
+                    id,
+                    ServerFrame::History {
+                        room,
+                        entries,
+                        has_more,
+                    },
+                )
+                .await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,
         }
@@ -397,41 +526,67 @@ impl Session {
                 Ok(()) => self.state.store.members_with_names(room).await,
                 Err(err) => Err(err),
             },
-            None => self.state.store.co_members(self.user.id).await.map(|mut people| {
-                people.push((self.user.id, self.user.username.clone()));
-                people
-            }),
+            None => self
+                .state
+                .store
+                .co_members(self.user.id)
+                .await
+                .map(|mut people| {
+                    people.push((self.user.id, self.user.username.clone()));
+                    people
+                }),
         };
         match people {
             Ok(people) => {
-                let mut users: Vec<String> =
-                    people.into_iter().filter(|(uid, _)| self.state.hub.is_online(*uid)).map(|(_, name)| name).collect();
+                let mut users: Vec<String> = people
+                    .into_iter()
+                    .filter(|(uid, _)| self.state.hub.is_online(*uid))
+                    .map(|(_, name)| name)
+                    .collect();
                 users.sort();
                 self.send(id, ServerFrame::Online { room, users }).await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,
         }
     }
-
 }
 
 /// Tells everyone who shares a room with `user` that they came or went.
 async fn announce_presence(state: &AppState, user: &UserRecord, online: bool) {
-    let Ok(people) = state.store.co_members(user.id).await else { return };
+    let Ok(people) = state.store.co_members(user.id).await else {
+        return;
+    };
     let ids: Vec<_> = people.into_iter().map(|(id, _)| id).collect();
-    let frame = ServerFrame::Presence { user: user.username.clone(), online };
-    let out = Outbound { position: None, json: Arc::from(Outgoing::new(None, frame).to_json()) };
+    let frame = ServerFrame::Presence {
+        user: user.username.clone(),
+        online,
+    };
+    let out = Outbound {
+        position: None,
+        json: Arc::from(Outgoing::new(None, frame).to_json()),
+    };
     state.hub.deliver(&ids, &out);
 }
 
 /// Frame the hub delivers for a committed entry, serialised once.
 pub fn entry_outbound(entry: &crate::store::Entry) -> Outbound {
-    let frame = ServerFrame::Entry { entry: WireEntry::from(entry) };
-    Outbound { position: Some((entry.room, entry.seq)), json: Arc::from(Outgoing::new(None, frame).to_json()) }
+    let frame = ServerFrame::Entry {
+        entry: WireEntry::from(entry),
+    };
+    Outbound {
+        position: Some((entry.room, entry.seq)),
+        json: Arc::from(Outgoing::new(None, frame).to_json()),
+    }
 }
 
 /// Frame telling a user they were invited to a room.
 pub fn invited_outbound(room: RoomId, by: &str) -> Outbound {
-    let frame = ServerFrame::Invited { room, by: by.to_owned() };
-    Outbound { position: None, json: Arc::from(Outgoing::new(None, frame).to_json()) }
+    let frame = ServerFrame::Invited {
+        room,
+        by: by.to_owned(),
+    };
+    Outbound {
+        position: None,
+        json: Arc::from(Outgoing::new(None, frame).to_json()),
+    }
 }

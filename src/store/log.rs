@@ -83,8 +83,12 @@ struct EntryRow {
 
 impl EntryRow {
     fn into_entry(self) -> Result<Entry> {
-        let kind = EntryKind::parse(&self.kind)
-            .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol(format!("unknown entry kind {:?}", self.kind))))?;
+        let kind = EntryKind::parse(&self.kind).ok_or_else(|| {
+            StoreError::Db(sqlx::Error::Protocol(format!(
+                "unknown entry kind {:?}",
+                self.kind
+            )))
+        })?;
         Ok(Entry {
             room: self.room_id,
             seq: self.seq,
@@ -102,7 +106,13 @@ impl EntryRow {
 impl Store {
     /// Entries after `after`, oldest first, at most `limit`, restricted to
     /// the reader's membership periods. `NotFound` unless `user` is a member.
-    pub async fn entries_after(&self, room: RoomId, user: UserId, after: i64, limit: u32) -> Result<Page> {
+    pub async fn entries_after(
+        &self,
+        room: RoomId,
+        user: UserId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Page> {
         self.require_member(room, user).await?;
         let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
@@ -126,7 +136,13 @@ impl Store {
 
     /// Entries before `before`, returned oldest first, at most `limit`: the
     /// newest `limit` of them.
-    pub async fn entries_before(&self, room: RoomId, user: UserId, before: i64, limit: u32) -> Result<Page> {
+    pub async fn entries_before(
+        &self,
+        room: RoomId,
+        user: UserId,
+        before: i64,
+        limit: u32,
+    ) -> Result<Page> {
         self.require_member(room, user).await?;
         let mut rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
@@ -148,7 +164,10 @@ impl Store {
         let has_more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         rows.reverse();
-        let entries = rows.into_iter().map(EntryRow::into_entry).collect::<Result<_>>()?;
+        let entries = rows
+            .into_iter()
+            .map(EntryRow::into_entry)
+            .collect::<Result<_>>()?;
         Ok(Page { entries, has_more })
     }
 }
@@ -156,6 +175,9 @@ impl Store {
 fn page_from(mut rows: Vec<EntryRow>, limit: u32) -> Result<Page> {
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let entries = rows.into_iter().map(EntryRow::into_entry).collect::<Result<_>>()?;
+    let entries = rows
+        .into_iter()
+        .map(EntryRow::into_entry)
+        .collect::<Result<_>>()?;
     Ok(Page { entries, has_more })
 }

@@ -43,7 +43,8 @@ struct RoomRow {
     start_seq: i64,
 }
 
-const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq
+const ROOM_SELECT: &str =
+    "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq
      FROM rooms r
      JOIN memberships m ON m.room_id = r.id AND m.end_seq IS NULL
      JOIN users c ON c.id = r.creator_id";
@@ -81,7 +82,11 @@ impl Store {
         let members = self.member_names(row.id).await?;
         Ok(RoomInfo {
             id: row.id,
-            kind: if row.kind == "dm" { RoomKind::Dm } else { RoomKind::Group },
+            kind: if row.kind == "dm" {
+                RoomKind::Dm
+            } else {
+                RoomKind::Group
+            },
             name: row.name,
             creator: row.creator,
             members,
@@ -102,10 +107,12 @@ impl Store {
 
     /// Current members of a room, as ids.
     pub async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
-        Ok(sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
-            .bind(room)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// `Ok` if `user` is currently a member of `room`, `NotFound` otherwise
@@ -134,7 +141,10 @@ impl Store {
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, name)| (UserId(id), name)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| (UserId(id), name))
+            .collect())
     }
 
     /// Usernames of the given room's current members, with their ids.
@@ -146,7 +156,10 @@ impl Store {
         .bind(room)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, name)| (UserId(id), name)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| (UserId(id), name))
+            .collect())
     }
 
     /// Pending invitations addressed to `user`.

@@ -12,7 +12,10 @@ pub struct UserRecord {
 
 impl UserRecord {
     pub fn as_ref(&self) -> UserRef {
-        UserRef { id: self.id, name: self.username.clone() }
+        UserRef {
+            id: self.id,
+            name: self.username.clone(),
+        }
     }
 }
 
@@ -74,7 +77,15 @@ impl Store {
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, username, hash)| (UserRecord { id: UserId(id), username }, hash)))
+        Ok(row.map(|(id, username, hash)| {
+            (
+                UserRecord {
+                    id: UserId(id),
+                    username,
+                },
+                hash,
+            )
+        }))
     }
 
     pub async fn current_key(&self, user: UserId) -> Result<KeyRecord> {
@@ -99,7 +110,12 @@ impl Store {
         .await?)
     }
 
-    pub async fn create_session(&self, user: UserId, token_hash: &[u8], expires_at: i64) -> Result<()> {
+    pub async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        expires_at: i64,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(user)

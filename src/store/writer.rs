@@ -12,7 +12,9 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Entry, EntryKind, Result, RoomId, Store, StoreError, UserId, UserRef, now_ms, unique_violation};
+use super::{
+    Entry, EntryKind, Result, RoomId, Store, StoreError, UserId, UserRef, now_ms, unique_violation,
+};
 
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -43,14 +45,43 @@ pub struct Applied {
 pub type OnCommit = Box<dyn Fn(&Committed) + Send + Sync>;
 
 enum Op {
-    Send { room: RoomId, sender: UserRef, client_id: String, body: Vec<u8> },
-    CreateGroup { creator: UserRef, name: String },
-    OpenDm { me: UserRef, peer: UserRef },
-    Invite { room: RoomId, by: UserRef, user: UserRef },
-    Join { room: RoomId, user: UserRef },
-    Leave { room: RoomId, user: UserRef },
-    Remove { room: RoomId, by: UserRef, user: UserRef },
-    RotateKey { user: UserRef, old_fingerprint: String, new_key: NewKey },
+    Send {
+        room: RoomId,
+        sender: UserRef,
+        client_id: String,
+        body: Vec<u8>,
+    },
+    CreateGroup {
+        creator: UserRef,
+        name: String,
+    },
+    OpenDm {
+        me: UserRef,
+        peer: UserRef,
+    },
+    Invite {
+        room: RoomId,
+        by: UserRef,
+        user: UserRef,
+    },
+    Join {
+        room: RoomId,
+        user: UserRef,
+    },
+    Leave {
+        room: RoomId,
+        user: UserRef,
+    },
+    Remove {
+        room: RoomId,
+        by: UserRef,
+        user: UserRef,
+    },
+    RotateKey {
+        user: UserRef,
+        old_fingerprint: String,
+        new_key: NewKey,
+    },
 }
 
 /// A replacement identity key, already verified by the caller.
@@ -85,7 +116,10 @@ impl Store {
 impl Writer {
     async fn apply(&self, op: Op) -> Result<Applied> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send(Command::Apply(op, reply_tx)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Command::Apply(op, reply_tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -106,15 +140,35 @@ impl Writer {
         body: Vec<u8>,
     ) -> Result<oneshot::Receiver<Result<Applied>>> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let op = Op::Send { room, sender, client_id, body };
-        self.tx.send(Command::Apply(op, reply_tx)).await.map_err(|_| StoreError::Closed)?;
+        let op = Op::Send {
+            room,
+            sender,
+            client_id,
+            body,
+        };
+        self.tx
+            .send(Command::Apply(op, reply_tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ok(reply_rx)
     }
 
     /// Appends a message. A resend with the same `client_id` by the same
     /// sender in the same room returns the original entry, marked duplicate.
-    pub async fn send_message(&self, room: RoomId, sender: UserRef, client_id: String, body: Vec<u8>) -> Result<Applied> {
-        self.apply(Op::Send { room, sender, client_id, body }).await
+    pub async fn send_message(
+        &self,
+        room: RoomId,
+        sender: UserRef,
+        client_id: String,
+        body: Vec<u8>,
+    ) -> Result<Applied> {
+        self.apply(Op::Send {
+            room,
+            sender,
+            client_id,
+            body,
+        })
+        .await
     }
 
     pub async fn create_group(&self, creator: UserRef, name: String) -> Result<Applied> {
@@ -144,8 +198,18 @@ impl Writer {
 
     /// Replaces `user`'s current key (which must still have
     /// `old_fingerprint`) and records a `key` entry in each of their rooms.
-    pub async fn rotate_key(&self, user: UserRef, old_fingerprint: String, new_key: NewKey) -> Result<Applied> {
-        self.apply(Op::RotateKey { user, old_fingerprint, new_key }).await
+    pub async fn rotate_key(
+        &self,
+        user: UserRef,
+        old_fingerprint: String,
+        new_key: NewKey,
+    ) -> Result<Applied> {
+        self.apply(Op::RotateKey {
+            user,
+            old_fingerprint,
+            new_key,
+        })
+        .await
     }
 }
 
@@ -173,7 +237,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit)
 
 /// Applies a batch in one transaction, each op inside its own savepoint so
 /// that one op's failure leaves the others intact.
-async fn commit_batch(store: &Store, batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>, on_commit: &OnCommit) {
+async fn commit_batch(
+    store: &Store,
+    batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
+    on_commit: &OnCommit,
+) {
     let mut results = Vec::with_capacity(batch.len());
     let outcome: Result<()> = async {
         let mut tx = store.pool.begin().await?;
@@ -200,7 +268,9 @@ async fn commit_batch(store: &Store, batch: &mut Vec<(Op, oneshot::Sender<Result
     if let Err(err) = outcome {
         tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
         for (_, reply) in batch.drain(..) {
-            let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol("the write was not stored".into()))));
+            let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol(
+                "the write was not stored".into(),
+            ))));
         }
         return;
     }
@@ -220,30 +290,53 @@ type Done = (Applied, Vec<Committed>);
 async fn apply(tx: &mut Transaction<'static, Sqlite>, op: &Op) -> Result<Done> {
     let conn: &mut SqliteConnection = tx;
     match op {
-        Op::Send { room, sender, client_id, body } => send(conn, *room, sender, client_id, body).await,
+        Op::Send {
+            room,
+            sender,
+            client_id,
+            body,
+        } => send(conn, *room, sender, client_id, body).await,
         Op::CreateGroup { creator, name } => create_group(conn, creator, name).await,
         Op::OpenDm { me, peer } => open_dm(conn, me, peer).await,
         Op::Invite { room, by, user } => invite(conn, *room, by, user).await,
         Op::Join { room, user } => join(conn, *room, user).await,
         Op::Leave { room, user } => leave(conn, *room, user).await,
         Op::Remove { room, by, user } => remove(conn, *room, by, user).await,
-        Op::RotateKey { user, old_fingerprint, new_key } => rotate_key(conn, user, old_fingerprint, new_key).await,
+        Op::RotateKey {
+            user,
+            old_fingerprint,
+            new_key,
+        } => rotate_key(conn, user, old_fingerprint, new_key).await,
     }
 }
 
-async fn send(conn: &mut SqliteConnection, room: RoomId, sender: &UserRef, client_id: &str, body: &[u8]) -> Result<Done> {
+async fn send(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    sender: &UserRef,
+    client_id: &str,
+    body: &[u8],
+) -> Result<Done> {
     require_member(conn, room, sender.id).await?;
-    let existing: Option<(i64, i64)> =
-        sqlx::query_as("SELECT seq, ts FROM entries WHERE room_id = ? AND sender_id = ? AND client_id = ?")
-            .bind(room)
-            .bind(sender.id)
-            .bind(client_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let existing: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT seq, ts FROM entries WHERE room_id = ? AND sender_id = ? AND client_id = ?",
+    )
+    .bind(room)
+    .bind(sender.id)
+    .bind(client_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some((seq, ts)) = existing {
         let mut entry = new_entry(room, seq, ts, EntryKind::Message, sender, None);
         entry.client_id = Some(client_id.to_owned());
-        return Ok((Applied { room, entry: Some(entry), duplicate: true }, vec![]));
+        return Ok((
+            Applied {
+                room,
+                entry: Some(entry),
+                duplicate: true,
+            },
+            vec![],
+        ));
     }
     let mut entry = new_entry(room, 0, now_ms(), EntryKind::Message, sender, None);
     entry.client_id = Some(client_id.to_owned());
@@ -261,14 +354,22 @@ async fn create_group(conn: &mut SqliteConnection, creator: &UserRef, name: &str
         .bind(now)
         .fetch_one(&mut *conn)
         .await?;
-    let entry = append(conn, new_entry(room, 0, now, EntryKind::Create, creator, None), creator.id, None).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now, EntryKind::Create, creator, None),
+        creator.id,
+        None,
+    )
+    .await?;
     start_membership(conn, room, creator.id, entry.seq).await?;
     Ok(appended(entry, vec![creator.id], None))
 }
 
 async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> Result<Done> {
     if me.id == peer.id {
-        return Err(StoreError::Conflict("a direct conversation needs two different users"));
+        return Err(StoreError::Conflict(
+            "a direct conversation needs two different users",
+        ));
     }
     let pair = format!("{}:{}", me.id.0.min(peer.id.0), me.id.0.max(peer.id.0));
     let existing: Option<RoomId> = sqlx::query_scalar("SELECT id FROM rooms WHERE dm_pair = ?")
@@ -276,7 +377,14 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(room) = existing {
-        return Ok((Applied { room, entry: None, duplicate: true }, vec![]));
+        return Ok((
+            Applied {
+                room,
+                entry: None,
+                duplicate: true,
+            },
+            vec![],
+        ));
     }
     let now = now_ms();
     let room: RoomId =
@@ -286,13 +394,24 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
-    let entry = append(conn, new_entry(room, 0, now, EntryKind::Create, me, Some(peer)), me.id, Some(peer.id)).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now, EntryKind::Create, me, Some(peer)),
+        me.id,
+        Some(peer.id),
+    )
+    .await?;
     start_membership(conn, room, me.id, entry.seq).await?;
     start_membership(conn, room, peer.id, entry.seq).await?;
     Ok(appended(entry, vec![me.id, peer.id], None))
 }
 
-async fn invite(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+async fn invite(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    by: &UserRef,
+    user: &UserRef,
+) -> Result<Done> {
     require_member(conn, room, by.id).await?;
     require_group(conn, room).await?;
     if is_member(conn, room, user.id).await? {
@@ -305,7 +424,13 @@ async fn invite(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &
         .bind(now_ms())
         .execute(&mut *conn)
         .await?;
-    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Invite, by, Some(user)), by.id, Some(user.id)).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now_ms(), EntryKind::Invite, by, Some(user)),
+        by.id,
+        Some(user.id),
+    )
+    .await?;
     let recipients = member_ids(conn, room).await?;
     Ok(appended(entry, recipients, Some(user.id)))
 }
@@ -324,7 +449,13 @@ async fn join(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Resu
         // Not invited, or no such room: indistinguishable on purpose.
         return Err(StoreError::NotFound);
     }
-    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Join, user, None), user.id, None).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now_ms(), EntryKind::Join, user, None),
+        user.id,
+        None,
+    )
+    .await?;
     start_membership(conn, room, user.id, entry.seq).await?;
     let recipients = member_ids(conn, room).await?;
     Ok(appended(entry, recipients, None))
@@ -333,13 +464,24 @@ async fn join(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Resu
 async fn leave(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Result<Done> {
     require_member(conn, room, user.id).await?;
     require_group(conn, room).await?;
-    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Leave, user, None), user.id, None).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now_ms(), EntryKind::Leave, user, None),
+        user.id,
+        None,
+    )
+    .await?;
     let recipients = member_ids(conn, room).await?;
     end_membership(conn, room, user.id, entry.seq).await?;
     Ok(appended(entry, recipients, None))
 }
 
-async fn remove(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+async fn remove(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    by: &UserRef,
+    user: &UserRef,
+) -> Result<Done> {
     require_member(conn, room, by.id).await?;
     require_group(conn, room).await?;
     let creator: UserId = sqlx::query_scalar("SELECT creator_id FROM rooms WHERE id = ?")
@@ -347,7 +489,9 @@ async fn remove(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &
         .fetch_one(&mut *conn)
         .await?;
     if creator != by.id {
-        return Err(StoreError::Forbidden("only the room's creator can remove members"));
+        return Err(StoreError::Forbidden(
+            "only the room's creator can remove members",
+        ));
     }
     if by.id == user.id {
         return Err(StoreError::Conflict("use leave to leave a room"));
@@ -355,13 +499,24 @@ async fn remove(conn: &mut SqliteConnection, room: RoomId, by: &UserRef, user: &
     if !is_member(conn, room, user.id).await? {
         return Err(StoreError::Conflict("not a member"));
     }
-    let entry = append(conn, new_entry(room, 0, now_ms(), EntryKind::Remove, by, Some(user)), by.id, Some(user.id)).await?;
+    let entry = append(
+        conn,
+        new_entry(room, 0, now_ms(), EntryKind::Remove, by, Some(user)),
+        by.id,
+        Some(user.id),
+    )
+    .await?;
     let recipients = member_ids(conn, room).await?;
     end_membership(conn, room, user.id, entry.seq).await?;
     Ok(appended(entry, recipients, None))
 }
 
-async fn rotate_key(conn: &mut SqliteConnection, user: &UserRef, old_fingerprint: &str, new_key: &NewKey) -> Result<Done> {
+async fn rotate_key(
+    conn: &mut SqliteConnection,
+    user: &UserRef,
+    old_fingerprint: &str,
+    new_key: &NewKey,
+) -> Result<Done> {
     let now = now_ms();
     let replaced = sqlx::query("UPDATE user_keys SET replaced_at = ? WHERE user_id = ? AND replaced_at IS NULL AND fingerprint = ?")
         .bind(now)
@@ -383,22 +538,42 @@ async fn rotate_key(conn: &mut SqliteConnection, user: &UserRef, old_fingerprint
     .bind(&new_key.rotation_signature)
     .execute(&mut *conn)
     .await?;
-    let rooms: Vec<RoomId> = sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = ? AND end_seq IS NULL ORDER BY room_id")
-        .bind(user.id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rooms: Vec<RoomId> = sqlx::query_scalar(
+        "SELECT room_id FROM memberships WHERE user_id = ? AND end_seq IS NULL ORDER BY room_id",
+    )
+    .bind(user.id)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut committed = Vec::with_capacity(rooms.len());
     for room in rooms {
         let mut entry = new_entry(room, 0, now, EntryKind::Key, user, None);
         entry.detail = Some(new_key.fingerprint.clone());
         let entry = append(conn, entry, user.id, None).await?;
         let recipients = member_ids(conn, room).await?;
-        committed.push(Committed { entry, recipients, notify: None });
+        committed.push(Committed {
+            entry,
+            recipients,
+            notify: None,
+        });
     }
-    Ok((Applied { room: RoomId(0), entry: None, duplicate: false }, committed))
+    Ok((
+        Applied {
+            room: RoomId(0),
+            entry: None,
+            duplicate: false,
+        },
+        committed,
+    ))
 }
 
-fn new_entry(room: RoomId, seq: i64, ts: i64, kind: EntryKind, sender: &UserRef, subject: Option<&UserRef>) -> Entry {
+fn new_entry(
+    room: RoomId,
+    seq: i64,
+    ts: i64,
+    kind: EntryKind,
+    sender: &UserRef,
+    subject: Option<&UserRef>,
+) -> Entry {
     Entry {
         room,
         seq,
@@ -413,17 +588,35 @@ fn new_entry(room: RoomId, seq: i64, ts: i64, kind: EntryKind, sender: &UserRef,
 }
 
 fn appended(entry: Entry, recipients: Vec<UserId>, notify: Option<UserId>) -> Done {
-    let applied = Applied { room: entry.room, entry: Some(entry.clone()), duplicate: false };
-    (applied, vec![Committed { entry, recipients, notify }])
+    let applied = Applied {
+        room: entry.room,
+        entry: Some(entry.clone()),
+        duplicate: false,
+    };
+    (
+        applied,
+        vec![Committed {
+            entry,
+            recipients,
+            notify,
+        }],
+    )
 }
 
 /// Gives `entry` the room's next sequence number and stores it.
-async fn append(conn: &mut SqliteConnection, mut entry: Entry, sender: UserId, subject: Option<UserId>) -> Result<Entry> {
-    entry.seq = sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
-        .bind(entry.room)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+async fn append(
+    conn: &mut SqliteConnection,
+    mut entry: Entry,
+    sender: UserId,
+    subject: Option<UserId>,
+) -> Result<Entry> {
+    entry.seq = sqlx::query_scalar(
+        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+    )
+    .bind(entry.room)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
     sqlx::query(
         "INSERT INTO entries (room_id, seq, ts, kind, sender_id, subject_id, client_id, body, detail)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -444,17 +637,22 @@ async fn append(conn: &mut SqliteConnection, mut entry: Entry, sender: UserId, s
 }
 
 async fn is_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<bool> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL")
-            .bind(room)
-            .bind(user)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
+    )
+    .bind(room)
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(found.is_some())
 }
 
 async fn require_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<()> {
-    if is_member(conn, room, user).await? { Ok(()) } else { Err(StoreError::NotFound) }
+    if is_member(conn, room, user).await? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
 }
 
 async fn require_group(conn: &mut SqliteConnection, room: RoomId) -> Result<()> {
@@ -463,17 +661,30 @@ async fn require_group(conn: &mut SqliteConnection, room: RoomId) -> Result<()> 
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::NotFound)?;
-    if kind == "group" { Ok(()) } else { Err(StoreError::Forbidden("a direct conversation always has its two members")) }
+    if kind == "group" {
+        Ok(())
+    } else {
+        Err(StoreError::Forbidden(
+            "a direct conversation always has its two members",
+        ))
+    }
 }
 
 async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
-    Ok(sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
-        .bind(room)
-        .fetch_all(&mut *conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+            .bind(room)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
 }
 
-async fn start_membership(conn: &mut SqliteConnection, room: RoomId, user: UserId, seq: i64) -> Result<()> {
+async fn start_membership(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    user: UserId,
+    seq: i64,
+) -> Result<()> {
     sqlx::query("INSERT INTO memberships (room_id, user_id, start_seq) VALUES (?, ?, ?)")
         .bind(room)
         .bind(user)
@@ -483,12 +694,19 @@ async fn start_membership(conn: &mut SqliteConnection, room: RoomId, user: UserI
     Ok(())
 }
 
-async fn end_membership(conn: &mut SqliteConnection, room: RoomId, user: UserId, seq: i64) -> Result<()> {
-    sqlx::query("UPDATE memberships SET end_seq = ? WHERE room_id = ? AND user_id = ? AND end_seq IS NULL")
-        .bind(seq)
-        .bind(room)
-        .bind(user)
-        .execute(&mut *conn)
-        .await?;
+async fn end_membership(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    user: UserId,
+    seq: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE memberships SET end_seq = ? WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
+    )
+    .bind(seq)
+    .bind(room)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
