@@ -7,7 +7,7 @@
 //! exponential backoff and jitter. The caller sees one ordered stream of
 //! `Event`s with no duplicate entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -166,6 +166,10 @@ pub fn websocket_url(server: &str) -> String {
 struct State {
     token: String,
     cursors: HashMap<RoomId, i64>,
+    /// Rooms with a `sync` in flight. Live entries for them are ignored:
+    /// the pages will carry them, in order (they are committed before they
+    /// are pushed), so taking a live one early could skip the pages below it.
+    syncing: HashSet<RoomId>,
     outbox: Vec<Pending>,
     events: mpsc::Sender<Event>,
     connected_before: bool,
@@ -180,6 +184,7 @@ async fn run(
     let mut state = State {
         token,
         cursors: HashMap::new(),
+        syncing: HashSet::new(),
         outbox: Vec::new(),
         events,
         connected_before: false,
@@ -334,6 +339,7 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
             after: *after,
         })
         .collect();
+    state.syncing = rooms.iter().map(|c| c.room).collect();
     if !rooms.is_empty()
         && sink
             .send(frame(None, ClientFrame::Sync { rooms }))
@@ -374,6 +380,7 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                 let msg = match cmd {
                     Command::Follow(cursor) => {
                         let after = *state.cursors.entry(cursor.room).or_insert(cursor.after);
+                        state.syncing.insert(cursor.room);
                         frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] })
                     }
                     Command::Send { room, client_id, body } => {
@@ -433,6 +440,7 @@ impl State {
                 .await;
         };
         match frame {
+            ServerFrame::Entry { entry } if self.syncing.contains(&entry.room) => {}
             ServerFrame::Entry { entry } => self.deliver(entry).await?,
             ServerFrame::Page { entries, .. } => {
                 for entry in entries {
@@ -440,6 +448,7 @@ impl State {
                 }
             }
             ServerFrame::Synced { room, seq } => {
+                self.syncing.remove(&room);
                 let cursor = self.cursors.entry(room).or_insert(seq);
                 *cursor = (*cursor).max(seq);
                 self.emit(Event::Synced { room, seq }).await?;

@@ -64,7 +64,7 @@ enum End {
 
 pub async fn run(socket: WebSocket, state: AppState) {
     let (mut sink, mut stream) = socket.split();
-    let (user, token) = match authenticate(&state, &mut sink, &mut stream).await {
+    let (user, token, auth_id) = match authenticate(&state, &mut sink, &mut stream).await {
         Some(found) => found,
         None => {
             let _ = sink
@@ -90,7 +90,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         max_body_bytes: state.config.max_body_bytes,
         server_time: now_ms(),
     };
-    let end = if session.send(None, ready).await {
+    let end = if session.send(auth_id, ready).await {
         if registration.is_first {
             announce_presence(&state, &session.user, true).await;
         }
@@ -107,7 +107,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         )
         .await;
     }
-    let _ = session.sink.close().await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.close()).await;
     if state.hub.unregister(session.user.id, conn_id) {
         announce_presence(&state, &session.user, false).await;
     }
@@ -119,7 +119,7 @@ async fn authenticate(
     state: &AppState,
     sink: &mut SplitSink<WebSocket, Message>,
     stream: &mut SplitStream<WebSocket>,
-) -> Option<(UserRecord, [u8; 32])> {
+) -> Option<(UserRecord, [u8; 32], Option<String>)> {
     let first = tokio::time::timeout(state.config.auth_timeout, async {
         loop {
             match stream.next().await {
@@ -157,7 +157,7 @@ async fn authenticate(
         None => None,
     };
     match (user, hash) {
-        (Some(user), Some(hash)) => Some((user, hash)),
+        (Some(user), Some(hash)) => Some((user, hash, id)),
         _ => {
             let frame = error_frame("unauthorized", "invalid or expired session token");
             let _ = sink
@@ -375,8 +375,13 @@ impl Session {
                 .send(id, error_frame("bad_body", "body is not valid base64"))
                 .await;
         };
-        if body.is_empty() || body.len() > max {
-            let message = format!("message body must be 1 to {max} bytes");
+        if body.is_empty() {
+            return self
+                .send(id, error_frame("bad_body", "message body is empty"))
+                .await;
+        }
+        if body.len() > max {
+            let message = format!("message body exceeds {max} bytes");
             return self.send(id, error_frame("too_large", message)).await;
         }
         let user = self.user.as_ref();
@@ -458,7 +463,15 @@ impl Session {
                 return self.send(None, frame).await;
             }
         };
-        let last = entries.last().map_or(after, |e| e.seq);
+        let last = match entries.last() {
+            Some(entry) => entry.seq,
+            // Nothing after the cursor: never go live above the room's end,
+            // or a client's bogus cursor would hide the next entries.
+            None => match self.state.store.last_seq(room).await {
+                Ok(end) => after.min(end),
+                Err(err) => return self.send(None, store_error_frame(&err)).await,
+            },
+        };
         if !entries.is_empty() {
             let entries = entries.iter().map(WireEntry::from).collect();
             if !self

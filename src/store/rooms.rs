@@ -105,6 +105,15 @@ impl Store {
         .await?)
     }
 
+    /// The position of a room's newest entry (0 for an unknown room).
+    pub async fn last_seq(&self, room: RoomId) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ?")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
     /// Current members of a room, as ids.
     pub async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
         Ok(sqlx::query_scalar(

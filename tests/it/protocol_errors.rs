@@ -47,7 +47,7 @@ async fn bad_frames_get_error_codes_and_the_connection_keeps_working() -> Result
         ("invalid base64", send(json!({ "body": "%%%%" })), "bad_body"),
         ("oversized body", send(json!({ "body": b64(&[1u8; 65]) })), "too_large"),
         ("oversized encoding", send(json!({ "body": b64(&[1u8; 200]) })), "too_large"),
-        ("empty body", send(json!({ "body": "" })), "too_large"),
+        ("empty body", send(json!({ "body": "" })), "bad_body"),
         ("empty client_id", send(json!({ "client_id": "", "body": b64(b"x") })), "bad_frame"),
         ("long client_id", send(json!({ "client_id": "c".repeat(65), "body": b64(b"x") })), "bad_frame"),
         ("unsupported v", json!({ "v": 2, "type": "ping" }).to_string(), "unsupported_version"),

@@ -219,3 +219,24 @@ async fn send_burst(
     }
     Ok(seqs)
 }
+
+#[tokio::test]
+async fn a_cursor_beyond_the_end_of_the_room_is_clamped_so_new_entries_still_arrive() -> Result<()>
+{
+    let app = spawn_app().await?;
+    let t = app.users(&["alice"]).await?;
+    let room = app.create_room(&t[0], "r").await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let (entries, synced) = alice.sync(room, 1_000).await?;
+    assert!(entries.is_empty());
+    assert_eq!(
+        synced, 1,
+        "synced reports the room's real end, not the bogus cursor"
+    );
+    let seq = alice
+        .send_ok(room, "after-clamp", b"still delivered")
+        .await?;
+    let entry = alice.next_entry(room).await?;
+    assert_eq!(entry["seq"], seq, "the next entry is pushed live");
+    Ok(())
+}
