@@ -16,6 +16,7 @@ const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 struct Server {
     child: Child,
     url: String,
+    port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -26,7 +27,15 @@ impl Server {
             .await?
             .local_addr()?
             .port();
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        Self::start_at(dir, port).await
+    }
+
+    /// Serves the database in `dir` on `port` (again, after a stop).
+    async fn start_at(dir: tempfile::TempDir, port: u16) -> Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))?;
         let child = Command::new(HUSH)
             .args([
                 "serve",
@@ -44,6 +53,7 @@ impl Server {
         let server = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            port,
             dir,
         };
         server.wait_healthy().await?;
@@ -343,5 +353,202 @@ async fn a_marker_sent_in_messages_appears_nowhere_on_the_server() -> Result<()>
         log.contains("hush listening"),
         "sanity: the log was captured"
     );
+    Ok(())
+}
+
+/// Lines a child process prints, gathered by a thread.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn from(stdout: std::process::ChildStdout) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 30 s) for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!(
+                    "no line containing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hush_chat_talks_live_survives_a_server_restart_and_sends_offline_lines_once() -> Result<()>
+{
+    use std::io::Write;
+    let server = Server::start().await?;
+    let home = tempfile::tempdir()?;
+    let keys = home.path().join("keys");
+    let url = server.url.clone();
+    for user in ["alice", "bob"] {
+        ok(hush(
+            &url,
+            &keys,
+            user,
+            &["keys", "new", user, "--bits", "2048"],
+        )?)?;
+        ok(hush(&url, &keys, user, &["register"])?)?;
+    }
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["send", "--to", "bob", "first, before chat"],
+    )?)?;
+
+    let mut chat = Command::new(HUSH)
+        .arg("chat")
+        .env("HUSH_SERVER", &url)
+        .env("HUSH_KEYS", &keys)
+        .env("HUSH_USER", "bob")
+        .env("HUSH_PASSPHRASE", "passphrase of bob")
+        .env("HUSH_PASSWORD", "password of bob")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut input = chat.stdin.take().context("chat stdin")?;
+    let mut out = Lines::from(chat.stdout.take().context("chat stdout")?);
+    out.wait_for("hush chat as bob")?;
+    out.wait_for("alice: first, before chat")?;
+
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["send", "--to", "bob", "second, live"],
+    )?)?;
+    out.wait_for("alice: second, live")?;
+    writeln!(input, "reply typed in chat")?;
+    writeln!(input, "/who")?;
+    out.wait_for("* online:")?;
+    let read = ok(hush(&url, &keys, "alice", &["read", "--with", "bob"])?)?;
+    assert!(read.contains("bob: reply typed in chat"), "{read}");
+
+    // The server goes away; a line typed meanwhile is sent once it is back.
+    let port = server.port;
+    let (_, dir) = server.stop()?;
+    out.wait_for("* disconnected")?;
+    writeln!(input, "typed while the server was down")?;
+    out.wait_for("will send when reconnected")?;
+    let server = Server::start_at(dir, port).await?;
+    out.wait_for("* reconnected")?;
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["send", "--to", "bob", "third, after the restart"],
+    )?)?;
+    out.wait_for("alice: third, after the restart")?;
+    let read = ok(hush(&url, &keys, "alice", &["read", "--with", "bob"])?)?;
+    assert_eq!(
+        read.matches("bob: typed while the server was down").count(),
+        1,
+        "{read}"
+    );
+    assert_eq!(read.matches("alice: second, live").count(), 1, "{read}");
+
+    writeln!(input, "/quit")?;
+    let status = chat.wait()?;
+    assert!(status.success(), "hush chat exits cleanly: {status}");
+    assert_eq!(
+        out.seen
+            .iter()
+            .filter(|l| l.contains("alice: second, live"))
+            .count(),
+        1,
+        "chat showed nothing twice across the restart"
+    );
+    server.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotate_publishes_a_signed_rotation_that_peers_follow() -> Result<()> {
+    let server = Server::start().await?;
+    let home = tempfile::tempdir()?;
+    let keys = home.path().join("keys");
+    let url = server.url.clone();
+    for user in ["alice", "bob"] {
+        ok(hush(
+            &url,
+            &keys,
+            user,
+            &["keys", "new", user, "--bits", "2048"],
+        )?)?;
+        ok(hush(&url, &keys, user, &["register"])?)?;
+    }
+    ok(hush(
+        &url,
+        &keys,
+        "bob",
+        &["send", "--to", "alice", "signed with the old key"],
+    )?)?;
+    ok(hush(&url, &keys, "alice", &["read", "--with", "bob"])?)?;
+    let before = ok(hush(&url, &keys, "bob", &["keys", "show", "bob"])?)?;
+    ok(hush(
+        &url,
+        &keys,
+        "bob",
+        &["keys", "rotate", "--bits", "2048"],
+    )?)?;
+    let after = ok(hush(&url, &keys, "bob", &["keys", "show", "bob"])?)?;
+    assert_ne!(before, after, "bob has a new current key");
+    ok(hush(
+        &url,
+        &keys,
+        "bob",
+        &["send", "--to", "alice", "signed with the new key"],
+    )?)?;
+    let output = hush(&url, &keys, "alice", &["read", "--with", "bob"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let read = ok(output)?;
+    assert!(
+        stderr.contains("bob rotated their key"),
+        "alice is told: {stderr}"
+    );
+    assert!(
+        read.contains("bob: signed with the old key")
+            && read.contains("bob: signed with the new key"),
+        "{read}"
+    );
+    assert!(!read.contains("REJECTED"), "{read}");
+    let bob_reads = ok(hush(&url, &keys, "bob", &["read", "--with", "alice"])?)?;
+    assert!(
+        bob_reads.contains("bob: signed with the old key"),
+        "bob still reads his old messages: {bob_reads}"
+    );
+    server.stop()?;
     Ok(())
 }
