@@ -180,6 +180,7 @@ impl Chat {
                     if Some(room) == self.current {
                         self.show_recent(room, 20);
                     }
+                    self.flush_offline().await;
                 }
             }
             Event::Connected { resumed } => {
@@ -229,14 +230,30 @@ impl Chat {
         }
     }
 
+    /// Sends the queued lines, in order, for rooms that are online and
+    /// caught up; lines for other rooms wait.
     async fn flush_offline(&mut self) {
+        if !self.is_online {
+            return;
+        }
+        let mut waiting = VecDeque::new();
         while let Some((room, payload)) = self.typed_offline.pop_front() {
+            if !self.is_ready(room) || waiting.iter().any(|(r, _)| *r == room) {
+                waiting.push_back((room, payload));
+                continue;
+            }
             if let Err(err) = self.post(room, &payload).await {
                 println!("! could not send: {err:#}");
-                self.typed_offline.push_front((room, payload));
-                return;
+                waiting.push_back((room, payload));
             }
         }
+        self.typed_offline = waiting;
+    }
+
+    /// Whether `room` has been read up to now, so its sending state (sender
+    /// key, epoch, counter) is known; sealing before that could reuse an epoch.
+    fn is_ready(&self, room: RoomId) -> bool {
+        self.rooms.get(&room).is_some_and(|view| view.is_synced)
     }
 
     async fn post(&mut self, room: RoomId, payload: &Payload) -> anyhow::Result<()> {
@@ -259,6 +276,11 @@ impl Chat {
         };
         if !self.is_online {
             println!("* offline: will send when reconnected");
+            self.typed_offline.push_back((room, payload));
+            return;
+        }
+        if !self.is_ready(room) || self.typed_offline.iter().any(|(r, _)| *r == room) {
+            println!("* still catching up: will send in a moment");
             self.typed_offline.push_back((room, payload));
             return;
         }
