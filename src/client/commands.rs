@@ -104,10 +104,7 @@ async fn rotate(opts: &ClientOpts, store: &KeyStore, bits: usize) -> anyhow::Res
     let user = require_user(opts)?;
     let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
     let identity = store.open(&user, &passphrase)?;
-    let (api, _) = Api::new(&opts.server)
-        .login(&user, &password(&user)?)
-        .await
-        .context("logging in")?;
+    let api = login(opts, &user).await?;
     let new = generate(bits).await?;
     let old = &identity.current;
     let statement = statements::key_rotation(
@@ -132,10 +129,7 @@ async fn verify(opts: &ClientOpts, peer: &str, mark_verified: bool) -> anyhow::R
     let user = require_user(opts)?;
     let store = KeyStore::new(&opts.keys_dir);
     let mine = store.key_file(&user)?.public_key().clone();
-    let (api, _) = Api::new(&opts.server)
-        .login(&user, &password(&user)?)
-        .await
-        .context("logging in")?;
+    let api = login(opts, &user).await?;
     let mut directory = Directory::new(api, store.load_trust(&user)?);
     let found = directory.peer(peer).await?;
     for notice in directory.take_notices() {
@@ -169,10 +163,7 @@ async fn verify(opts: &ClientOpts, peer: &str, mark_verified: bool) -> anyhow::R
 
 async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Result<()> {
     let user = require_user(opts)?;
-    let (api, _) = Api::new(&opts.server)
-        .login(&user, &password(&user)?)
-        .await
-        .context("logging in")?;
+    let api = login(opts, &user).await?;
     let mut directory = Directory::new(api, store.load_trust(&user)?);
     let found = directory.peer(peer).await?;
     let key = found
@@ -183,6 +174,15 @@ async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Resul
     store.save_trust(&user, directory.trust_store())?;
     println!("now trusting {peer}'s key {}", key.fingerprint());
     Ok(())
+}
+
+/// Logs `user` in with the password from the environment or a prompt.
+async fn login(opts: &ClientOpts, user: &str) -> anyhow::Result<Api> {
+    let (api, _) = Api::new(&opts.server)
+        .login(user, &password(user)?)
+        .await
+        .context("logging in")?;
+    Ok(api)
 }
 
 pub async fn register(opts: &ClientOpts) -> anyhow::Result<()> {
@@ -217,10 +217,7 @@ pub async fn register(opts: &ClientOpts) -> anyhow::Result<()> {
 
 pub async fn room(opts: &ClientOpts, command: &RoomCommand) -> anyhow::Result<()> {
     let user = require_user(opts)?;
-    let (api, _) = Api::new(&opts.server)
-        .login(&user, &password(&user)?)
-        .await
-        .context("logging in")?;
+    let api = login(opts, &user).await?;
     match command {
         RoomCommand::Create { name } => {
             let room = api.create_room(name).await?;

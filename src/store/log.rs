@@ -103,6 +103,17 @@ impl EntryRow {
     }
 }
 
+/// A room's entries (?1) that fall inside one of the reader's (?2)
+/// membership periods, with names resolved. Callers add the range and order.
+const VISIBLE_ENTRIES: &str = "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender,
+        sub.username AS subject, e.client_id, e.body, e.detail
+     FROM entries e
+     JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
+          AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
+     JOIN users s ON s.id = e.sender_id
+     LEFT JOIN users sub ON sub.id = e.subject_id
+     WHERE e.room_id = ?1";
+
 impl Store {
     /// Entries after `after`, oldest first, at most `limit`, restricted to
     /// the reader's membership periods. `NotFound` unless `user` is a member.
@@ -114,17 +125,9 @@ impl Store {
         limit: u32,
     ) -> Result<Page> {
         self.require_member(room, user).await?;
-        let rows: Vec<EntryRow> = sqlx::query_as(
-            "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
-                    e.client_id, e.body, e.detail
-             FROM entries e
-             JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
-                  AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
-             JOIN users s ON s.id = e.sender_id
-             LEFT JOIN users sub ON sub.id = e.subject_id
-             WHERE e.room_id = ?1 AND e.seq > ?3
-             ORDER BY e.seq LIMIT ?4",
-        )
+        let rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{VISIBLE_ENTRIES} AND e.seq > ?3 ORDER BY e.seq LIMIT ?4"
+        )))
         .bind(room)
         .bind(user)
         .bind(after)
@@ -144,17 +147,9 @@ impl Store {
         limit: u32,
     ) -> Result<Page> {
         self.require_member(room, user).await?;
-        let mut rows: Vec<EntryRow> = sqlx::query_as(
-            "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender, sub.username AS subject,
-                    e.client_id, e.body, e.detail
-             FROM entries e
-             JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
-                  AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
-             JOIN users s ON s.id = e.sender_id
-             LEFT JOIN users sub ON sub.id = e.subject_id
-             WHERE e.room_id = ?1 AND e.seq < ?3
-             ORDER BY e.seq DESC LIMIT ?4",
-        )
+        let mut rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{VISIBLE_ENTRIES} AND e.seq < ?3 ORDER BY e.seq DESC LIMIT ?4"
+        )))
         .bind(room)
         .bind(user)
         .bind(before)
