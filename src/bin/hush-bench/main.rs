@@ -1,0 +1,558 @@
+//! `hush-bench`: load and latency benchmarks for hush (issue 5).
+//!
+//! Starts the server itself (in this process, or as a child `hush serve`
+//! for memory figures) on a temp database, or targets a running one with
+//! `--server`. Registers its own users through the HTTP API and drives real
+//! WebSocket clients with random payloads. Each scenario prints a human
+//! row and one JSON line starting with `{"scenario":`. `--baseline` runs
+//! `fanout`/`ramp` against a bare warp relay in the same invocation too.
+//! Every loop is bounded in count and time.
+
+mod client;
+mod conns;
+mod crypto;
+mod dm;
+mod fanout;
+mod relay;
+mod sync;
+mod target;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hush::crypto::keys::IdentityPrivateKey;
+use serde_json::{Value, json};
+
+use client::{Bench, fmt_us};
+use conns::{ConnArgs, IdleArgs};
+use crypto::CryptoArgs;
+use dm::DmArgs;
+use fanout::{FanoutArgs, Harness, RampArgs};
+use relay::Relay;
+use sync::SyncArgs;
+use target::Target;
+
+#[derive(Debug, Parser)]
+#[command(name = "hush-bench", about = "Benchmarks for the hush server", version)]
+struct Cli {
+    /// Target a running server (e.g. http://127.0.0.1:7878) instead of
+    /// starting one.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Start this `hush` binary as a child (`hush serve`) for every
+    /// scenario. By default the server runs in this process, except for
+    /// `idle`, which uses the `hush` binary next to this one if present.
+    #[arg(long, global = true)]
+    spawn_binary: Option<PathBuf>,
+    /// Also run `fanout`/`ramp` against a bare relay (warp WebSockets, no
+    /// auth, no storage) and report hush/bare ratios.
+    #[arg(long, global = true)]
+    baseline: bool,
+    /// With `all`: tiny sizes, a few seconds per scenario (the smoke test).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// In-process server only: set TCP_NODELAY on its listening socket
+    /// (inherited by accepted sockets on Linux), to show what it changes.
+    #[arg(long, global = true)]
+    listener_nodelay: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// C clients in one room, S senders at R msgs/s each (open loop).
+    Fanout(FanoutArgs),
+    /// Fanout with R raised stepwise until p99 > 250 ms or loss > 0.1 %.
+    Ramp(RampArgs),
+    /// N one-to-one pairs sending as fast as acks allow: durable msgs/s.
+    Dm(DmArgs),
+    /// Fill a room with M messages, then time a sync from 0.
+    Sync(SyncArgs),
+    /// Authenticated connections per second.
+    Connect(ConnArgs),
+    /// Server RSS per idle authenticated connection.
+    Idle(IdleArgs),
+    /// Client-side sender-key rotation, seal and open for a large room.
+    Crypto(CryptoArgs),
+    /// Every scenario in turn (use --quick for the smoke-test sizes).
+    All,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    client::start_clock();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    eprintln!("generating one RSA-2048 identity key for every bench user…");
+    let key =
+        Arc::new(IdentityPrivateKey::generate(2048, |_| {}).context("generating the bench key")?);
+    match &cli.scenario {
+        Scenario::Fanout(args) => fanout_scenario(&cli, &key, args).await,
+        Scenario::Ramp(args) => ramp_scenario(&cli, &key, args).await,
+        Scenario::Dm(args) => dm_scenario(&cli, &key, args).await,
+        Scenario::Sync(args) => sync_scenario(&cli, &key, args).await,
+        Scenario::Connect(args) => connect_scenario(&cli, &key, args).await,
+        Scenario::Idle(args) => idle_scenario(&cli, &key, &args.conn_args()).await,
+        Scenario::Crypto(args) => crypto_scenario(&key, args),
+        Scenario::All => {
+            let quick = cli.quick;
+            let fan = if quick {
+                FanoutArgs::quick()
+            } else {
+                FanoutArgs {
+                    clients: 100,
+                    senders: 10,
+                    rate: 10.0,
+                    payload: 256,
+                    duration: 10.0,
+                }
+            };
+            let ramp = if quick {
+                RampArgs::quick()
+            } else {
+                RampArgs {
+                    clients: 100,
+                    senders: 10,
+                    payload: 256,
+                    start_rate: 10.0,
+                    factor: 1.5,
+                    step_secs: 5.0,
+                    max_steps: 15,
+                }
+            };
+            let dm = if quick {
+                DmArgs::quick()
+            } else {
+                DmArgs {
+                    pairs: 500,
+                    window: 32,
+                    payload: 256,
+                    duration: 10.0,
+                }
+            };
+            let sync = if quick {
+                SyncArgs::quick()
+            } else {
+                SyncArgs {
+                    messages: 100_000,
+                    payload: 256,
+                    loaders: 4,
+                    window: 256,
+                }
+            };
+            let connect = if quick {
+                ConnArgs::quick()
+            } else {
+                ConnArgs {
+                    connections: 2000,
+                    users: 50,
+                    concurrency: 64,
+                }
+            };
+            let idle = if quick {
+                ConnArgs::quick()
+            } else {
+                ConnArgs {
+                    connections: 10_000,
+                    users: 50,
+                    concurrency: 64,
+                }
+            };
+            let crypto = if quick {
+                CryptoArgs::quick()
+            } else {
+                CryptoArgs {
+                    members: 200,
+                    rotations: 20,
+                    messages: 500,
+                    payload: 256,
+                }
+            };
+            fanout_scenario(&cli, &key, &fan).await?;
+            ramp_scenario(&cli, &key, &ramp).await?;
+            dm_scenario(&cli, &key, &dm).await?;
+            sync_scenario(&cli, &key, &sync).await?;
+            connect_scenario(&cli, &key, &connect).await?;
+            idle_scenario(&cli, &key, &idle).await?;
+            crypto_scenario(&key, &crypto)
+        }
+    }
+}
+
+/// The server for one scenario: `--server`, else `--spawn-binary`, else a
+/// child from the sibling `hush` binary when `prefer_child`, else in-process.
+async fn start_target(cli: &Cli, prefer_child: bool) -> Result<Target> {
+    if let Some(url) = &cli.server {
+        return Ok(Target::external(url));
+    }
+    if let Some(binary) = &cli.spawn_binary {
+        return Target::child(binary).await;
+    }
+    if prefer_child && let Some(binary) = target::sibling_hush() {
+        return Target::child(&binary).await;
+    }
+    Target::in_process(cli.listener_nodelay).await
+}
+
+/// The target's kind, marked when the in-process listener has TCP_NODELAY.
+fn target_label(cli: &Cli, target: &Target) -> &'static str {
+    match target.label() {
+        "in-process" if cli.listener_nodelay => "in-process+nodelay",
+        other => other,
+    }
+}
+
+fn emit(rows: &[String], line: Value) {
+    for row in rows {
+        println!("{row}");
+    }
+    println!("{line}");
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn ratio(hush: f64, bare: f64) -> Option<f64> {
+    (bare > 0.0).then(|| (hush / bare * 1000.0).round() / 1000.0)
+}
+
+async fn fanout_scenario(
+    cli: &Cli,
+    key: &Arc<IdentityPrivateKey>,
+    args: &FanoutArgs,
+) -> Result<()> {
+    let target = start_target(cli, false).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let outcome = async {
+        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let result = fanout::fanout(&mut harness, args).await;
+        harness.close().await;
+        Ok::<_, anyhow::Error>(result)
+    }
+    .await;
+    let label = target_label(cli, &target);
+    target.stop().await;
+    let hush = outcome?;
+    let bare = if cli.baseline {
+        let relay = Relay::start().await?;
+        let outcome = async {
+            let mut harness = Harness::bare(&relay.ws_url, args.clients).await?;
+            let result = fanout::fanout(&mut harness, args).await;
+            harness.close().await;
+            Ok::<_, anyhow::Error>(result)
+        }
+        .await;
+        relay.stop().await;
+        Some(outcome?)
+    } else {
+        None
+    };
+    let head = format!(
+        "fanout   C={} S={} P={}B D={}s",
+        args.clients, args.senders, args.payload, args.duration
+    );
+    let mut rows = vec![format!("{head} | hush ({label}) {}", hush.human())];
+    let mut line = json!({
+        "scenario": "fanout", "target": label,
+        "clients": args.clients, "senders": args.senders, "rate": args.rate,
+        "payload": args.payload, "duration_s": args.duration,
+        "sent": hush.sent, "acked": hush.acked, "delivered": hush.delivered,
+        "expected": hush.expected, "loss_pct": hush.loss_pct,
+        "latency": hush.latency.json(),
+        "deliveries_per_sec": hush.deliveries_per_sec.round(),
+        "closed_connections": hush.closed, "errors": hush.errors,
+    });
+    if let Some(bare) = bare {
+        rows.push(format!("{head} | bare relay {}", bare.human()));
+        rows.push(format!(
+            "{head} | hush/bare deliveries/s {:.3}, p99 {} vs {}",
+            ratio(hush.deliveries_per_sec, bare.deliveries_per_sec).unwrap_or(0.0),
+            fmt_us(hush.latency.p99),
+            fmt_us(bare.latency.p99)
+        ));
+        line["bare"] = bare.json();
+        line["ratio_deliveries_per_sec"] =
+            json!(ratio(hush.deliveries_per_sec, bare.deliveries_per_sec));
+    }
+    emit(&rows, line);
+    Ok(())
+}
+
+async fn ramp_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &RampArgs) -> Result<()> {
+    let head = format!(
+        "ramp     C={} S={} P={}B step={}s",
+        args.clients, args.senders, args.payload, args.step_secs
+    );
+    let target = start_target(cli, false).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let outcome = async {
+        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let result = fanout::ramp(&mut harness, args, |step| {
+            println!("{head} | hush step {}", step.human());
+        })
+        .await;
+        harness.close().await;
+        Ok::<_, anyhow::Error>(result)
+    }
+    .await;
+    let label = target_label(cli, &target);
+    target.stop().await;
+    let hush = outcome?;
+    let bare = if cli.baseline {
+        let relay = Relay::start().await?;
+        let outcome = async {
+            let mut harness = Harness::bare(&relay.ws_url, args.clients).await?;
+            let result = fanout::ramp(&mut harness, args, |step| {
+                println!("{head} | bare step {}", step.human());
+            })
+            .await;
+            harness.close().await;
+            Ok::<_, anyhow::Error>(result)
+        }
+        .await;
+        relay.stop().await;
+        Some(outcome?)
+    } else {
+        None
+    };
+    let best_rate = |r: &fanout::RampResult| r.best.as_ref().map_or(0.0, |b| b.rate);
+    let mut rows = vec![format!(
+        "{head} | hush ({label}) best sustained {:.0} deliv/s at R={:.1}",
+        hush.best_rate(),
+        best_rate(&hush)
+    )];
+    let mut line = json!({
+        "scenario": "ramp", "target": label,
+        "clients": args.clients, "senders": args.senders, "payload": args.payload,
+        "best_deliveries_per_sec": hush.best_rate().round(),
+        "best_rate": best_rate(&hush),
+        "steps": hush.steps.iter().map(|s| s.json()).collect::<Vec<_>>(),
+        "delivered": hush.steps.iter().map(|s| s.delivered).sum::<u64>(),
+    });
+    if let Some(bare) = bare {
+        rows.push(format!(
+            "{head} | bare relay best sustained {:.0} deliv/s at R={:.1}",
+            bare.best_rate(),
+            best_rate(&bare)
+        ));
+        let r = ratio(hush.best_rate(), bare.best_rate());
+        rows.push(format!("{head} | hush/bare {:.3}", r.unwrap_or(0.0)));
+        line["bare"] = json!({
+            "best_deliveries_per_sec": bare.best_rate().round(),
+            "best_rate": best_rate(&bare),
+            "steps": bare.steps.iter().map(|s| s.json()).collect::<Vec<_>>(),
+        });
+        line["ratio_best_deliveries_per_sec"] = json!(r);
+    }
+    emit(&rows, line);
+    Ok(())
+}
+
+async fn dm_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &DmArgs) -> Result<()> {
+    let target = start_target(cli, false).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let outcome = dm::run(&bench, &target.ws_url, args).await;
+    let label = target.label();
+    target.stop().await;
+    let r = outcome?;
+    emit(
+        &[format!(
+            "dm       pairs={} W={} P={}B D={}s | hush ({label}) sent {} acked {} errors {} delivered {} in {:.2}s | {:.0} durable msgs/s",
+            args.pairs,
+            args.window,
+            args.payload,
+            args.duration,
+            r.sent,
+            r.acked,
+            r.errors,
+            r.delivered,
+            r.seconds,
+            r.acked_per_sec
+        )],
+        json!({
+            "scenario": "dm", "target": label, "pairs": args.pairs, "window": args.window,
+            "payload": args.payload, "duration_s": args.duration,
+            "sent": r.sent, "acked": r.acked, "errors": r.errors,
+            "duplicates": r.duplicates, "delivered": r.delivered,
+            "seconds": (r.seconds * 100.0).round() / 100.0,
+            "durable_msgs_per_sec": r.acked_per_sec.round(),
+        }),
+    );
+    Ok(())
+}
+
+async fn sync_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &SyncArgs) -> Result<()> {
+    let target = start_target(cli, false).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let outcome = sync::run(&bench, &target.ws_url, args).await;
+    let label = target.label();
+    target.stop().await;
+    let r = outcome?;
+    emit(
+        &[format!(
+            "sync     M={} P={}B | hush ({label}) stored {} in {:.1}s ({:.0} msgs/s) | replayed {} in {} pages, {:.3}s | {:.0} msgs/s",
+            args.messages,
+            args.payload,
+            r.stored,
+            r.load_secs,
+            r.stored as f64 / r.load_secs.max(1e-9),
+            r.replayed,
+            r.pages,
+            r.seconds,
+            r.per_sec
+        )],
+        json!({
+            "scenario": "sync", "target": label, "messages": args.messages,
+            "payload": args.payload, "stored": r.stored,
+            "load_seconds": round1(r.load_secs * 100.0) / 100.0,
+            "load_msgs_per_sec": (r.stored as f64 / r.load_secs.max(1e-9)).round(),
+            "replayed": r.replayed, "pages": r.pages,
+            "seconds": (r.seconds * 1000.0).round() / 1000.0,
+            "replayed_per_sec": r.per_sec.round(),
+        }),
+    );
+    Ok(())
+}
+
+async fn connect_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &ConnArgs) -> Result<()> {
+    let target = start_target(cli, false).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let outcome = conns::open(&bench, &target.ws_url, args, "c").await;
+    let label = target.label();
+    let held = match outcome {
+        Ok(held) => held,
+        Err(err) => {
+            target.stop().await;
+            return Err(err);
+        }
+    };
+    let (opened, failed, seconds, rate, latency) = (
+        held.opened,
+        held.failed,
+        held.seconds,
+        held.per_sec(),
+        held.latency,
+    );
+    let first_error = held.first_error.clone();
+    held.close();
+    target.stop().await;
+    emit(
+        &[format!(
+            "connect  K={} users={} concurrency={} | hush ({label}) opened {opened} failed {failed} in {seconds:.2}s | {rate:.0} conns/s | connect+auth+ready {}",
+            args.connections,
+            args.users,
+            args.concurrency,
+            latency.human()
+        )],
+        json!({
+            "scenario": "connect", "target": label, "connections": args.connections,
+            "users": args.users, "concurrency": args.concurrency,
+            "opened": opened, "failed": failed, "first_error": first_error,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "connections_per_sec": rate.round(), "latency": latency.json(),
+        }),
+    );
+    Ok(())
+}
+
+async fn idle_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &ConnArgs) -> Result<()> {
+    let target = start_target(cli, true).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let label = target.label();
+    // Register and log in first, so the argon2 buffers of login are already
+    // part of the "before" figure.
+    let outcome = async {
+        let users = bench
+            .users("i", args.users.clamp(1, args.connections.max(1)))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = target.server_rss_kib();
+        let bench_before = target::rss_kib("self");
+        let held = conns::open_as(&users, &target.ws_url, args).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = target.server_rss_kib();
+        let bench_after = target::rss_kib("self");
+        Ok::<_, anyhow::Error>((held, before, after, bench_before, bench_after))
+    }
+    .await;
+    let (held, before, after, bench_before, bench_after) = match outcome {
+        Ok(values) => values,
+        Err(err) => {
+            target.stop().await;
+            return Err(err);
+        }
+    };
+    let opened = held.opened;
+    let (failed, seconds) = (held.failed, held.seconds);
+    // Hold them while reading, then let go.
+    held.close();
+    target.stop().await;
+    let per_conn = |b: Option<u64>, a: Option<u64>| match (b, a) {
+        (Some(b), Some(a)) if opened > 0 => Some(a.saturating_sub(b) as f64 / opened as f64),
+        _ => None,
+    };
+    let server_per_conn = per_conn(before, after);
+    let bench_per_conn = per_conn(bench_before, bench_after);
+    let note = match label {
+        "child" => "server RSS read from the child's /proc/<pid>/status",
+        "in-process" => "server in-process: figure includes the bench's client sockets",
+        _ => "external server: RSS not readable",
+    };
+    emit(
+        &[format!(
+            "idle     K={} users={} | hush ({label}) held {opened} (failed {failed}, opened in {seconds:.1}s) | server RSS {} -> {} KiB | {} KiB/conn | bench {} KiB/conn",
+            args.connections,
+            args.users,
+            before.map_or("?".into(), |v| v.to_string()),
+            after.map_or("?".into(), |v| v.to_string()),
+            server_per_conn.map_or("?".into(), |v| format!("{v:.1}")),
+            bench_per_conn.map_or("?".into(), |v| format!("{v:.1}")),
+        )],
+        json!({
+            "scenario": "idle", "target": label, "connections": args.connections,
+            "held": opened, "failed": failed, "open_seconds": round1(seconds),
+            "server_rss_before_kib": before, "server_rss_after_kib": after,
+            "server_kib_per_connection": server_per_conn.map(round1),
+            "bench_kib_per_connection": bench_per_conn.map(round1),
+            "note": note,
+        }),
+    );
+    Ok(())
+}
+
+fn crypto_scenario(key: &IdentityPrivateKey, args: &CryptoArgs) -> Result<()> {
+    let r = crypto::run(key, args)?;
+    emit(
+        &[format!(
+            "crypto   members={} P={}B | rotate {:.2} ms ({:.1}/s) | seal {:.3} ms ({:.0}/s) | open+verify {:.3} ms ({:.0}/s)",
+            args.members,
+            args.payload,
+            r.rotate.ms_per_op(),
+            r.rotate.per_sec(),
+            r.seal.ms_per_op(),
+            r.seal.per_sec(),
+            r.open.ms_per_op(),
+            r.open.per_sec(),
+        )],
+        json!({
+            "scenario": "crypto", "members": args.members, "payload": args.payload,
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "rotate": r.rotate.json(), "seal": r.seal.json(), "open_verify": r.open.json(),
+        }),
+    );
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The server under test: started in this process on `127.0.0.1:0` with a
+//! fresh SQLite file in a temp dir, started as a child `hush serve`
+//! process (so its memory can be read apart from the clients'), or an
+//! already running server given by URL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hush::config::ServerConfig;
+use hush::store::Store;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+enum Kind {
+    InProcess {
+        shutdown_tx: oneshot::Sender<()>,
+        server: JoinHandle<()>,
+    },
+    Child {
+        child: tokio::process::Child,
+    },
+    External,
+}
+
+pub struct Target {
+    /// `http://host:port`, no trailing slash.
+    pub base: String,
+    pub ws_url: String,
+    kind: Kind,
+    dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// `nodelay` sets TCP_NODELAY on the listening socket, which Linux
+    /// copies to every accepted socket (`hush serve` does not do this).
+    pub async fn in_process(nodelay: bool) -> Result<Self> {
+        let dir = temp_dir()?;
+        let store = Store::open(&dir.join("hush.db"))
+            .await
+            .context("opening the bench database")?;
+        let listener = if nodelay {
+            let socket = TcpSocket::new_v4()?;
+            socket.set_nodelay(true)?;
+            socket.bind("127.0.0.1:0".parse().expect("a valid socket address"))?;
+            socket.listen(1024)?
+        } else {
+            TcpListener::bind("127.0.0.1:0").await?
+        };
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(hush::server::run(
+            listener,
+            store,
+            ServerConfig::default(),
+            async move {
+                let _ = shutdown_rx.await;
+            },
+        ));
+        Ok(Self::at(
+            addr,
+            Kind::InProcess {
+                shutdown_tx,
+                server,
+            },
+            Some(dir),
+        ))
+    }
+
+    /// Starts `binary serve` on a free loopback port with a temp database
+    /// and waits (at most 30 s) for `/healthz`.
+    pub async fn child(binary: &Path) -> Result<Self> {
+        let dir = temp_dir()?;
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let child = tokio::process::Command::new(binary)
+            .arg("serve")
+            .arg("--addr")
+            .arg(addr.to_string())
+            .arg("--db")
+            .arg(dir.join("hush.db"))
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let target = Self::at(addr, Kind::Child { child }, Some(dir));
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let probe = http
+                .get(format!("{}/healthz", target.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if matches!(&probe, Ok(reply) if reply.status().is_success()) {
+                return Ok(target);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                target.stop().await;
+                bail!("{} did not answer /healthz within 30 s", binary.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn external(url: &str) -> Self {
+        let base = url.trim_end_matches('/').to_owned();
+        let ws_url = format!(
+            "{}/ws",
+            base.replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        );
+        Self {
+            base,
+            ws_url,
+            kind: Kind::External,
+            dir: None,
+        }
+    }
+
+    fn at(addr: SocketAddr, kind: Kind, dir: Option<PathBuf>) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            ws_url: format!("ws://{addr}/ws"),
+            kind,
+            dir,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            Kind::InProcess { .. } => "in-process",
+            Kind::Child { .. } => "child",
+            Kind::External => "external",
+        }
+    }
+
+    /// The server's resident memory in KiB, if it can be read: the child's
+    /// `/proc/<pid>/status`, or this process's own when the server runs
+    /// in-process (then it includes the bench clients too).
+    pub fn server_rss_kib(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::InProcess { .. } => rss_kib("self"),
+            Kind::Child { child } => rss_kib(&child.id()?.to_string()),
+            Kind::External => None,
+        }
+    }
+
+    /// Stops what this bench started and removes its temp dir.
+    pub async fn stop(self) {
+        match self.kind {
+            Kind::InProcess {
+                shutdown_tx,
+                server,
+            } => {
+                let _ = shutdown_tx.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+            }
+            Kind::Child { mut child } => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status()
+                        .await;
+                }
+                if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Kind::External => {}
+        }
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `VmRSS` of `/proc/<pid>/status` in KiB.
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `hush` binary next to this one (same target dir), if built.
+pub fn sibling_hush() -> Option<PathBuf> {
+    let path = std::env::current_exe().ok()?.with_file_name("hush");
+    path.is_file().then_some(path)
+}
+
+fn temp_dir() -> Result<PathBuf> {
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).expect("the OS random source works");
+    let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("hush-bench-{name}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
