@@ -268,7 +268,16 @@ impl Harness {
             let (flavor, room) = (self.flavor, self.room);
             tasks.push((
                 index,
-                tokio::spawn(send_loop(sink, flavor, room, tag, rate, payload, deadline)),
+                tokio::spawn(send_loop(
+                    sink,
+                    flavor,
+                    room,
+                    tag,
+                    rate,
+                    payload,
+                    deadline,
+                    index as f64 / senders as f64,
+                )),
             ));
         }
         let mut sent = 0;
@@ -360,10 +369,13 @@ async fn send_loop(
     rate: f64,
     payload: usize,
     deadline: Instant,
+    phase: f64,
 ) -> (Sink, u64) {
     let mut maker = PayloadMaker::new(payload);
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let mut ticker = tokio::time::interval(period);
+    // Senders are spread over the period instead of all ticking at once.
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(phase), period);
     let mut sent = 0u64;
     // Bounded by count as well as by time.
     let max = (rate

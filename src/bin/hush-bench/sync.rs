@@ -114,11 +114,6 @@ pub async fn run(bench: &Bench, ws_url: &str, args: &SyncArgs) -> Result<SyncRes
                 let page: PageFrame = serde_json::from_str(&text).context("parsing a page")?;
                 replayed += page.entries.len() as u64;
                 pages += 1;
-                eprintln!(
-                    "DEBUG page {} {}",
-                    page.entries.len(),
-                    &text[text.len() - 40..]
-                );
             }
             "synced" if frame.room == Some(room) => break,
             "error" => bail!("sync refused: {}", frame.code.unwrap_or_default()),
