@@ -39,9 +39,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.db)
         .await
         .with_context(|| format!("opening database {}", args.db.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("listening on {}", args.addr))?;
+    let listener =
+        hush::server::bind(args.addr).with_context(|| format!("listening on {}", args.addr))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %args.db.display(), "hush listening on http://{local} with database {}", args.db.display());
     hush::server::run(listener, store, args.server_config(), shutdown_signal()).await;
