@@ -1,7 +1,8 @@
 //! Smoke test for `hush-bench`: runs every scenario at tiny sizes (`all
-//! --quick --baseline`) so the benchmark cannot rot. It checks that each
-//! scenario ran and reported sane counts, never how fast anything was:
-//! the targets are checked by running the benchmark, not by tests.
+//! --quick --baseline`, which adds a short `overload`) so the benchmark
+//! cannot rot. It checks that each scenario ran and reported sane counts,
+//! never how fast anything was: the targets are checked by running the
+//! benchmark, not by tests.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -90,6 +91,10 @@ fn every_scenario_runs_and_reports_one_json_line() -> Result<()> {
 
     let idle = get("idle")?;
     ensure!(num(idle, "held")? == num(idle, "connections")?, "{idle}");
+
+    let overload = get("overload")?;
+    ensure!(num(&overload["overload"], "sent")? > 0.0, "{overload}");
+    ensure!(num(&overload["recovery"], "sent")? > 0.0, "{overload}");
 
     let crypto = get("crypto")?;
     for op in ["rotate", "seal", "open_verify"] {

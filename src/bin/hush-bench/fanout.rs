@@ -477,6 +477,42 @@ fn drain_for(duration: Duration) -> Duration {
     (duration / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct OverloadArgs {
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 10)]
+    pub senders: usize,
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// Per-sender rate during the overload (2x the sustained ramp rate).
+    #[arg(long, default_value_t = 230.0)]
+    pub rate: f64,
+    /// Seconds of overload.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Per-sender rate of the recovery step that follows.
+    #[arg(long, default_value_t = 10.0)]
+    pub recovery_rate: f64,
+    /// Seconds of the recovery step.
+    #[arg(long, default_value_t = 5.0)]
+    pub recovery_secs: f64,
+}
+
+impl OverloadArgs {
+    pub fn quick() -> Self {
+        Self {
+            clients: 5,
+            senders: 2,
+            payload: 64,
+            rate: 100.0,
+            duration: 1.0,
+            recovery_rate: 10.0,
+            recovery_secs: 1.0,
+        }
+    }
+}
+
 /// A ramp's steps and its best sustained step.
 pub struct RampResult {
     pub steps: Vec<StepResult>,

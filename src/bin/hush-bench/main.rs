@@ -30,7 +30,7 @@ use client::{Bench, fmt_us};
 use conns::{ConnArgs, IdleArgs};
 use crypto::CryptoArgs;
 use dm::DmArgs;
-use fanout::{FanoutArgs, Harness, RampArgs};
+use fanout::{FanoutArgs, Harness, OverloadArgs, RampArgs};
 use relay::Relay;
 use sync::SyncArgs;
 use target::Target;
@@ -78,6 +78,9 @@ enum Scenario {
     Idle(IdleArgs),
     /// Client-side sender-key rotation, seal and open for a large room.
     Crypto(CryptoArgs),
+    /// Fanout far above the sustainable rate, then a light step: server
+    /// RSS (child), recovery latency and log volume.
+    Overload(OverloadArgs),
     /// Every scenario in turn (use --quick for the smoke-test sizes).
     All,
 }
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Connect(args) => connect_scenario(&cli, &key, args).await,
         Scenario::Idle(args) => idle_scenario(&cli, &key, &args.conn_args()).await,
         Scenario::Crypto(args) => crypto_scenario(&key, args),
+        Scenario::Overload(args) => overload_scenario(&cli, &key, args).await,
         Scenario::All => {
             let quick = cli.quick;
             let fan = if quick {
@@ -187,6 +191,9 @@ async fn run(cli: Cli) -> Result<()> {
             sync_scenario(&cli, &key, &sync).await?;
             connect_scenario(&cli, &key, &connect).await?;
             idle_scenario(&cli, &key, &idle).await?;
+            if quick {
+                overload_scenario(&cli, &key, &OverloadArgs::quick()).await?;
+            }
             crypto_scenario(&key, &crypto)
         }
     }
@@ -529,6 +536,96 @@ async fn idle_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &ConnArgs
             "server_kib_per_connection": server_per_conn.map(round1),
             "bench_kib_per_connection": bench_per_conn.map(round1),
             "note": note,
+        }),
+    );
+    Ok(())
+}
+
+async fn overload_scenario(
+    cli: &Cli,
+    key: &Arc<IdentityPrivateKey>,
+    args: &OverloadArgs,
+) -> Result<()> {
+    let target = start_target(cli, true).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let label = target.label();
+    let outcome = async {
+        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let rss_before = target.server_rss_kib();
+        let log_before = target.log_bytes();
+        let duration = Duration::from_secs_f64(args.duration);
+        let overload = harness.step(
+            1,
+            args.senders,
+            args.rate,
+            args.payload,
+            duration,
+            Duration::from_secs(5),
+        );
+        // Sample the server's RSS every 250 ms while the overload runs.
+        let sampler = async {
+            let mut peak = None::<u64>;
+            let until = std::time::Instant::now() + duration + Duration::from_secs(5);
+            while std::time::Instant::now() < until {
+                if let Some(rss) = target.server_rss_kib() {
+                    peak = Some(peak.map_or(rss, |p| p.max(rss)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            peak
+        };
+        let (overload, peak) = tokio::join!(overload, sampler);
+        let recovery = harness
+            .step(
+                2,
+                args.senders,
+                args.recovery_rate,
+                args.payload,
+                Duration::from_secs_f64(args.recovery_secs),
+                Duration::from_secs(5),
+            )
+            .await;
+        let rss_after = target.server_rss_kib();
+        let log_after = target.log_bytes();
+        harness.close().await;
+        let log_bytes = log_before.zip(log_after).map(|(b, a)| a.saturating_sub(b));
+        Ok::<_, anyhow::Error>((overload, recovery, rss_before, peak, rss_after, log_bytes))
+    }
+    .await;
+    target.stop().await;
+    let (overload, recovery, rss_before, peak, rss_after, log_bytes) = outcome?;
+    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+    emit(
+        &[
+            format!(
+                "overload C={} S={} P={}B | hush ({label}) overload {}",
+                args.clients,
+                args.senders,
+                args.payload,
+                overload.human()
+            ),
+            format!(
+                "overload C={} S={} P={}B | hush ({label}) recovery {}",
+                args.clients,
+                args.senders,
+                args.payload,
+                recovery.human()
+            ),
+            format!(
+                "overload | server RSS before {} KiB, peak {} KiB, after {} KiB | server log +{} bytes",
+                kib(rss_before),
+                kib(peak),
+                kib(rss_after),
+                kib(log_bytes)
+            ),
+        ],
+        json!({
+            "scenario": "overload", "target": label, "clients": args.clients,
+            "senders": args.senders, "payload": args.payload,
+            "overload": overload.json(), "recovery": recovery.json(),
+            "delivered": overload.delivered + recovery.delivered,
+            "server_rss_before_kib": rss_before, "server_rss_peak_kib": peak,
+            "server_rss_after_kib": rss_after, "server_log_bytes": log_bytes,
         }),
     );
     Ok(())

@@ -88,6 +88,7 @@ impl Target {
             .arg("warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("server.log"))?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -151,6 +152,16 @@ impl Target {
             Kind::InProcess { .. } => rss_kib("self"),
             Kind::Child { child } => rss_kib(&child.id()?.to_string()),
             Kind::External => None,
+        }
+    }
+
+    /// Bytes the child server has logged so far (its stderr, at `warn`).
+    pub fn log_bytes(&self) -> Option<u64> {
+        match (&self.kind, &self.dir) {
+            (Kind::Child { .. }, Some(dir)) => std::fs::metadata(dir.join("server.log"))
+                .ok()
+                .map(|m| m.len()),
+            _ => None,
         }
     }
 
