@@ -54,10 +54,6 @@ struct Cli {
     /// With `all`: tiny sizes, a few seconds per scenario (the smoke test).
     #[arg(long, global = true)]
     quick: bool,
-    /// In-process server only: set TCP_NODELAY on its listening socket
-    /// (inherited by accepted sockets on Linux), to show what it changes.
-    #[arg(long, global = true)]
-    listener_nodelay: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -211,15 +207,7 @@ async fn start_target(cli: &Cli, prefer_child: bool) -> Result<Target> {
     if prefer_child && let Some(binary) = target::sibling_hush() {
         return Target::child(&binary).await;
     }
-    Target::in_process(cli.listener_nodelay).await
-}
-
-/// The target's kind, marked when the in-process listener has TCP_NODELAY.
-fn target_label(cli: &Cli, target: &Target) -> &'static str {
-    match target.label() {
-        "in-process" if cli.listener_nodelay => "in-process+nodelay",
-        other => other,
-    }
+    Target::in_process().await
 }
 
 fn emit(rows: &[String], line: Value) {
@@ -251,7 +239,7 @@ async fn fanout_scenario(
         Ok::<_, anyhow::Error>(result)
     }
     .await;
-    let label = target_label(cli, &target);
+    let label = target.label();
     target.stop().await;
     let hush = outcome?;
     let bare = if cli.baseline {
@@ -316,7 +304,7 @@ async fn ramp_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &RampArgs
         Ok::<_, anyhow::Error>(result)
     }
     .await;
-    let label = target_label(cli, &target);
+    let label = target.label();
     target.stop().await;
     let hush = outcome?;
     let bare = if cli.baseline {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hush::config::ServerConfig;
 use hush::store::Store;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -35,21 +34,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// `nodelay` sets TCP_NODELAY on the listening socket, which Linux
-    /// copies to every accepted socket (`hush serve` does not do this).
-    pub async fn in_process(nodelay: bool) -> Result<Self> {
+    /// The server in this process, bound exactly as `hush serve` binds it.
+    pub async fn in_process() -> Result<Self> {
         let dir = temp_dir()?;
         let store = Store::open(&dir.join("hush.db"))
             .await
             .context("opening the bench database")?;
-        let listener = if nodelay {
-            let socket = TcpSocket::new_v4()?;
-            socket.set_nodelay(true)?;
-            socket.bind("127.0.0.1:0".parse().expect("a valid socket address"))?;
-            socket.listen(1024)?
-        } else {
-            TcpListener::bind("127.0.0.1:0").await?
-        };
+        let listener = hush::server::bind("127.0.0.1:0".parse().expect("a valid socket address"))?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(hush::server::run(
