@@ -4,14 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Rust: unit tests, the integration suite (real servers on loopback, real
-# SQLite files, real WebSocket clients), the binary's own tests.
-cargo test --locked --all-targets
-
-# The test vectors again, through WebCrypto alone: what the browser client
-# will use, so the formats stay implementable outside Rust.
+# The test vectors through WebCrypto alone: what the browser client will
+# use, so the formats stay implementable outside Rust.
 if ! command -v node >/dev/null 2>&1; then
     echo "node is required for the WebCrypto vector check (apt-get install nodejs)" >&2
     exit 1
 fi
 node tests/vectors/check-webcrypto.mjs
+
+# Rust: unit tests (including the same vectors), the integration suite
+# (real servers on loopback, real SQLite files, real WebSocket clients and
+# the real binary), and the benchmark smoke run.
+cargo test --locked --all-targets
