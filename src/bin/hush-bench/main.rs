@@ -112,74 +112,37 @@ async fn run(cli: Cli) -> Result<()> {
             let fan = if quick {
                 FanoutArgs::quick()
             } else {
-                FanoutArgs {
-                    clients: 100,
-                    senders: 10,
-                    rate: 10.0,
-                    payload: 256,
-                    duration: 10.0,
-                }
+                defaults::<FanoutArgs>()
             };
             let ramp = if quick {
                 RampArgs::quick()
             } else {
-                RampArgs {
-                    clients: 100,
-                    senders: 10,
-                    payload: 256,
-                    start_rate: 10.0,
-                    factor: 1.5,
-                    step_secs: 5.0,
-                    max_steps: 15,
-                }
+                defaults::<RampArgs>()
             };
             let dm = if quick {
                 DmArgs::quick()
             } else {
-                DmArgs {
-                    pairs: 500,
-                    window: 32,
-                    payload: 256,
-                    duration: 10.0,
-                }
+                defaults::<DmArgs>()
             };
             let sync = if quick {
                 SyncArgs::quick()
             } else {
-                SyncArgs {
-                    messages: 100_000,
-                    payload: 256,
-                    loaders: 4,
-                    window: 256,
-                }
+                defaults::<SyncArgs>()
             };
             let connect = if quick {
                 ConnArgs::quick()
             } else {
-                ConnArgs {
-                    connections: 2000,
-                    users: 50,
-                    concurrency: 64,
-                }
+                defaults::<ConnArgs>()
             };
             let idle = if quick {
                 ConnArgs::quick()
             } else {
-                ConnArgs {
-                    connections: 10_000,
-                    users: 50,
-                    concurrency: 64,
-                }
+                defaults::<IdleArgs>().conn_args()
             };
             let crypto = if quick {
                 CryptoArgs::quick()
             } else {
-                CryptoArgs {
-                    members: 200,
-                    rotations: 20,
-                    messages: 500,
-                    payload: 256,
-                }
+                defaults::<CryptoArgs>()
             };
             fanout_scenario(&cli, &key, &fan).await?;
             ramp_scenario(&cli, &key, &ramp).await?;
@@ -193,6 +156,14 @@ async fn run(cli: Cli) -> Result<()> {
             crypto_scenario(&key, &crypto)
         }
     }
+}
+
+/// A scenario's full-size settings: its command-line defaults, so `all`
+/// and the single scenarios cannot drift apart.
+fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    T::from_arg_matches(&command.get_matches_from(["defaults"]))
+        .expect("every scenario flag has a default")
 }
 
 /// The server for one scenario: `--server`, else `--spawn-binary`, else a
@@ -640,4 +611,21 @@ fn crypto_scenario(key: &IdentityPrivateKey, args: &CryptoArgs) -> Result<()> {
         }),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_size_settings_are_the_issue_targets() {
+        let fan = defaults::<FanoutArgs>();
+        assert_eq!((fan.clients, fan.senders, fan.payload), (100, 10, 256));
+        assert_eq!(defaults::<DmArgs>().pairs, 500);
+        assert_eq!(defaults::<SyncArgs>().messages, 100_000);
+        assert_eq!(defaults::<IdleArgs>().conn_args().connections, 10_000);
+        assert_eq!(defaults::<CryptoArgs>().members, 200);
+        assert_eq!(defaults::<RampArgs>().clients, 100);
+        assert_eq!(defaults::<ConnArgs>().connections, 2000);
+    }
 }
