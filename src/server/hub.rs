@@ -135,13 +135,4 @@ impl Hub {
             .expect("hub lock poisoned")
             .contains_key(&user)
     }
-
-    pub fn connection_count(&self) -> usize {
-        self.conns
-            .lock()
-            .expect("hub lock poisoned")
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
 }

@@ -1,7 +1,6 @@
 //! The HTTP API: registration, login, keys, rooms. Every body is JSON;
 //! errors are `{"error": {"code", "message"}}` (see `error`).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use warp::http::StatusCode;
@@ -46,7 +45,6 @@ pub fn api(
     let login = warp::path!("login")
         .and(warp::post())
         .and(with_state(&state))
-        .and(warp::addr::remote())
         .and(json())
         .and_then(login);
     let logout = warp::path!("logout")
@@ -275,7 +273,7 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
 }
 
 /// POST /api/v1/login — exchange username and password for a session token.
-async fn login(state: AppState, _peer: Option<SocketAddr>, req: LoginRequest) -> Resp {
+async fn login(state: AppState, req: LoginRequest) -> Resp {
     let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
