@@ -5,11 +5,13 @@
 //! - `store`: SQLite persistence; the only place with SQL.
 //! - `crypto`: keys, signatures and (client side) message envelopes.
 //! - `config`, `cli`: settings and the command line.
+//! - `fuzzing`: the fuzz targets' entry points (see `fuzz/`).
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 pub mod store;
