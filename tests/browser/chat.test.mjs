@@ -90,8 +90,10 @@ test("two browser users chat in a room and in a DM", async () => {
   await ann.getByRole("button", { name: "Mark ben verified" }).click();
   await ann.getByText("✓ Verified").waitFor();
   await screenshot(ann, "04-safety-number");
-  await ann.keyboard.press("Escape");
-  await ben.keyboard.press("Escape");
+  for (const page of [ann, ben]) {
+    await page.keyboard.press("Escape");
+    await page.locator("#security-dialog").waitFor({ state: "hidden" });
+  }
 
   // Nothing but ciphertext left the page; no other host was contacted.
   for (const text of [secret, "a private word", "and another"]) {

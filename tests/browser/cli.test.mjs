@@ -62,16 +62,18 @@ function readJson(keys, user, where, saveDir) {
     .trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
 }
 
-/** The bytes behind an image the page shows (decrypted, from its blob: URL). */
+/** An image the page shows inline: its decoded width and the bytes its download link gives. */
 async function shownImage(page, name) {
-  const img = page.locator("#timeline img.inline-image", { has: page.locator(`xpath=self::*[@alt="${name}"]`) });
-  await img.waitFor();
-  const bytes = await img.evaluate(async (node) => {
-    await node.decode();
-    const data = new Uint8Array(await (await fetch(node.src)).arrayBuffer());
-    return { b64: btoa(String.fromCharCode(...data)), width: node.naturalWidth };
+  const figure = page.locator("#timeline li.msg figure", { has: page.locator(`img.inline-image[alt="${name}"]`) });
+  await figure.waitFor();
+  const width = await figure.locator("img").evaluate(async (img) => {
+    await img.decode();
+    return img.naturalWidth;
   });
-  return { bytes: Buffer.from(bytes.b64, "base64"), width: bytes.width };
+  const [download] = await Promise.all([page.waitForEvent("download"), figure.getByRole("link", { name: /^Download / }).click()]);
+  const path = join(work, `downloaded-${name}`);
+  await download.saveAs(path);
+  return { bytes: readFileSync(path), width };
 }
 
 test("a browser user and a command-line user exchange text and images both ways", async () => {

@@ -5,7 +5,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { launchBrowser, message, openPage, registerInPage, screenshot, sendText, startServer, vector } from "./harness.mjs";
+import { launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, startServer, vector } from "./harness.mjs";
 
 let server;
 let browser;
@@ -39,8 +39,8 @@ test("a key changed without a valid rotation shows the warning and blocks sendin
   await gus.getByLabel("Direct message").fill("hal");
   await gus.getByRole("button", { name: "Open" }).click();
   await sendText(gus, "first contact pins hal's key");
+  await openConversation(hal, "gus");
   await message(hal, "first contact pins hal's key").waitFor();
-  await hal.locator(".room-button").first().click();
   await sendText(hal, "signed with hal's real key");
   await message(gus, "signed with hal's real key").waitFor();
   assert.equal(await gus.locator(".key-warning").count(), 0);
@@ -70,7 +70,9 @@ test("a key changed without a valid rotation shows the warning and blocks sendin
   await gus.getByText("New, unlinked key on offer").waitFor();
   await screenshot(gus, "11-key-change-compare");
   await gus.getByRole("button", { name: "I compared it with hal: accept the new key" }).click();
+  await gus.getByText("New, unlinked key on offer").waitFor({ state: "detached" });
   await gus.keyboard.press("Escape");
+  await gus.locator("#security-dialog").waitFor({ state: "hidden" });
   await warning.waitFor({ state: "detached" });
   await sendText(gus, "sent after accepting");
   await message(gus, "sent after accepting").waitFor();

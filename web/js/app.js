@@ -492,7 +492,8 @@ $("security-room").addEventListener("click", () => {
 $("security-me").addEventListener("click", () => showSecurity(null, []));
 
 /** The security dialog: my fingerprint, then per peer its key, safety number and actions. */
-async function showSecurity(focusUser, members = [focusUser]) {
+async function showSecurity(focusUser, members = [focusUser], { isRefresh = false } = {}) {
+  if (isRefresh && !$("security-dialog").open) return;
   const me = client.identity.current.public;
   const body = $("security-body");
   body.replaceChildren(el("section", {}, el("h3", {}, `Your key (${client.me})`),
@@ -523,18 +524,18 @@ async function showSecurity(focusUser, members = [focusUser]) {
         el("button", { type: "button", onclick: () => act(async () => {
           await client.directory.trustOffered(user);
           renderKeyWarnings();
-          showSecurity(focusUser, members);
+          showSecurity(focusUser, members, { isRefresh: true });
         }) }, `I compared it with ${user}: accept the new key`)));
     } else {
       section.append(el("button", { type: "button", onclick: () => act(async () => {
         await client.directory.markVerified(user, !peer.isVerified);
-        showSecurity(focusUser, members);
+        showSecurity(focusUser, members, { isRefresh: true });
       }) }, peer.isVerified ? "Clear verified mark" : `Mark ${user} verified`));
     }
     body.append(section);
   }
   const dialog = $("security-dialog");
-  if (!dialog.open) dialog.showModal();
+  if (!dialog.open && !isRefresh) dialog.showModal();
 }
 
 // ------------------------------------------------------------ start

@@ -97,6 +97,8 @@ export class HushClient extends EventTarget {
   async handle(frame) {
     switch (frame.type) {
       case "ready":
+        // Look peers' keys up again: a key swapped meanwhile is caught at once.
+        this.directory.peers.clear();
         this.sync([...this.rooms.values()]);
         for (const item of this.outbox) this.link.send({ type: "send", id: item.client_id, ...item });
         this.link.send({ type: "who", id: "who" });
