@@ -4,6 +4,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import {
   connected, foreignRequests, launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, startServer,
 } from "./harness.mjs";
@@ -18,6 +19,25 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
+
+/** 0.25 s of a 440 Hz tone as 8 kHz 8-bit mono WAV. */
+function wav() {
+  const samples = Buffer.from(Array.from({ length: 2000 }, (_, i) => 128 + Math.round(100 * Math.sin((2 * Math.PI * 440 * i) / 8000))));
+  const header = Buffer.alloc(44);
+  header.write("RIFF", 0);
+  header.writeUInt32LE(36 + samples.length, 4);
+  header.write("WAVEfmt ", 8);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(1, 22); // mono
+  header.writeUInt32LE(8000, 24);
+  header.writeUInt32LE(8000, 28);
+  header.writeUInt16LE(1, 32);
+  header.writeUInt16LE(8, 34);
+  header.write("data", 36);
+  header.writeUInt32LE(samples.length, 40);
+  return Buffer.concat([header, samples]);
+}
 
 /** Records every WebSocket frame and request body the page sends. */
 function recordOutgoing(page) {
@@ -54,6 +74,21 @@ test("two browser users chat in a room and in a DM", async () => {
   assert.match(await message(ben, secret).locator(".sender").textContent(), /^ann$/);
   await ann.locator("#timeline li.day").first().waitFor();
 
+  // Audio plays inline; other files download; both encrypted end to end.
+  await ann.locator("#file-input").setInputFiles({ name: "chirp.wav", mimeType: "audio/wav", buffer: wav() });
+  await ann.locator("#file-input").setInputFiles({ name: "plan.txt", mimeType: "text/plain", buffer: Buffer.from("dig, plant, water") });
+  const audio = ben.locator('#timeline li.msg audio[aria-label="chirp.wav"]');
+  await audio.waitFor();
+  const duration = await audio.evaluate((node) => new Promise((done, fail) => {
+    if (node.readyState >= 1) return done(node.duration);
+    node.addEventListener("loadedmetadata", () => done(node.duration));
+    node.addEventListener("error", () => fail(new Error("the audio does not load")));
+  }));
+  assert.ok(duration > 0.2 && duration < 0.3, `plays 0.25 s of audio (${duration})`);
+  const [download] = await Promise.all([ben.waitForEvent("download"), ben.getByRole("link", { name: /^Download plan\.txt/ }).click()]);
+  assert.equal(download.suggestedFilename(), "plan.txt");
+  assert.equal(readFileSync(await download.path(), "utf8"), "dig, plant, water");
+
   // Online list: both see each other.
   await ann.locator("#online-list li", { hasText: "ben" }).waitFor();
 
@@ -77,7 +112,7 @@ test("two browser users chat in a room and in a DM", async () => {
   await message(ben, "received both").waitFor();
   for (const page of [ann, ben]) {
     assert.equal(await message(page, "a private word").count(), 1);
-    assert.equal(await page.locator("#timeline li.msg").count(), 3);
+    assert.equal(await page.locator("#timeline li.msg").count(), 3, "three messages in the DM");
   }
 
   // Safety number: the same on both sides; ann marks ben verified.

@@ -88,7 +88,7 @@ test("a browser user and a command-line user exchange text and images both ways"
   await bea.getByRole("button", { name: "Open" }).click();
   await bea.locator("#room-title").filter({ hasText: "@carl" }).waitFor();
   await sendText(bea, "hello carl, from the browser");
-  const green = png(24, [40, 160, 90]);
+  const green = png(96, [40, 160, 90]);
   await bea.locator("#file-input").setInputFiles({ name: "green.png", mimeType: "image/png", buffer: green });
   await shownImage(bea, "green.png");
   const saved = join(work, "carl-downloads");
@@ -104,14 +104,14 @@ test("a browser user and a command-line user exchange text and images both ways"
 
   // CLI -> browser: text and an image file.
   hush(server, keys, "carl", ["send", "--to", "bea", "hello bea, from the terminal"]);
-  const red = png(32, [200, 30, 30]);
+  const red = png(128, [200, 30, 30]);
   const redPath = join(work, "red.png");
   writeFileSync(redPath, red);
   hush(server, keys, "carl", ["send", "--to", "bea", "--file", redPath]);
   await message(bea, "hello bea, from the terminal").waitFor();
   const shown = await shownImage(bea, "red.png");
   assert.ok(shown.bytes.equals(red), "the page shows the exact image bytes");
-  assert.equal(shown.width, 32, "the image decodes in the page");
+  assert.equal(shown.width, 128, "the image decodes in the page");
   assert.equal(await bea.locator("#timeline li.msg.rejected").count(), 0);
   await screenshot(bea, "07-browser-and-cli");
 
