@@ -6,18 +6,15 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import {
-  connected, foreignRequests, launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, startServer,
+  connected, foreignRequests, launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, ownServer,
 } from "./harness.mjs";
 
-let server;
 let browser;
 before(async () => {
-  server = await startServer();
   browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
-  await server?.stop();
 });
 
 /** 0.25 s of a 440 Hz tone as 8 kHz 8-bit mono WAV. */
@@ -47,7 +44,8 @@ function recordOutgoing(page) {
   return sent;
 }
 
-test("two browser users chat in a room and in a DM", async () => {
+test("two browser users chat in a room and in a DM", async (t) => {
+  const server = await ownServer(t);
   const ann = await openPage(browser, server);
   const ben = await openPage(browser, server);
   const annSent = recordOutgoing(ann);
@@ -149,7 +147,8 @@ test("two browser users chat in a room and in a DM", async () => {
   await phone.context().close();
 });
 
-test("a signed-in user comes back to the same conversations after reloading the page", async () => {
+test("a signed-in user comes back to the same conversations after reloading the page", async (t) => {
+  const server = await ownServer(t);
   const cat = await openPage(browser, server, { viewport: { width: 390, height: 780 } });
   await registerInPage(cat, "cat");
   await cat.getByLabel("New room").fill("notes");

@@ -9,20 +9,17 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import {
-  connected, hush, launchBrowser, message, openConversation, openPage, registerInPage, removeDir, screenshot, sendText, startServer, tempDir,
+  connected, hush, launchBrowser, message, openConversation, openPage, registerInPage, removeDir, screenshot, sendText, ownServer, tempDir,
 } from "./harness.mjs";
 
-let server;
 let browser;
 let work;
 before(async () => {
-  server = await startServer();
   browser = await launchBrowser();
   work = tempDir("cli");
 });
 after(async () => {
   await browser?.close();
-  await server?.stop();
   removeDir(work);
 });
 
@@ -57,7 +54,7 @@ function png(size, [r, g, b]) {
 }
 
 /** `hush read --json` lines for `user`'s conversation. */
-function readJson(keys, user, where, saveDir) {
+function readJson(server, keys, user, where, saveDir) {
   return hush(server, keys, user, ["read", ...where, "--json", "--save-dir", saveDir])
     .trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
 }
@@ -76,7 +73,8 @@ async function shownImage(page, name) {
   return { bytes: readFileSync(path), width };
 }
 
-test("a browser user and a command-line user exchange text and images both ways", async () => {
+test("a browser user and a command-line user exchange text and images both ways", async (t) => {
+  const server = await ownServer(t);
   const keys = join(work, "keys");
   hush(server, keys, "carl", ["keys", "new", "carl", "--bits", "2048"]);
   hush(server, keys, "carl", ["register"]);
@@ -92,7 +90,7 @@ test("a browser user and a command-line user exchange text and images both ways"
   await bea.locator("#file-input").setInputFiles({ name: "green.png", mimeType: "image/png", buffer: green });
   await shownImage(bea, "green.png");
   const saved = join(work, "carl-downloads");
-  const carlSees = readJson(keys, "carl", ["--with", "bea"], saved);
+  const carlSees = readJson(server, keys, "carl", ["--with", "bea"], saved);
   const text = carlSees.filter((l) => l.kind === "message" && l.text);
   assert.deepEqual(text.map((l) => [l.sender, l.text]), [["bea", "hello carl, from the browser"]]);
   const files = carlSees.filter((l) => l.kind === "message" && l.file);
@@ -124,13 +122,14 @@ test("a browser user and a command-line user exchange text and images both ways"
   await message(bea, "welcome to the workshop").waitFor();
   await sendText(bea, "glad to be here");
   await message(bea, "glad to be here").waitFor();
-  const room = readJson(keys, "carl", ["--room", "workshop"], saved).filter((l) => l.kind === "message");
+  const room = readJson(server, keys, "carl", ["--room", "workshop"], saved).filter((l) => l.kind === "message");
   assert.deepEqual(room.map((l) => [l.sender, l.text]), [["carl", "welcome to the workshop"], ["bea", "glad to be here"]]);
   assert.deepEqual(bea.errors, []);
   await bea.context().close();
 });
 
-test("a key exported by the command line works in the page, and the page's backup imports back", async () => {
+test("a key exported by the command line works in the page, and the page's backup imports back", async (t) => {
+  const server = await ownServer(t);
   const keys = join(work, "dora-keys");
   hush(server, keys, "dora", ["keys", "new", "dora", "--bits", "2048"]);
   const exported = join(work, "dora-export.json");
@@ -153,7 +152,7 @@ test("a key exported by the command line works in the page, and the page's backu
   await dora.getByRole("button", { name: "Create", exact: true }).click();
   await sendText(dora, "written in the browser");
   await message(dora, "written in the browser").waitFor();
-  const lines = readJson(keys, "dora", ["--room", "diary"], join(work, "dora-downloads"));
+  const lines = readJson(server, keys, "dora", ["--room", "diary"], join(work, "dora-downloads"));
   assert.deepEqual(lines.filter((l) => l.kind === "message").map((l) => l.text), ["written in the browser"]);
 
   // The page's download is a `hush keys export` bundle the CLI imports.

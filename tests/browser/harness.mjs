@@ -60,6 +60,16 @@ export async function startServer(dir = tempDir("server"), port = 0) {
   };
 }
 
+/** A server for test `t` alone, stopped when the test ends (however it ends). */
+export async function ownServer(t, dir, port) {
+  const server = await startServer(dir, port);
+  t.after(async () => {
+    await server.stop();
+    if (!dir) removeDir(server.dir);
+  });
+  return server;
+}
+
 /** Runs a `hush` client command as `user` with its own key store. */
 export function hush(server, keysDir, user, args) {
   const result = spawnSync(HUSH, args, {

@@ -5,17 +5,14 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, startServer, vector } from "./harness.mjs";
+import { launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, ownServer, vector } from "./harness.mjs";
 
-let server;
 let browser;
 before(async () => {
-  server = await startServer();
   browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
-  await server?.stop();
 });
 
 /** The operator replaces `user`'s current key with another, as tests/it/e2e.rs does. */
@@ -31,7 +28,8 @@ function swapKey(db, user, spkiB64, fingerprintHex) {
   assert.equal(r.status, 0, `swapping the key failed: ${r.stderr}`);
 }
 
-test("a key changed without a valid rotation shows the warning and blocks sending until accepted", async () => {
+test("a key changed without a valid rotation shows the warning and blocks sending until accepted", async (t) => {
+  const server = await ownServer(t);
   const gus = await openPage(browser, server);
   const hal = await openPage(browser, server);
   await registerInPage(gus, "gus");

@@ -4,20 +4,18 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, message, openPage, registerInPage, screenshot, sendText, startServer } from "./harness.mjs";
+import { launchBrowser, message, openPage, ownServer, registerInPage, removeDir, screenshot, sendText } from "./harness.mjs";
 
-let server;
 let browser;
 before(async () => {
-  server = await startServer();
   browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
-  await server?.stop();
 });
 
-test("the page reconnects after a server restart, sends what was queued, and shows nothing twice", async () => {
+test("the page reconnects after a server restart, sends what was queued, and shows nothing twice", async (t) => {
+  let server = await ownServer(t);
   const eve = await openPage(browser, server);
   const fay = await openPage(browser, server);
   await registerInPage(eve, "eve");
@@ -44,7 +42,8 @@ test("the page reconnects after a server restart, sends what was queued, and sho
   await eve.locator("#connection", { hasText: "waiting to send" }).waitFor();
   await screenshot(eve, "08-offline-with-queued-messages");
 
-  server = await startServer(dir, port);
+  server = await ownServer(t, dir, port);
+  t.after(() => removeDir(dir));
   for (const page of [eve, fay]) await page.locator("#connection[data-state=online]").waitFor({ timeout: 30_000 });
   await message(fay, "typed while offline, two").waitFor();
   await message(eve, "typed while offline, two").waitFor();

@@ -6,21 +6,19 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, fixturePem, launchBrowser, openPage, startServer, vector } from "./harness.mjs";
+import { ROOT, fixturePem, launchBrowser, openPage, ownServer, vector } from "./harness.mjs";
 import { runVectorChecks } from "./vector-checks.mjs";
 
-let server;
 let browser;
 before(async () => {
-  server = await startServer();
   browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
-  await server?.stop();
 });
 
-test("every test vector passes through the page's crypto module in Chromium", async () => {
+test("every test vector passes through the page's crypto module in Chromium", async (t) => {
+  const server = await ownServer(t);
   const page = await openPage(browser, server);
   const vectors = Object.fromEntries(["fingerprint", "safety_number", "envelope", "sender_key"].map((n) => [n, vector(n)]));
   const pems = Object.fromEntries(["alice", "bob", "carol", "dave", "mallory"].map((n) => [n, fixturePem(n)]));
@@ -36,7 +34,8 @@ test("every test vector passes through the page's crypto module in Chromium", as
   await page.context().close();
 });
 
-test("the page's key file round trip: sealed in Chromium, opened with the passphrase only", async () => {
+test("the page's key file round trip: sealed in Chromium, opened with the passphrase only", async (t) => {
+  const server = await ownServer(t);
   const page = await openPage(browser, server);
   const outcome = await page.evaluate(async () => {
     const c = await import("/js/crypto.js");
@@ -63,7 +62,8 @@ test("the page's key file round trip: sealed in Chromium, opened with the passph
   await page.context().close();
 });
 
-test("the page is served with its content types and a strict security policy; unknown paths are 404", async () => {
+test("the page is served with its content types and a strict security policy; unknown paths are 404", async (t) => {
+  const server = await ownServer(t);
   const index = await fetch(`${server.url}/`);
   assert.equal(index.status, 200);
   assert.equal(index.headers.get("content-type"), "text/html; charset=utf-8");
