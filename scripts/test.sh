@@ -16,3 +16,16 @@ node tests/vectors/check-webcrypto.mjs
 # (real servers on loopback, real SQLite files, real WebSocket clients and
 # the real binary), and the benchmark smoke run.
 cargo test --locked --all-targets
+
+# The browser client in headless Chromium (Debian's /usr/bin/chromium,
+# driven by playwright-core from `npm ci`) against target/debug/hush, which
+# the cargo run above built. Screenshots land in target/browser-screenshots/.
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    echo "chromium is required for the browser tests (apt-get install chromium)" >&2
+    exit 1
+fi
+if [ ! -d node_modules/playwright-core ]; then
+    npm ci --no-audit --no-fund
+fi
+cargo build --locked --bin hush
+node --test --test-concurrency=1 --test-timeout=180000 tests/browser/*.test.mjs

@@ -7,6 +7,7 @@ mod error;
 mod hub;
 mod routes;
 mod session;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub async fn run(
 
     let routes = websocket(state.clone())
         .or(routes::api(state.clone()))
+        .or(web::routes())
         .recover(error::recover);
     let signal = async move {
         shutdown.await;

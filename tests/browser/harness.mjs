@@ -1,0 +1,159 @@
+// Shared pieces of the browser tests: the real `target/debug/hush` binary
+// (server and command-line client), Debian's Chromium through
+// playwright-core, and helpers to drive the page as a person would.
+
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const HUSH = process.env.HUSH_BIN ?? join(ROOT, "target", "debug", "hush");
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+export const SCREENSHOTS = join(ROOT, "target", "browser-screenshots");
+const WAIT_MS = 20_000;
+
+export function tempDir(prefix) {
+  return mkdtempSync(join(tmpdir(), `hush-browser-${prefix}-`));
+}
+
+/**
+ * `hush serve` on a fresh port (or `port`, to restart on the same one) with
+ * the database in `dir`. Resolves once the server logs its address.
+ */
+export async function startServer(dir = tempDir("server"), port = 0) {
+  const child = spawn(HUSH, ["serve", "--addr", `127.0.0.1:${port}`, "--db", join(dir, "hush.db"), "--log-level", "info"], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, HUSH_LOG: "", NO_COLOR: "1" },
+  });
+  let log = "";
+  const url = await new Promise((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`hush serve did not start:\n${log}`)), WAIT_MS);
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      const found = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      if (found) {
+        clearTimeout(timer);
+        resolveUrl(found[1]);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`hush serve exited with ${code}:\n${log}`)));
+  });
+  return {
+    url,
+    port: Number(new URL(url).port),
+    dir,
+    db: join(dir, "hush.db"),
+    log: () => log,
+    /** SIGTERM and wait for a clean exit. */
+    stop: () => new Promise((done) => {
+      if (child.exitCode !== null) return done(child.exitCode);
+      const timer = setTimeout(() => child.kill("SIGKILL"), WAIT_MS);
+      child.on("exit", (code) => {
+        clearTimeout(timer);
+        done(code);
+      });
+      child.kill("SIGTERM");
+    }),
+  };
+}
+
+/** A server for test `t` alone, stopped when the test ends (however it ends). */
+export async function ownServer(t, dir, port) {
+  const server = await startServer(dir, port);
+  t.after(async () => {
+    await server.stop();
+    if (!dir) removeDir(server.dir);
+  });
+  return server;
+}
+
+/** Runs a `hush` client command as `user` with its own key store. */
+export function hush(server, keysDir, user, args) {
+  const result = spawnSync(HUSH, args, {
+    env: {
+      ...process.env,
+      HUSH_SERVER: server.url,
+      HUSH_KEYS: keysDir,
+      HUSH_USER: user,
+      HUSH_PASSPHRASE: `passphrase of ${user}`,
+      HUSH_PASSWORD: `password of ${user}`,
+    },
+    encoding: "utf8",
+    timeout: 60_000,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  if (result.status !== 0) throw new Error(`hush ${args.join(" ")} failed (${result.status}):\n${result.stdout}\n${result.stderr}`);
+  return result.stdout;
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run",
+    ],
+  });
+}
+
+/**
+ * A fresh browser context (its own IndexedDB) on the server's page. Every
+ * request the page makes is recorded, so tests can check no other host is
+ * contacted; page errors fail the test.
+ */
+export async function openPage(browser, server, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 }, acceptDownloads: true, ...options });
+  const page = await context.newPage();
+  page.requests = [];
+  page.errors = [];
+  page.on("request", (r) => page.requests.push(r.url()));
+  page.on("pageerror", (e) => page.errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
+  await page.goto(server.url + "/");
+  return page;
+}
+
+/** Fills the "Create account" form; resolves when the chat view shows. */
+export async function registerInPage(page, username, { bits = "2048" } = {}) {
+  await page.locator("#reg-username").fill(username);
+  await page.locator("#reg-password").fill(`password of ${username}`);
+  await page.locator("#reg-passphrase").fill(`passphrase of ${username}`);
+  await page.getByLabel("Key size").selectOption(bits);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await connected(page);
+}
+
+export async function connected(page) {
+  await page.locator("#connection[data-state=online]").waitFor({ timeout: WAIT_MS });
+}
+
+export async function openConversation(page, name) {
+  await page.locator(".room-button", { has: page.locator(".room-name", { hasText: new RegExp(`^${name}$`) }) }).click();
+  await page.locator("#room-title").filter({ hasText: name }).waitFor();
+}
+
+export async function sendText(page, text) {
+  await page.getByLabel("Message", { exact: true }).fill(text);
+  await page.getByLabel("Message", { exact: true }).press("Enter");
+}
+
+/** The timeline item (rendered from the log, not a pending one) holding `text`. */
+export const message = (page, text) => page.locator("#timeline li.msg:not(.pending)", { hasText: text });
+
+export async function screenshot(page, name) {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
+}
+
+export const fixturePem = (name) => readFileSync(join(ROOT, "tests", "fixtures", "keys", `${name}.pem`), "utf8");
+export const vector = (name) => JSON.parse(readFileSync(join(ROOT, "tests", "vectors", `${name}.json`), "utf8"));
+export const removeDir = (dir) => rmSync(dir, { recursive: true, force: true });
+
+/** Every request of `page` went to `server`'s origin (or stayed in the page: blob:, data:). */
+export function foreignRequests(page, server) {
+  return page.requests.filter((u) => !u.startsWith(server.url + "/") && !u.startsWith("blob:") && !u.startsWith("data:"));
+}
