@@ -4,7 +4,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, message, openPage, ownServer, registerInPage, removeDir, screenshot, sendText } from "./harness.mjs";
+import { launchBrowser, message, openPage, registerInPage, removeDir, screenshot, sendText, startServer, tempDir } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -15,7 +15,12 @@ after(async () => {
 });
 
 test("the page reconnects after a server restart, sends what was queued, and shows nothing twice", async (t) => {
-  let server = await ownServer(t);
+  const dir = tempDir("restart");
+  let server = await startServer(dir);
+  t.after(async () => {
+    await server.stop();
+    removeDir(dir);
+  });
   const eve = await openPage(browser, server);
   const fay = await openPage(browser, server);
   await registerInPage(eve, "eve");
@@ -31,7 +36,7 @@ test("the page reconnects after a server restart, sends what was queued, and sho
   await sendText(fay, "fay was here first");
   await message(eve, "fay was here first").waitFor();
 
-  const { dir, port } = server;
+  const { port } = server;
   assert.equal(await server.stop(), 0, "hush serve stops cleanly on SIGTERM");
   for (const page of [eve, fay]) await page.locator("#connection[data-state=offline]").waitFor();
 
@@ -42,8 +47,7 @@ test("the page reconnects after a server restart, sends what was queued, and sho
   await eve.locator("#connection", { hasText: "waiting to send" }).waitFor();
   await screenshot(eve, "08-offline-with-queued-messages");
 
-  server = await ownServer(t, dir, port);
-  t.after(() => removeDir(dir));
+  server = await startServer(dir, port);
   for (const page of [eve, fay]) await page.locator("#connection[data-state=online]").waitFor({ timeout: 30_000 });
   await message(fay, "typed while offline, two").waitFor();
   await message(eve, "typed while offline, two").waitFor();

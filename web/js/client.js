@@ -29,7 +29,14 @@ export class HushClient extends EventTarget {
     this.nextLocalId = 1;
     this.link = new Link(token, {
       onFrame: (frame) => this.enqueue(() => this.handle(frame)),
-      onState: (state, retryMs) => this.emit("connection", { state, retryMs }),
+      onState: (state, retryMs) => {
+        // Presence is only known while connected; `who` refreshes it on ready.
+        if (state !== "online" && this.online.size) {
+          this.online.clear();
+          this.emit("presence", {});
+        }
+        this.emit("connection", { state, retryMs });
+      },
       onUnauthorized: () => this.emit("signed-out", {}),
     });
   }
