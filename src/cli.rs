@@ -98,6 +98,36 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "HUSH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// `full`: a message is acknowledged only once it would survive a
+    /// power loss (SQLite synchronous=FULL). `normal`: it survives a crash
+    /// of hush, but the last moments before a power loss may be lost.
+    #[arg(long, env = "HUSH_DURABILITY", value_enum, default_value_t = DurabilityArg::Full)]
+    pub durability: DurabilityArg,
+
+    /// Initial WebSocket read buffer per connection, in bytes (it grows for
+    /// larger frames).
+    #[arg(long, env = "HUSH_WS_READ_BUFFER", default_value_t = ServerConfig::default().ws_read_buffer_bytes)]
+    pub ws_read_buffer: usize,
+
+    /// Bytes of outgoing frames gathered per connection before a write.
+    #[arg(long, env = "HUSH_WS_WRITE_BUFFER", default_value_t = ServerConfig::default().ws_write_buffer_bytes)]
+    pub ws_write_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Full,
+    Normal,
+}
+
+impl From<DurabilityArg> for crate::store::Durability {
+    fn from(arg: DurabilityArg) -> Self {
+        match arg {
+            DurabilityArg::Full => Self::Full,
+            DurabilityArg::Normal => Self::Normal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +143,8 @@ impl ServeArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             max_body_bytes: self.max_message_bytes,
             session_ttl: self.session_ttl,
+            ws_read_buffer_bytes: self.ws_read_buffer.max(256),
+            ws_write_buffer_bytes: self.ws_write_buffer,
             ..ServerConfig::default()
         }
     }

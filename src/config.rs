@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub hashing_slots: usize,
     /// Failed logins for one account before further attempts are delayed.
     pub login_failures_before_delay: u32,
+    /// Initial WebSocket read buffer per connection (grows for big frames).
+    pub ws_read_buffer_bytes: usize,
+    /// Outgoing bytes a connection gathers before writing to its socket.
+    pub ws_write_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +42,8 @@ impl Default for ServerConfig {
             outbound_queue: 1024,
             hashing_slots: 2,
             login_failures_before_delay: 5,
+            ws_read_buffer_bytes: 2 * 1024,
+            ws_write_buffer_bytes: 16 * 1024,
         }
     }
 }

@@ -36,7 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
-    let store = Store::open(&args.db)
+    let store = Store::open_with(&args.db, args.durability.into())
         .await
         .with_context(|| format!("opening database {}", args.db.display()))?;
     let listener =

@@ -2,19 +2,20 @@
 //!
 //! Password hashing is argon2id with the crate defaults (m=19456 KiB, t=2,
 //! p=1: OWASP's recommendation). Each hash costs ~19 MiB and real CPU, so
-//! hashes run in `spawn_blocking` behind a small semaphore, and a login for
-//! an unknown user verifies against a dummy hash so it costs the same.
+//! hashes run in `spawn_blocking` behind a small semaphore, each slot
+//! reusing one buffer (`argon_memory`), and a login for an unknown user
+//! verifies against a dummy hash so it costs the same.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
+
+use super::argon_memory::Blocks;
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
@@ -22,22 +23,27 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 #[derive(Clone)]
 pub struct Passwords {
     slots: Arc<Semaphore>,
+    memory: Arc<Blocks>,
     dummy_hash: Arc<str>,
 }
 
 impl Passwords {
     pub fn new(slots: usize) -> Self {
-        let dummy_hash = hash_now("hush dummy password for unknown users")
+        let memory = Arc::new(Blocks::default());
+        let dummy_hash = memory
+            .hash(b"hush dummy password for unknown users")
             .expect("argon2 with default parameters works");
         Self {
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            memory,
             dummy_hash: dummy_hash.into(),
         }
     }
 
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
         let _slot = self.slots.acquire().await?;
-        tokio::task::spawn_blocking(move || hash_now(&password)).await?
+        let memory = self.memory.clone();
+        tokio::task::spawn_blocking(move || memory.hash(password.as_bytes())).await?
     }
 
     /// True if `password` matches `stored`; with no stored hash (unknown
@@ -48,26 +54,13 @@ impl Passwords {
         };
         let is_known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let matches = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let memory = self.memory.clone();
+        let matches =
+            tokio::task::spawn_blocking(move || memory.verify(&hash, password.as_bytes()))
+                .await
+                .unwrap_or(false);
         is_known && matches
     }
-}
-
-fn hash_now(password: &str) -> anyhow::Result<String> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))
 }
 
 /// A fresh session token (32 random bytes, URL-safe base64) and its hash,

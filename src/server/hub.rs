@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::close;
 use crate::store::{RoomId, UserId};
@@ -20,20 +21,20 @@ use crate::store::{RoomId, UserId};
 pub struct Outbound {
     /// Set for log entries, so a session can drop what it already has.
     pub position: Option<(RoomId, i64)>,
-    pub json: Arc<str>,
+    pub json: Utf8Bytes,
 }
 
 struct Conn {
     id: u64,
     token_hash: [u8; 32],
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Arc<Outbound>>,
     cut_reason: Arc<AtomicU16>,
 }
 
 /// A session's end of its hub registration.
 pub struct Registration {
     pub id: u64,
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// Whether this is the user's only connection (they just came online).
     pub is_first: bool,
     /// Close code to use if the hub cuts this connection off; 0 while it has not.
@@ -94,6 +95,8 @@ impl Hub {
 
     /// Queues `frame` for every connection of every listed user.
     pub fn deliver(&self, users: &[UserId], frame: &Outbound) {
+        // One allocation per frame; each queue slot holds a pointer.
+        let frame = Arc::new(frame.clone());
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         for user in users {
             if let Some(list) = conns.get_mut(user) {

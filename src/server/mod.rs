@@ -2,11 +2,13 @@
 //! together. `run` takes an already bound listener and a shutdown future so
 //! tests can start it on an ephemeral port.
 
+mod argon_memory;
 mod auth;
 mod error;
 mod hub;
 mod routes;
 mod session;
+mod upgrade;
 mod web;
 
 use std::future::Future;
@@ -116,18 +118,20 @@ pub async fn run(
 fn websocket(
     state: AppState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    warp::path!("ws")
-        .and(warp::ws())
-        .map(move |ws: warp::ws::Ws| {
+    warp::path!("ws").and(upgrade::upgrade_request()).map(
+        move |key: String, on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>| {
             let state = state.clone();
-            let max = state.config.max_frame_bytes();
-            ws.max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |socket| {
-                    let tracker = state.sessions.clone();
-                    tracker.track_future(session::run(socket, state))
-                })
-        })
+            let tracker = state.sessions.clone();
+            let config = upgrade::socket_config(&state.config);
+            upgrade::accept(
+                &key,
+                on_upgrade,
+                config,
+                |task| drop(tracker.spawn(task)),
+                move |socket| session::run(socket, state),
+            )
+        },
+    )
 }
 
 #[cfg(test)]

@@ -16,16 +16,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use warp::ws::{Message, WebSocket};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::AppState;
 use super::auth::token_hash;
 use super::hub::Outbound;
+use super::upgrade::WebSocket;
 use crate::protocol::{
     ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close,
 };
-use crate::store::writer::Applied;
+use crate::store::writer::{Applied, QueueSlot};
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
 
 const MAX_CLIENT_ID_CHARS: usize = 64;
@@ -33,6 +36,11 @@ const MAX_HISTORY_LIMIT: u32 = 500;
 const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// Longest wait for the client to take a frame before it counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages of one connection waiting for their commit before the session
+/// stops reading that connection's socket (TCP then slows the sender).
+const MAX_UNACKED: usize = 256;
+/// Frames written to the socket before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Where one room stands for this connection.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +62,20 @@ struct Session {
     cursors: HashMap<RoomId, RoomCursor>,
     sync_queue: VecDeque<RoomId>,
     acks: FuturesOrdered<AckFuture>,
+    /// A validated message waiting for room in the writer's queue.
+    blocked: Option<BlockedSend>,
 }
+
+/// A message the writer had no room for yet.
+struct BlockedSend {
+    id: Option<String>,
+    room: RoomId,
+    client_id: String,
+    body: Vec<u8>,
+}
+
+type Reservation =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<QueueSlot, StoreError>> + Send>>;
 
 /// Why the loop ended; decides the close frame.
 enum End {
@@ -68,7 +89,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         Some(found) => found,
         None => {
             let _ = sink
-                .send(Message::close_with(close::UNAUTHORIZED, "unauthorized"))
+                .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
                 .await;
             return;
         }
@@ -83,6 +104,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
         acks: FuturesOrdered::new(),
+        blocked: None,
     };
     let ready = ServerFrame::Ready {
         user: session.user.username.clone(),
@@ -101,11 +123,8 @@ pub async fn run(socket: WebSocket, state: AppState) {
         End::Closed
     };
     if let End::Close(code, reason) = end {
-        let _ = tokio::time::timeout(
-            SEND_TIMEOUT,
-            session.sink.send(Message::close_with(code, reason)),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(SEND_TIMEOUT, session.sink.send(close_frame(code, reason))).await;
     }
     let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.close()).await;
     if state.hub.unregister(session.user.id, conn_id) {
@@ -132,7 +151,7 @@ async fn authenticate(
     .await
     .ok()
     .flatten()?;
-    let text = first.to_str().ok()?;
+    let text = first.to_text().ok()?;
     let incoming: Result<Incoming, _> = serde_json::from_str(text);
     let (id, token) = match incoming {
         Ok(Incoming {
@@ -168,6 +187,13 @@ async fn authenticate(
     }
 }
 
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
         code: code.to_owned(),
@@ -197,14 +223,19 @@ impl Session {
     async fn serve(
         &mut self,
         mut stream: SplitStream<WebSocket>,
-        mut hub_rx: tokio::sync::mpsc::Receiver<Outbound>,
+        mut hub_rx: tokio::sync::mpsc::Receiver<Arc<Outbound>>,
         cut_reason: &std::sync::atomic::AtomicU16,
     ) -> End {
         let mut shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
+        let mut reservation: Option<Reservation> = None;
         loop {
+            if self.blocked.is_some() && reservation.is_none() {
+                reservation = Some(Box::pin(self.state.writer.clone().reserve()));
+            }
+            let reading = self.blocked.is_none() && self.acks.len() < MAX_UNACKED;
             tokio::select! {
                 biased;
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
@@ -212,7 +243,7 @@ impl Session {
                     return End::Close(close::GOING_AWAY, "server shutting down");
                 }
                 out = hub_rx.recv() => match out {
-                    Some(out) => if !self.forward(out).await { return End::Closed },
+                    Some(out) => if !self.forward(out, &mut hub_rx).await { return End::Closed },
                     None => {
                         let code = cut_reason.load(Ordering::Relaxed);
                         let reason = if code == close::UNAUTHORIZED { "session revoked" } else { "too slow; reconnect and sync" };
@@ -220,13 +251,21 @@ impl Session {
                     }
                 },
                 Some((id, result)) = self.acks.next(), if !self.acks.is_empty() => {
-                    if !self.send_ack(id, result).await { return End::Closed }
+                    if !self.send_acks(id, result).await { return End::Closed }
                 }
-                msg = stream.next() => {
+                slot = async { reservation.as_mut().expect("guarded by is_some").await }, if reservation.is_some() => {
+                    reservation = None;
+                    let blocked = self.blocked.take().expect("a reservation is made for a blocked send");
+                    match slot {
+                        Ok(slot) => self.enqueue(slot, blocked),
+                        Err(err) => if !self.send(blocked.id, store_error_frame(&err)).await { return End::Closed },
+                    }
+                }
+                msg = stream.next(), if reading => {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(msg)) if msg.is_text() => {
-                            let text = msg.to_str().unwrap_or_default();
+                            let text = msg.to_text().unwrap_or_default();
                             if !self.handle_text(text).await { return End::Closed }
                         }
                         Some(Ok(msg)) if msg.is_binary() => {
@@ -243,10 +282,14 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    if !reading {
+                        // Not reading is our doing, not the client's silence.
+                        last_heard = Instant::now();
+                    }
                     if last_heard.elapsed() > self.state.config.heartbeat_timeout {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
-                    if !self.send_raw(Message::ping(Vec::new())).await { return End::Closed }
+                    if !self.send_raw(Message::Ping(Default::default())).await { return End::Closed }
                 }
                 _ = std::future::ready(()), if !self.sync_queue.is_empty() => {
                     if !self.sync_step().await { return End::Closed }
@@ -261,7 +304,7 @@ impl Session {
         tokio::pin!(deadline);
         while !self.acks.is_empty() {
             tokio::select! {
-                Some((id, result)) = self.acks.next() => { if !self.send_ack(id, result).await { return } }
+                Some((id, result)) = self.acks.next() => { if !self.send_acks(id, result).await { return } }
                 _ = &mut deadline => return,
             }
         }
@@ -279,16 +322,51 @@ impl Session {
             .await
     }
 
-    /// Forwards a frame from the hub unless this connection already has it.
-    async fn forward(&mut self, out: Outbound) -> bool {
+    /// Forwards a frame from the hub, and whatever else is already queued
+    /// (up to a limit), with one flush.
+    async fn forward(
+        &mut self,
+        first: Arc<Outbound>,
+        hub_rx: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>,
+    ) -> bool {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(out) = next.take() {
+            if self.wants(&out) {
+                let msg = Message::Text(out.json.clone());
+                if !matches!(
+                    tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
+                    Ok(Ok(()))
+                ) {
+                    return false;
+                }
+                written += 1;
+            }
+            if written < MAX_FRAMES_PER_FLUSH {
+                next = hub_rx.try_recv().ok();
+            }
+        }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Whether a frame from the hub should go out, unless this connection
+    /// already has it (or will get it from a sync page).
+    fn wants(&mut self, out: &Outbound) -> bool {
         if let Some((room, seq)) = out.position {
             match self.cursors.get(&room).copied() {
-                Some(RoomCursor::Syncing { .. }) => return true,
-                Some(RoomCursor::Live { seq: have }) if seq <= have => return true,
+                Some(RoomCursor::Syncing { .. }) => return false,
+                Some(RoomCursor::Live { seq: have }) if seq <= have => return false,
                 Some(RoomCursor::Live { seq: have }) if seq > have + 1 => {
                     // Something between was missed: fetch it from the store.
                     self.start_sync(Cursor { room, after: have });
-                    return true;
+                    return false;
                 }
                 Some(RoomCursor::Live { .. }) => {
                     self.cursors.insert(room, RoomCursor::Live { seq });
@@ -296,7 +374,7 @@ impl Session {
                 None => {}
             }
         }
-        self.send_raw(Message::text(out.json.to_string())).await
+        true
     }
 
     async fn handle_text(&mut self, text: &str) -> bool {
@@ -384,41 +462,58 @@ impl Session {
             let message = format!("message body exceeds {max} bytes");
             return self.send(id, error_frame("too_large", message)).await;
         }
-        let user = self.user.as_ref();
-        match self
-            .state
-            .writer
-            .enqueue_message(room, user, client_id, body)
-            .await
-        {
-            Ok(reply) => {
-                self.acks.push_back(Box::pin(async move {
-                    let result = reply.await.unwrap_or(Err(StoreError::Closed));
-                    (id, result)
-                }));
+        let blocked = BlockedSend {
+            id,
+            room,
+            client_id,
+            body,
+        };
+        match self.state.writer.try_reserve() {
+            Ok(Some(slot)) => {
+                self.enqueue(slot, blocked);
                 true
             }
-            Err(err) => self.send(id, store_error_frame(&err)).await,
+            Ok(None) => {
+                self.blocked = Some(blocked);
+                true
+            }
+            Err(err) => self.send(blocked.id, store_error_frame(&err)).await,
         }
     }
 
-    async fn send_ack(&mut self, id: Option<String>, result: Result<Applied, StoreError>) -> bool {
-        let frame = match result {
-            Ok(Applied {
-                room,
-                entry: Some(entry),
-                duplicate,
-            }) => ServerFrame::Ack {
-                room,
-                client_id: entry.client_id.unwrap_or_default(),
-                seq: entry.seq,
-                ts: entry.ts,
-                duplicate,
-            },
-            Ok(_) => error_frame("unavailable", "the message was not stored; retry"),
-            Err(err) => store_error_frame(&err),
-        };
-        self.send(id, frame).await
+    fn enqueue(&mut self, slot: QueueSlot, send: BlockedSend) {
+        let BlockedSend {
+            id,
+            room,
+            client_id,
+            body,
+        } = send;
+        let reply = slot.enqueue_message(room, self.user.as_ref(), client_id, body);
+        self.acks.push_back(Box::pin(async move {
+            let result = reply.await.unwrap_or(Err(StoreError::Closed));
+            (id, result)
+        }));
+    }
+
+    /// Sends an acknowledgement and every other one already available,
+    /// with one flush.
+    async fn send_acks(&mut self, id: Option<String>, result: Result<Applied, StoreError>) -> bool {
+        let mut next = Some((id, result));
+        let mut written = 0;
+        while let Some((id, result)) = next.take() {
+            let msg = Message::text(Outgoing::new(id, ack_frame(result)).to_json());
+            if !matches!(
+                tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
+                Ok(Ok(()))
+            ) {
+                return false;
+            }
+            written += 1;
+            if written < MAX_FRAMES_PER_FLUSH {
+                next = self.acks.next().now_or_never().flatten();
+            }
+        }
+        self.flush().await
     }
 
     fn start_sync(&mut self, cursor: Cursor) {
@@ -576,7 +671,7 @@ async fn announce_presence(state: &AppState, user: &UserRecord, online: bool) {
     };
     let out = Outbound {
         position: None,
-        json: Arc::from(Outgoing::new(None, frame).to_json()),
+        json: Outgoing::new(None, frame).to_json().into(),
     };
     state.hub.deliver(&ids, &out);
 }
@@ -588,7 +683,7 @@ pub fn entry_outbound(entry: &crate::store::Entry) -> Outbound {
     };
     Outbound {
         position: Some((entry.room, entry.seq)),
-        json: Arc::from(Outgoing::new(None, frame).to_json()),
+        json: Outgoing::new(None, frame).to_json().into(),
     }
 }
 
@@ -600,6 +695,24 @@ pub fn invited_outbound(room: RoomId, by: &str) -> Outbound {
     };
     Outbound {
         position: None,
-        json: Arc::from(Outgoing::new(None, frame).to_json()),
+        json: Outgoing::new(None, frame).to_json().into(),
+    }
+}
+
+fn ack_frame(result: Result<Applied, StoreError>) -> ServerFrame {
+    match result {
+        Ok(Applied {
+            room,
+            entry: Some(entry),
+            duplicate,
+        }) => ServerFrame::Ack {
+            room,
+            client_id: entry.client_id.unwrap_or_default(),
+            seq: entry.seq,
+            ts: entry.ts,
+            duplicate,
+        },
+        Ok(_) => error_frame("unavailable", "the message was not stored; retry"),
+        Err(err) => store_error_frame(&err),
     }
 }

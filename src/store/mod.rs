@@ -65,6 +65,17 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How hard a commit tries to survive a crash (SQLite's `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: an acknowledged message survives power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: survives a crash of the server, but the last
+    /// commits before a power loss or OS crash may be lost.
+    Normal,
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -75,6 +86,11 @@ impl Store {
     /// Opens (creating if missing) the SQLite file at `path` in WAL mode with
     /// foreign keys on and `synchronous=FULL`, and applies the migrations.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::Full).await
+    }
+
+    /// Like `open`, with the chosen durability.
+    pub async fn open_with(path: &Path, durability: Durability) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         }
@@ -82,7 +98,10 @@ impl Store {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)

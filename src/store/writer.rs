@@ -8,6 +8,10 @@
 //! entry is never announced before it can be read back, and never announced
 //! out of order.
 
+mod sends;
+
+use std::sync::Arc;
+
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -16,8 +20,9 @@ use super::{
     Entry, EntryKind, Result, RoomId, Store, StoreError, UserId, UserRef, now_ms, unique_violation,
 };
 
-/// Most operations applied in one transaction.
-const MAX_BATCH: usize = 512;
+/// Most operations applied in one transaction. Large, because each commit
+/// costs an fsync (synchronous=FULL), which a busy disk makes slow.
+const MAX_BATCH: usize = 4096;
 /// Operations that may wait for the writer before callers are slowed down.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -26,7 +31,7 @@ const QUEUE_DEPTH: usize = 4096;
 pub struct Committed {
     pub entry: Entry,
     /// Members at the entry's position (a leaver or removed user included).
-    pub recipients: Vec<UserId>,
+    pub recipients: Arc<[UserId]>,
     /// A user told about the entry without being a member (an invitee).
     pub notify: Option<UserId>,
 }
@@ -51,6 +56,11 @@ enum Op {
         client_id: String,
         body: Vec<u8>,
     },
+    Change(Change),
+}
+
+/// Every op other than a message: rarer, and applied one at a time.
+enum Change {
     CreateGroup {
         creator: UserRef,
         name: String,
@@ -128,29 +138,24 @@ impl Writer {
         let _ = self.tx.send(Command::Stop).await;
     }
 
-    /// Queues a message and returns at once with the receiver of its
-    /// outcome, so one connection can have many messages in flight while
-    /// their order is fixed by the order of these calls. Waits only while
-    /// the writer's queue is full: that is how senders are slowed.
-    pub async fn enqueue_message(
-        &self,
-        room: RoomId,
-        sender: UserRef,
-        client_id: String,
-        body: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<Applied>>> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let op = Op::Send {
-            room,
-            sender,
-            client_id,
-            body,
-        };
+    /// A place in the writer's queue if one is free right now; `Ok(None)`
+    /// while the queue is full (the writer is saturated).
+    pub fn try_reserve(&self) -> Result<Option<QueueSlot>> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Some(QueueSlot(permit))),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Waits for a place in the writer's queue. A session waiting here stops
+    /// reading its socket, which is how senders are slowed.
+    pub async fn reserve(self) -> Result<QueueSlot> {
         self.tx
-            .send(Command::Apply(op, reply_tx))
+            .reserve_owned()
             .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(reply_rx)
+            .map(QueueSlot)
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Appends a message. A resend with the same `client_id` by the same
@@ -172,28 +177,31 @@ impl Writer {
     }
 
     pub async fn create_group(&self, creator: UserRef, name: String) -> Result<Applied> {
-        self.apply(Op::CreateGroup { creator, name }).await
+        self.apply(Op::Change(Change::CreateGroup { creator, name }))
+            .await
     }
 
     /// Finds or creates the DM between two users.
     pub async fn open_dm(&self, me: UserRef, peer: UserRef) -> Result<Applied> {
-        self.apply(Op::OpenDm { me, peer }).await
+        self.apply(Op::Change(Change::OpenDm { me, peer })).await
     }
 
     pub async fn invite(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
-        self.apply(Op::Invite { room, by, user }).await
+        self.apply(Op::Change(Change::Invite { room, by, user }))
+            .await
     }
 
     pub async fn join(&self, room: RoomId, user: UserRef) -> Result<Applied> {
-        self.apply(Op::Join { room, user }).await
+        self.apply(Op::Change(Change::Join { room, user })).await
     }
 
     pub async fn leave(&self, room: RoomId, user: UserRef) -> Result<Applied> {
-        self.apply(Op::Leave { room, user }).await
+        self.apply(Op::Change(Change::Leave { room, user })).await
     }
 
     pub async fn remove(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
-        self.apply(Op::Remove { room, by, user }).await
+        self.apply(Op::Change(Change::Remove { room, by, user }))
+            .await
     }
 
     /// Replaces `user`'s current key (which must still have
@@ -204,17 +212,44 @@ impl Writer {
         old_fingerprint: String,
         new_key: NewKey,
     ) -> Result<Applied> {
-        self.apply(Op::RotateKey {
+        self.apply(Op::Change(Change::RotateKey {
             user,
             old_fingerprint,
             new_key,
-        })
+        }))
         .await
+    }
+}
+
+/// A reserved place in the writer's queue, for one message.
+pub struct QueueSlot(mpsc::OwnedPermit<Command>);
+
+impl QueueSlot {
+    /// Queues a message and returns at once with the receiver of its
+    /// outcome, so one connection can have many messages in flight while
+    /// their order is fixed by the order of these calls.
+    pub fn enqueue_message(
+        self,
+        room: RoomId,
+        sender: UserRef,
+        client_id: String,
+        body: Vec<u8>,
+    ) -> oneshot::Receiver<Result<Applied>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let op = Op::Send {
+            room,
+            sender,
+            client_id,
+            body,
+        };
+        self.0.send(Command::Apply(op, reply_tx));
+        reply_rx
     }
 }
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut cache = sends::RoomCache::default();
     let mut stopping = false;
     while !stopping {
         match rx.recv().await {
@@ -231,25 +266,54 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit)
                 Err(_) => break,
             }
         }
-        commit_batch(&store, &mut batch, &on_commit).await;
+        commit_batch(&store, &mut cache, &mut batch, &on_commit).await;
     }
 }
 
-/// Applies a batch in one transaction, each op inside its own savepoint so
-/// that one op's failure leaves the others intact.
+/// Applies a batch in one transaction. Runs of messages go through the
+/// multi-row fast path (`sends`); every other op runs inside its own
+/// savepoint so that one op's refusal leaves the others intact.
 async fn commit_batch(
     store: &Store,
+    cache: &mut sends::RoomCache,
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
     on_commit: &OnCommit,
 ) {
-    let mut results = Vec::with_capacity(batch.len());
+    let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
     let outcome: Result<()> = async {
         let mut tx = store.pool.begin().await?;
+        let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
         for (op, _) in batch.iter() {
+            let change = match op {
+                Op::Send {
+                    room,
+                    sender,
+                    client_id,
+                    body,
+                } => {
+                    run.push(sends::NewMessage {
+                        room: *room,
+                        sender,
+                        client_id,
+                        body,
+                    });
+                    if run.len() == sends::CHUNK {
+                        results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                        run.clear();
+                    }
+                    continue;
+                }
+                Op::Change(change) => change,
+            };
+            if !run.is_empty() {
+                results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                run.clear();
+            }
             sqlx::query("SAVEPOINT op").execute(&mut *tx).await?;
-            match apply(&mut tx, op).await {
+            match apply(&mut tx, change).await {
                 Ok(done) => {
                     sqlx::query("RELEASE op").execute(&mut *tx).await?;
+                    forget_touched(cache, change, &done);
                     results.push(Ok(done));
                 }
                 Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
@@ -260,12 +324,17 @@ async fn commit_batch(
                 }
             }
         }
+        if !run.is_empty() {
+            results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+        }
         tx.commit().await?;
         Ok(())
     }
     .await;
 
     if let Err(err) = outcome {
+        // The cached positions include sequence numbers that were never stored.
+        cache.forget_all();
         tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
         for (_, reply) in batch.drain(..) {
             let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol(
@@ -285,65 +354,38 @@ async fn commit_batch(
     }
 }
 
+/// Drops the cached view of every room a non-message op changed.
+fn forget_touched(cache: &mut sends::RoomCache, change: &Change, done: &Done) {
+    match change {
+        Change::Invite { room, .. }
+        | Change::Join { room, .. }
+        | Change::Leave { room, .. }
+        | Change::Remove { room, .. } => cache.forget(*room),
+        _ => {}
+    }
+    cache.forget(done.0.room);
+    for committed in &done.1 {
+        cache.forget(committed.entry.room);
+    }
+}
+
 type Done = (Applied, Vec<Committed>);
 
-async fn apply(tx: &mut Transaction<'static, Sqlite>, op: &Op) -> Result<Done> {
+async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result<Done> {
     let conn: &mut SqliteConnection = tx;
-    match op {
-        Op::Send {
-            room,
-            sender,
-            client_id,
-            body,
-        } => send(conn, *room, sender, client_id, body).await,
-        Op::CreateGroup { creator, name } => create_group(conn, creator, name).await,
-        Op::OpenDm { me, peer } => open_dm(conn, me, peer).await,
-        Op::Invite { room, by, user } => invite(conn, *room, by, user).await,
-        Op::Join { room, user } => join(conn, *room, user).await,
-        Op::Leave { room, user } => leave(conn, *room, user).await,
-        Op::Remove { room, by, user } => remove(conn, *room, by, user).await,
-        Op::RotateKey {
+    match change {
+        Change::CreateGroup { creator, name } => create_group(conn, creator, name).await,
+        Change::OpenDm { me, peer } => open_dm(conn, me, peer).await,
+        Change::Invite { room, by, user } => invite(conn, *room, by, user).await,
+        Change::Join { room, user } => join(conn, *room, user).await,
+        Change::Leave { room, user } => leave(conn, *room, user).await,
+        Change::Remove { room, by, user } => remove(conn, *room, by, user).await,
+        Change::RotateKey {
             user,
             old_fingerprint,
             new_key,
         } => rotate_key(conn, user, old_fingerprint, new_key).await,
     }
-}
-
-async fn send(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    sender: &UserRef,
-    client_id: &str,
-    body: &[u8],
-) -> Result<Done> {
-    require_member(conn, room, sender.id).await?;
-    let existing: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT seq, ts FROM entries WHERE room_id = ? AND sender_id = ? AND client_id = ?",
-    )
-    .bind(room)
-    .bind(sender.id)
-    .bind(client_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some((seq, ts)) = existing {
-        let mut entry = new_entry(room, seq, ts, EntryKind::Message, sender, None);
-        entry.client_id = Some(client_id.to_owned());
-        return Ok((
-            Applied {
-                room,
-                entry: Some(entry),
-                duplicate: true,
-            },
-            vec![],
-        ));
-    }
-    let mut entry = new_entry(room, 0, now_ms(), EntryKind::Message, sender, None);
-    entry.client_id = Some(client_id.to_owned());
-    entry.body = Some(body.to_vec());
-    let entry = append(conn, entry, sender.id, None).await?;
-    let recipients = member_ids(conn, room).await?;
-    Ok(appended(entry, recipients, None))
 }
 
 async fn create_group(conn: &mut SqliteConnection, creator: &UserRef, name: &str) -> Result<Done> {
@@ -552,7 +594,7 @@ async fn rotate_key(
         let recipients = member_ids(conn, room).await?;
         committed.push(Committed {
             entry,
-            recipients,
+            recipients: recipients.into(),
             notify: None,
         });
     }
@@ -597,7 +639,7 @@ fn appended(entry: Entry, recipients: Vec<UserId>, notify: Option<UserId>) -> Do
         applied,
         vec![Committed {
             entry,
-            recipients,
+            recipients: recipients.into(),
             notify,
         }],
     )

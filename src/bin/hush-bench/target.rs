@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hush::config::ServerConfig;
-use hush::store::Store;
+use hush::store::{Durability, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -35,9 +35,15 @@ pub struct Target {
 
 impl Target {
     /// The server in this process, bound exactly as `hush serve` binds it.
+    /// `HUSH_DURABILITY=normal` selects `hush serve --durability normal`
+    /// (a child server reads the same variable).
     pub async fn in_process() -> Result<Self> {
         let dir = temp_dir()?;
-        let store = Store::open(&dir.join("hush.db"))
+        let durability = match std::env::var("HUSH_DURABILITY").as_deref() {
+            Ok("normal") => Durability::Normal,
+            _ => Durability::Full,
+        };
+        let store = Store::open_with(&dir.join("hush.db"), durability)
             .await
             .context("opening the bench database")?;
         let listener = hush::server::bind("127.0.0.1:0".parse().expect("a valid socket address"))?;
