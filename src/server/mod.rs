@@ -5,8 +5,10 @@
 mod auth;
 mod error;
 mod hub;
+pub mod limits;
 mod routes;
 mod session;
+pub mod username;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     passwords: auth::Passwords,
     login_throttle: Arc<auth::LoginThrottle>,
+    limits: Arc<limits::Limiter>,
     /// Flips to true when the server starts shutting down.
     shutdown: watch::Receiver<bool>,
     sessions: TaskTracker,
@@ -83,8 +86,9 @@ pub async fn run(
         store: store.clone(),
         writer: writer.clone(),
         hub,
-        passwords: auth::Passwords::new(config.hashing_slots),
+        passwords: auth::Passwords::new(config.hashing_slots, config.limits.hashing_queue),
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
+        limits: Arc::new(limits::Limiter::new(config.limits.clone())),
         config: Arc::new(config),
         shutdown: shutdown_rx,
         sessions: TaskTracker::new(),
@@ -116,15 +120,24 @@ fn websocket(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
     warp::path!("ws")
         .and(warp::ws())
-        .map(move |ws: warp::ws::Ws| {
+        .and(limits::client_ip(&state))
+        .and_then(move |ws: warp::ws::Ws, ip| {
             let state = state.clone();
-            let max = state.config.max_frame_bytes();
-            ws.max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |socket| {
-                    let tracker = state.sessions.clone();
-                    tracker.track_future(session::run(socket, state))
-                })
+            let slot = state.limits.connection_slot(ip);
+            async move {
+                let slot =
+                    slot.ok_or_else(|| warp::reject::custom(error::too_many_connections()))?;
+                let max = state.config.max_frame_bytes();
+                Ok::<_, warp::Rejection>(ws.max_message_size(max).max_frame_size(max).on_upgrade(
+                    move |socket| {
+                        let tracker = state.sessions.clone();
+                        tracker.track_future(async move {
+                            let _slot = slot;
+                            session::run(socket, state).await
+                        })
+                    },
+                ))
+            }
         })
 }
 

@@ -266,11 +266,10 @@ async fn commit_batch(
     .await;
 
     if let Err(err) = outcome {
+        let fault = super::faults::of_store_error(&err);
         tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
         for (_, reply) in batch.drain(..) {
-            let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol(
-                "the write was not stored".into(),
-            ))));
+            let _ = reply.send(Err(StoreError::Unavailable(fault)));
         }
         return;
     }

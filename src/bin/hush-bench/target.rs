@@ -46,7 +46,10 @@ impl Target {
         let server = tokio::spawn(hush::server::run(
             listener,
             store,
-            ServerConfig::default(),
+            ServerConfig {
+                limits: hush::config::Limits::unlimited(),
+                ..ServerConfig::default()
+            },
             async move {
                 let _ = shutdown_rx.await;
             },
