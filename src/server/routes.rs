@@ -171,24 +171,29 @@ pub struct Caller {
 }
 
 fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
+    // Read as raw bytes: a header that is not visible ASCII is simply not
+    // a valid token (401), not a malformed request.
     with_state(state)
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(|state: AppState, header: Option<String>| async move {
-            let token = header
-                .as_deref()
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .ok_or_else(ApiError::unauthorized)?;
-            let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
-            let user = state
-                .store
-                .session_user(&hash)
-                .await
-                .map_err(|_| ApiError::unauthorized())?;
-            Ok::<_, Rejection>(Caller {
-                user,
-                token_hash: hash,
-            })
-        })
+        .and(warp::header::headers_cloned())
+        .and_then(
+            |state: AppState, headers: warp::http::HeaderMap| async move {
+                let token = headers
+                    .get(warp::http::header::AUTHORIZATION)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .ok_or_else(ApiError::unauthorized)?;
+                let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
+                let user = state
+                    .store
+                    .session_user(&hash)
+                    .await
+                    .map_err(|_| ApiError::unauthorized())?;
+                Ok::<_, Rejection>(Caller {
+                    user,
+                    token_hash: hash,
+                })
+            },
+        )
 }
 
 fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
