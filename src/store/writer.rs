@@ -244,7 +244,11 @@ async fn commit_batch(
 ) {
     let mut results = Vec::with_capacity(batch.len());
     let outcome: Result<()> = async {
-        let mut tx = store.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front, waiting out the busy
+        // timeout: a deferred transaction that read first would fail at
+        // once (SQLITE_BUSY_SNAPSHOT) whenever a pool write (a login, a
+        // registration) committed between its read and its first write.
+        let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (op, _) in batch.iter() {
             sqlx::query("SAVEPOINT op").execute(&mut *tx).await?;
             match apply(&mut tx, op).await {
