@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::ServerConfig;
+use crate::config::{Limits, Rate, ServerConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Bytes of outgoing frames gathered per connection before a write.
     #[arg(long, env = "HUSH_WS_WRITE_BUFFER", default_value_t = ServerConfig::default().ws_write_buffer_bytes)]
     pub ws_write_buffer: usize,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +129,62 @@ impl From<DurabilityArg> for crate::store::Durability {
         match arg {
             DurabilityArg::Full => Self::Full,
             DurabilityArg::Normal => Self::Normal,
+        }
+    }
+}
+
+/// Abuse limits of `hush serve` (see docs/PROTOCOL.md §14). Rates are
+/// `COUNT/UNIT[:BURST]` with UNIT `s`, `min` or `h`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// `send` frames per WebSocket connection.
+    #[arg(long, env = "HUSH_MESSAGE_RATE", default_value = "20/s:100")]
+    pub message_rate: Rate,
+
+    /// `send` frames per user, over all of their connections.
+    #[arg(long, env = "HUSH_USER_MESSAGE_RATE", default_value = "40/s:200")]
+    pub user_message_rate: Rate,
+
+    /// Open WebSocket connections per client address.
+    #[arg(long, env = "HUSH_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub connections_per_ip: usize,
+
+    /// Open WebSocket connections per user; more are refused (close 4029).
+    #[arg(long, env = "HUSH_SESSIONS_PER_USER", default_value_t = 16)]
+    pub sessions_per_user: usize,
+
+    /// Registration challenges plus registrations per client address.
+    #[arg(long, env = "HUSH_REGISTRATION_RATE", default_value = "12/min:20")]
+    pub registration_rate: Rate,
+
+    /// Login attempts per client address.
+    #[arg(long, env = "HUSH_LOGIN_RATE", default_value = "60/min:30")]
+    pub login_rate: Rate,
+
+    /// Logins and registrations waiting for a password-hashing slot before
+    /// more get 503.
+    #[arg(long, env = "HUSH_HASHING_QUEUE", default_value_t = 32)]
+    pub hashing_queue: usize,
+
+    /// Take the client address from this header (its last entry) instead
+    /// of the TCP peer. Only behind a reverse proxy that sets it, e.g.
+    /// `X-Forwarded-For`; otherwise clients could claim any address.
+    #[arg(long, env = "HUSH_TRUST_PROXY_HEADER")]
+    pub trust_proxy_header: Option<String>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            messages_per_connection: self.message_rate,
+            messages_per_user: self.user_message_rate,
+            connections_per_ip: self.connections_per_ip,
+            sessions_per_user: self.sessions_per_user,
+            registrations_per_ip: self.registration_rate,
+            logins_per_ip: self.login_rate,
+            hashing_queue: self.hashing_queue,
+            trust_proxy_header: self.trust_proxy_header.clone(),
+            ..Limits::default()
         }
     }
 }
@@ -145,6 +204,7 @@ impl ServeArgs {
             session_ttl: self.session_ttl,
             ws_read_buffer_bytes: self.ws_read_buffer.max(256),
             ws_write_buffer_bytes: self.ws_write_buffer,
+            limits: self.limits.limits(),
             ..ServerConfig::default()
         }
     }

@@ -28,6 +28,119 @@ pub struct ServerConfig {
     pub ws_read_buffer_bytes: usize,
     /// Outgoing bytes a connection gathers before writing to its socket.
     pub ws_write_buffer_bytes: usize,
+    /// What one client may make the server do (see `Limits`).
+    pub limits: Limits,
+}
+
+/// A token bucket's shape: `burst` actions at once, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const fn new(per_sec: f64, burst: u32) -> Self {
+        Self { per_sec, burst }
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    /// `COUNT/UNIT[:BURST]`, UNIT one of `s`, `min`, `h`: `20/s:100` is 20
+    /// per second with bursts of up to 100; the burst defaults to COUNT.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a rate like 20/s, 12/min or 20/s:100");
+        let (rate, burst) = match text.split_once(':') {
+            Some((rate, burst)) => (rate, Some(burst.trim().parse::<u32>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let (count, unit) = rate.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let burst = burst.unwrap_or(count);
+        if count == 0 || burst == 0 {
+            return Err(format!("{text:?}: a rate and its burst must be at least 1"));
+        }
+        Ok(Self::new(f64::from(count) / secs, burst))
+    }
+}
+
+/// Abuse limits. Each is documented in docs/PROTOCOL.md §14 with the error
+/// a client gets past it. Addresses are the TCP peer's unless
+/// `trust_proxy_header` names a header set by a reverse proxy.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `send` frames per WebSocket connection.
+    pub messages_per_connection: Rate,
+    /// `send` frames per user, over all their connections.
+    pub messages_per_user: Rate,
+    /// Open WebSocket connections per client address (authenticated or not).
+    pub connections_per_ip: usize,
+    /// Authenticated WebSocket connections per user; a new one past this is refused.
+    pub sessions_per_user: usize,
+    /// Registration challenges plus registrations per client address.
+    pub registrations_per_ip: Rate,
+    /// Login attempts per client address.
+    pub logins_per_ip: Rate,
+    /// Failed logins from one address before its attempts are delayed
+    /// (doubling, like the per-account throttle).
+    pub login_failures_per_ip_before_delay: u32,
+    /// Registration challenges outstanding at once, server-wide.
+    pub pending_challenges: usize,
+    /// Logins and registrations waiting for a hashing slot before more are
+    /// refused with 503.
+    pub hashing_queue: usize,
+    /// Header holding the client address when hush runs behind a proxy
+    /// (for example `X-Forwarded-For`; its last entry is used).
+    pub trust_proxy_header: Option<String>,
+    /// Most addresses or users each limiter tracks; idle entries go first.
+    pub max_tracked: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            messages_per_connection: Rate::new(20.0, 100),
+            messages_per_user: Rate::new(40.0, 200),
+            connections_per_ip: 64,
+            sessions_per_user: 16,
+            registrations_per_ip: Rate::new(12.0 / 60.0, 20),
+            logins_per_ip: Rate::new(1.0, 30),
+            login_failures_per_ip_before_delay: 20,
+            pending_challenges: 10_000,
+            hashing_queue: 32,
+            trust_proxy_header: None,
+            max_tracked: 100_000,
+        }
+    }
+}
+
+impl Limits {
+    /// No practical limit: for benchmarks that drive thousands of
+    /// connections and messages from one address.
+    pub fn unlimited() -> Self {
+        let lots = Rate::new(1e9, u32::MAX);
+        Self {
+            messages_per_connection: lots,
+            messages_per_user: lots,
+            connections_per_ip: usize::MAX,
+            sessions_per_user: usize::MAX,
+            registrations_per_ip: lots,
+            logins_per_ip: lots,
+            login_failures_per_ip_before_delay: u32::MAX,
+            pending_challenges: usize::MAX,
+            hashing_queue: usize::MAX / 2,
+            trust_proxy_header: None,
+            max_tracked: 100_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -44,6 +157,7 @@ impl Default for ServerConfig {
             login_failures_before_delay: 5,
             ws_read_buffer_bytes: 2 * 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            limits: Limits::default(),
         }
     }
 }
@@ -55,5 +169,20 @@ impl ServerConfig {
     /// frame and the connection stays open.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_body_bytes.div_ceil(3) * 4 * 2 + 64 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rate;
+
+    #[test]
+    fn rates_parse_with_and_without_a_burst() {
+        assert_eq!("20/s:100".parse(), Ok(Rate::new(20.0, 100)));
+        assert_eq!("12/min".parse(), Ok(Rate::new(0.2, 12)));
+        assert_eq!("36/h:5".parse(), Ok(Rate::new(0.01, 5)));
+        for bad in ["20", "0/s", "5/s:0", "x/s", "5/week", "5/s:-1"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
     }
 }

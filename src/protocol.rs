@@ -286,4 +286,6 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4008;
     /// The client did not read fast enough; reconnect and sync.
     pub const TOO_SLOW: u16 = 4009;
+    /// The account already has the most connections allowed.
+    pub const TOO_MANY_SESSIONS: u16 = 4029;
 }

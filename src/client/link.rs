@@ -472,8 +472,13 @@ impl State {
             ServerFrame::Error { code, message, .. } => {
                 let failed_send = id.filter(|id| self.outbox.iter().any(|p| &p.client_id == id));
                 match failed_send {
-                    // "unavailable" means not stored yet: keep it for the next try.
-                    Some(client_id) if code != "unavailable" => {
+                    // These mean "not stored yet": keep it for the next try.
+                    Some(client_id)
+                        if !matches!(
+                            code.as_str(),
+                            "unavailable" | "storage_unavailable" | "rate_limited"
+                        ) =>
+                    {
                         self.outbox.retain(|p| p.client_id != client_id);
                         self.emit(Event::SendFailed {
                             client_id,

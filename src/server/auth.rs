@@ -7,6 +7,7 @@
 //! verifies against a dummy hash so it costs the same.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,33 +25,71 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub struct Passwords {
     slots: Arc<Semaphore>,
     memory: Arc<Blocks>,
+    /// Hashes running or waiting for a slot.
+    in_line: Arc<AtomicUsize>,
+    /// Most hashes running or waiting; past it, callers are turned away.
+    max_in_line: usize,
     dummy_hash: Arc<str>,
 }
 
+/// Every hashing slot is busy and the queue is full: retry shortly.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing is saturated")]
+pub struct Saturated;
+
+/// A place in the hashing line, given back on drop.
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Passwords {
-    pub fn new(slots: usize) -> Self {
+    /// `slots` hashes at once, at most `queue` more waiting.
+    pub fn new(slots: usize, queue: usize) -> Self {
         let memory = Arc::new(Blocks::default());
         let dummy_hash = memory
             .hash(b"hush dummy password for unknown users")
             .expect("argon2 with default parameters works");
+        let slots = slots.max(1);
         Self {
-            slots: Arc::new(Semaphore::new(slots.max(1))),
+            slots: Arc::new(Semaphore::new(slots)),
             memory,
+            in_line: Arc::default(),
+            max_in_line: slots.saturating_add(queue),
             dummy_hash: dummy_hash.into(),
         }
     }
 
+    fn join_line(&self) -> Result<Place, Saturated> {
+        let before = self.in_line.fetch_add(1, Ordering::AcqRel);
+        let place = Place(Arc::clone(&self.in_line));
+        if before >= self.max_in_line {
+            return Err(Saturated);
+        }
+        Ok(place)
+    }
+
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+        let _place = self.join_line()?;
         let _slot = self.slots.acquire().await?;
         let memory = self.memory.clone();
         tokio::task::spawn_blocking(move || memory.hash(password.as_bytes())).await?
     }
 
     /// True if `password` matches `stored`; with no stored hash (unknown
-    /// user) it does the same work and returns false.
-    pub async fn verify(&self, stored: Option<String>, password: String) -> bool {
+    /// user) it does the same work and returns false. Known and unknown
+    /// users wait in the same line, so saturation reveals nothing either.
+    pub async fn verify(
+        &self,
+        stored: Option<String>,
+        password: String,
+    ) -> Result<bool, Saturated> {
+        let _place = self.join_line()?;
         let Ok(_slot) = self.slots.acquire().await else {
-            return false;
+            return Ok(false);
         };
         let is_known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
@@ -59,7 +98,7 @@ impl Passwords {
             tokio::task::spawn_blocking(move || memory.verify(&hash, password.as_bytes()))
                 .await
                 .unwrap_or(false);
-        is_known && matches
+        Ok(is_known && matches)
     }
 }
 
@@ -149,6 +188,29 @@ mod tests {
         let (other, _) = new_token();
         assert_ne!(token_hash(&other), Some(hash));
         assert_eq!(token_hash("not a token"), None);
+    }
+
+    #[tokio::test]
+    async fn hashing_past_the_queue_bound_is_refused_at_once() {
+        let passwords = Passwords::new(1, 1);
+        let a = passwords.verify(None, "one".into());
+        let b = passwords.verify(None, "two".into());
+        let (c, d) = {
+            // Two are in line (one hashing, one waiting); a third is refused
+            // without waiting.
+            let mut a = Box::pin(a);
+            let mut b = Box::pin(b);
+            assert!(futures_util::poll!(&mut a).is_pending());
+            assert!(futures_util::poll!(&mut b).is_pending());
+            let refused = passwords.verify(None, "three".into()).await;
+            (refused, (a.await, b.await))
+        };
+        assert!(c.is_err(), "the third attempt is refused");
+        assert!(matches!(d, (Ok(false), Ok(false))));
+        assert!(
+            passwords.verify(None, "again".into()).await.is_ok(),
+            "the line drained"
+        );
     }
 
     #[test]

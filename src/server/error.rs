@@ -58,6 +58,39 @@ impl ApiError {
     }
 }
 
+/// 429 at the WebSocket upgrade: the address has too many connections open.
+pub fn too_many_connections() -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        "too many open connections from your address",
+    );
+    err.retry_after_secs = Some(5);
+    err
+}
+
+/// 503 when every password-hashing slot is busy and the queue is full.
+pub fn hashing_saturated() -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "the server is busy checking passwords; retry shortly",
+    );
+    err.retry_after_secs = Some(1);
+    err
+}
+
+/// 503 when the database refused a write for now (locked, full, read-only).
+fn storage_unavailable(fault: crate::store::faults::StorageFault) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        format!("{fault}; nothing was changed, retry later"),
+    );
+    err.retry_after_secs = Some(1);
+    err
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
@@ -74,7 +107,18 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
-            StoreError::Db(_) | StoreError::Migrate(_) => {
+            StoreError::Unavailable(fault) => storage_unavailable(fault),
+            StoreError::Db(ref db) => match crate::store::faults::classify(db) {
+                Some(fault) => {
+                    tracing::warn!(error = %err, fault = fault.as_str(), "database unavailable");
+                    storage_unavailable(fault)
+                }
+                None => {
+                    tracing::error!(error = %err, "database error");
+                    Self::internal()
+                }
+            },
+            StoreError::Migrate(_) => {
                 tracing::error!(error = %err, "database error");
                 Self::internal()
             }

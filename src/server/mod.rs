@@ -6,10 +6,12 @@ mod argon_memory;
 mod auth;
 mod error;
 mod hub;
+pub mod limits;
 mod routes;
 mod session;
 mod upgrade;
 mod web;
+pub mod username;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     passwords: auth::Passwords,
     login_throttle: Arc<auth::LoginThrottle>,
+    limits: Arc<limits::Limiter>,
     /// Flips to true when the server starts shutting down.
     shutdown: watch::Receiver<bool>,
     sessions: TaskTracker,
@@ -86,8 +89,9 @@ pub async fn run(
         store: store.clone(),
         writer: writer.clone(),
         hub,
-        passwords: auth::Passwords::new(config.hashing_slots),
+        passwords: auth::Passwords::new(config.hashing_slots, config.limits.hashing_queue),
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
+        limits: Arc::new(limits::Limiter::new(config.limits.clone())),
         config: Arc::new(config),
         shutdown: shutdown_rx,
         sessions: TaskTracker::new(),
@@ -118,20 +122,31 @@ pub async fn run(
 fn websocket(
     state: AppState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    warp::path!("ws").and(upgrade::upgrade_request()).map(
-        move |key: String, on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>| {
-            let state = state.clone();
-            let tracker = state.sessions.clone();
-            let config = upgrade::socket_config(&state.config);
-            upgrade::accept(
-                &key,
-                on_upgrade,
-                config,
-                |task| drop(tracker.spawn(task)),
-                move |socket| session::run(socket, state),
-            )
-        },
-    )
+    warp::path!("ws")
+        .and(upgrade::upgrade_request())
+        .and(limits::client_ip(&state))
+        .and_then(
+            move |key: String, on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>, ip| {
+                let state = state.clone();
+                let slot = state.limits.connection_slot(ip);
+                async move {
+                    let slot =
+                        slot.ok_or_else(|| warp::reject::custom(error::too_many_connections()))?;
+                    let tracker = state.sessions.clone();
+                    let config = upgrade::socket_config(&state.config);
+                    Ok::<_, warp::Rejection>(upgrade::accept(
+                        &key,
+                        on_upgrade,
+                        config,
+                        |task| drop(tracker.spawn(task)),
+                        move |socket| async move {
+                            let _slot = slot;
+                            session::run(socket, state).await
+                        },
+                    ))
+                }
+            },
+        )
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::AppState;
-use super::auth::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, new_token, token_hash};
-use super::error::ApiError;
+use super::auth::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, Saturated, new_token, token_hash};
+use super::error::{ApiError, hashing_saturated};
+use super::{limits, username};
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::statements;
 use crate::protocol::{
@@ -35,15 +36,18 @@ pub fn api(
 
     let challenge = warp::path!("register" / "challenge")
         .and(warp::post())
+        .and(limits::admit_registration(&state))
         .and(with_state(&state))
         .and_then(challenge);
     let register = warp::path!("register")
         .and(warp::post())
+        .and(limits::admit_registration(&state))
         .and(with_state(&state))
         .and(json())
         .and_then(register);
     let login = warp::path!("login")
         .and(warp::post())
+        .and(limits::admit_login(&state))
         .and(with_state(&state))
         .and(json())
         .and_then(login);
@@ -167,24 +171,29 @@ pub struct Caller {
 }
 
 fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
+    // Read as raw bytes: a header that is not visible ASCII is simply not
+    // a valid token (401), not a malformed request.
     with_state(state)
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(|state: AppState, header: Option<String>| async move {
-            let token = header
-                .as_deref()
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .ok_or_else(ApiError::unauthorized)?;
-            let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
-            let user = state
-                .store
-                .session_user(&hash)
-                .await
-                .map_err(|_| ApiError::unauthorized())?;
-            Ok::<_, Rejection>(Caller {
-                user,
-                token_hash: hash,
-            })
-        })
+        .and(warp::header::headers_cloned())
+        .and_then(
+            |state: AppState, headers: warp::http::HeaderMap| async move {
+                let token = headers
+                    .get(warp::http::header::AUTHORIZATION)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .ok_or_else(ApiError::unauthorized)?;
+                let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
+                let user = state
+                    .store
+                    .session_user(&hash)
+                    .await
+                    .map_err(|_| ApiError::unauthorized())?;
+                Ok::<_, Rejection>(Caller {
+                    user,
+                    token_hash: hash,
+                })
+            },
+        )
 }
 
 fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
@@ -205,11 +214,24 @@ async fn challenge(state: AppState) -> Resp {
     let mut challenge = [0u8; 32];
     getrandom::fill(&mut challenge).expect("the OS random source works");
     let expires_at = now_ms() + CHALLENGE_TTL.as_millis() as i64;
-    state
+    let stored = state
         .store
-        .insert_challenge(&challenge, expires_at)
+        .insert_challenge(
+            &challenge,
+            expires_at,
+            state.limits.config.pending_challenges,
+        )
         .await
         .map_err(ApiError::from)?;
+    if !stored {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many registrations in progress; retry later",
+        );
+        err.retry_after_secs = Some(CHALLENGE_TTL.as_secs() / 10);
+        return Err(err.into());
+    }
     ok_json(
         StatusCode::OK,
         &ChallengeResponse {
@@ -253,6 +275,9 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
         )
     })?;
     let hash = state.passwords.hash(req.password).await.map_err(|e| {
+        if e.is::<Saturated>() {
+            return hashing_saturated();
+        }
         tracing::error!(error = %e, "password hashing failed");
         ApiError::internal()
     })?;
@@ -273,7 +298,7 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
 }
 
 /// POST /api/v1/login — exchange username and password for a session token.
-async fn login(state: AppState, req: LoginRequest) -> Resp {
+async fn login(ip: std::net::IpAddr, state: AppState, req: LoginRequest) -> Resp {
     let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -281,7 +306,7 @@ async fn login(state: AppState, req: LoginRequest) -> Resp {
             "wrong username or password",
         )
     };
-    let username = req.username.to_ascii_lowercase();
+    let username = username::fold(&req.username);
     if let Err(wait) = state.login_throttle.check(&username) {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -301,9 +326,17 @@ async fn login(state: AppState, req: LoginRequest) -> Resp {
         None => (None, None),
     };
     let matches = req.password.len() <= MAX_PASSWORD_BYTES
-        && state.passwords.verify(stored, req.password).await;
+        && state
+            .passwords
+            .verify(stored, req.password)
+            .await
+            .map_err(|Saturated| hashing_saturated())?;
     let Some(user) = user.filter(|_| matches) else {
         state.login_throttle.record_failure(&username);
+        state
+            .limits
+            .login_failures_by_ip
+            .record_failure(&ip.to_string());
         return Err(invalid().into());
     };
     state.login_throttle.record_success(&username);
@@ -549,21 +582,10 @@ async fn invitations(state: AppState, caller: Caller) -> Resp {
 
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -`, starting with a letter or digit.
 pub fn validate_username(name: &str) -> Result<(), ApiError> {
-    let ok_len = (3..=32).contains(&name.len());
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-    let ok_start = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric());
-    if ok_len && ok_chars && ok_start {
+    if username::is_valid(name) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
-            "invalid_username",
-            "a username is 3 to 32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit",
-        ))
+        Err(ApiError::bad_request("invalid_username", username::RULE))
     }
 }
 

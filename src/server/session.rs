@@ -34,6 +34,8 @@ use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
 const MAX_CLIENT_ID_CHARS: usize = 64;
 const MAX_HISTORY_LIMIT: u32 = 500;
 const DEFAULT_HISTORY_LIMIT: u32 = 50;
+/// When to retry a write refused by a storage fault.
+const STORAGE_RETRY_MS: u64 = 1000;
 /// Longest wait for the client to take a frame before it counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages of one connection waiting for their commit before the session
@@ -64,6 +66,10 @@ struct Session {
     acks: FuturesOrdered<AckFuture>,
     /// A validated message waiting for room in the writer's queue.
     blocked: Option<BlockedSend>,
+    /// This connection's allowance of `send` frames.
+    send_rate: super::limits::TokenBucket,
+    /// When the session token stops being valid; the socket closes then.
+    expires: tokio::time::Instant,
 }
 
 /// A message the writer had no room for yet.
@@ -94,6 +100,20 @@ pub async fn run(socket: WebSocket, state: AppState) {
             return;
         }
     };
+    let Some(_session_slot) = state.limits.session_slot(user.id) else {
+        let frame = error_frame(
+            "too_many_sessions",
+            "too many open connections for this account",
+        );
+        let _ = sink
+            .send(Message::text(Outgoing::new(auth_id, frame).to_json()))
+            .await;
+        let _ = sink
+            .send(close_frame(close::TOO_MANY_SESSIONS, "too many sessions"))
+            .await;
+        return;
+    };
+    let expires = token_deadline(&state, &token).await;
     let registration = state.hub.register(user.id, token);
     let conn_id = registration.id;
     tracing::debug!(user = %user.username, conn = conn_id, "connected");
@@ -105,6 +125,8 @@ pub async fn run(socket: WebSocket, state: AppState) {
         sync_queue: VecDeque::new(),
         acks: FuturesOrdered::new(),
         blocked: None,
+        send_rate: state.limits.connection_bucket(),
+        expires,
     };
     let ready = ServerFrame::Ready {
         user: session.user.username.clone(),
@@ -194,6 +216,13 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// The instant the token expires (now if it is already gone).
+async fn token_deadline(state: &AppState, token: &[u8; 32]) -> tokio::time::Instant {
+    let expires_at = state.store.session_expires_at(token).await.unwrap_or(0);
+    let left = u64::try_from(expires_at - now_ms()).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_millis(left)
+}
+
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
         code: code.to_owned(),
@@ -212,6 +241,15 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
             "unavailable",
             "the server is shutting down; retry after reconnecting",
         ),
+        StoreError::Unavailable(fault) => ServerFrame::Error {
+            code: "storage_unavailable".to_owned(),
+            message: format!("not stored: {fault}; retry with the same client_id"),
+            retry_after_ms: Some(STORAGE_RETRY_MS),
+        },
+        StoreError::Db(db) if crate::store::faults::classify(db).is_some() => {
+            let fault = crate::store::faults::of_store_error(err);
+            store_error_frame(&StoreError::Unavailable(fault))
+        }
         StoreError::Db(_) | StoreError::Migrate(_) => {
             tracing::error!(error = %err, "database error in a session");
             error_frame("unavailable", "the message was not stored; retry")
@@ -231,6 +269,8 @@ impl Session {
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
         let mut reservation: Option<Reservation> = None;
+        let expiry = tokio::time::sleep_until(self.expires);
+        tokio::pin!(expiry);
         loop {
             if self.blocked.is_some() && reservation.is_none() {
                 reservation = Some(Box::pin(self.state.writer.clone().reserve()));
@@ -241,6 +281,10 @@ impl Session {
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
                     self.finish_acks().await;
                     return End::Close(close::GOING_AWAY, "server shutting down");
+                }
+                _ = &mut expiry => {
+                    self.finish_acks().await;
+                    return End::Close(close::UNAUTHORIZED, "session expired");
                 }
                 out = hub_rx.recv() => match out {
                     Some(out) => if !self.forward(out, &mut hub_rx).await { return End::Closed },
@@ -435,6 +479,15 @@ impl Session {
         client_id: String,
         body: String,
     ) -> bool {
+        let limits = &self.state.limits;
+        if let Err(wait) = limits.take_message(&mut self.send_rate, self.user.id) {
+            let frame = ServerFrame::Error {
+                code: "rate_limited".to_owned(),
+                message: "too many messages; wait and resend with the same client_id".to_owned(),
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            return self.send(id, frame).await;
+        }
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_CHARS {
             let message = format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters");
             return self.send(id, error_frame("bad_frame", message)).await;

@@ -5,6 +5,7 @@
 //! single writer task in `writer`, which orders them, batches them into
 //! transactions and reports each committed entry in commit order.
 
+pub mod faults;
 mod log;
 mod rooms;
 mod users;
@@ -57,6 +58,10 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("the store is shutting down")]
     Closed,
+    /// Nothing was stored because of the environment (locked, full,
+    /// read-only database); retrying later can succeed.
+    #[error("not stored: {0}")]
+    Unavailable(faults::StorageFault),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

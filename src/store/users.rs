@@ -147,18 +147,40 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_challenge(&self, challenge: &[u8], expires_at: i64) -> Result<()> {
+    /// Stores a challenge unless `max_pending` unexpired ones exist
+    /// already; false if it was refused.
+    pub async fn insert_challenge(
+        &self,
+        challenge: &[u8],
+        expires_at: i64,
+        max_pending: usize,
+    ) -> Result<bool> {
         let now = now_ms();
         sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
             .bind(now)
             .execute(&self.pool)
             .await?;
-        sqlx::query("INSERT INTO challenges (challenge, expires_at) VALUES (?, ?)")
-            .bind(challenge)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let max_pending = i64::try_from(max_pending).unwrap_or(i64::MAX);
+        let stored = sqlx::query(
+            "INSERT INTO challenges (challenge, expires_at)
+             SELECT ?, ? WHERE (SELECT count(*) FROM challenges) < ?",
+        )
+        .bind(challenge)
+        .bind(expires_at)
+        .bind(max_pending)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(stored == 1)
+    }
+
+    /// When a live session token stops being valid (Unix ms).
+    pub async fn session_expires_at(&self, token_hash: &[u8]) -> Result<i64> {
+        sqlx::query_scalar("SELECT expires_at FROM sessions WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Consumes a challenge: true if it existed and had not expired. A

@@ -281,7 +281,11 @@ async fn commit_batch(
 ) {
     let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
     let outcome: Result<()> = async {
-        let mut tx = store.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front, waiting out the busy
+        // timeout: a deferred transaction that read first would fail at
+        // once (SQLITE_BUSY_SNAPSHOT) whenever a pool write (a login, a
+        // registration) committed between its read and its first write.
+        let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
         for (op, _) in batch.iter() {
             let change = match op {
@@ -335,11 +339,10 @@ async fn commit_batch(
     if let Err(err) = outcome {
         // The cached positions include sequence numbers that were never stored.
         cache.forget_all();
+        let fault = super::faults::of_store_error(&err);
         tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
         for (_, reply) in batch.drain(..) {
-            let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol(
-                "the write was not stored".into(),
-            ))));
+            let _ = reply.send(Err(StoreError::Unavailable(fault)));
         }
         return;
     }

@@ -4,15 +4,19 @@
 mod support;
 
 mod cli;
+mod crash;
 mod delivery;
 mod direct;
 mod e2e;
 mod heartbeat;
+mod hostile;
 mod keys;
 mod lifecycle;
+mod limits;
 mod login;
 mod membership;
 mod presence;
 mod protocol_errors;
 mod registration;
+mod storage_faults;
 mod sync;

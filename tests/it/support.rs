@@ -76,6 +76,22 @@ async fn start(dir: TempDir, config: ServerConfig) -> Result<TestApp> {
     })
 }
 
+/// A handle on a server running elsewhere (a `hush serve` child process)
+/// at `addr` with its database at `db_path`, for the same HTTP and
+/// WebSocket helpers. Its `shutdown` does nothing: stop the process itself.
+pub fn external_app(addr: SocketAddr, db_path: PathBuf) -> Result<TestApp> {
+    Ok(TestApp {
+        addr,
+        base_url: format!("http://{addr}"),
+        db_path,
+        config: ServerConfig::default(),
+        http: reqwest::Client::new(),
+        dir: tempfile::tempdir().context("creating the temp dir")?,
+        shutdown_tx: None,
+        server: None,
+    })
+}
+
 /// A test user's password (at least 8 characters).
 pub fn password(name: &str) -> String {
     format!("{name}-correct-horse")

@@ -52,7 +52,10 @@ impl Target {
         let server = tokio::spawn(hush::server::run(
             listener,
             store,
-            ServerConfig::default(),
+            ServerConfig {
+                limits: hush::config::Limits::unlimited(),
+                ..ServerConfig::default()
+            },
             async move {
                 let _ = shutdown_rx.await;
             },
@@ -83,6 +86,25 @@ impl Target {
             .arg(dir.join("hush.db"))
             .arg("--log-level")
             .arg("warn")
+            // One address drives every connection: lift the abuse limits.
+            .args([
+                "--connections-per-ip",
+                "1000000",
+                "--sessions-per-user",
+                "1000000",
+            ])
+            .args([
+                "--message-rate",
+                "1000000/s",
+                "--user-message-rate",
+                "1000000/s",
+            ])
+            .args([
+                "--registration-rate",
+                "1000000/s",
+                "--login-rate",
+                "1000000/s",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("server.log"))?)

@@ -1,0 +1,527 @@
+//! Abuse limits: message rates per connection and per user, connections
+//! per address, sessions per user, registration and login attempts per
+//! address, the bounded challenge store and hashing queue, username
+//! folding, and sessions that end when their token expires.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use hush::config::{Limits, Rate, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use crate::support::*;
+
+fn with_limits(limits: Limits) -> ServerConfig {
+    ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    }
+}
+
+/// Sends until acked, waiting out `rate_limited` replies as told.
+async fn send_when_allowed(ws: &mut WsClient, room: i64, client_id: &str) -> Result<Value> {
+    for _ in 0..200 {
+        let reply = ws
+            .send_message(room, client_id, client_id.as_bytes())
+            .await?;
+        if reply["type"] == "ack" {
+            return Ok(reply);
+        }
+        ensure!(reply["code"] == "rate_limited", "unexpected reply {reply}");
+        let wait = reply["retry_after_ms"].as_u64().context("retry_after_ms")?;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    bail!("never allowed to send {client_id}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_past_the_connection_rate_are_refused_with_a_retry_time_and_not_stored() -> Result<()>
+{
+    let app = spawn_app_with(with_limits(Limits {
+        messages_per_connection: Rate::new(1.0, 3),
+        ..Limits::default()
+    }))
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+
+    for i in 0..3 {
+        alice.send_ok(room, &format!("m{i}"), b"x").await?;
+    }
+    let refused = alice.send_message(room, "m3", b"x").await?;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let wait = refused["retry_after_ms"]
+        .as_u64()
+        .context("retry_after_ms")?;
+    assert!(
+        (1..=1000).contains(&wait),
+        "1/s refills a token within 1 s, got {wait}"
+    );
+    // The connection stays open, and the refused message was not stored.
+    alice.ping().await?;
+    let (entries, _) = bob.sync(room, 0).await?;
+    let ids: Vec<_> = entries
+        .iter()
+        .filter_map(|e| e["client_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["m0", "m1", "m2"]);
+
+    // Resending the same client_id after the wait stores it exactly once.
+    let ack = send_when_allowed(&mut alice, room, "m3").await?;
+    assert_eq!(ack["duplicate"], false, "{ack}");
+    let entry = bob
+        .expect("m3", |f| {
+            f["type"] == "entry" && f["entry"]["client_id"] == "m3"
+        })
+        .await?;
+    assert_eq!(entry["entry"]["seq"], ack["seq"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_user_rate_covers_all_of_a_users_connections() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        messages_per_user: Rate::new(0.01, 4),
+        ..Limits::default()
+    }))
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut first = app.connect_ws(&t[0]).await?;
+    let mut second = app.connect_ws(&t[0]).await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+    for i in 0..2 {
+        first.send_ok(room, &format!("a{i}"), b"x").await?;
+        second.send_ok(room, &format!("b{i}"), b"x").await?;
+    }
+    for ws in [&mut first, &mut second] {
+        let refused = ws.send_message(room, "over", b"x").await?;
+        assert_eq!(refused["code"], "rate_limited", "{refused}");
+        assert!(
+            refused["retry_after_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms > 1000)
+        );
+    }
+    // Another user is not affected.
+    bob.send_ok(room, "bob", b"x").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_per_address_limit_are_refused_at_the_upgrade() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        connections_per_ip: 2,
+        ..Limits::default()
+    }))
+    .await?;
+    let token = app.user("alice").await?;
+    // Unauthenticated sockets count too: they cost memory all the same.
+    let first = app.connect_ws_raw().await?;
+    let mut second = app.connect_ws(&token).await?;
+    let refused = tokio_tungstenite::connect_async(app.ws_url()).await;
+    match refused {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+            let body = response.body().as_deref().unwrap_or_default();
+            let body: Value = serde_json::from_slice(body)?;
+            assert_eq!(error_code(&body), "too_many_connections", "{body}");
+        }
+        other => bail!("expected a 429 at the upgrade, got {other:?}"),
+    }
+    // HTTP requests from the same address are not connections.
+    let (status, _) = app.get("/healthz", None).await?;
+    assert_eq!(status, StatusCode::OK);
+    second.ping().await?;
+
+    // Closing one frees its place.
+    first.close().await?;
+    for attempt in 0.. {
+        match app.connect_ws(&token).await {
+            Ok(mut ws) => {
+                ws.ping().await?;
+                break;
+            }
+            Err(_) if attempt < 100 => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(err) => return Err(err.context("a closed connection's place was never freed")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_past_the_per_user_limit_is_refused_and_the_others_keep_working() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        sessions_per_user: 2,
+        ..Limits::default()
+    }))
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let mut one = app.connect_ws(&t[0]).await?;
+    let mut two = app.connect_ws(&t[0]).await?;
+    let mut three = app.connect_ws_raw().await?;
+    three
+        .send_json(&json!({ "v": 1, "id": "a", "type": "auth", "token": t[0] }))
+        .await?;
+    let error = three.next_frame().await?;
+    assert_eq!(error["code"], "too_many_sessions", "{error}");
+    assert_eq!(error["id"], "a");
+    assert_eq!(three.expect_close().await?, Some(4029));
+    one.ping().await?;
+    two.ping().await?;
+    // Other users are counted separately.
+    let mut bob = app.connect_ws(&t[1]).await?;
+    bob.ping().await?;
+    // The oldest closing makes room for a new one.
+    two.close().await?;
+    for attempt in 0.. {
+        match app.connect_ws(&t[0]).await {
+            Ok(_) => break,
+            Err(_) if attempt < 100 => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(err) => return Err(err.context("a closed session's place was never freed")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_attempts_per_address_are_limited() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        registrations_per_ip: Rate::new(0.001, 3),
+        ..Limits::default()
+    }))
+    .await?;
+    app.register("alice").await?; // a challenge and a registration
+    app.challenge().await?;
+    let resp = app
+        .http
+        .post(app.url("/api/v1/register/challenge"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .context("Retry-After")?
+        .to_str()?
+        .parse()?;
+    assert!(retry > 60, "0.001/s means a long wait, got {retry}");
+    let body: Value = resp.json().await?;
+    assert_eq!(error_code(&body), "rate_limited", "{body}");
+    // The registration endpoint shares the allowance.
+    let (status, body) = app.register_raw(json!({})).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Logins are limited separately.
+    app.login("alice").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_attempts_per_address_are_limited_and_failures_delay_the_address() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        login_failures_per_ip_before_delay: 3,
+        ..Limits::default()
+    }))
+    .await?;
+    app.register("alice").await?;
+    // Failures spread over many account names (so no account throttle
+    // applies) still add up for the address.
+    for i in 0..3 {
+        let (status, body) = app
+            .login_raw(&format!("nobody{i}"), "wrong-password")
+            .await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = app.login_raw("alice", &password("alice")).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(error_code(&body), "rate_limited");
+    assert!(
+        body["error"]["retry_after_secs"]
+            .as_u64()
+            .is_some_and(|s| s >= 1)
+    );
+
+    let app = spawn_app_with(with_limits(Limits {
+        logins_per_ip: Rate::new(0.001, 2),
+        ..Limits::default()
+    }))
+    .await?;
+    app.register("alice").await?;
+    app.login("alice").await?;
+    app.login("alice").await?;
+    let (status, body) = app.login_raw("alice", &password("alice")).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_challenge_store_is_bounded() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        pending_challenges: 3,
+        ..Limits::default()
+    }))
+    .await?;
+    for _ in 0..3 {
+        app.challenge().await?;
+    }
+    let (status, body) = app.post("/api/v1/register/challenge", None, None).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_code(&body), "busy");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn look_alike_usernames_cannot_register_and_fold_to_the_real_account_at_login() -> Result<()>
+{
+    let app = spawn_app().await?;
+    app.register("alice").await?;
+    for look_alike in [
+        "Alice",
+        "ａｌｉｃｅ",
+        "ＡＬＩＣＥ",
+        "alice\u{200b}",
+        "аlice",
+    ] {
+        let (status, body) = app
+            .register_with(look_alike, &password("alice"), "bob", "bob")
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{look_alike}: {body}");
+        assert_eq!(error_code(&body), "invalid_username", "{look_alike}");
+    }
+    for typed in ["Alice", "ＡＬＩＣＥ", "ａｌｉｃｅ"] {
+        let (status, body) = app.login_raw(typed, &password("alice")).await?;
+        assert_eq!(status, StatusCode::OK, "{typed}: {body}");
+        assert_eq!(body["username"], "alice");
+    }
+    // A different script is a different (unknown) name.
+    let (status, _) = app.login_raw("аlice", &password("alice")).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_closes_when_its_token_expires() -> Result<()> {
+    let app = spawn_app_with(ServerConfig {
+        session_ttl: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    alice.send_ok(room, "before", b"x").await?;
+    // The 2 s token runs out while the socket is open: it is closed 4001.
+    assert_eq!(alice.expect_close().await?, Some(4001));
+    let mut again = app.connect_ws_raw().await?;
+    again
+        .send_json(&json!({ "v": 1, "type": "auth", "token": t[0] }))
+        .await?;
+    assert_eq!(again.next_frame().await?["code"], "unauthorized");
+    Ok(())
+}
+
+/// VmRSS of this process in KiB (the server runs in it).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_flood_past_the_hashing_queue_gets_503_and_the_server_stays_responsive()
+-> Result<()> {
+    const FLOOD: usize = 40;
+    let app = spawn_app_with(ServerConfig {
+        hashing_slots: 1,
+        limits: Limits {
+            hashing_queue: 3,
+            logins_per_ip: Rate::new(1000.0, 1000),
+            login_failures_per_ip_before_delay: 1000,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let before = rss_kib();
+
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        let http = app.http.clone();
+        let url = app.url("/api/v1/login");
+        // Half unknown users, half wrong passwords for a known one: both
+        // queue for the same slots.
+        let name = if i % 2 == 0 {
+            format!("ghost{i}")
+        } else {
+            "bob".to_owned()
+        };
+        flood.spawn(async move {
+            let resp = http
+                .post(url)
+                .json(&json!({ "username": name, "password": format!("wrong{i}-password") }))
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await?;
+            let retry_after = resp.headers().get("retry-after").cloned();
+            let status = resp.status();
+            let body: Value = resp.json().await?;
+            anyhow::Ok((status, retry_after, body))
+        });
+    }
+    // While the flood runs, chat and health checks keep working.
+    for i in 0..5 {
+        let seq = alice.send_ok(room, &format!("during{i}"), b"x").await?;
+        assert_eq!(bob.next_entry(room).await?["seq"], seq);
+        let (status, _) = app.get("/healthz", None).await?;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (mut refused, mut checked) = (0, 0);
+    while let Some(outcome) = flood.join_next().await {
+        let (status, retry_after, body) = outcome??;
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(error_code(&body), "busy", "{body}");
+                assert!(retry_after.is_some(), "503 carries Retry-After");
+                refused += 1;
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => checked += 1,
+            other => bail!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "with 1 slot and a queue of 3, {FLOOD} at once overflow"
+    );
+    assert!(checked >= 4, "the queue was served ({checked} checked)");
+    // The real user can still log in once the flood is over.
+    app.login("alice").await?;
+    if let (Some(before), Some(after)) = (before, rss_kib()) {
+        println!(
+            "login flood of {FLOOD}: RSS {before} KiB -> {after} KiB ({refused} refused with 503)"
+        );
+    }
+    Ok(())
+}
+
+/// The next frame of a raw WebSocket: text as JSON, a close as
+/// `{"closed": code}`, `None` when the connection ended.
+async fn read_raw(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<Option<Value>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await? {
+        Some(Ok(Message::Text(text))) => Ok(Some(serde_json::from_str(&text)?)),
+        Some(Ok(Message::Close(frame))) => {
+            Ok(Some(json!({ "closed": frame.map(|f| u16::from(f.code)) })))
+        }
+        Some(Ok(_)) => Ok(Some(json!({ "type": "control" }))),
+        Some(Err(_)) | None => Ok(None),
+    }
+}
+
+/// A member that stops reading is cut off (4009, or a dropped connection
+/// if the send timeout fires first) once its bounded queue is full; the
+/// others receive everything meanwhile; it catches up by syncing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_consumer_is_cut_off_without_delaying_others_and_resyncs_later() -> Result<()> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const MESSAGES: usize = 150;
+    let app = spawn_app_with(ServerConfig {
+        outbound_queue: 8,
+        max_body_bytes: 100_000,
+        limits: Limits::unlimited(),
+        ..ServerConfig::default()
+    })
+    .await?;
+    let t = app.users(&["alice", "bob", "carol"]).await?;
+    let room = app
+        .group(&t[0], &[("bob", &t[1]), ("carol", &t[2])])
+        .await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+
+    // carol: a tiny receive buffer, and after syncing she stops reading.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(app.addr).await?;
+    let (mut carol, _) = tokio_tungstenite::client_async(app.ws_url(), stream).await?;
+    carol
+        .send(Message::text(
+            json!({ "v": 1, "type": "auth", "token": t[2] }).to_string(),
+        ))
+        .await?;
+    carol
+        .send(Message::text(
+            json!({ "v": 1, "type": "sync", "rooms": [{ "room": room, "after": 0 }] }).to_string(),
+        ))
+        .await?;
+    let mut cursor = 0;
+    for _ in 0..100 {
+        let frame = read_raw(&mut carol)
+            .await?
+            .context("carol's connection ended early")?;
+        if frame["type"] == "synced" {
+            cursor = frame["seq"].as_i64().context("seq")?;
+            break;
+        }
+    }
+    ensure!(cursor > 0, "carol never synced");
+
+    let body = vec![0x42; 60_000];
+    let mut last = 0;
+    for i in 0..MESSAGES {
+        last = alice.send_ok(room, &format!("m{i}"), &body).await?;
+        // bob keeps up, message by message, while carol reads nothing.
+        assert_eq!(bob.next_entry(room).await?["seq"], last);
+    }
+
+    // carol now reads what reached her, then the end of her connection.
+    let mut closed_with = None;
+    for _ in 0..MESSAGES + 100 {
+        match read_raw(&mut carol).await? {
+            Some(frame) if frame["type"] == "entry" => {
+                let seq = frame["entry"]["seq"].as_i64().context("seq")?;
+                ensure!(
+                    seq == cursor + 1,
+                    "carol's stream jumped from {cursor} to {seq}"
+                );
+                cursor = seq;
+            }
+            Some(frame) if frame.get("closed").is_some() => {
+                closed_with = frame["closed"].as_u64();
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        cursor < last,
+        "carol was cut off before the end ({cursor} of {last})"
+    );
+    assert!(
+        matches!(closed_with, Some(4009) | None),
+        "closed with {closed_with:?}"
+    );
+
+    // She reconnects and catches up from her cursor, gap-free.
+    let mut carol = app.connect_ws(&t[2]).await?;
+    let (entries, synced) = carol.sync(room, cursor).await?;
+    let seqs: Vec<i64> = entries.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, (cursor + 1..=last).collect::<Vec<_>>());
+    assert_eq!(synced, last);
+    Ok(())
+}
