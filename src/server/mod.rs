@@ -10,8 +10,8 @@ pub mod limits;
 mod routes;
 mod session;
 mod upgrade;
-mod web;
 pub mod username;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;
