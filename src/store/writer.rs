@@ -260,7 +260,7 @@ async fn commit_batch(
                 }
             }
         }
-        tx.commit().await?;
+        crate::server::metrics::time_commit(tx.commit()).await?;
         Ok(())
     }
     .await;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod cli;
 mod delivery;
 mod direct;
@@ -10,9 +11,13 @@ mod e2e;
 mod heartbeat;
 mod keys;
 mod lifecycle;
+mod logging;
 mod login;
 mod membership;
+mod metrics;
 mod presence;
 mod protocol_errors;
 mod registration;
+mod registration_modes;
 mod sync;
+mod tls;

@@ -69,7 +69,7 @@ async fn start(dir: TempDir, config: ServerConfig) -> Result<TestApp> {
         base_url: format!("http://{addr}"),
         db_path,
         config,
-        http: reqwest::Client::new(),
+        http: hush::client::tls::http_client(),
         dir,
         shutdown_tx: Some(shutdown_tx),
         server: Some(server),
