@@ -73,8 +73,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    // tungstenite logs whole frames (auth tokens included) at trace: never below debug.
+    let filter = EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?
+        .add_directive("tungstenite=debug".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
