@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Limits, Rate, ServerConfig};
+use crate::config::{Limits, Rate, RegistrationMode, Secret, ServerConfig};
+use crate::server::tls::TlsReloader;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,9 @@ pub enum Command {
     Register {
         #[command(flatten)]
         opts: ClientOpts,
+        /// Invite code from the server's operator (servers in `invite` mode).
+        #[arg(long, env = "HUSH_INVITE")]
+        invite: Option<String>,
     },
     /// Create, join, leave and list rooms.
     Room {
@@ -61,6 +65,75 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Operator tools on the server's database (works with the server running or not).
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server's SQLite database file.
+    #[arg(long, env = "HUSH_DB", default_value = "data/hush.db", global = true)]
+    pub db: PathBuf,
+
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// List, disable, enable or delete accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// End login sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Make single-use invite codes for `--registration invite`.
+    Invite {
+        /// How long each code stays valid (e.g. 7d, 12h).
+        #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// How many codes to make.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
+    /// Write a consistent copy of the live database to FILE (VACUUM INTO).
+    Backup { file: PathBuf },
+    /// Counts of users, rooms, messages, sessions and invites.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Every account, with its state, sessions and rooms.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse USER's logins and end their sessions (sockets close within the server's session check interval).
+    Disable { user: String },
+    /// Let a disabled USER log in again.
+    Enable { user: String },
+    /// Delete USER's account: keys, sessions, memberships and invitations.
+    Delete {
+        user: String,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// End every login session of USER (their sockets close within the server's session check interval).
+    Revoke { user: String },
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +186,34 @@ pub struct ServeArgs {
     /// Bytes of outgoing frames gathered per connection before a write.
     #[arg(long, env = "HUSH_WS_WRITE_BUFFER", default_value_t = ServerConfig::default().ws_write_buffer_bytes)]
     pub ws_write_buffer: usize,
+
+    /// Who may create an account: anyone (open), holders of a code from
+    /// `hush admin invite` (invite), or nobody (closed).
+    #[arg(long, env = "HUSH_REGISTRATION", value_enum, default_value_t = RegistrationMode::Open)]
+    pub registration: RegistrationMode,
+
+    /// Delete messages older than this many days (default: keep everything).
+    #[arg(long, env = "HUSH_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
+
+    /// How often open sockets are checked against the database, so that
+    /// `hush admin` revocations and disabled accounts take effect.
+    #[arg(long, env = "HUSH_SESSION_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub session_check_interval: Duration,
+
+    /// Serve `GET /metrics` to requests with `Authorization: Bearer <this token>`
+    /// (without it, /metrics is off).
+    #[arg(long, env = "HUSH_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// PEM certificate chain: serve HTTPS and WSS (needs --tls-key). Reloaded
+    /// on SIGHUP and when the file changes.
+    #[arg(long, env = "HUSH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "HUSH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -196,8 +297,13 @@ pub enum LogFormat {
 }
 
 impl ServeArgs {
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server's settings; fails if the TLS files cannot be loaded.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsReloader::load(cert, key)?),
+            _ => None,
+        };
+        Ok(ServerConfig {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             max_body_bytes: self.max_message_bytes,
@@ -205,8 +311,15 @@ impl ServeArgs {
             ws_read_buffer_bytes: self.ws_read_buffer.max(256),
             ws_write_buffer_bytes: self.ws_write_buffer,
             limits: self.limits.limits(),
+            registration: self.registration,
+            retention: self
+                .retention_days
+                .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
+            session_check_interval: self.session_check_interval,
+            metrics_token: self.metrics_token.clone().map(Secret),
+            tls,
             ..ServerConfig::default()
-        }
+        })
     }
 }
 
@@ -229,6 +342,11 @@ pub struct ClientOpts {
     /// Key store folder.
     #[arg(long, global = true, env = "HUSH_KEYS", default_value = "keys")]
     pub keys_dir: PathBuf,
+
+    /// Trust only the PEM certificate(s) in this file for https/wss (a
+    /// self-signed server or a private CA); default: the system's store.
+    #[arg(long, global = true, env = "HUSH_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,29 @@
 
 use std::time::Duration;
 
+use crate::server::tls::TlsReloader;
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistrationMode {
+    /// Anyone who can reach the server.
+    Open,
+    /// Only with a code from `hush admin invite`.
+    Invite,
+    /// Nobody (existing accounts keep working).
+    Closed,
+}
+
+/// A secret setting: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Tunables of a running server. Defaults suit a small deployment.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -30,6 +53,20 @@ pub struct ServerConfig {
     pub ws_write_buffer_bytes: usize,
     /// What one client may make the server do (see `Limits`).
     pub limits: Limits,
+    /// Who may register.
+    pub registration: RegistrationMode,
+    /// How often the server checks that each open socket's session still
+    /// exists (logout elsewhere, `hush admin disable|delete|sessions
+    /// revoke`, expiry) and closes the ones that do not.
+    pub session_check_interval: Duration,
+    /// Delete messages older than this (`None`: keep everything).
+    pub retention: Option<Duration>,
+    /// How often retention runs (it also runs at start).
+    pub retention_interval: Duration,
+    /// Bearer token that `GET /metrics` requires; without one the route is off.
+    pub metrics_token: Option<Secret>,
+    /// Serve HTTPS/WSS with this certificate (reloadable) instead of plain HTTP.
+    pub tls: Option<TlsReloader>,
 }
 
 /// A token bucket's shape: `burst` actions at once, refilled at `per_sec`.
@@ -158,6 +195,12 @@ impl Default for ServerConfig {
             ws_read_buffer_bytes: 2 * 1024,
             ws_write_buffer_bytes: 16 * 1024,
             limits: Limits::default(),
+            registration: RegistrationMode::Open,
+            session_check_interval: Duration::from_secs(5),
+            retention: None,
+            retention_interval: Duration::from_secs(3600),
+            metrics_token: None,
+            tls: None,
         }
     }
 }

@@ -4,9 +4,11 @@
 //! - `server`: HTTP API, WebSocket sessions, the hub that routes frames.
 //! - `store`: SQLite persistence; the only place with SQL.
 //! - `crypto`: keys, signatures and (client side) message envelopes.
+//! - `admin`: the operator's commands (`hush admin …`) and invite codes.
 //! - `config`, `cli`: settings and the command line.
 //! - `fuzzing`: the fuzz targets' entry points (see `fuzz/`).
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;

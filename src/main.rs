@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use hush::cli::{Cli, Command, LogFormat, ServeArgs};
+use hush::cli::{Cli, ClientOpts, Command, LogFormat, ServeArgs};
 use hush::client::commands;
 use hush::store::Store;
 
@@ -23,34 +23,60 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(opts) = client_opts(&cli.command) {
+        hush::client::tls::init(opts.ca_cert.as_deref())?;
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Keys { opts, command } => commands::keys(&opts, &command).await,
-        Command::Register { opts } => commands::register(&opts).await,
+        Command::Register { opts, invite } => commands::register(&opts, invite.as_deref()).await,
         Command::Room { opts, command } => commands::room(&opts, &command).await,
         Command::Send { opts, args } => commands::send(&opts, &args).await,
         Command::Read { opts, args } => commands::read(&opts, &args).await,
         Command::Chat { opts } => hush::client::chat::run(&opts).await,
+        Command::Admin(args) => hush::admin::run(&args).await,
+    }
+}
+
+fn client_opts(command: &Command) -> Option<&ClientOpts> {
+    match command {
+        Command::Keys { opts, .. }
+        | Command::Register { opts, .. }
+        | Command::Room { opts, .. }
+        | Command::Send { opts, .. }
+        | Command::Read { opts, .. }
+        | Command::Chat { opts } => Some(opts),
+        Command::Serve(_) | Command::Admin(_) => None,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
+    let config = args
+        .server_config()
+        .context("loading the TLS certificate")?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let store = Store::open_with(&args.db, args.durability.into())
         .await
         .with_context(|| format!("opening database {}", args.db.display()))?;
     let listener =
         hush::server::bind(args.addr).with_context(|| format!("listening on {}", args.addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, db = %args.db.display(), "hush listening on http://{local} with database {}", args.db.display());
-    hush::server::run(listener, store, args.server_config(), shutdown_signal()).await;
+    tracing::info!(addr = %local, db = %args.db.display(), registration = ?config.registration, "hush listening on {scheme}://{local} with database {}", args.db.display());
+    hush::server::run(listener, store, config, shutdown_signal()).await;
     tracing::info!("hush stopped");
     Ok(())
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    // tungstenite logs whole frames (auth tokens included) at trace: never below debug.
+    let filter = EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?
+        .add_directive("tungstenite=debug".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -43,6 +43,9 @@ pub struct RegisterRequest {
     pub challenge: String,
     /// RSA-PSS-SHA256 over `statements::registration_proof`, base64.
     pub signature: String,
+    /// Invite code from `hush admin invite`; required in `invite` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

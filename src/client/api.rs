@@ -93,7 +93,7 @@ impl Api {
     /// `server` is the server's base URL, e.g. `http://127.0.0.1:7878`.
     pub fn new(server: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: super::tls::http_client(),
             base: server.trim_end_matches('/').to_owned(),
             token: None,
         }
@@ -119,6 +119,7 @@ impl Api {
         username: &str,
         password: &str,
         public_key: &[u8],
+        invite: Option<&str>,
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<RegisterResponse> {
         let challenge: ChallengeResponse = self
@@ -133,6 +134,7 @@ impl Api {
             public_key: b64::encode(public_key),
             challenge: challenge.challenge,
             signature: b64::encode(&signature),
+            invite: invite.map(str::to_owned),
         };
         self.post("/api/v1/register", &request).await
     }

@@ -185,7 +185,7 @@ async fn login(opts: &ClientOpts, user: &str) -> anyhow::Result<Api> {
     Ok(api)
 }
 
-pub async fn register(opts: &ClientOpts) -> anyhow::Result<()> {
+pub async fn register(opts: &ClientOpts, invite: Option<&str>) -> anyhow::Result<()> {
     let user = require_user(opts)?;
     let store = KeyStore::new(&opts.keys_dir);
     let identity = store.open(
@@ -196,12 +196,18 @@ pub async fn register(opts: &ClientOpts) -> anyhow::Result<()> {
     let key = &identity.current;
     let mut signing_error = None;
     let reply = Api::new(&opts.server)
-        .register(&user, &password, key.public().spki_der(), |message| {
-            key.sign(message).unwrap_or_else(|e| {
-                signing_error = Some(e);
-                Vec::new()
-            })
-        })
+        .register(
+            &user,
+            &password,
+            key.public().spki_der(),
+            invite,
+            |message| {
+                key.sign(message).unwrap_or_else(|e| {
+                    signing_error = Some(e);
+                    Vec::new()
+                })
+            },
+        )
         .await;
     if let Some(err) = signing_error {
         bail!("signing the registration proof failed: {err}");

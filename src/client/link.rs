@@ -279,7 +279,10 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
         reason,
         was_up: false,
     };
-    let (ws, _) = match tokio_tungstenite::connect_async(url).await {
+    let connector = tokio_tungstenite::Connector::Rustls(super::tls::config());
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, true, Some(connector));
+    let (ws, _) = match connecting.await {
         Ok(ok) => ok,
         Err(err) => return lost(format!("cannot connect: {err}")),
     };

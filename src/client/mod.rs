@@ -9,4 +9,5 @@ pub mod conversation;
 pub mod directory;
 pub mod keystore;
 pub mod link;
+pub mod tls;
 pub mod transcript;

@@ -127,6 +127,7 @@ impl From<StoreError> for ApiError {
 }
 
 pub fn reply(err: &ApiError) -> warp::reply::Response {
+    super::metrics::error(err.code);
     let body = ErrorBody {
         error: ErrorDetail {
             code: err.code.to_owned(),

@@ -101,8 +101,9 @@ impl Hub {
         for user in users {
             if let Some(list) = conns.get_mut(user) {
                 list.retain(|c| match c.tx.try_send(frame.clone()) {
-                    Ok(()) => true,
+                    Ok(()) => super::metrics::fanout_delivered(),
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        super::metrics::error("slow_consumer");
                         c.cut_reason.store(close::TOO_SLOW, Ordering::Relaxed);
                         false
                     }
@@ -130,6 +131,15 @@ impl Hub {
                 conns.remove(&user);
             }
         }
+    }
+
+    /// Each open connection's user and session token hash.
+    pub fn connected_tokens(&self) -> Vec<(UserId, [u8; 32])> {
+        let conns = self.conns.lock().expect("hub lock poisoned");
+        conns
+            .iter()
+            .flat_map(|(u, list)| list.iter().map(|c| (*u, c.token_hash)))
+            .collect()
     }
 
     pub fn is_online(&self, user: UserId) -> bool {

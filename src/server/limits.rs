@@ -12,16 +12,16 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use warp::Filter;
 use warp::http::{HeaderMap, StatusCode};
 
-use super::AppState;
 use super::auth::LoginThrottle;
 use super::error::ApiError;
+use super::{AppState, PeerAddr};
 use crate::config::{Limits, Rate};
 use crate::store::UserId;
 
@@ -221,9 +221,9 @@ pub fn client_ip(
     state: &AppState,
 ) -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone + use<> {
     let header = state.limits.config.trust_proxy_header.clone();
-    warp::addr::remote()
+    warp::ext::optional::<PeerAddr>()
         .and(warp::header::headers_cloned())
-        .map(move |peer: Option<SocketAddr>, headers: HeaderMap| {
+        .map(move |peer: Option<PeerAddr>, headers: HeaderMap| {
             let forwarded = header
                 .as_deref()
                 .and_then(|name| headers.get(name))
@@ -231,7 +231,7 @@ pub fn client_ip(
                 .and_then(|value| value.rsplit(',').next())
                 .and_then(|last| last.trim().parse::<IpAddr>().ok());
             let ip = forwarded
-                .or(peer.map(|p| p.ip()))
+                .or(peer.map(|PeerAddr(p)| p.ip()))
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             address_key(ip)
         })

@@ -7,8 +7,12 @@ mod auth;
 mod error;
 mod hub;
 pub mod limits;
+mod listener;
+mod maintenance;
+pub mod metrics;
 mod routes;
 mod session;
+pub mod tls;
 mod upgrade;
 pub mod username;
 mod web;
@@ -25,6 +29,7 @@ use crate::config::ServerConfig;
 use crate::store::Store;
 use crate::store::writer::Writer;
 
+pub use listener::PeerAddr;
 pub use routes::validate_username;
 
 /// What every route and session shares. Cheap to clone.
@@ -70,6 +75,7 @@ pub async fn run(
     let hub = hub::Hub::new(config.outbound_queue);
     let publish_hub = hub.clone();
     let (writer, writer_task) = store.spawn_writer(Box::new(move |committed| {
+        metrics::entry_committed(&committed.entry);
         publish_hub.deliver(
             &committed.recipients,
             &session::entry_outbound(&committed.entry),
@@ -97,7 +103,26 @@ pub async fn run(
         sessions: TaskTracker::new(),
     };
 
+    warn_if_open_to_the_world(&listener, &state.config);
+    let background = TaskTracker::new();
+    background.spawn(maintenance::sweep_sessions(
+        store.clone(),
+        state.hub.clone(),
+        state.config.session_check_interval,
+        state.shutdown.clone(),
+    ));
+    background.spawn(maintenance::retention(
+        store.clone(),
+        state.config.clone(),
+        state.shutdown.clone(),
+    ));
+    if let Some(tls) = state.config.tls.clone() {
+        background.spawn(tls::watch(tls, state.shutdown.clone()));
+    }
+    background.close();
+
     let routes = websocket(state.clone())
+        .or(metrics::route(state.config.metrics_token.clone()))
         .or(routes::api(state.clone()))
         .or(web::routes())
         .recover(error::recover);
@@ -105,17 +130,33 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     };
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(signal)
-        .run()
-        .await;
+    listener::serve(
+        listener,
+        state.config.tls.clone(),
+        warp::service(routes),
+        signal,
+    )
+    .await;
+    background.wait().await;
 
     state.sessions.close();
     state.sessions.wait().await;
     writer.stop().await;
     let _ = writer_task.await;
     store.close().await;
+}
+
+/// Open registration on a public address lets anyone create accounts: say
+/// so at start, once, where the operator will see it.
+fn warn_if_open_to_the_world(listener: &TcpListener, config: &ServerConfig) {
+    let public = listener
+        .local_addr()
+        .is_ok_and(|addr| !addr.ip().is_loopback());
+    if public && config.registration == crate::config::RegistrationMode::Open {
+        tracing::warn!(
+            "registration is open and the server listens beyond loopback: anyone who can reach it can create an account; consider --registration invite"
+        );
+    }
 }
 
 /// GET /ws — the WebSocket endpoint (upgrade; authenticate with the first frame).

@@ -10,6 +10,8 @@ use super::AppState;
 use super::auth::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, Saturated, new_token, token_hash};
 use super::error::{ApiError, hashing_saturated};
 use super::{limits, username};
+use crate::admin::invite::InviteCode;
+use crate::config::RegistrationMode;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::statements;
 use crate::protocol::{
@@ -17,7 +19,7 @@ use crate::protocol::{
     RegisterRequest, RegisterResponse, RotateKeyRequest, UserRequest, b64,
 };
 use crate::store::writer::NewKey;
-use crate::store::{KeyRecord, RoomId, UserRecord, now_ms};
+use crate::store::{KeyRecord, RoomId, StoreError, UserRecord, now_ms};
 
 const MAX_JSON_BODY: u64 = 64 * 1024;
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
@@ -183,11 +185,10 @@ fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejectio
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .ok_or_else(ApiError::unauthorized)?;
                 let hash = token_hash(token).ok_or_else(ApiError::unauthorized)?;
-                let user = state
-                    .store
-                    .session_user(&hash)
-                    .await
-                    .map_err(|_| ApiError::unauthorized())?;
+                let user = state.store.session_user(&hash).await.map_err(|e| match e {
+                    StoreError::NotFound => ApiError::unauthorized(),
+                    other => ApiError::from(other),
+                })?;
                 Ok::<_, Rejection>(Caller {
                     user,
                     token_hash: hash,
@@ -244,6 +245,7 @@ async fn challenge(state: AppState) -> Resp {
 /// POST /api/v1/register — create an account with a password and a public
 /// key, proven by a signature over a fresh challenge.
 async fn register(state: AppState, req: RegisterRequest) -> Resp {
+    let invite = registration_allowed(&state, req.invite.as_deref()).await?;
     validate_username(&req.username)?;
     validate_password(&req.password)?;
     let der = b64::decode(&req.public_key)
@@ -282,11 +284,27 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
         ApiError::internal()
     })?;
     let fingerprint = key.fingerprint().to_hex();
-    state
-        .store
-        .create_user(&req.username, &hash, key.spki_der(), &fingerprint)
-        .await
-        .map_err(ApiError::from)?;
+    match &invite {
+        None => state
+            .store
+            .create_user(&req.username, &hash, key.spki_der(), &fingerprint)
+            .await
+            .map_err(ApiError::from)?,
+        Some(code) => state
+            .store
+            .create_user_with_invite(
+                &req.username,
+                &hash,
+                key.spki_der(),
+                &fingerprint,
+                code.proof(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Forbidden(_) => invalid_invite(),
+                other => ApiError::from(other),
+            })?,
+    };
     tracing::info!(username = %req.username, "user registered");
     ok_json(
         StatusCode::CREATED,
@@ -294,6 +312,51 @@ async fn register(state: AppState, req: RegisterRequest) -> Resp {
             username: req.username,
             fingerprint,
         },
+    )
+}
+
+/// Refuses registration the mode does not allow; in `invite` mode returns
+/// the (checked, not yet spent) invite code.
+async fn registration_allowed(
+    state: &AppState,
+    invite: Option<&str>,
+) -> Result<Option<InviteCode>, Rejection> {
+    match state.config.registration {
+        RegistrationMode::Open => Ok(None),
+        RegistrationMode::Closed => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+            "this server does not accept new accounts",
+        )
+        .into()),
+        RegistrationMode::Invite => {
+            let Some(text) = invite else {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "invite_required",
+                    "this server needs an invite code to register",
+                )
+                .into());
+            };
+            let code = InviteCode::parse(text).ok_or_else(invalid_invite)?;
+            if !state
+                .store
+                .invite_is_usable(code.proof())
+                .await
+                .map_err(ApiError::from)?
+            {
+                return Err(invalid_invite().into());
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+fn invalid_invite() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "invalid_invite",
+        "unknown, used or expired invite code",
     )
 }
 
@@ -314,6 +377,7 @@ async fn login(ip: std::net::IpAddr, state: AppState, req: LoginRequest) -> Resp
             "too many failed logins; wait and retry",
         );
         err.retry_after_secs = Some(wait.as_secs().max(1));
+        super::metrics::rate_limited("login");
         return Err(err.into());
     }
     let found = state
@@ -340,6 +404,19 @@ async fn login(ip: std::net::IpAddr, state: AppState, req: LoginRequest) -> Resp
         return Err(invalid().into());
     };
     state.login_throttle.record_success(&username);
+    if state
+        .store
+        .is_disabled(user.id)
+        .await
+        .map_err(ApiError::from)?
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled; ask the server's operator",
+        )
+        .into());
+    }
     let (token, hash) = new_token();
     let expires_at = now_ms() + state.config.session_ttl.as_millis() as i64;
     state
@@ -370,9 +447,10 @@ async fn logout(state: AppState, caller: Caller) -> Resp {
 
 /// GET /api/v1/users/{username}/keys — a user's current key and key history.
 async fn user_keys(username: String, state: AppState, _caller: Caller) -> Resp {
+    // Usernames are stored lowercase (see `validate_username`).
     let user = state
         .store
-        .find_user(&username)
+        .find_user(&username.to_ascii_lowercase())
         .await
         .map_err(ApiError::from)?;
     let history = state

@@ -90,6 +90,7 @@ enum End {
 }
 
 pub async fn run(socket: WebSocket, state: AppState) {
+    let _connection = super::metrics::connection_opened();
     let (mut sink, mut stream) = socket.split();
     let (user, token, auth_id) = match authenticate(&state, &mut sink, &mut stream).await {
         Some(found) => found,
@@ -114,6 +115,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         return;
     };
     let expires = token_deadline(&state, &token).await;
+    let _session = super::metrics::session_started();
     let registration = state.hub.register(user.id, token);
     let conn_id = registration.id;
     tracing::debug!(user = %user.username, conn = conn_id, "connected");
@@ -224,6 +226,7 @@ async fn token_deadline(state: &AppState, token: &[u8; 32]) -> tokio::time::Inst
 }
 
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
+    super::metrics::error(code);
     ServerFrame::Error {
         code: code.to_owned(),
         message: message.into(),

@@ -5,6 +5,7 @@
 //! single writer task in `writer`, which orders them, batches them into
 //! transactions and reports each committed entry in commit order.
 
+pub mod admin;
 pub mod faults;
 mod log;
 mod rooms;

@@ -130,7 +130,7 @@ impl Store {
     pub async fn session_user(&self, token_hash: &[u8]) -> Result<UserRecord> {
         sqlx::query_as(
             "SELECT users.id, users.username FROM sessions JOIN users ON users.id = sessions.user_id
-             WHERE sessions.token_hash = ? AND sessions.expires_at > ?",
+             WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled_at IS NULL",
         )
         .bind(token_hash)
         .bind(now_ms())

@@ -331,7 +331,7 @@ async fn commit_batch(
         if !run.is_empty() {
             results.extend(sends::store_messages(&mut tx, cache, &run).await?);
         }
-        tx.commit().await?;
+        crate::server::metrics::time_commit(tx.commit()).await?;
         Ok(())
     }
     .await;

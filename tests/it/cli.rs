@@ -61,7 +61,7 @@ impl Server {
     }
 
     async fn wait_healthy(&self) -> Result<()> {
-        let client = reqwest::Client::new();
+        let client = hush::client::tls::http_client();
         for _ in 0..300 {
             if let Ok(r) = client.get(format!("{}/healthz", self.url)).send().await
                 && r.status().is_success()

@@ -74,7 +74,7 @@ impl HushProcess {
     }
 
     async fn wait_healthy(&self) -> Result<()> {
-        let client = reqwest::Client::new();
+        let client = hush::client::tls::http_client();
         for _ in 0..600 {
             if let Ok(r) = client
                 .get(format!("http://{}/healthz", self.addr))

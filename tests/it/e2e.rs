@@ -43,7 +43,7 @@ async fn person(server: &str, name: &str) -> Result<Person> {
     let key = fixture_key(name)?;
     store.create(name, &key, PASSPHRASE)?;
     Api::new(server)
-        .register(name, &password(name), key.public().spki_der(), |m| {
+        .register(name, &password(name), key.public().spki_der(), None, |m| {
             key.sign(m).expect("fixture key signs")
         })
         .await?;

@@ -348,7 +348,7 @@ async fn a_barrage_of_bad_input_gets_clear_errors_while_others_chat_and_the_data
     }
     // Its own client: the server closes a connection whose oversized body
     // it did not read, and that connection must not be reused.
-    let huge = reqwest::Client::new()
+    let huge = hush::client::tls::http_client()
         .post(app.url("/api/v1/rooms"))
         .bearer_auth(mallory)
         .header("content-type", "application/json")

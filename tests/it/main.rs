@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod cli;
 mod crash;
 mod delivery;
@@ -13,10 +14,14 @@ mod hostile;
 mod keys;
 mod lifecycle;
 mod limits;
+mod logging;
 mod login;
 mod membership;
+mod metrics;
 mod presence;
 mod protocol_errors;
 mod registration;
+mod registration_modes;
 mod storage_faults;
 mod sync;
+mod tls;

@@ -148,10 +148,16 @@ impl Bench {
         let key = self.key.clone();
         tokio::time::timeout(
             SETUP_TIMEOUT,
-            api.register(&name, PASSWORD, key.public().spki_der(), |statement| {
-                key.sign(statement)
-                    .expect("signing with a freshly generated key works")
-            }),
+            api.register(
+                &name,
+                PASSWORD,
+                key.public().spki_der(),
+                None,
+                |statement| {
+                    key.sign(statement)
+                        .expect("signing with a freshly generated key works")
+                },
+            ),
         )
         .await
         .context("registration timed out")?

@@ -112,7 +112,7 @@ impl Target {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let target = Self::at(addr, Kind::Child { child }, Some(dir));
-        let http = reqwest::Client::new();
+        let http = hush::client::tls::http_client();
         let started = Instant::now();
         loop {
             let probe = http

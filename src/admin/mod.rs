@@ -1,0 +1,209 @@
+//! `hush admin`: the operator's commands. They open the SQLite file
+//! directly, so they work whether the server is running or not (WAL lets
+//! them read alongside it; a write waits for the server's, up to SQLite's
+//! busy timeout). A running server notices disabled accounts and revoked
+//! sessions at its next session sweep (`--session-check-interval`, 5 s by
+//! default) and closes those sockets.
+
+pub mod invite;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::cli::{AdminArgs, AdminCommand, SessionsCommand, UsersCommand};
+use crate::store::{Store, StoreError, now_ms};
+use invite::InviteCode;
+
+pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
+    let store = open(&args.db).await?;
+    let outcome = dispatch(&store, &args.command).await;
+    store.close().await;
+    outcome
+}
+
+/// Opens an existing database (never creates one: a mistyped `--db` must
+/// not look like an empty server).
+async fn open(path: &Path) -> anyhow::Result<Store> {
+    if !path.is_file() {
+        bail!(
+            "no database at {} (give the server's --db, or set HUSH_DB)",
+            path.display()
+        );
+    }
+    Store::open(path)
+        .await
+        .with_context(|| format!("opening database {}", path.display()))
+}
+
+async fn dispatch(store: &Store, command: &AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Users { command } => users(store, command).await,
+        AdminCommand::Sessions {
+            command: SessionsCommand::Revoke { user },
+        } => {
+            let user = user.to_ascii_lowercase();
+            let n = store
+                .revoke_sessions(&user)
+                .await
+                .map_err(|e| named(e, &user))?;
+            println!(
+                "revoked {n} session(s) of {user}; open sockets close at the server's next session check"
+            );
+            Ok(())
+        }
+        AdminCommand::Invite { expires, count } => {
+            let expires_at = now_ms() + expires.as_millis() as i64;
+            for _ in 0..*count {
+                let (text, code) = InviteCode::generate();
+                store.insert_invite(code.proof(), expires_at).await?;
+                println!("{text}");
+            }
+            eprintln!(
+                "{count} single-use invite code(s), valid for {}; give one to each new user (`hush register --invite CODE`)",
+                humantime::format_duration(*expires)
+            );
+            Ok(())
+        }
+        AdminCommand::Backup { file } => backup(store, file).await,
+        AdminCommand::Stats { json } => {
+            let stats = store.stats().await?;
+            if *json {
+                println!("{}", serde_json::to_string(&stats)?);
+            } else {
+                println!(
+                    "users:          {} ({} disabled, {} deleted)",
+                    stats.users, stats.disabled_users, stats.deleted_users
+                );
+                println!(
+                    "rooms:          {} groups, {} direct",
+                    stats.group_rooms, stats.direct_rooms
+                );
+                println!(
+                    "messages:       {} ({} bytes of ciphertext)",
+                    stats.messages, stats.message_bytes
+                );
+                if let Some(oldest) = stats.oldest_message_ts {
+                    let age =
+                        Duration::from_millis((now_ms() - oldest).max(0) as u64 / 1000 * 1000);
+                    println!("oldest message: {} ago", humantime::format_duration(age));
+                }
+                println!("live sessions:  {}", stats.live_sessions);
+                println!("open invites:   {}", stats.open_invites);
+                println!("database:       {} bytes", stats.database_bytes);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn users(store: &Store, command: &UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::List { json } => {
+            let users = store.list_users().await?;
+            if *json {
+                for user in &users {
+                    println!("{}", serde_json::to_string(user)?);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<6} {:<32} {:<9} {:>8} {:>5}  fingerprint",
+                "id", "username", "state", "sessions", "rooms"
+            );
+            for u in users {
+                let state = if u.disabled_at.is_some() {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                let fp = u
+                    .fingerprint
+                    .as_deref()
+                    .map_or("-", |f| &f[..f.len().min(16)]);
+                println!(
+                    "{:<6} {:<32} {:<9} {:>8} {:>5}  {fp}",
+                    u.id, u.username, state, u.sessions, u.rooms
+                );
+            }
+            Ok(())
+        }
+        UsersCommand::Disable { user } => {
+            let user = user.to_ascii_lowercase();
+            store
+                .set_disabled(&user, true)
+                .await
+                .map_err(|e| named(e, &user))?;
+            println!(
+                "disabled {user}: logins refused, sessions ended; open sockets close at the server's next session check"
+            );
+            Ok(())
+        }
+        UsersCommand::Enable { user } => {
+            let user = user.to_ascii_lowercase();
+            store
+                .set_disabled(&user, false)
+                .await
+                .map_err(|e| named(e, &user))?;
+            println!("enabled {user}");
+            Ok(())
+        }
+        UsersCommand::Delete { user, yes } => {
+            let user = user.to_ascii_lowercase();
+            if !yes {
+                bail!(
+                    "deleting {user} removes their keys, sessions and memberships and cannot be undone; repeat with --yes"
+                );
+            }
+            let done = store
+                .delete_user(&user)
+                .await
+                .map_err(|e| named(e, &user))?;
+            println!(
+                "deleted {user}: {} key(s), {} session(s), {} membership(s), {} invitation(s) removed; their past messages stay in the rooms until retention prunes them",
+                done.keys, done.sessions, done.memberships, done.invitations
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn backup(store: &Store, file: &Path) -> anyhow::Result<()> {
+    if file.exists() {
+        bail!("{} exists; give a new file name", file.display());
+    }
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    store
+        .backup_to(file)
+        .await
+        .with_context(|| format!("writing the backup to {}", file.display()))?;
+    // Prove the copy opens and is sound before calling it a backup.
+    let copy = Store::open(file).await.context("opening the backup")?;
+    let check = copy.integrity_check().await;
+    copy.close().await;
+    match check? {
+        ok if ok == "ok" => {
+            let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "backup written to {} ({bytes} bytes, integrity ok)",
+                file.display()
+            );
+            Ok(())
+        }
+        problem => bail!(
+            "the backup at {} failed its integrity check: {problem}",
+            file.display()
+        ),
+    }
+}
+
+fn named(err: StoreError, user: &str) -> anyhow::Error {
+    match err {
+        StoreError::NotFound => anyhow::anyhow!("no user named {user}"),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,329 @@
+//! Counters for `GET /metrics`, in the Prometheus text format.
+//!
+//! Process-wide atomics, so a call site needs one line and no handle (the
+//! hub, the sessions and the store writer all count without knowing each
+//! other). Labelled counters (errors and rate-limit rejections by kind) keep
+//! at most `MAX_LABELS` distinct values; anything beyond counts as `other`,
+//! so a client cannot grow the set.
+//!
+//! The route is off unless the operator sets a token (`--metrics-token`);
+//! then it wants `Authorization: Bearer <token>`, compared in constant time.
+//! A token and not a loopback check, because behind a reverse proxy every
+//! request comes from loopback.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use subtle::ConstantTimeEq;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::ApiError;
+use crate::config::Secret;
+
+struct Counter(AtomicU64);
+
+impl Counter {
+    const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Gauge(AtomicI64);
+
+impl Gauge {
+    const fn new() -> Self {
+        Self(AtomicI64::new(0))
+    }
+}
+
+/// Decrements its gauge when dropped: a connection or session counts for
+/// exactly as long as its task holds the guard.
+pub struct GaugeGuard(&'static Gauge);
+
+impl GaugeGuard {
+    fn hold(gauge: &'static Gauge) -> Self {
+        gauge.0.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds, in seconds, of the commit latency buckets.
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; COMMIT_BUCKETS.len() + 1],
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, seconds: f64) {
+        let at = COMMIT_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(COMMIT_BUCKETS.len());
+        self.buckets[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+const MAX_LABELS: usize = 64;
+
+struct Labelled(Mutex<BTreeMap<String, u64>>);
+
+impl Labelled {
+    const fn new() -> Self {
+        Self(Mutex::new(BTreeMap::new()))
+    }
+
+    fn inc(&self, kind: &str) {
+        let kind: String = kind
+            .chars()
+            .take(48)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut map = self.0.lock().expect("metrics lock poisoned");
+        let key = if map.contains_key(&kind) || map.len() < MAX_LABELS {
+            kind
+        } else {
+            "other".to_owned()
+        };
+        *map.entry(key).or_insert(0) += 1;
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().expect("metrics lock poisoned").clone()
+    }
+}
+
+static CONNECTIONS: Gauge = Gauge::new();
+static SESSIONS: Gauge = Gauge::new();
+static MESSAGES: Counter = Counter::new();
+static MESSAGE_BYTES: Counter = Counter::new();
+static FANOUT: Counter = Counter::new();
+static COMMITS: Histogram = Histogram::new();
+static ERRORS: Labelled = Labelled::new();
+static RATE_LIMITED: Labelled = Labelled::new();
+
+/// Counts an open WebSocket connection while the guard lives.
+pub fn connection_opened() -> GaugeGuard {
+    GaugeGuard::hold(&CONNECTIONS)
+}
+
+/// Counts an authenticated session while the guard lives.
+pub fn session_started() -> GaugeGuard {
+    GaugeGuard::hold(&SESSIONS)
+}
+
+/// A message stored in a room log, with its ciphertext size.
+pub fn message_relayed(body_bytes: usize) {
+    MESSAGES.add(1);
+    MESSAGE_BYTES.add(body_bytes as u64);
+}
+
+/// A committed log entry: counts it if it is a message.
+pub fn entry_committed(entry: &crate::store::Entry) {
+    if entry.kind == crate::store::EntryKind::Message {
+        message_relayed(entry.body.as_ref().map_or(0, Vec::len));
+    }
+}
+
+/// One frame queued for one connection by the hub. Returns true, so the
+/// hub's `retain` can keep the connection in the same expression.
+pub fn fanout_delivered() -> bool {
+    FANOUT.add(1);
+    true
+}
+
+/// An error answered to a client or met by the server, by its code
+/// (`not_found`, `too_large`, `slow_consumer`, ...).
+pub fn error(kind: &str) {
+    ERRORS.inc(kind);
+}
+
+/// A request refused by a rate limit, by the limit's name.
+pub fn rate_limited(kind: &str) {
+    RATE_LIMITED.inc(kind);
+}
+
+/// Runs a database commit and records how long it took.
+pub async fn time_commit<T>(commit: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = commit.await;
+    COMMITS.observe(started.elapsed().as_secs_f64());
+    out
+}
+
+/// Every metric in the Prometheus text exposition format (version 0.0.4).
+pub fn render() -> String {
+    let mut out = String::with_capacity(4096);
+    let mut gauge = |name: &str, help: &str, value: i64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "hush_connections",
+        "Open WebSocket connections.",
+        CONNECTIONS.0.load(Ordering::Relaxed),
+    );
+    gauge(
+        "hush_sessions",
+        "Authenticated WebSocket sessions.",
+        SESSIONS.0.load(Ordering::Relaxed),
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "hush_messages_relayed_total",
+        "Messages stored and relayed.",
+        MESSAGES.get(),
+    );
+    counter(
+        "hush_message_bytes_relayed_total",
+        "Ciphertext bytes of the messages stored and relayed.",
+        MESSAGE_BYTES.get(),
+    );
+    counter(
+        "hush_fanout_deliveries_total",
+        "Frames queued for a connection by the hub.",
+        FANOUT.get(),
+    );
+    let name = "hush_db_commit_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time to commit one batch of log writes.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0u64;
+    for (at, bucket) in COMMITS.buckets.iter().enumerate() {
+        cumulative += bucket.load(Ordering::Relaxed);
+        let le = COMMIT_BUCKETS
+            .get(at)
+            .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let sum = COMMITS.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    for (name, help, set) in [
+        (
+            "hush_errors_total",
+            "Errors answered or met, by kind.",
+            &ERRORS,
+        ),
+        (
+            "hush_rate_limited_total",
+            "Requests refused by a rate limit, by limit.",
+            &RATE_LIMITED,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (kind, value) in set.snapshot() {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
+        }
+    }
+    out
+}
+
+/// GET /metrics — the text above, for a caller presenting the token.
+pub fn route(
+    token: Option<Secret>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |header: Option<String>| {
+            let token = token.clone();
+            async move {
+                let Some(Secret(expected)) = token else {
+                    return Err(warp::reject::not_found());
+                };
+                let presented = header
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+                if !matches {
+                    return Err(warp::reject::custom(ApiError::unauthorized()));
+                }
+                let reply = warp::reply::with_header(
+                    render(),
+                    "content-type",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                );
+                Ok(warp::reply::with_status(reply, StatusCode::OK).into_response())
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sanitised_and_bounded() {
+        let set = Labelled::new();
+        set.inc("Bad Frame\n{x}");
+        for i in 0..(MAX_LABELS + 10) {
+            set.inc(&format!("kind{i}"));
+        }
+        let snap = set.snapshot();
+        assert!(snap.contains_key("bad_frame__x_"), "{snap:?}");
+        assert!(snap.len() <= MAX_LABELS + 1);
+        assert!(snap["other"] >= 10);
+    }
+
+    #[test]
+    fn the_histogram_puts_each_observation_in_one_bucket() {
+        let h = Histogram::new();
+        h.observe(0.0001);
+        h.observe(0.003);
+        h.observe(10.0);
+        let counts: Vec<u64> = h
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 3);
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[3], 1, "0.003 s falls in the 0.005 bucket");
+        assert_eq!(counts[COMMIT_BUCKETS.len()], 1, "10 s is above every bound");
+    }
+}
