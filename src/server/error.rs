@@ -60,6 +60,7 @@ impl ApiError {
 
 /// 429 at the WebSocket upgrade: the address has too many connections open.
 pub fn too_many_connections() -> ApiError {
+    super::metrics::rate_limited("connections_per_ip");
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_connections",
@@ -71,6 +72,7 @@ pub fn too_many_connections() -> ApiError {
 
 /// 503 when every password-hashing slot is busy and the queue is full.
 pub fn hashing_saturated() -> ApiError {
+    super::metrics::rate_limited("hashing_queue");
     let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "busy",

@@ -238,10 +238,11 @@ pub fn client_ip(
 }
 
 fn rate_limited(wait: Duration, what: &str) -> warp::Rejection {
+    super::metrics::rate_limited(what);
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
-        format!("too many {what} from your address; wait and retry"),
+        format!("too many {what} attempts from your address; wait and retry"),
     );
     err.retry_after_secs = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
     warp::reject::custom(err)
@@ -259,7 +260,7 @@ pub fn admit_registration(
                 .limits
                 .registrations
                 .take(&ip)
-                .map_err(|wait| rate_limited(wait, "registrations"));
+                .map_err(|wait| rate_limited(wait, "registration"));
             std::future::ready(result)
         })
         .untuple_one()
@@ -279,7 +280,7 @@ pub fn admit_login(
             .check(&ip.to_string())
             .and_then(|()| limits.logins.take(&ip))
             .map(|()| ip)
-            .map_err(|wait| rate_limited(wait, "login attempts"));
+            .map_err(|wait| rate_limited(wait, "login"));
         std::future::ready(result)
     })
 }

@@ -225,6 +225,7 @@ async fn challenge(state: AppState) -> Resp {
         .await
         .map_err(ApiError::from)?;
     if !stored {
+        super::metrics::rate_limited("pending_challenges");
         let mut err = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",

@@ -102,6 +102,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         }
     };
     let Some(_session_slot) = state.limits.session_slot(user.id) else {
+        super::metrics::rate_limited("sessions_per_user");
         let frame = error_frame(
             "too_many_sessions",
             "too many open connections for this account",
@@ -484,6 +485,7 @@ impl Session {
     ) -> bool {
         let limits = &self.state.limits;
         if let Err(wait) = limits.take_message(&mut self.send_rate, self.user.id) {
+            super::metrics::rate_limited("messages");
             let frame = ServerFrame::Error {
                 code: "rate_limited".to_owned(),
                 message: "too many messages; wait and resend with the same client_id".to_owned(),
