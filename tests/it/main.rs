@@ -22,6 +22,7 @@ mod presence;
 mod protocol_errors;
 mod registration;
 mod registration_modes;
+mod retention;
 mod storage_faults;
 mod sync;
 mod tls;
