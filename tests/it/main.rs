@@ -17,6 +17,7 @@ mod limits;
 mod logging;
 mod login;
 mod membership;
+mod memory_bound;
 mod metrics;
 mod presence;
 mod protocol_errors;
