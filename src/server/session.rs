@@ -381,11 +381,7 @@ impl Session {
         let mut written = 0;
         while let Some(out) = next.take() {
             if self.wants(&out) {
-                let msg = Message::Text(out.json.clone());
-                if !matches!(
-                    tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
-                    Ok(Ok(()))
-                ) {
+                if !self.feed(Message::Text(out.json.clone())).await {
                     return false;
                 }
                 written += 1;
@@ -395,6 +391,15 @@ impl Session {
             }
         }
         self.flush().await
+    }
+
+    /// Queues a frame for the next flush; false if the client stopped
+    /// taking frames.
+    async fn feed(&mut self, msg: Message) -> bool {
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn flush(&mut self) -> bool {
@@ -560,10 +565,7 @@ impl Session {
         let mut written = 0;
         while let Some((id, result)) = next.take() {
             let msg = Message::text(Outgoing::new(id, ack_frame(result)).to_json());
-            if !matches!(
-                tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
-                Ok(Ok(()))
-            ) {
+            if !self.feed(msg).await {
                 return false;
             }
             written += 1;

@@ -208,31 +208,19 @@ impl Store {
                 "invalid, used or expired invite code",
             ));
         }
-        let now = now_ms();
-        // Same two inserts as `create_user`, inside the invite's transaction.
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        let id = super::users::insert_user_with_key(
+            &mut tx,
+            username,
+            password_hash,
+            public_key,
+            fingerprint,
         )
-        .bind(username)
-        .bind(password_hash)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, StoreError::UsernameTaken))?;
-        sqlx::query(
-            "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(public_key)
-        .bind(fingerprint)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         let used = sqlx::query(
             "UPDATE invite_codes SET used_at = ?, used_by = ? WHERE lookup = ? AND used_at IS NULL",
         )
-        .bind(now)
-        .bind(id)
+        .bind(now_ms())
+        .bind(id.0)
         .bind(invite.lookup)
         .execute(&mut *tx)
         .await?
@@ -243,7 +231,7 @@ impl Store {
             ));
         }
         tx.commit().await?;
-        Ok(UserId(id))
+        Ok(id)
     }
 
     /// A consistent copy of the whole database at `path` (which must not

@@ -29,6 +29,37 @@ pub struct KeyRecord {
     pub rotation_signature: Option<Vec<u8>>,
 }
 
+/// The account row and its first key, inside the caller's transaction
+/// (plain registration, or registration that also spends an invite).
+pub(super) async fn insert_user_with_key(
+    tx: &mut sqlx::SqliteConnection,
+    username: &str,
+    password_hash: &str,
+    public_key: &[u8],
+    fingerprint: &str,
+) -> Result<UserId> {
+    let now = now_ms();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+    )
+    .bind(username)
+    .bind(password_hash)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| unique_violation(e, StoreError::UsernameTaken))?;
+    sqlx::query(
+        "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(public_key)
+    .bind(fingerprint)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(UserId(id))
+}
+
 impl Store {
     /// Creates a user with their first identity key.
     pub async fn create_user(
@@ -38,28 +69,11 @@ impl Store {
         public_key: &[u8],
         fingerprint: &str,
     ) -> Result<UserId> {
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
-        )
-        .bind(username)
-        .bind(password_hash)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, StoreError::UsernameTaken))?;
-        sqlx::query(
-            "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(public_key)
-        .bind(fingerprint)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let id =
+            insert_user_with_key(&mut tx, username, password_hash, public_key, fingerprint).await?;
         tx.commit().await?;
-        Ok(UserId(id))
+        Ok(id)
     }
 
     pub async fn find_user(&self, username: &str) -> Result<UserRecord> {
