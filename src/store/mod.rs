@@ -86,6 +86,8 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// How every connection is opened; the writer opens its own from these.
+    options: SqliteConnectOptions,
 }
 
 impl Store {
@@ -108,13 +110,20 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // SQLite's default (1,000 pages) made the writer copy the WAL
+            // into the database after almost every large batch; rarer
+            // checkpoints write each repeatedly changed page once.
+            .pragma(
+                "wal_autocheckpoint",
+                WAL_PAGES_BEFORE_CHECKPOINT.to_string(),
+            );
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!().run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
     }
 
     pub async fn close(&self) {
@@ -125,6 +134,26 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// 10,000 pages of 4 KiB: the WAL grows to about 40 MiB between checkpoints.
+const WAL_PAGES_BEFORE_CHECKPOINT: u32 = 10_000;
+/// The writer's page cache (SQLite's default is 2 MiB). A batch of messages
+/// to 500 rooms dirties ~9 MiB of pages; with the default cache SQLite
+/// spilled them to the WAL mid-transaction and read them back.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+impl Store {
+    /// A connection of the writer's own, outside the pool, with a page
+    /// cache large enough for a whole batch.
+    async fn open_writer_connection(&self) -> Result<sqlx::SqliteConnection> {
+        use sqlx::ConnectOptions;
+        let options = self
+            .options
+            .clone()
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        Ok(options.connect().await?)
     }
 }
 

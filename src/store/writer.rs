@@ -1,18 +1,20 @@
 //! The single writer of room logs.
 //!
 //! Every change that appends to a room's log (messages, membership changes,
-//! key rotations) is sent here as an `Op`. One task applies them in arrival
-//! order, many per transaction, and only after the transaction commits does
-//! it answer each caller and hand each new entry to `on_commit`, in commit
-//! order. That is what lets sessions deliver live entries without gaps: an
-//! entry is never announced before it can be read back, and never announced
-//! out of order.
+//! key rotations) is sent here as an `Op`. One thread applies them in
+//! arrival order, many per transaction, on a connection of its own; only
+//! after a transaction commits does a second thread answer each caller and
+//! hand each new entry to `on_commit`, in commit order, while the first
+//! stores the next batch. That is what lets sessions deliver live entries
+//! without gaps: an entry is never announced before it can be read back,
+//! and never announced out of order.
 
 mod sends;
 
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Connection, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -25,6 +27,9 @@ use super::{
 const MAX_BATCH: usize = 4096;
 /// Operations that may wait for the writer before callers are slowed down.
 const QUEUE_DEPTH: usize = 4096;
+/// Committed batches that may wait for their announcement before the
+/// writer stops to let the announcer catch up.
+const SETTLED_DEPTH: usize = 2;
 
 /// A committed entry and who may see it live.
 #[derive(Debug, Clone)]
@@ -114,11 +119,27 @@ pub struct Writer {
 }
 
 impl Store {
-    /// Starts the writer task. `on_commit` runs on the writer task for each
-    /// new entry, in commit order: it must not block.
+    /// Starts the writer. `on_commit` runs on the writer's announcer thread
+    /// for each new entry, in commit order: it must not block.
     pub fn spawn_writer(&self, on_commit: OnCommit) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(self.clone(), rx, on_commit));
+        let store = self.clone();
+        // Its own threads, not tasks on the shared runtime: behind a
+        // thousand busy sessions, each of the writer's many awaits per
+        // batch would wait its turn on the run queue.
+        let task = tokio::task::spawn_blocking(move || {
+            let (settled_tx, settled_rx) = std::sync::mpsc::sync_channel(SETTLED_DEPTH);
+            let announcer = std::thread::Builder::new()
+                .name("hush-announce".into())
+                .spawn(move || announce(settled_rx, on_commit))
+                .expect("spawning the announcer thread");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the writer's runtime");
+            runtime.block_on(run(store, rx, settled_tx));
+            let _ = announcer.join();
+        });
         (Writer { tx }, task)
     }
 }
@@ -247,9 +268,13 @@ impl QueueSlot {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit) {
+/// The outcome of one op, waiting to be told to its caller.
+type Settled = (oneshot::Sender<Result<Applied>>, Result<Done>);
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<Vec<Settled>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut cache = sends::RoomCache::default();
+    let mut conn: Option<SqliteConnection> = None;
     let mut stopping = false;
     while !stopping {
         match rx.recv().await {
@@ -266,7 +291,69 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit)
                 Err(_) => break,
             }
         }
-        commit_batch(&store, &mut cache, &mut batch, &on_commit).await;
+        let outcomes = match connection(&store, &mut conn).await {
+            Ok(open) => {
+                let outcomes = commit_batch(open, &mut cache, &mut batch).await;
+                if outcomes.failed {
+                    // Start the next batch on a fresh connection, in case
+                    // the fault left this one unusable.
+                    conn = None;
+                }
+                outcomes.settled
+            }
+            Err(err) => refuse_all(&mut batch, &err),
+        };
+        if settled.send(outcomes).is_err() {
+            break;
+        }
+    }
+}
+
+/// The writer's connection, opened on first use and again after a failed
+/// transaction.
+async fn connection<'c>(
+    store: &Store,
+    conn: &'c mut Option<SqliteConnection>,
+) -> Result<&'c mut SqliteConnection> {
+    if conn.is_none() {
+        *conn = Some(store.open_writer_connection().await?);
+    }
+    Ok(conn.as_mut().expect("opened above"))
+}
+
+/// Answers every op of a batch that could not be stored.
+fn refuse_all(
+    batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
+    err: &StoreError,
+) -> Vec<Settled> {
+    let fault = super::faults::of_store_error(err);
+    tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
+    batch
+        .drain(..)
+        .map(|(_, reply)| (reply, Err(StoreError::Unavailable(fault))))
+        .collect()
+}
+
+/// What became of a batch.
+struct Outcomes {
+    settled: Vec<Settled>,
+    /// The transaction failed and nothing in it was stored.
+    failed: bool,
+}
+
+/// Answers callers and announces new entries, batch after batch in commit
+/// order, on its own thread: the writer is meanwhile storing the next batch.
+fn announce(settled: Receiver<Vec<Settled>>, on_commit: OnCommit) {
+    for outcomes in settled {
+        for (reply, result) in outcomes {
+            let reply_value = result.map(|(applied, committed)| {
+                for c in &committed {
+                    on_commit(c);
+                }
+                applied
+            });
+            let _ = reply.send(reply_value);
+        }
     }
 }
 
@@ -274,18 +361,17 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, on_commit: OnCommit)
 /// multi-row fast path (`sends`); every other op runs inside its own
 /// savepoint so that one op's refusal leaves the others intact.
 async fn commit_batch(
-    store: &Store,
+    conn: &mut SqliteConnection,
     cache: &mut sends::RoomCache,
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
-    on_commit: &OnCommit,
-) {
+) -> Outcomes {
     let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
     let outcome: Result<()> = async {
         // IMMEDIATE takes the write lock up front, waiting out the busy
         // timeout: a deferred transaction that read first would fail at
         // once (SQLITE_BUSY_SNAPSHOT) whenever a pool write (a login, a
         // registration) committed between its read and its first write.
-        let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
         for (op, _) in batch.iter() {
             let change = match op {
@@ -339,21 +425,18 @@ async fn commit_batch(
     if let Err(err) = outcome {
         // The cached positions include sequence numbers that were never stored.
         cache.forget_all();
-        let fault = super::faults::of_store_error(&err);
-        tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
-        for (_, reply) in batch.drain(..) {
-            let _ = reply.send(Err(StoreError::Unavailable(fault)));
-        }
-        return;
+        return Outcomes {
+            settled: refuse_all(batch, &err),
+            failed: true,
+        };
     }
-    for ((_, reply), result) in batch.drain(..).zip(results) {
-        let reply_value = result.map(|(applied, committed)| {
-            for c in &committed {
-                on_commit(c);
-            }
-            applied
-        });
-        let _ = reply.send(reply_value);
+    Outcomes {
+        settled: batch
+            .drain(..)
+            .map(|(_, reply)| reply)
+            .zip(results)
+            .collect(),
+        failed: false,
     }
 }
 
@@ -374,7 +457,7 @@ fn forget_touched(cache: &mut sends::RoomCache, change: &Change, done: &Done) {
 
 type Done = (Applied, Vec<Committed>);
 
-async fn apply(tx: &mut Transaction<'static, Sqlite>, change: &Change) -> Result<Done> {
+async fn apply(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<Done> {
     let conn: &mut SqliteConnection = tx;
     match change {
         Change::CreateGroup { creator, name } => create_group(conn, creator, name).await,
