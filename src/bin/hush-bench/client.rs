@@ -305,17 +305,31 @@ pub async fn pump(
         tokio::spawn(async move {
             let mut maker = PayloadMaker::new(payload);
             let mut n = 0u64;
-            while n < max && Instant::now() < until {
+            'sending: while n < max && Instant::now() < until {
                 let Ok(permit) = permits.acquire().await else {
                     break;
                 };
                 permit.forget();
-                let body = maker.stamp(now_micros(), 0);
-                let frame = send_frame(room, &format!("{id_prefix}{n}"), &body);
-                if sink.send(Message::text(frame)).await.is_err() {
+                // Queue every send the window allows, then flush once: a
+                // client with many messages ready writes them together.
+                loop {
+                    let body = maker.stamp(now_micros(), 0);
+                    let frame = send_frame(room, &format!("{id_prefix}{n}"), &body);
+                    if sink.feed(Message::text(frame)).await.is_err() {
+                        break 'sending;
+                    }
+                    n += 1;
+                    if n >= max {
+                        break;
+                    }
+                    match permits.try_acquire() {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
-                n += 1;
                 sent.store(n, Ordering::Release);
             }
             is_done.store(true, Ordering::Release);
