@@ -243,7 +243,9 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
         StoreError::NotFound => error_frame("not_found", "no such room, or you are not a member"),
         StoreError::Forbidden(why) => error_frame("forbidden", *why),
         StoreError::Conflict(why) => error_frame("conflict", *why),
-        StoreError::UsernameTaken => error_frame("conflict", "username taken"),
+        StoreError::UsernameTaken | StoreError::UsernameConfusable => {
+            error_frame("conflict", "username taken")
+        }
         StoreError::Closed => error_frame(
             "unavailable",
             "the server is shutting down; retry after reconnecting",
