@@ -238,6 +238,11 @@ impl From<DurabilityArg> for crate::store::Durability {
 /// `COUNT/UNIT[:BURST]` with UNIT `s`, `min` or `h`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
+    /// Frames of any type per WebSocket connection; past it the server
+    /// reads that connection more slowly (TCP back-pressure), no error.
+    #[arg(long, env = "HUSH_FRAME_RATE", default_value = "100/s:200")]
+    pub frame_rate: Rate,
+
     /// `send` frames per WebSocket connection.
     #[arg(long, env = "HUSH_MESSAGE_RATE", default_value = "20/s:100")]
     pub message_rate: Rate,
@@ -277,6 +282,7 @@ pub struct LimitArgs {
 impl LimitArgs {
     pub fn limits(&self) -> Limits {
         Limits {
+            frames_per_connection: self.frame_rate,
             messages_per_connection: self.message_rate,
             messages_per_user: self.user_message_rate,
             connections_per_ip: self.connections_per_ip,

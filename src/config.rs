@@ -114,6 +114,9 @@ impl std::str::FromStr for Rate {
 /// `trust_proxy_header` names a header set by a reverse proxy.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Every frame a WebSocket connection sends, of any type. Past it the
+    /// server stops reading that socket until a token is back.
+    pub frames_per_connection: Rate,
     /// `send` frames per WebSocket connection.
     pub messages_per_connection: Rate,
     /// `send` frames per user, over all their connections.
@@ -144,6 +147,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            frames_per_connection: Rate::new(100.0, 200),
             messages_per_connection: Rate::new(20.0, 100),
             messages_per_user: Rate::new(40.0, 200),
             connections_per_ip: 64,
@@ -165,6 +169,7 @@ impl Limits {
     pub fn unlimited() -> Self {
         let lots = Rate::new(1e9, u32::MAX);
         Self {
+            frames_per_connection: lots,
             messages_per_connection: lots,
             messages_per_user: lots,
             connections_per_ip: usize::MAX,

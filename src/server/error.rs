@@ -101,6 +101,12 @@ impl From<StoreError> for ApiError {
                 "username_taken",
                 "that username is taken",
             ),
+            StoreError::UsernameConfusable => Self::new(
+                StatusCode::CONFLICT,
+                "username_confusable",
+                "that username looks too much like an existing one (0 and o, 1 i and l, \
+                 rn and m, vv and w, and _ . - count as the same); choose another",
+            ),
             StoreError::NotFound => Self::not_found(),
             StoreError::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
             StoreError::Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why),

@@ -10,6 +10,7 @@ pub mod limits;
 mod listener;
 mod maintenance;
 pub mod metrics;
+mod pacing;
 mod routes;
 mod session;
 pub mod tls;

@@ -4,6 +4,8 @@
 //! from the client, frames the hub queued for it, acknowledgements coming
 //! back from the writer, the heartbeat, shutdown, and pending sync work.
 //! Owning everything in one task means the per-room cursors need no lock.
+//! Frames from the client are read at most at `--frame-rate` (`pacing`);
+//! while reading waits, everything else goes on.
 //!
 //! Gap-free sync: while a room is being synced, live entries for it are
 //! dropped (they are committed before they are announced, so a later page
@@ -24,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::AppState;
 use super::auth::token_hash;
 use super::hub::Outbound;
+use super::pacing::ReadPacer;
 use super::upgrade::WebSocket;
 use crate::protocol::{
     ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close,
@@ -240,7 +243,9 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
         StoreError::NotFound => error_frame("not_found", "no such room, or you are not a member"),
         StoreError::Forbidden(why) => error_frame("forbidden", *why),
         StoreError::Conflict(why) => error_frame("conflict", *why),
-        StoreError::UsernameTaken => error_frame("conflict", "username taken"),
+        StoreError::UsernameTaken | StoreError::UsernameConfusable => {
+            error_frame("conflict", "username taken")
+        }
         StoreError::Closed => error_frame(
             "unavailable",
             "the server is shutting down; retry after reconnecting",
@@ -273,13 +278,15 @@ impl Session {
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
         let mut reservation: Option<Reservation> = None;
+        let mut pacer = ReadPacer::new(self.state.limits.config.frames_per_connection);
         let expiry = tokio::time::sleep_until(self.expires);
         tokio::pin!(expiry);
         loop {
             if self.blocked.is_some() && reservation.is_none() {
                 reservation = Some(Box::pin(self.state.writer.clone().reserve()));
             }
-            let reading = self.blocked.is_none() && self.acks.len() < MAX_UNACKED;
+            let reading =
+                self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
             tokio::select! {
                 biased;
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
@@ -309,7 +316,9 @@ impl Session {
                         Err(err) => if !self.send(blocked.id, store_error_frame(&err)).await { return End::Closed },
                     }
                 }
+                _ = pacer.resumed(), if pacer.is_paused() => {}
                 msg = stream.next(), if reading => {
+                    pacer.spend();
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(msg)) if msg.is_text() => {

@@ -127,8 +127,8 @@ impl Store {
     /// Deletes an account: its keys, sessions and invitations go, its open
     /// memberships end at each room's current position, and the row stays
     /// as a tombstone named `~deleted-<id>` (a name no one can register) so
-    /// the room logs it wrote to keep a valid sender. The username becomes
-    /// free again.
+    /// the room logs it wrote to keep a valid sender. The username (and
+    /// its look-alikes) become free again.
     pub async fn delete_user(&self, username: &str) -> Result<Deleted> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id = live_user_id(&mut tx, username).await?;
@@ -159,7 +159,7 @@ impl Store {
         .rows_affected();
         let now = now_ms();
         sqlx::query(
-            "UPDATE users SET username = '~deleted-' || id, password_hash = '',
+            "UPDATE users SET username = '~deleted-' || id, skeleton = NULL, password_hash = '',
                 disabled_at = coalesce(disabled_at, ?1), deleted_at = ?1 WHERE id = ?2",
         )
         .bind(now)

@@ -50,6 +50,9 @@ pub struct UserRef {
 pub enum StoreError {
     #[error("username is taken")]
     UsernameTaken,
+    /// Looks like an existing account's name (same `username::skeleton`).
+    #[error("username looks like an existing one")]
+    UsernameConfusable,
     /// Unknown, or not visible to the caller: the two are deliberately the same.
     #[error("not found")]
     NotFound,

@@ -30,7 +30,10 @@ pub struct KeyRecord {
 }
 
 /// The account row and its first key, inside the caller's transaction
-/// (plain registration, or registration that also spends an invite).
+/// (plain registration, or registration that also spends an invite). The
+/// transaction must be `BEGIN IMMEDIATE`: it holds the write lock from the
+/// look-alike check to the insert, so two look-alike registrations cannot
+/// both pass the check.
 pub(super) async fn insert_user_with_key(
     tx: &mut sqlx::SqliteConnection,
     username: &str,
@@ -38,11 +41,26 @@ pub(super) async fn insert_user_with_key(
     public_key: &[u8],
     fingerprint: &str,
 ) -> Result<UserId> {
+    let skeleton = crate::server::username::skeleton(username);
+    // NULL: no account looks like it; 1: this very name exists; 0: a look-alike.
+    let same_name: Option<i64> =
+        sqlx::query_scalar("SELECT max(username = ?) FROM users WHERE skeleton = ?")
+            .bind(username)
+            .bind(&skeleton)
+            .fetch_one(&mut *tx)
+            .await?;
+    match same_name {
+        Some(0) => return Err(StoreError::UsernameConfusable),
+        Some(_) => return Err(StoreError::UsernameTaken),
+        None => {}
+    }
     let now = now_ms();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        "INSERT INTO users (username, skeleton, password_hash, created_at) VALUES (?, ?, ?, ?)
+         RETURNING id",
     )
     .bind(username)
+    .bind(&skeleton)
     .bind(password_hash)
     .bind(now)
     .fetch_one(&mut *tx)
@@ -69,7 +87,7 @@ impl Store {
         public_key: &[u8],
         fingerprint: &str,
     ) -> Result<UserId> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id =
             insert_user_with_key(&mut tx, username, password_hash, public_key, fingerprint).await?;
         tx.commit().await?;
@@ -206,5 +224,64 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(expires_at.is_some_and(|t| t > now_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::username::skeleton;
+
+    /// The migration's SQL backfill computes the same skeletons as the Rust
+    /// function registration uses, and leaves tombstones without one.
+    #[tokio::test]
+    async fn the_migration_backfills_the_same_skeletons_as_registration() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite opens");
+        sqlx::raw_sql(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT, deleted_at INTEGER)",
+        )
+        .execute(&pool)
+        .await
+        .expect("table");
+        let names = [
+            "alice",
+            "a1ice",
+            "bob0",
+            "mallory",
+            "william",
+            "x_y-z.0",
+            "iii111lll",
+            "plain",
+        ];
+        for name in names {
+            sqlx::query("INSERT INTO users (username) VALUES (?)")
+                .bind(name)
+                .execute(&pool)
+                .await
+                .expect("insert");
+        }
+        sqlx::query("INSERT INTO users (username, deleted_at) VALUES ('~deleted-9', 1)")
+            .execute(&pool)
+            .await
+            .expect("insert tombstone");
+        sqlx::raw_sql(include_str!("../../migrations/0004_username_skeletons.sql"))
+            .execute(&pool)
+            .await
+            .expect("the migration runs on existing rows, look-alike pairs included");
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT username, skeleton FROM users ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("select");
+        for (name, stored) in rows {
+            if name.starts_with('~') {
+                assert_eq!(stored, None, "a tombstone blocks no name");
+            } else {
+                assert_eq!(stored, Some(skeleton(&name)), "{name}");
+            }
+        }
     }
 }

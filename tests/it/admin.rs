@@ -355,3 +355,23 @@ async fn backup_of_a_database_the_server_is_writing_is_a_consistent_copy() -> Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_an_account_frees_its_look_alikes_too() -> Result<()> {
+    let app = app().await?;
+    app.register("alice").await?;
+    let (status, body) = app
+        .register_with("a1ice", &password("a1ice"), "bob", "bob")
+        .await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "username_confusable")
+    );
+    admin_ok(&app.db_path, &["users", "delete", "alice", "--yes"])?;
+    let (status, body) = app
+        .register_with("a1ice", &password("a1ice"), "bob", "bob")
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.login("a1ice").await?;
+    Ok(())
+}

@@ -525,3 +525,215 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_resyncs_later() 
     assert_eq!(synced, last);
     Ok(())
 }
+
+/// One frame of a flood: `history`, `who`, `ping` or an unknown type, in
+/// turn, each with the id `f{i}` (every one gets an answer carrying it).
+fn flood_frame(i: usize, room: i64) -> String {
+    let id = format!("f{i}");
+    let frame = match i % 4 {
+        0 => json!({ "v": 1, "id": id, "type": "history", "room": room, "limit": 1 }),
+        1 => json!({ "v": 1, "id": id, "type": "who" }),
+        2 => json!({ "v": 1, "id": id, "type": "ping" }),
+        _ => json!({ "v": 1, "id": id, "type": "no_such_frame" }),
+    };
+    frame.to_string()
+}
+
+/// The most frames a connection with `rate` may have had read `elapsed`
+/// after a moment before it opened. One extra for floating-point rounding.
+fn most_frames_read(rate: Rate, elapsed: Duration) -> f64 {
+    f64::from(rate.burst) + rate.per_sec * elapsed.as_secs_f64() + 1.0
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type RawSink = futures_util::stream::SplitSink<RawWs, tungstenite::Message>;
+
+/// Writes `count` flood frames as fast as the socket takes them.
+fn spawn_flood(
+    mut sink: RawSink,
+    count: usize,
+    room: i64,
+) -> tokio::task::JoinHandle<Result<RawSink>> {
+    use futures_util::SinkExt;
+    tokio::spawn(async move {
+        for i in 0..count {
+            sink.feed(tungstenite::Message::text(flood_frame(i, room)))
+                .await?;
+        }
+        sink.flush().await?;
+        Ok(sink)
+    })
+}
+
+/// Reads the answers to a flood, checking after each one that no more
+/// frames were read than the rate allows, and notes when a live entry of
+/// `live_room` came in between.
+struct FloodReader {
+    stream: futures_util::stream::SplitStream<RawWs>,
+    rate: Rate,
+    /// A moment before the connection (and so its bucket) was made.
+    start: std::time::Instant,
+    live_room: i64,
+    answered: usize,
+    answered_before_entry: Option<usize>,
+}
+
+impl FloodReader {
+    async fn next_text(&mut self) -> Result<Value> {
+        use futures_util::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+                .await
+                .context("the flooding connection went quiet")?
+                .context("the flooding connection ended")??;
+            if let tungstenite::Message::Text(text) = msg {
+                return Ok(serde_json::from_str(&text)?);
+            }
+        }
+    }
+
+    async fn read_answers_until(&mut self, total: usize) -> Result<()> {
+        while self.answered < total {
+            let frame = self.next_text().await?;
+            if frame["type"] == "entry" && frame["entry"]["room"] == self.live_room {
+                self.answered_before_entry.get_or_insert(self.answered);
+                continue;
+            }
+            let is_flood_answer = frame["id"]
+                .as_str()
+                .and_then(|id| id.strip_prefix('f'))
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            if !is_flood_answer {
+                continue;
+            }
+            self.answered += 1;
+            let most = most_frames_read(self.rate, self.start.elapsed());
+            ensure!(
+                self.answered as f64 <= most,
+                "{} frames answered, at most {most:.0} allowed so far",
+                self.answered
+            );
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_non_send_frames_is_read_at_the_frame_rate_and_others_keep_chatting()
+-> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+
+    const FLOOD: usize = 2000;
+    let rate = Rate::new(500.0, 50);
+    let app = spawn_app_with(ServerConfig {
+        metrics_token: Some(hush::config::Secret(crate::metrics::TOKEN.into())),
+        limits: Limits {
+            frames_per_connection: rate,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await?;
+    let before = crate::metrics::scrape(&app).await?;
+    let t = app.users(&["alice", "bob", "carol", "dave"]).await?;
+    let flooded_room = app.group(&t[0], &[("dave", &t[3])]).await?;
+    let chat_room = app.group(&t[1], &[("carol", &t[2])]).await?;
+    let mut dave = app.connect_ws(&t[3]).await?;
+    dave.send_ok(flooded_room, "first", b"x").await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let mut carol = app.connect_ws(&t[2]).await?;
+
+    let start = std::time::Instant::now();
+    let alice = app.connect_ws(&t[0]).await?;
+    let (sink, stream) = alice.ws.split();
+    let flood = spawn_flood(sink, FLOOD, flooded_room);
+    let mut reader = FloodReader {
+        stream,
+        rate,
+        start,
+        live_room: flooded_room,
+        answered: 0,
+        answered_before_entry: None,
+    };
+    // Well into the flood (past the burst, so reading is being paced)...
+    reader.read_answers_until(200).await?;
+    // ...bob and carol chat: each message reaches carol within FRAME_TIMEOUT.
+    let chat = tokio::spawn(async move {
+        for i in 0..20 {
+            let seq = bob.send_ok(chat_room, &format!("c{i}"), b"hi").await?;
+            let entry = carol.next_entry(chat_room).await?;
+            ensure!(entry["seq"] == seq, "carol got {entry}");
+        }
+        anyhow::Ok(())
+    });
+    // ...and dave writes to the flooder, who gets it while still throttled.
+    dave.send_ok(flooded_room, "live", b"x").await?;
+    reader.read_answers_until(FLOOD).await?;
+    chat.await??;
+    let at = reader
+        .answered_before_entry
+        .context("alice never got dave's live message")?;
+    assert!(
+        at < FLOOD,
+        "the live entry came while reading was paced, not after the flood ({at})"
+    );
+
+    // The connection still works once the flood is answered.
+    let mut sink = flood.await??;
+    sink.send(tungstenite::Message::text(
+        json!({ "v": 1, "id": "after", "type": "ping" }).to_string(),
+    ))
+    .await?;
+    let pong = loop {
+        let frame = reader.next_text().await?;
+        if frame["id"] == "after" {
+            break frame;
+        }
+    };
+    assert_eq!(pong["type"], "pong", "{pong}");
+
+    let after = crate::metrics::scrape(&app).await?;
+    let kind = "hush_rate_limited_total{kind=\"frames\"}";
+    let paused = crate::metrics::get(&after, kind) - crate::metrics::get(&before, kind);
+    assert!(paused >= 1.0, "paced reads show in /metrics ({paused})");
+    Ok(())
+}
+
+/// `hush serve --frame-rate` sets the limit (with the default, bursts of
+/// 200, these 60 frames would all be answered at once).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_frame_rate_flag_sets_the_limit() -> Result<()> {
+    use futures_util::StreamExt;
+
+    const FLOOD: usize = 60;
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_hush"))
+        .args(["serve", "--help"])
+        .output()?;
+    let help = String::from_utf8(help.stdout)?;
+    assert!(
+        help.contains("--frame-rate") && help.contains("HUSH_FRAME_RATE"),
+        "{help}"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let server = crate::crash::HushProcess::start(dir.path(), &["--frame-rate", "20/s:5"]).await?;
+    let app = server.app()?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let start = std::time::Instant::now();
+    let alice = app.connect_ws(&t[0]).await?;
+    let (sink, stream) = alice.ws.split();
+    let flood = spawn_flood(sink, FLOOD, room);
+    let mut reader = FloodReader {
+        stream,
+        rate: Rate::new(20.0, 5),
+        start,
+        live_room: room,
+        answered: 0,
+        answered_before_entry: None,
+    };
+    reader.read_answers_until(FLOOD).await?;
+    drop(flood.await??);
+    Ok(())
+}

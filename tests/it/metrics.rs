@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 
 use crate::support::{TestApp, spawn_app, spawn_app_with};
 
-const TOKEN: &str = "metrics-token-for-tests";
+pub const TOKEN: &str = "metrics-token-for-tests";
 
 async fn app() -> Result<TestApp> {
     spawn_app_with(ServerConfig {
@@ -23,7 +23,7 @@ async fn app() -> Result<TestApp> {
 }
 
 /// Every sample line, `name{labels}` → value.
-async fn scrape(app: &TestApp) -> Result<HashMap<String, f64>> {
+pub async fn scrape(app: &TestApp) -> Result<HashMap<String, f64>> {
     let resp = app
         .http
         .get(app.url("/metrics"))
@@ -51,7 +51,7 @@ async fn scrape(app: &TestApp) -> Result<HashMap<String, f64>> {
     Ok(samples)
 }
 
-fn get(samples: &HashMap<String, f64>, name: &str) -> f64 {
+pub fn get(samples: &HashMap<String, f64>, name: &str) -> f64 {
     samples.get(name).copied().unwrap_or(0.0)
 }
 

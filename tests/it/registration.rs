@@ -1,6 +1,7 @@
 //! POST /api/v1/register: proof of key possession, key policy, input checks.
 
 use anyhow::Result;
+use hush::config::{Limits, Rate, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -162,5 +163,78 @@ async fn a_short_password_is_rejected() -> Result<()> {
         .register_with("alice", "12345678", "alice", "alice")
         .await?;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ascii_look_alikes_of_existing_names_are_refused_as_confusable() -> Result<()> {
+    // More registrations than one address may make by default.
+    let app = spawn_app_with(ServerConfig {
+        limits: Limits {
+            registrations_per_ip: Rate::new(100.0, 100),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await?;
+    app.register("alice").await?;
+    app.register("mallory").await?;
+    let (status, body) = app
+        .register_with("bob0", &password("bob0"), "bob", "bob")
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for look_alike in [
+        "a1ice", "aiice", "al1ce", "bobo", "b0b0", "rnallory", "ma1lory",
+    ] {
+        let (status, body) = app
+            .register_with(look_alike, &password(look_alike), "dave", "dave")
+            .await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{look_alike}: {body}");
+        assert_eq!(error_code(&body), "username_confusable", "{look_alike}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("looks too much like"), "{message}");
+        // Nothing was created under the look-alike.
+        let (status, _) = app.login_raw(look_alike, &password(look_alike)).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{look_alike}");
+    }
+    // The exact name keeps its own error.
+    let (status, body) = app
+        .register_with("alice", &password("alice"), "bob", "bob")
+        .await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "username_taken")
+    );
+    // Names that merely resemble each other in spelling still register.
+    for name in ["alicia", "bob", "bobby", "carol", "mal.lory2"] {
+        let (status, body) = app
+            .register_with(name, &password(name), "carol", "carol")
+            .await?;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    // Existing accounts log in as before.
+    for name in ["alice", "bob0", "mallory"] {
+        app.login(name).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn separators_count_as_the_same_character() -> Result<()> {
+    let app = spawn_app().await?;
+    let (status, body) = app
+        .register_with("bob.smith", &password("bob"), "bob", "bob")
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for look_alike in ["bob_smith", "bob-smith"] {
+        let (status, body) = app
+            .register_with(look_alike, &password("bob"), "carol", "carol")
+            .await?;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::CONFLICT, "username_confusable"),
+            "{look_alike}"
+        );
+    }
     Ok(())
 }

@@ -158,3 +158,37 @@ async fn two_registrations_racing_for_one_code_create_one_account() -> Result<()
     assert!(statuses.contains(&StatusCode::FORBIDDEN), "{statuses:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_invite_does_not_let_a_look_alike_register_and_stays_unspent() -> Result<()> {
+    let app = app_in(RegistrationMode::Invite).await?;
+    let first = invite(&app, 60_000).await?;
+    let second = invite(&app, 60_000).await?;
+    let (status, _) = register_with_invite(&app, "carol", Some(&first)).await?;
+    assert_eq!(status, StatusCode::CREATED);
+    // "caro1" looks like "carol"; fixture keys are per name, so sign as carol.
+    let challenge = app.challenge().await?;
+    let proof = hush::crypto::statements::registration_proof("caro1", &challenge);
+    let (status, body) = app
+        .register_raw(json!({
+            "username": "caro1",
+            "password": password("caro1"),
+            "public_key": b64(&spki_der("carol")?),
+            "challenge": b64(&challenge),
+            "signature": b64(&sign("carol", &proof)?),
+            "invite": second,
+        }))
+        .await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "username_confusable"),
+        "{body}"
+    );
+    let (status, body) = register_with_invite(&app, "dave", Some(&second)).await?;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the code was not spent: {body}"
+    );
+    Ok(())
+}
