@@ -98,6 +98,8 @@ impl Target {
                 "1000000/s",
                 "--user-message-rate",
                 "1000000/s",
+                "--frame-rate",
+                "1000000/s",
             ])
             .args([
                 "--registration-rate",
