@@ -109,8 +109,7 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = faults::recovering_pool(SqlitePoolOptions::new().max_connections(8), path)
             .connect_with(options)
             .await?;
         sqlx::migrate!().run(&pool).await?;

@@ -136,7 +136,8 @@ impl Store {
             .bind(now_ms())
             .bind(expires_at)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -157,7 +158,8 @@ impl Store {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
             .bind(token_hash)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -173,7 +175,8 @@ impl Store {
         sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
             .bind(now)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         let max_pending = i64::try_from(max_pending).unwrap_or(i64::MAX);
         let stored = sqlx::query(
             "INSERT INTO challenges (challenge, expires_at)
@@ -183,7 +186,8 @@ impl Store {
         .bind(expires_at)
         .bind(max_pending)
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(|e| self.write_error(e))?
         .rows_affected();
         Ok(stored == 1)
     }
@@ -204,7 +208,8 @@ impl Store {
             sqlx::query_scalar("DELETE FROM challenges WHERE challenge = ? RETURNING expires_at")
                 .bind(challenge)
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .map_err(|e| self.write_error(e))?;
         Ok(expires_at.is_some_and(|t| t > now_ms()))
     }
 }

@@ -339,7 +339,7 @@ async fn commit_batch(
     if let Err(err) = outcome {
         // The cached positions include sequence numbers that were never stored.
         cache.forget_all();
-        let fault = super::faults::of_store_error(&err);
+        let fault = store.fault_of(&err);
         tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
         for (_, reply) in batch.drain(..) {
             let _ = reply.send(Err(StoreError::Unavailable(fault)));
