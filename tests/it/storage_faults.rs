@@ -50,6 +50,13 @@ async fn a_database_locked_by_another_process_refuses_writes_until_released() ->
     let mut holder = sqlx::SqliteConnection::connect(&url).await?;
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await?;
 
+    // The send first, alone: each refused batch waits out the 5 s busy
+    // timeout, and a room creation queued ahead of it would make its reply
+    // take 10 s, as long as the test's frame timeout.
+    let refused = alice.send_message(room, "locked", b"y").await?;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "storage_unavailable", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
     let create = {
         let http = app.http.clone();
         let url = app.url("/api/v1/rooms");
@@ -68,10 +75,6 @@ async fn a_database_locked_by_another_process_refuses_writes_until_released() ->
             anyhow::Ok((status, retry, body))
         })
     };
-    let refused = alice.send_message(room, "locked", b"y").await?;
-    assert_eq!(refused["type"], "error", "{refused}");
-    assert_eq!(refused["code"], "storage_unavailable", "{refused}");
-    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
     let (status, retry, body) = create.await??;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(error_code(&body), "storage_unavailable");
