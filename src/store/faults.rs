@@ -4,6 +4,13 @@
 //! "not stored, retry later" and keep running; nothing was acknowledged.
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::sqlite::SqlitePoolOptions;
 
 /// Why the database refused a write for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +88,163 @@ pub fn of_store_error(err: &super::StoreError) -> StorageFault {
     }
 }
 
+impl super::Store {
+    /// The fault behind a failed write, with SQLite's answer checked
+    /// against the database files when that answer cannot tell.
+    ///
+    /// A write refused through a descriptor SQLite already holds open (the
+    /// file made immutable, the filesystem turned read-only after errors)
+    /// comes back as a plain I/O error, `SQLITE_IOERR_WRITE` for a refused
+    /// `pwrite`: the same code as a file-size limit, which `classify` reports
+    /// as full. SQLite keeps the `errno` to itself, so the files are asked
+    /// instead (`is_unwritable`).
+    pub(crate) fn fault_of(&self, err: &super::StoreError) -> StorageFault {
+        let fault = of_store_error(err);
+        if is_sqlite_io_error(err) && self.is_unwritable() {
+            StorageFault::ReadOnly
+        } else {
+            fault
+        }
+    }
+
+    /// A pool write's error as the caller should see it: a storage fault
+    /// becomes `Unavailable` with its cause (see `fault_of`), anything else
+    /// stays `Db`.
+    pub(crate) fn write_error(&self, err: sqlx::Error) -> super::StoreError {
+        if classify(&err).is_none() {
+            return super::StoreError::Db(err);
+        }
+        let err = super::StoreError::Db(err);
+        let fault = self.fault_of(&err);
+        tracing::warn!(error = %err, fault = fault.as_str(), "database unavailable");
+        super::StoreError::Unavailable(fault)
+    }
+
+    /// Whether the kernel refuses writes to the database or its WAL now.
+    fn is_unwritable(&self) -> bool {
+        files_refuse_writes(self.pool.connect_options().get_filename())
+    }
+}
+
+/// Pool settings that keep a storage fault from outliving its cause, so
+/// that writes work again once the condition clears, without a restart:
+///
+/// - A connection whose transaction failed to commit can come back with
+///   sqlx still counting it as inside a transaction (SQLite rolled the
+///   transaction back itself, so the rollback sqlx sends on drop fails);
+///   every later `BEGIN` on it would be refused. It is closed on release.
+/// - A connection opened while the database or its WAL could not be
+///   written has that file open read-only for good (SQLite falls back to
+///   `O_RDONLY`; writes then fail with `SQLITE_READONLY`). Such connections
+///   keep serving reads while the condition lasts; once the files are
+///   writable again, every connection opened up to the last such open is
+///   closed when next acquired (at most the pool's size of reconnects).
+pub(crate) fn recovering_pool(options: SqlitePoolOptions, db: &Path) -> SqlitePoolOptions {
+    let epoch = Instant::now();
+    // Time since `epoch` (ms, +1 so that 0 means never) of the last
+    // connection opened while the files refused writes.
+    let last_unwritable_open = Arc::new(AtomicU64::new(0));
+    let on_connect = (last_unwritable_open.clone(), Arc::new(db.to_path_buf()));
+    let on_acquire = (last_unwritable_open, on_connect.1.clone());
+    options
+        .after_connect(move |_, _| {
+            let (last, db) = on_connect.clone();
+            Box::pin(async move {
+                if files_refuse_writes(&db) {
+                    tracing::warn!(
+                        "a database connection was opened while the database is read-only"
+                    );
+                    last.fetch_max(ms_since(epoch, Duration::ZERO) + 1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .before_acquire(move |_, meta| {
+            let (last, db) = on_acquire.clone();
+            Box::pin(async move {
+                let last = last.load(Ordering::Relaxed);
+                if last == 0 || ms_since(epoch, meta.age) + 1 > last {
+                    return Ok(true);
+                }
+                // Keep it for reads while the files are still unwritable.
+                Ok(files_refuse_writes(&db))
+            })
+        })
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                if conn.is_in_transaction() {
+                    // Let the rollback a dropped transaction queued run first.
+                    conn.ping().await?;
+                }
+                Ok(!conn.is_in_transaction())
+            })
+        })
+}
+
+/// Milliseconds from `epoch` to `ago` before now.
+fn ms_since(epoch: Instant, ago: Duration) -> u64 {
+    epoch
+        .elapsed()
+        .saturating_sub(ago)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// Whether the kernel refuses writes to the database at `db` or its WAL.
+fn files_refuse_writes(db: &Path) -> bool {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    access_refuses_writes(db).is_some() || open_refuses_writes(Path::new(&wal)).is_some()
+}
+
+/// Whether SQLite answered with an I/O error (`SQLITE_IOERR` or one of its
+/// extended codes).
+fn is_sqlite_io_error(err: &super::StoreError) -> bool {
+    let super::StoreError::Db(sqlx::Error::Database(db)) = err else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_IOERR)
+}
+
+/// The errors that mean "this file cannot be written": a read-only
+/// filesystem or mount (EROFS), an immutable file (EPERM), no write
+/// permission (EACCES).
+fn is_write_refusal(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EROFS | libc::EPERM | libc::EACCES)
+    )
+}
+
+/// Why the kernel would refuse to write `path`, asked with `access(2)`,
+/// which opens nothing: the database file itself must not be opened here,
+/// because closing any descriptor of it would drop the POSIX locks SQLite
+/// holds on it in this process.
+fn access_refuses_writes(path: &Path) -> Option<std::io::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        return None;
+    }
+    Some(std::io::Error::last_os_error()).filter(is_write_refusal)
+}
+
+/// Why the kernel refuses to open `path` for writing (it is neither created
+/// nor truncated, and nothing is written). Unlike `access(2)` this also
+/// sees a filesystem in ext4's `emergency_ro` state (after errors with
+/// `errors=remount-ro`). Only for the WAL: SQLite keeps no locks on it.
+fn open_refuses_writes(path: &Path) -> Option<std::io::Error> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .err()
+        .filter(is_write_refusal)
+}
+
 fn from_sqlite_code(code: i32) -> Option<StorageFault> {
     if code == SQLITE_IOERR_WRITE {
         // Most often a disk or file-size limit: report it as full.
@@ -132,5 +296,18 @@ mod tests {
         assert_eq!(from_io(&full), StorageFault::Full);
         let ro = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
         assert_eq!(from_io(&ro), StorageFault::ReadOnly);
+    }
+
+    #[test]
+    fn writable_and_missing_files_are_not_reported_as_refusing_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("hush.db");
+        std::fs::write(&file, b"").expect("write");
+        assert!(access_refuses_writes(&file).is_none());
+        assert!(open_refuses_writes(&file).is_none());
+        let missing = dir.path().join("missing-wal");
+        assert!(access_refuses_writes(&missing).is_none());
+        assert!(open_refuses_writes(&missing).is_none());
+        assert!(!missing.exists(), "the probe creates nothing");
     }
 }

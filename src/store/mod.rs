@@ -121,8 +121,7 @@ impl Store {
                 "wal_autocheckpoint",
                 WAL_PAGES_BEFORE_CHECKPOINT.to_string(),
             );
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = faults::recovering_pool(SqlitePoolOptions::new().max_connections(8), path)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!().run(&pool).await?;

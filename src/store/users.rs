@@ -154,7 +154,8 @@ impl Store {
             .bind(now_ms())
             .bind(expires_at)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -175,7 +176,8 @@ impl Store {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
             .bind(token_hash)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -191,7 +193,8 @@ impl Store {
         sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
             .bind(now)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.write_error(e))?;
         let max_pending = i64::try_from(max_pending).unwrap_or(i64::MAX);
         let stored = sqlx::query(
             "INSERT INTO challenges (challenge, expires_at)
@@ -201,7 +204,8 @@ impl Store {
         .bind(expires_at)
         .bind(max_pending)
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(|e| self.write_error(e))?
         .rows_affected();
         Ok(stored == 1)
     }
@@ -222,7 +226,8 @@ impl Store {
             sqlx::query_scalar("DELETE FROM challenges WHERE challenge = ? RETURNING expires_at")
                 .bind(challenge)
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .map_err(|e| self.write_error(e))?;
         Ok(expires_at.is_some_and(|t| t > now_ms()))
     }
 }

@@ -293,7 +293,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<
         }
         let outcomes = match connection(&store, &mut conn).await {
             Ok(open) => {
-                let outcomes = commit_batch(open, &mut cache, &mut batch).await;
+                let outcomes = commit_batch(&store, open, &mut cache, &mut batch).await;
                 if outcomes.failed {
                     // Start the next batch on a fresh connection, in case
                     // the fault left this one unusable.
@@ -301,7 +301,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<
                 }
                 outcomes.settled
             }
-            Err(err) => refuse_all(&mut batch, &err),
+            Err(err) => refuse_all(&store, &mut batch, &err),
         };
         if settled.send(outcomes).is_err() {
             break;
@@ -323,10 +323,11 @@ async fn connection<'c>(
 
 /// Answers every op of a batch that could not be stored.
 fn refuse_all(
+    store: &Store,
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
     err: &StoreError,
 ) -> Vec<Settled> {
-    let fault = super::faults::of_store_error(err);
+    let fault = store.fault_of(err);
     tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
     batch
         .drain(..)
@@ -361,6 +362,7 @@ fn announce(settled: Receiver<Vec<Settled>>, on_commit: OnCommit) {
 /// multi-row fast path (`sends`); every other op runs inside its own
 /// savepoint so that one op's refusal leaves the others intact.
 async fn commit_batch(
+    store: &Store,
     conn: &mut SqliteConnection,
     cache: &mut sends::RoomCache,
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
@@ -426,7 +428,7 @@ async fn commit_batch(
         // The cached positions include sequence numbers that were never stored.
         cache.forget_all();
         return Outcomes {
-            settled: refuse_all(batch, &err),
+            settled: refuse_all(store, batch, &err),
             failed: true,
         };
     }
