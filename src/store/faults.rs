@@ -122,7 +122,7 @@ impl super::Store {
 
     /// Whether the kernel refuses writes to the database or its WAL now.
     fn is_unwritable(&self) -> bool {
-        files_refuse_writes(self.pool.connect_options().get_filename())
+        files_refuse_writes(self.options.get_filename())
     }
 }
 
