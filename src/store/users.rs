@@ -161,15 +161,23 @@ impl Store {
 
     /// The user a live (unexpired) session token hash belongs to.
     pub async fn session_user(&self, token_hash: &[u8]) -> Result<UserRecord> {
-        sqlx::query_as(
-            "SELECT users.id, users.username FROM sessions JOIN users ON users.id = sessions.user_id
+        Ok(self.live_session(token_hash).await?.0)
+    }
+
+    /// The user a live session token belongs to, and when the token stops
+    /// being valid (Unix ms).
+    pub async fn live_session(&self, token_hash: &[u8]) -> Result<(UserRecord, i64)> {
+        let row: Option<(UserId, String, i64)> = sqlx::query_as(
+            "SELECT users.id, users.username, sessions.expires_at
+             FROM sessions JOIN users ON users.id = sessions.user_id
              WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled_at IS NULL",
         )
         .bind(token_hash)
         .bind(now_ms())
         .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        .await?;
+        let (id, username, expires_at) = row.ok_or(StoreError::NotFound)?;
+        Ok((UserRecord { id, username }, expires_at))
     }
 
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
@@ -208,15 +216,6 @@ impl Store {
         .map_err(|e| self.write_error(e))?
         .rows_affected();
         Ok(stored == 1)
-    }
-
-    /// When a live session token stops being valid (Unix ms).
-    pub async fn session_expires_at(&self, token_hash: &[u8]) -> Result<i64> {
-        sqlx::query_scalar("SELECT expires_at FROM sessions WHERE token_hash = ?")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)
     }
 
     /// Consumes a challenge: true if it existed and had not expired. A
