@@ -21,6 +21,7 @@ mod web;
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -181,10 +182,10 @@ fn websocket(
                         on_upgrade,
                         config,
                         |task| drop(tracker.spawn(task)),
-                        move |socket| async move {
-                            let _slot = slot;
-                            session::run(socket, state).await
-                        },
+                        // A combinator, not an async block: a block would
+                        // keep a second copy of the session's future (or of
+                        // the socket) for the connection's whole life.
+                        move |socket| session::run(socket, state).map(move |()| drop(slot)),
                     ))
                 }
             },

@@ -86,24 +86,51 @@ struct BlockedSend {
 type Reservation =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<QueueSlot, StoreError>> + Send>>;
 
+/// Something ready to be written to the client.
+enum Ready {
+    Hub(Arc<Outbound>),
+    Ack(Option<String>, Result<Applied, StoreError>),
+}
+
 /// Why the loop ended; decides the close frame.
 enum End {
     Closed,
     Close(u16, &'static str),
 }
 
-pub async fn run(socket: WebSocket, state: AppState) {
+/// Serves one upgraded connection until it closes.
+///
+/// The socket is split before the session's future is built, so that
+/// future (allocated once per connection, for its whole life) does not keep
+/// a slot for the unsplit socket. For the same reason the rarely taken,
+/// store-bound steps below are boxed: an idle connection should cost a few
+/// KiB, not the size of its largest possible step.
+pub fn run(socket: WebSocket, state: AppState) -> impl std::future::Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    // One boxed argument: an async fn keeps a slot for each argument for
+    // its whole life, even after the argument has been moved out.
+    run_split(Box::new((sink, stream, state)))
+}
+
+type Parts = (
+    SplitSink<WebSocket, Message>,
+    SplitStream<WebSocket>,
+    AppState,
+);
+
+async fn run_split(parts: Box<Parts>) {
+    let (mut sink, mut stream, state) = *parts;
     let _connection = super::metrics::connection_opened();
-    let (mut sink, mut stream) = socket.split();
-    let (user, token, auth_id) = match authenticate(&state, &mut sink, &mut stream).await {
-        Some(found) => found,
-        None => {
-            let _ = sink
-                .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
-                .await;
-            return;
-        }
-    };
+    let (user, token, expires, auth_id) =
+        match Box::pin(authenticate(&state, &mut sink, &mut stream)).await {
+            Some(found) => found,
+            None => {
+                let _ = sink
+                    .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
+                    .await;
+                return;
+            }
+        };
     let Some(_session_slot) = state.limits.session_slot(user.id) else {
         super::metrics::rate_limited("sessions_per_user");
         let frame = error_frame(
@@ -118,31 +145,30 @@ pub async fn run(socket: WebSocket, state: AppState) {
             .await;
         return;
     };
-    let expires = token_deadline(&state, &token).await;
     let _session = super::metrics::session_started();
     let registration = state.hub.register(user.id, token);
     let conn_id = registration.id;
     tracing::debug!(user = %user.username, conn = conn_id, "connected");
+    let ready = ServerFrame::Ready {
+        user: user.username.clone(),
+        heartbeat_ms: state.config.heartbeat_interval.as_millis() as u64,
+        max_body_bytes: state.config.max_body_bytes,
+        server_time: now_ms(),
+    };
     let mut session = Session {
-        state: state.clone(),
+        send_rate: state.limits.connection_bucket(),
+        state,
         user,
         sink,
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
         acks: FuturesOrdered::new(),
         blocked: None,
-        send_rate: state.limits.connection_bucket(),
         expires,
-    };
-    let ready = ServerFrame::Ready {
-        user: session.user.username.clone(),
-        heartbeat_ms: state.config.heartbeat_interval.as_millis() as u64,
-        max_body_bytes: state.config.max_body_bytes,
-        server_time: now_ms(),
     };
     let end = if session.send(auth_id, ready).await {
         if registration.is_first {
-            announce_presence(&state, &session.user, true).await;
+            Box::pin(announce_presence(&session.state, &session.user, true)).await;
         }
         session
             .serve(stream, registration.rx, &registration.cut_reason)
@@ -155,18 +181,19 @@ pub async fn run(socket: WebSocket, state: AppState) {
             tokio::time::timeout(SEND_TIMEOUT, session.sink.send(close_frame(code, reason))).await;
     }
     let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.close()).await;
-    if state.hub.unregister(session.user.id, conn_id) {
-        announce_presence(&state, &session.user, false).await;
+    if session.state.hub.unregister(session.user.id, conn_id) {
+        Box::pin(announce_presence(&session.state, &session.user, false)).await;
     }
     tracing::debug!(user = %session.user.username, conn = conn_id, "disconnected");
 }
 
-/// Waits for the `auth` frame. Returns the user and their token's hash.
+/// Waits for the `auth` frame. Returns the user, their token's hash, when
+/// the token expires, and the frame's id.
 async fn authenticate(
     state: &AppState,
     sink: &mut SplitSink<WebSocket, Message>,
     stream: &mut SplitStream<WebSocket>,
-) -> Option<(UserRecord, [u8; 32], Option<String>)> {
+) -> Option<(UserRecord, [u8; 32], tokio::time::Instant, Option<String>)> {
     let first = tokio::time::timeout(state.config.auth_timeout, async {
         loop {
             match stream.next().await {
@@ -199,12 +226,12 @@ async fn authenticate(
         }
     };
     let hash = token_hash(&token);
-    let user = match hash {
-        Some(hash) => state.store.session_user(&hash).await.ok(),
+    let session = match hash {
+        Some(hash) => state.store.live_session(&hash).await.ok(),
         None => None,
     };
-    match (user, hash) {
-        (Some(user), Some(hash)) => Some((user, hash, id)),
+    match (session, hash) {
+        (Some((user, expires_at)), Some(hash)) => Some((user, hash, deadline(expires_at), id)),
         _ => {
             let frame = error_frame("unauthorized", "invalid or expired session token");
             let _ = sink
@@ -222,9 +249,8 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// The instant the token expires (now if it is already gone).
-async fn token_deadline(state: &AppState, token: &[u8; 32]) -> tokio::time::Instant {
-    let expires_at = state.store.session_expires_at(token).await.unwrap_or(0);
+/// The instant a token expiring at `expires_at` (Unix ms) expires.
+fn deadline(expires_at: i64) -> tokio::time::Instant {
     let left = u64::try_from(expires_at - now_ms()).unwrap_or(0);
     tokio::time::Instant::now() + Duration::from_millis(left)
 }
@@ -285,20 +311,22 @@ impl Session {
             if self.blocked.is_some() && reservation.is_none() {
                 reservation = Some(Box::pin(self.state.writer.clone().reserve()));
             }
-            let reading =
-                self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
+            let reading = self.blocked.is_none()
+                && self.acks.len() < MAX_UNACKED
+                && pacer.may_read()
+                && !self.is_behind(&hub_rx);
             tokio::select! {
                 biased;
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
-                    self.finish_acks().await;
+                    Box::pin(self.finish_acks()).await;
                     return End::Close(close::GOING_AWAY, "server shutting down");
                 }
                 _ = &mut expiry => {
-                    self.finish_acks().await;
+                    Box::pin(self.finish_acks()).await;
                     return End::Close(close::UNAUTHORIZED, "session expired");
                 }
                 out = hub_rx.recv() => match out {
-                    Some(out) => if !self.forward(out, &mut hub_rx).await { return End::Closed },
+                    Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out), &mut hub_rx)).await { return End::Closed },
                     None => {
                         let code = cut_reason.load(Ordering::Relaxed);
                         let reason = if code == close::UNAUTHORIZED { "session revoked" } else { "too slow; reconnect and sync" };
@@ -306,7 +334,7 @@ impl Session {
                     }
                 },
                 Some((id, result)) = self.acks.next(), if !self.acks.is_empty() => {
-                    if !self.send_acks(id, result).await { return End::Closed }
+                    if !Box::pin(self.write_ready(Ready::Ack(id, result), &mut hub_rx)).await { return End::Closed }
                 }
                 slot = async { reservation.as_mut().expect("guarded by is_some").await }, if reservation.is_some() => {
                     reservation = None;
@@ -323,7 +351,7 @@ impl Session {
                     match msg {
                         Some(Ok(msg)) if msg.is_text() => {
                             let text = msg.to_text().unwrap_or_default();
-                            if !self.handle_text(text).await { return End::Closed }
+                            if !Box::pin(self.handle_text(text)).await { return End::Closed }
                         }
                         Some(Ok(msg)) if msg.is_binary() => {
                             let frame = error_frame("bad_frame", "binary frames are not supported; send JSON text frames");
@@ -349,10 +377,20 @@ impl Session {
                     if !self.send_raw(Message::Ping(Default::default())).await { return End::Closed }
                 }
                 _ = std::future::ready(()), if !self.sync_queue.is_empty() => {
-                    if !self.sync_step().await { return End::Closed }
+                    if !Box::pin(self.sync_step()).await { return End::Closed }
                 }
             }
         }
+    }
+
+    /// Whether this connection's outgoing queue is half full or more. Then
+    /// the session stops reading the socket until the queue drains: a
+    /// client that cannot keep up with what it receives (in a busy room,
+    /// its own messages included) must not keep adding to it, or an
+    /// overload would leave every member a backlog to replay long after it
+    /// ended. Clients slower than the senders are still cut off with 4009.
+    fn is_behind(&self, hub_rx: &tokio::sync::mpsc::Receiver<Arc<Outbound>>) -> bool {
+        hub_rx.len() >= self.state.config.outbound_queue / 2
     }
 
     /// Sends the acknowledgements still owed before closing for shutdown.
@@ -374,32 +412,55 @@ impl Session {
         )
     }
 
-    async fn send(&mut self, id: Option<String>, frame: ServerFrame) -> bool {
+    /// Not an `async fn`: one would keep the frame in every session's
+    /// future for its whole life, not just while it is being built.
+    fn send(
+        &mut self,
+        id: Option<String>,
+        frame: ServerFrame,
+    ) -> impl std::future::Future<Output = bool> + Send + '_ {
         self.send_raw(Message::text(Outgoing::new(id, frame).to_json()))
-            .await
     }
 
-    /// Forwards a frame from the hub, and whatever else is already queued
-    /// (up to a limit), with one flush.
-    async fn forward(
+    /// Writes `first` and whatever else is ready to go out, frames from the
+    /// hub and acknowledgements alike (up to a limit), with one flush: a
+    /// sender's ack and the echo of its message become ready together, and
+    /// one write for both halves the system calls.
+    async fn write_ready(
         &mut self,
-        first: Arc<Outbound>,
+        first: Ready,
         hub_rx: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>,
     ) -> bool {
         let mut next = Some(first);
         let mut written = 0;
-        while let Some(out) = next.take() {
-            if self.wants(&out) {
-                if !self.feed(Message::Text(out.json.clone())).await {
+        while let Some(ready) = next.take() {
+            let msg = match ready {
+                Ready::Hub(out) => self.wants(&out).then(|| Message::Text(out.json.clone())),
+                Ready::Ack(id, result) => Some(Message::text(
+                    Outgoing::new(id, ack_frame(result)).to_json(),
+                )),
+            };
+            if let Some(msg) = msg {
+                if !self.feed(msg).await {
                     return false;
                 }
                 written += 1;
             }
             if written < MAX_FRAMES_PER_FLUSH {
-                next = hub_rx.try_recv().ok();
+                next = match hub_rx.try_recv() {
+                    Ok(out) => Some(Ready::Hub(out)),
+                    Err(_) => self.ready_ack().map(|(id, result)| Ready::Ack(id, result)),
+                };
             }
         }
         self.flush().await
+    }
+
+    /// An acknowledgement that is ready now, without waiting. (Polling with
+    /// a no-op waker is fine here: the main loop polls `acks` again with
+    /// the task's own waker before it sleeps.)
+    fn ready_ack(&mut self) -> Option<(Option<String>, Result<Applied, StoreError>)> {
+        self.acks.next().now_or_never().flatten()
     }
 
     /// Queues a frame for the next flush; false if the client stopped
@@ -484,8 +545,8 @@ impl Session {
                 room,
                 before,
                 limit,
-            } => self.handle_history(id, room, before, limit).await,
-            ClientFrame::Who { room } => self.handle_who(id, room).await,
+            } => Box::pin(self.handle_history(id, room, before, limit)).await,
+            ClientFrame::Who { room } => Box::pin(self.handle_who(id, room)).await,
             ClientFrame::Ping => self.send(id, ServerFrame::Pong).await,
         }
     }
@@ -579,7 +640,7 @@ impl Session {
             }
             written += 1;
             if written < MAX_FRAMES_PER_FLUSH {
-                next = self.acks.next().now_or_never().flatten();
+                next = self.ready_ack();
             }
         }
         self.flush().await
