@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 use hush::cli::{Cli, ClientOpts, Command, LogFormat, ServeArgs};
 use hush::client::commands;
@@ -73,10 +74,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    // tungstenite logs whole frames (auth tokens included) at trace: never below debug.
-    let filter = EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?
-        .add_directive("tungstenite=debug".parse().expect("a valid directive"));
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    // tungstenite logs whole frames (auth tokens included) at trace: cap it
+    // at debug, without raising it above what the filter asks for.
+    let cap = filter
+        .max_level_hint()
+        .unwrap_or(LevelFilter::OFF)
+        .min(LevelFilter::DEBUG);
+    let filter = filter.add_directive(
+        format!("tungstenite={cap}")
+            .parse()
+            .expect("a valid directive"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -1,6 +1,7 @@
 //! `--log-format json`: every line a JSON object, and nothing secret in
 //! them (password, session token, message body), even at trace level. Also
-//! the start-up warning for open registration beyond loopback.
+//! the start-up warning for open registration beyond loopback, and a
+//! quiet log at `warn` while clients come and go.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -204,5 +205,62 @@ async fn invite_mode_on_loopback_starts_without_the_open_registration_warning() 
         !seen.iter().any(|l| l.contains("registration is open")),
         "{seen:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_warn_level_websocket_traffic_and_closes_log_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("server.log");
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(HUSH)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--log-level", "warn"])
+        .arg("--db")
+        .arg(dir.path().join("hush.db"))
+        .env_remove("HUSH_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let outcome = async {
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "hush serve did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for close_first in [true, false] {
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await?;
+            if close_first {
+                // A client that closes before authenticating.
+                ws.close(None).await?;
+            } else {
+                // A bad token: the server answers and closes.
+                ws.send(Message::text(
+                    json!({ "v": 1, "type": "auth", "token": "nope" }).to_string(),
+                ))
+                .await?;
+            }
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {}
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    outcome?;
+    let log = std::fs::read_to_string(&log_path)?;
+    ensure!(log.is_empty(), "nothing is logged at warn:\n{log}");
     Ok(())
 }
