@@ -5,7 +5,7 @@
 //! `--server`. Registers its own users through the HTTP API and drives real
 //! WebSocket clients with random payloads. Each scenario prints a human
 //! row and one JSON line starting with `{"scenario":`. `--baseline` runs
-//! `fanout`/`ramp` against a bare warp relay in the same invocation too.
+//! `fanout`/`ramp` against a bare relay in the same invocation too.
 //! Every loop is bounded in count and time.
 
 mod client;
@@ -47,8 +47,9 @@ struct Cli {
     /// `idle`, which uses the `hush` binary next to this one if present.
     #[arg(long, global = true)]
     spawn_binary: Option<PathBuf>,
-    /// Also run `fanout`/`ramp` against a bare relay (warp WebSockets, no
-    /// auth, no storage) and report hush/bare ratios.
+    /// Also run `fanout`/`ramp` against a bare relay (hush's WebSocket
+    /// upgrade and settings, no auth, no storage) and report hush/bare
+    /// ratios.
     #[arg(long, global = true)]
     baseline: bool,
     /// With `all`: tiny sizes, a few seconds per scenario (the smoke test).
