@@ -1,6 +1,6 @@
 //! Smoke test for `hush-bench`: runs every scenario at tiny sizes (`all
-//! --quick --baseline`, which adds a short `overload`) so the benchmark
-//! cannot rot. It checks that each scenario ran and reported sane counts,
+//! --quick --baseline`, which adds a short `overload` that cuts one client
+//! and times the recovery) so the benchmark cannot rot. It checks that each scenario ran and reported sane counts,
 //! never how fast anything was: the targets are checked by running the
 //! benchmark, not by tests.
 
@@ -95,6 +95,22 @@ fn every_scenario_runs_and_reports_one_json_line() -> Result<()> {
     let overload = get("overload")?;
     ensure!(num(&overload["overload"], "sent")? > 0.0, "{overload}");
     ensure!(num(&overload["recovery"], "sent")? > 0.0, "{overload}");
+    // The quick overload cuts one client halfway: it must come back, resync
+    // what it missed, and the server must count as recovered.
+    ensure!(num(overload, "reconnects")? >= 1.0, "{overload}");
+    ensure!(num(overload, "resynced_entries")? > 0.0, "{overload}");
+    ensure!(
+        overload["recovered"].as_bool() == Some(true),
+        "not recovered: {overload}"
+    );
+    let recovery_ms = num(overload, "recovery_ms")?;
+    ensure!(
+        recovery_ms >= num(overload, "caught_up_ms")?
+            && recovery_ms >= num(overload, "on_time_ms")?
+            && recovery_ms <= 1000.0 * num(overload, "recovery_bound_s")?,
+        "{overload}"
+    );
+    ensure!(num(overload, "clients_behind")? == 0.0, "{overload}");
 
     let crypto = get("crypto")?;
     for op in ["rotate", "seal", "open_verify"] {

@@ -14,7 +14,7 @@ mod pacing;
 mod routes;
 mod session;
 pub mod tls;
-mod upgrade;
+pub mod upgrade;
 pub mod username;
 mod web;
 

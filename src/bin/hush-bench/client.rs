@@ -77,6 +77,11 @@ pub fn send_frame(room: i64, client_id: &str, body_b64: &str) -> String {
     )
 }
 
+/// Asks for every entry of `room` after `after` (pages, then `synced`).
+pub fn sync_frame(room: i64, after: i64) -> String {
+    format!(r#"{{"v":1,"type":"sync","rooms":[{{"room":{room},"after":{after}}}]}}"#)
+}
+
 /// The few fields the bench reads from server frames, borrowed.
 #[derive(Deserialize)]
 pub struct Frame<'a> {
@@ -88,16 +93,37 @@ pub struct Frame<'a> {
     pub code: Option<String>,
     #[serde(default)]
     pub room: Option<i64>,
+    /// `synced`: the last `seq` of the sync.
+    #[serde(default)]
+    pub seq: Option<i64>,
+    /// `ack`: the `client_id` of the acknowledged `send`.
+    #[serde(default, borrow)]
+    pub client_id: Option<&'a str>,
     #[serde(default)]
     pub duplicate: bool,
 }
 
 #[derive(Deserialize)]
 pub struct EntryRef<'a> {
+    #[serde(default)]
+    pub room: i64,
+    #[serde(default)]
+    pub seq: i64,
     #[serde(borrow)]
     pub kind: &'a str,
     #[serde(default, borrow)]
     pub body: Option<&'a str>,
+}
+
+/// A `page` frame's entries, down to their `seq`.
+#[derive(Deserialize)]
+pub struct PageRef {
+    pub entries: Vec<SeqRef>,
+}
+
+#[derive(Deserialize)]
+pub struct SeqRef {
+    pub seq: i64,
 }
 
 /// A registered, logged-in bench user.

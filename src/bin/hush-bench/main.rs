@@ -5,7 +5,7 @@
 //! `--server`. Registers its own users through the HTTP API and drives real
 //! WebSocket clients with random payloads. Each scenario prints a human
 //! row and one JSON line starting with `{"scenario":`. `--baseline` runs
-//! `fanout`/`ramp` against a bare warp relay in the same invocation too.
+//! `fanout`/`ramp` against a bare relay in the same invocation too.
 //! Every loop is bounded in count and time.
 
 mod client;
@@ -13,12 +13,16 @@ mod conns;
 mod crypto;
 mod dm;
 mod fanout;
+mod on_time;
+mod overload;
+mod redial;
 mod relay;
 mod sync;
 mod target;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -30,7 +34,8 @@ use client::{Bench, fmt_us};
 use conns::{ConnArgs, IdleArgs};
 use crypto::CryptoArgs;
 use dm::DmArgs;
-use fanout::{FanoutArgs, Harness, OverloadArgs, RampArgs};
+use fanout::{FanoutArgs, Harness, RampArgs};
+use overload::OverloadArgs;
 use relay::Relay;
 use sync::SyncArgs;
 use target::Target;
@@ -47,8 +52,9 @@ struct Cli {
     /// `idle`, which uses the `hush` binary next to this one if present.
     #[arg(long, global = true)]
     spawn_binary: Option<PathBuf>,
-    /// Also run `fanout`/`ramp` against a bare relay (warp WebSockets, no
-    /// auth, no storage) and report hush/bare ratios.
+    /// Also run `fanout`/`ramp` against a bare relay (hush's WebSocket
+    /// upgrade and settings, no auth, no storage) and report hush/bare
+    /// ratios.
     #[arg(long, global = true)]
     baseline: bool,
     /// With `all`: tiny sizes, a few seconds per scenario (the smoke test).
@@ -74,8 +80,9 @@ enum Scenario {
     Idle(IdleArgs),
     /// Client-side sender-key rotation, seal and open for a large room.
     Crypto(CryptoArgs),
-    /// Fanout far above the sustainable rate, then a light step: server
-    /// RSS (child), recovery latency and log volume.
+    /// Fanout far above the sustainable rate, then a light load until the
+    /// server recovered: recovery time (clients reconnected, resynced and
+    /// on time again), server RSS (child) and log volume.
     Overload(OverloadArgs),
     /// Every scenario in turn (use --quick for the smoke-test sizes).
     All,
@@ -512,20 +519,16 @@ async fn overload_scenario(
         let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
         let rss_before = target.server_rss_kib();
         let log_before = target.log_bytes();
-        let duration = Duration::from_secs_f64(args.duration);
-        let overload = harness.step(
-            1,
-            args.senders,
-            args.rate,
-            args.payload,
-            duration,
-            Duration::from_secs(5),
-        );
-        // Sample the server's RSS every 250 ms while the overload runs.
+        let is_running = AtomicBool::new(true);
+        let scenario = async {
+            let result = overload::run(&mut harness, args).await;
+            is_running.store(false, Ordering::Release);
+            result
+        };
+        // Sample the server's RSS every 250 ms until the scenario is over.
         let sampler = async {
             let mut peak = None::<u64>;
-            let until = std::time::Instant::now() + duration + Duration::from_secs(5);
-            while std::time::Instant::now() < until {
+            while is_running.load(Ordering::Acquire) {
                 if let Some(rss) = target.server_rss_kib() {
                     peak = Some(peak.map_or(rss, |p| p.max(rss)));
                 }
@@ -533,43 +536,41 @@ async fn overload_scenario(
             }
             peak
         };
-        let (overload, peak) = tokio::join!(overload, sampler);
-        let recovery = harness
-            .step(
-                2,
-                args.senders,
-                args.recovery_rate,
-                args.payload,
-                Duration::from_secs_f64(args.recovery_secs),
-                Duration::from_secs(5),
-            )
-            .await;
+        let (result, peak) = tokio::join!(scenario, sampler);
         let rss_after = target.server_rss_kib();
         let log_after = target.log_bytes();
         harness.close().await;
         let log_bytes = log_before.zip(log_after).map(|(b, a)| a.saturating_sub(b));
-        Ok::<_, anyhow::Error>((overload, recovery, rss_before, peak, rss_after, log_bytes))
+        Ok::<_, anyhow::Error>((result, rss_before, peak, rss_after, log_bytes))
     }
     .await;
     target.stop().await;
-    let (overload, recovery, rss_before, peak, rss_after, log_bytes) = outcome?;
+    let (result, rss_before, peak, rss_after, log_bytes) = outcome?;
     let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+    let head = format!(
+        "overload C={} S={} P={}B",
+        args.clients, args.senders, args.payload
+    );
+    let mut line = json!({
+        "scenario": "overload", "target": label, "clients": args.clients,
+        "senders": args.senders, "payload": args.payload,
+        "rate": args.rate, "duration_s": args.duration,
+        "overload": result.overload.json(), "recovery": result.light.json(),
+        "delivered": result.overload.delivered + result.light.delivered,
+        "server_rss_before_kib": rss_before, "server_rss_peak_kib": peak,
+        "server_rss_after_kib": rss_after, "server_log_bytes": log_bytes,
+    });
+    if let (Value::Object(line), Value::Object(fields)) = (&mut line, result.json(args)) {
+        line.extend(fields);
+    }
     emit(
         &[
             format!(
-                "overload C={} S={} P={}B | hush ({label}) overload {}",
-                args.clients,
-                args.senders,
-                args.payload,
-                overload.human()
+                "{head} | hush ({label}) overload {}",
+                result.overload.human()
             ),
-            format!(
-                "overload C={} S={} P={}B | hush ({label}) recovery {}",
-                args.clients,
-                args.senders,
-                args.payload,
-                recovery.human()
-            ),
+            format!("{head} | hush ({label}) light    {}", result.light.human()),
+            result.recovery_row(args, args.clients),
             format!(
                 "overload | server RSS before {} KiB, peak {} KiB, after {} KiB | server log +{} bytes",
                 kib(rss_before),
@@ -578,14 +579,7 @@ async fn overload_scenario(
                 kib(log_bytes)
             ),
         ],
-        json!({
-            "scenario": "overload", "target": label, "clients": args.clients,
-            "senders": args.senders, "payload": args.payload,
-            "overload": overload.json(), "recovery": recovery.json(),
-            "delivered": overload.delivered + recovery.delivered,
-            "server_rss_before_kib": rss_before, "server_rss_peak_kib": peak,
-            "server_rss_after_kib": rss_after, "server_log_bytes": log_bytes,
-        }),
+        line,
     );
     Ok(())
 }
@@ -627,5 +621,8 @@ mod tests {
         assert_eq!(defaults::<CryptoArgs>().members, 200);
         assert_eq!(defaults::<RampArgs>().clients, 100);
         assert_eq!(defaults::<ConnArgs>().connections, 2000);
+        let overload = defaults::<OverloadArgs>();
+        assert_eq!((overload.clients, overload.senders), (100, 10));
+        assert_eq!(overload.rate, 1150.0, "2x the quiet ramp's R≈577");
     }
 }

@@ -1,9 +1,13 @@
-//! The bare relay baseline: warp 0.4 WebSockets with no auth and no
-//! storage. Every text frame a client sends is broadcast, unchanged, to
-//! every connected client (the sender included, as hush does). Each
-//! client has a bounded queue (1024 frames, like hush); a client whose
-//! queue is full is dropped, which the bench sees as loss. Accepted
-//! sockets get TCP_NODELAY (inherited from the listener).
+//! The bare relay baseline: hush's own WebSocket stack with no auth and no
+//! storage. The upgrade is answered by `hush::server::upgrade` (the code
+//! `hush serve` runs) and each socket gets the `WebSocketConfig` of hush's
+//! default settings, so the relay and hush differ only in what they do
+//! with a frame, not in how they read and write it. Every text frame a
+//! client sends is broadcast, unchanged, to every connected client (the
+//! sender included, as hush does). Each client has a bounded queue (1024
+//! frames, like hush); a client whose queue is full is dropped, which the
+//! bench sees as loss. Accepted sockets get TCP_NODELAY (inherited from
+//! the listener).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,11 +17,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
+use hush::config::ServerConfig;
+use hush::server::upgrade::{self, WebSocket};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 use warp::Filter;
-use warp::ws::{Message, WebSocket};
 
 const QUEUE: usize = 1024;
 
@@ -40,13 +46,20 @@ impl Relay {
         let addr: SocketAddr = listener.local_addr()?;
         let clients: Clients = Arc::default();
         let next_id = Arc::new(AtomicU64::new(0));
-        let route = warp::path!("ws")
-            .and(warp::ws())
-            .map(move |ws: warp::ws::Ws| {
+        let config = upgrade::socket_config(&ServerConfig::default());
+        let route = warp::path!("ws").and(upgrade::upgrade_request()).map(
+            move |key: String, on_upgrade| {
                 let clients = clients.clone();
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                ws.on_upgrade(move |socket| serve_client(socket, id, clients))
-            });
+                upgrade::accept(
+                    &key,
+                    on_upgrade,
+                    config,
+                    |task| drop(tokio::spawn(task)),
+                    move |socket| serve_client(socket, id, clients),
+                )
+            },
+        );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             warp::serve(route)

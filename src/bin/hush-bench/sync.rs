@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Bench, Frame, Pumped, connect_authenticated, pump};
+use crate::client::{Bench, Frame, Pumped, connect_authenticated, pump, sync_frame};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SyncArgs {
@@ -97,8 +97,9 @@ pub async fn run(bench: &Bench, ws_url: &str, args: &SyncArgs) -> Result<SyncRes
 
     let mut ws = connect_authenticated(ws_url, &user.token, false).await?;
     let started = Instant::now();
-    let sync = format!(r#"{{"v":1,"type":"sync","rooms":[{{"room":{room},"after":0}}]}}"#);
-    ws.send(Message::text(sync)).await.context("sending sync")?;
+    ws.send(Message::text(sync_frame(room, 0)))
+        .await
+        .context("sending sync")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let (mut replayed, mut pages) = (0u64, 0u64);
     loop {
