@@ -311,10 +311,8 @@ impl Session {
             if self.blocked.is_some() && reservation.is_none() {
                 reservation = Some(Box::pin(self.state.writer.clone().reserve()));
             }
-            let reading = self.blocked.is_none()
-                && self.acks.len() < MAX_UNACKED
-                && pacer.may_read()
-                && !self.is_behind(&hub_rx);
+            let reading =
+                self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
             tokio::select! {
                 biased;
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
@@ -381,16 +379,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Whether this connection's outgoing queue is half full or more. Then
-    /// the session stops reading the socket until the queue drains: a
-    /// client that cannot keep up with what it receives (in a busy room,
-    /// its own messages included) must not keep adding to it, or an
-    /// overload would leave every member a backlog to replay long after it
-    /// ended. Clients slower than the senders are still cut off with 4009.
-    fn is_behind(&self, hub_rx: &tokio::sync::mpsc::Receiver<Arc<Outbound>>) -> bool {
-        hub_rx.len() >= self.state.config.outbound_queue / 2
     }
 
     /// Sends the acknowledgements still owed before closing for shutdown.
