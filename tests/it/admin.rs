@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use hush::config::{RegistrationMode, ServerConfig};
+use hush::config::{Rate, RegistrationMode, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -282,7 +282,15 @@ async fn stats_count_users_rooms_messages_and_sessions() -> Result<()> {
 
 #[tokio::test]
 async fn backup_of_a_database_the_server_is_writing_is_a_consistent_copy() -> Result<()> {
-    let app = app().await?;
+    // 300 sends back to back: lift the per-connection message rate (its
+    // burst of 100 is not what this test is about).
+    let mut config = ServerConfig::default();
+    config.limits.messages_per_connection = Rate {
+        per_sec: 1e6,
+        burst: 1_000,
+    };
+    config.limits.messages_per_user = config.limits.messages_per_connection;
+    let app = spawn_app_with(config).await?;
     let tokens = app.users(&["alice", "bob"]).await?;
     let room = app.group(&tokens[0], &[("bob", &tokens[1])]).await?;
     let mut alice = app.connect_ws(&tokens[0]).await?;
