@@ -23,10 +23,13 @@ use super::{
 };
 
 /// Most operations applied in one transaction. Large, because each commit
-/// costs an fsync (synchronous=FULL), which a busy disk makes slow.
-const MAX_BATCH: usize = 4096;
+/// costs an fsync (synchronous=FULL), which a busy disk makes slow, and
+/// because a batch to many rooms writes each room's last pages once: with
+/// 500 busy rooms, 8,192 rather than 4,096 took `dm` from ~23k to ~29k
+/// msgs/s.
+const MAX_BATCH: usize = 8192;
 /// Operations that may wait for the writer before callers are slowed down.
-const QUEUE_DEPTH: usize = 4096;
+const QUEUE_DEPTH: usize = 8192;
 /// Committed batches that may wait for their announcement before the
 /// writer stops to let the announcer catch up.
 const SETTLED_DEPTH: usize = 2;
