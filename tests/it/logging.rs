@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::crash::HushProcess;
 use crate::support::{FRAME_TIMEOUT, b64, sign, spki_der, unb64};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
@@ -211,35 +212,12 @@ async fn invite_mode_on_loopback_starts_without_the_open_registration_warning() 
 #[tokio::test(flavor = "multi_thread")]
 async fn at_warn_level_websocket_traffic_and_closes_log_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let log_path = dir.path().join("server.log");
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?
-        .port();
-    let mut child = Command::new(HUSH)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["--log-level", "warn"])
-        .arg("--db")
-        .arg(dir.path().join("hush.db"))
-        .env_remove("HUSH_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .spawn()?;
+    // Runs `hush serve --log-level warn` with its stderr in server.log.
+    let server = HushProcess::start(dir.path(), &[]).await?;
+    let url = format!("ws://{}/ws", server.addr);
     let outcome = async {
-        let started = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "hush serve did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         for close_first in [true, false] {
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await?;
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
             if close_first {
                 // A client that closes before authenticating.
                 ws.close(None).await?;
@@ -255,11 +233,9 @@ async fn at_warn_level_websocket_traffic_and_closes_log_nothing() -> Result<()> 
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    child.wait()?;
+    server.terminate()?;
     outcome?;
+    let log_path = dir.path().join("server.log");
     let log = std::fs::read_to_string(&log_path)?;
     ensure!(log.is_empty(), "nothing is logged at warn:\n{log}");
     Ok(())
