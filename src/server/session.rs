@@ -316,11 +316,11 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
-                    Box::pin(self.finish_acks()).await;
+                    Box::pin(self.finish_acks(&mut hub_rx)).await;
                     return End::Close(close::GOING_AWAY, "server shutting down");
                 }
                 _ = &mut expiry => {
-                    Box::pin(self.finish_acks()).await;
+                    Box::pin(self.finish_acks(&mut hub_rx)).await;
                     return End::Close(close::UNAUTHORIZED, "session expired");
                 }
                 out = hub_rx.recv() => match out {
@@ -382,12 +382,14 @@ impl Session {
     }
 
     /// Sends the acknowledgements still owed before closing for shutdown.
-    async fn finish_acks(&mut self) {
+    async fn finish_acks(&mut self, hub_rx: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>) {
         let deadline = tokio::time::sleep(SEND_TIMEOUT);
         tokio::pin!(deadline);
         while !self.acks.is_empty() {
             tokio::select! {
-                Some((id, result)) = self.acks.next() => { if !self.send_acks(id, result).await { return } }
+                Some((id, result)) = self.acks.next() => {
+                    if !self.write_ready(Ready::Ack(id, result), hub_rx).await { return }
+                }
                 _ = &mut deadline => return,
             }
         }
@@ -614,24 +616,6 @@ impl Session {
             let result = reply.await.unwrap_or(Err(StoreError::Closed));
             (id, result)
         }));
-    }
-
-    /// Sends an acknowledgement and every other one already available,
-    /// with one flush.
-    async fn send_acks(&mut self, id: Option<String>, result: Result<Applied, StoreError>) -> bool {
-        let mut next = Some((id, result));
-        let mut written = 0;
-        while let Some((id, result)) = next.take() {
-            let msg = Message::text(Outgoing::new(id, ack_frame(result)).to_json());
-            if !self.feed(msg).await {
-                return false;
-            }
-            written += 1;
-            if written < MAX_FRAMES_PER_FLUSH {
-                next = self.ready_ack();
-            }
-        }
-        self.flush().await
     }
 
     fn start_sync(&mut self, cursor: Cursor) {
