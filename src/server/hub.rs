@@ -5,14 +5,17 @@
 //! connection has a bounded queue; a connection whose queue is full is cut
 //! off (its session then closes with "too slow" and the client resyncs),
 //! so one slow reader never delays anyone else or grows the server's memory.
+//! When most recipients are backed up at once, fan-out itself is the limit,
+//! and the hub holds new messages back instead (`send_hold`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::send_hold::SendHold;
 use crate::protocol::close;
 use crate::store::{RoomId, UserId};
 
@@ -28,7 +31,16 @@ struct Conn {
     id: u64,
     token_hash: [u8; 32],
     tx: mpsc::Sender<Arc<Outbound>>,
-    cut_reason: Arc<AtomicU16>,
+    shared: Arc<ConnShared>,
+}
+
+/// What the hub and a session both see of one connection.
+#[derive(Default)]
+pub struct ConnShared {
+    /// Close code to use if the hub cuts this connection off; 0 while it has not.
+    pub cut_reason: AtomicU16,
+    /// Its queue filled past a quarter and has not drained yet.
+    backed_up: AtomicBool,
 }
 
 /// A session's end of its hub registration.
@@ -37,8 +49,7 @@ pub struct Registration {
     pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// Whether this is the user's only connection (they just came online).
     pub is_first: bool,
-    /// Close code to use if the hub cuts this connection off; 0 while it has not.
-    pub cut_reason: Arc<AtomicU16>,
+    pub shared: Arc<ConnShared>,
 }
 
 #[derive(Clone)]
@@ -46,6 +57,7 @@ pub struct Hub {
     conns: Arc<Mutex<HashMap<UserId, Vec<Conn>>>>,
     next_id: Arc<AtomicU64>,
     queue_len: usize,
+    hold: Arc<SendHold>,
 }
 
 impl Hub {
@@ -54,26 +66,27 @@ impl Hub {
             conns: Arc::default(),
             next_id: Arc::default(),
             queue_len,
+            hold: Arc::new(SendHold::new()),
         }
     }
 
     pub fn register(&self, user: UserId, token_hash: [u8; 32]) -> Registration {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cut_reason = Arc::new(AtomicU16::new(0));
+        let shared = Arc::new(ConnShared::default());
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         let list = conns.entry(user).or_default();
         list.push(Conn {
             id,
             token_hash,
             tx,
-            cut_reason: cut_reason.clone(),
+            shared: shared.clone(),
         });
         Registration {
             id,
             rx,
             is_first: list.len() == 1,
-            cut_reason,
+            shared,
         }
     }
 
@@ -85,7 +98,13 @@ impl Hub {
         let Some(list) = conns.get_mut(&user) else {
             return true;
         };
-        list.retain(|c| c.id != id);
+        list.retain(|c| {
+            let keep = c.id != id;
+            if !keep {
+                self.hold.unflag(&c.shared.backed_up);
+            }
+            keep
+        });
         let now_empty = list.is_empty();
         if now_empty {
             conns.remove(&user);
@@ -97,23 +116,66 @@ impl Hub {
     pub fn deliver(&self, users: &[UserId], frame: &Outbound) {
         // One allocation per frame; each queue slot holds a pointer.
         let frame = Arc::new(frame.clone());
+        let backed_up_at = self.backed_up_at();
+        let (mut recipients, mut backed_up) = (0, 0);
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         for user in users {
             if let Some(list) = conns.get_mut(user) {
                 list.retain(|c| match c.tx.try_send(frame.clone()) {
-                    Ok(()) => super::metrics::fanout_delivered(),
+                    Ok(()) => {
+                        recipients += 1;
+                        if self.queue_len - c.tx.capacity() >= backed_up_at {
+                            self.hold.flag(&c.shared.backed_up);
+                        }
+                        if c.shared.backed_up.load(Ordering::Relaxed) {
+                            backed_up += 1;
+                        }
+                        super::metrics::fanout_delivered()
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         super::metrics::error("slow_consumer");
-                        c.cut_reason.store(close::TOO_SLOW, Ordering::Relaxed);
+                        c.shared
+                            .cut_reason
+                            .store(close::TOO_SLOW, Ordering::Relaxed);
+                        self.hold.unflag(&c.shared.backed_up);
                         false
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.hold.unflag(&c.shared.backed_up);
+                        false
+                    }
                 });
                 if list.is_empty() {
                     conns.remove(user);
                 }
             }
         }
+        drop(conns);
+        self.hold.assess(recipients, backed_up);
+    }
+
+    /// A session calls this after writing: clears its connection's
+    /// backed-up flag once its queue (`queued` frames left) has drained.
+    pub fn wrote(&self, shared: &ConnShared, queued: usize) {
+        if queued <= self.queue_len / 16 && shared.backed_up.load(Ordering::Relaxed) {
+            self.hold.unflag(&shared.backed_up);
+        }
+    }
+
+    /// Whether new messages should wait because fan-out fell behind.
+    pub fn holds_senders(&self) -> bool {
+        self.hold.is_holding()
+    }
+
+    /// Resolves once new messages no longer wait for fan-out.
+    pub fn senders_resumed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hold = self.hold.clone();
+        async move { hold.resumed().await }
+    }
+
+    /// Frames in a connection's queue that make it count as backed up.
+    fn backed_up_at(&self) -> usize {
+        (self.queue_len / 4).max(1)
     }
 
     /// Cuts off every connection opened with a revoked session token.
@@ -123,7 +185,10 @@ impl Hub {
             list.retain(|c| {
                 let revoked = &c.token_hash == token_hash;
                 if revoked {
-                    c.cut_reason.store(close::UNAUTHORIZED, Ordering::Relaxed);
+                    c.shared
+                        .cut_reason
+                        .store(close::UNAUTHORIZED, Ordering::Relaxed);
+                    self.hold.unflag(&c.shared.backed_up);
                 }
                 !revoked
             });

@@ -134,6 +134,7 @@ static SESSIONS: Gauge = Gauge::new();
 static MESSAGES: Counter = Counter::new();
 static MESSAGE_BYTES: Counter = Counter::new();
 static FANOUT: Counter = Counter::new();
+static SEND_HOLDS: Counter = Counter::new();
 static COMMITS: Histogram = Histogram::new();
 static ERRORS: Labelled = Labelled::new();
 static RATE_LIMITED: Labelled = Labelled::new();
@@ -166,6 +167,11 @@ pub fn entry_committed(entry: &crate::store::Entry) {
 pub fn fanout_delivered() -> bool {
     FANOUT.add(1);
     true
+}
+
+/// Senders began to be held because fan-out fell behind (`send_hold`).
+pub fn senders_held() {
+    SEND_HOLDS.add(1);
 }
 
 /// An error answered to a client or met by the server, by its code
@@ -226,6 +232,11 @@ pub fn render() -> String {
         "hush_fanout_deliveries_total",
         "Frames queued for a connection by the hub.",
         FANOUT.get(),
+    );
+    counter(
+        "hush_send_holds_total",
+        "Times new messages were held because most recipients were backed up.",
+        SEND_HOLDS.get(),
     );
     let name = "hush_db_commit_seconds";
     let _ = writeln!(

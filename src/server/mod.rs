@@ -12,6 +12,7 @@ mod maintenance;
 pub mod metrics;
 mod pacing;
 mod routes;
+mod send_hold;
 mod session;
 pub mod tls;
 pub mod upgrade;

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::AppState;
 use super::auth::token_hash;
-use super::hub::Outbound;
+use super::hub::{ConnShared, Outbound};
 use super::pacing::ReadPacer;
 use super::upgrade::WebSocket;
 use crate::protocol::{
@@ -64,6 +64,8 @@ struct Session {
     state: AppState,
     user: UserRecord,
     sink: SplitSink<WebSocket, Message>,
+    /// This connection as the hub sees it.
+    conn: Arc<ConnShared>,
     cursors: HashMap<RoomId, RoomCursor>,
     sync_queue: VecDeque<RoomId>,
     acks: FuturesOrdered<AckFuture>,
@@ -160,6 +162,7 @@ async fn run_split(parts: Box<Parts>) {
         state,
         user,
         sink,
+        conn: registration.shared,
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
         acks: FuturesOrdered::new(),
@@ -170,9 +173,7 @@ async fn run_split(parts: Box<Parts>) {
         if registration.is_first {
             Box::pin(announce_presence(&session.state, &session.user, true)).await;
         }
-        session
-            .serve(stream, registration.rx, &registration.cut_reason)
-            .await
+        session.serve(stream, registration.rx).await
     } else {
         End::Closed
     };
@@ -297,7 +298,6 @@ impl Session {
         &mut self,
         mut stream: SplitStream<WebSocket>,
         mut hub_rx: tokio::sync::mpsc::Receiver<Arc<Outbound>>,
-        cut_reason: &std::sync::atomic::AtomicU16,
     ) -> End {
         let mut shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
@@ -309,7 +309,12 @@ impl Session {
         tokio::pin!(expiry);
         loop {
             if self.blocked.is_some() && reservation.is_none() {
-                reservation = Some(Box::pin(self.state.writer.clone().reserve()));
+                let resumed = self.state.hub.senders_resumed();
+                let writer = self.state.writer.clone();
+                reservation = Some(Box::pin(async move {
+                    resumed.await;
+                    writer.reserve().await
+                }));
             }
             let reading =
                 self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
@@ -326,7 +331,7 @@ impl Session {
                 out = hub_rx.recv() => match out {
                     Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out), &mut hub_rx)).await { return End::Closed },
                     None => {
-                        let code = cut_reason.load(Ordering::Relaxed);
+                        let code = self.conn.cut_reason.load(Ordering::Relaxed);
                         let reason = if code == close::UNAUTHORIZED { "session revoked" } else { "too slow; reconnect and sync" };
                         return End::Close(if code == 0 { close::TOO_SLOW } else { code }, reason);
                     }
@@ -443,7 +448,9 @@ impl Session {
                 };
             }
         }
-        self.flush().await
+        let flushed = self.flush().await;
+        self.state.hub.wrote(&self.conn, hub_rx.len());
+        flushed
     }
 
     /// An acknowledgement that is ready now, without waiting. (Polling with
@@ -591,6 +598,11 @@ impl Session {
             client_id,
             body,
         };
+        if self.state.hub.holds_senders() {
+            // Most recipients are behind: wait for them (`send_hold`).
+            self.blocked = Some(blocked);
+            return true;
+        }
         match self.state.writer.try_reserve() {
             Ok(Some(slot)) => {
                 self.enqueue(slot, blocked);

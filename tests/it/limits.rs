@@ -413,11 +413,43 @@ async fn a_login_flood_past_the_hashing_queue_gets_503_and_the_server_stays_resp
     Ok(())
 }
 
+/// A raw connection with a tiny receive buffer, authenticated and synced
+/// on `room`; returns it and the `synced` seq. The caller then stops
+/// reading it, so frames back up on the server within a few messages.
+async fn stalling_reader(app: &TestApp, token: &str, room: i64) -> Result<(RawTcpWs, i64)> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(app.addr).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(app.ws_url(), stream).await?;
+    ws.send(Message::text(
+        json!({ "v": 1, "type": "auth", "token": token }).to_string(),
+    ))
+    .await?;
+    ws.send(Message::text(
+        json!({ "v": 1, "type": "sync", "rooms": [{ "room": room, "after": 0 }] }).to_string(),
+    ))
+    .await?;
+    for _ in 0..100 {
+        let frame = read_raw(&mut ws)
+            .await?
+            .context("the connection ended before it synced")?;
+        if frame["type"] == "synced" {
+            let cursor = frame["seq"].as_i64().context("seq")?;
+            ensure!(cursor > 0, "synced at {cursor}");
+            return Ok((ws, cursor));
+        }
+    }
+    bail!("never synced")
+}
+
+type RawTcpWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
 /// The next frame of a raw WebSocket: text as JSON, a close as
 /// `{"closed": code}`, `None` when the connection ended.
-async fn read_raw(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-) -> Result<Option<Value>> {
+async fn read_raw(ws: &mut RawTcpWs) -> Result<Option<Value>> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await? {
@@ -435,9 +467,6 @@ async fn read_raw(
 /// others receive everything meanwhile; it catches up by syncing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_consumer_is_cut_off_without_delaying_others_and_resyncs_later() -> Result<()> {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-
     const MESSAGES: usize = 150;
     let app = spawn_app_with(ServerConfig {
         outbound_queue: 8,
@@ -454,31 +483,7 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_resyncs_later() 
     let mut bob = app.connect_ws(&t[1]).await?;
 
     // carol: a tiny receive buffer, and after syncing she stops reading.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let stream = socket.connect(app.addr).await?;
-    let (mut carol, _) = tokio_tungstenite::client_async(app.ws_url(), stream).await?;
-    carol
-        .send(Message::text(
-            json!({ "v": 1, "type": "auth", "token": t[2] }).to_string(),
-        ))
-        .await?;
-    carol
-        .send(Message::text(
-            json!({ "v": 1, "type": "sync", "rooms": [{ "room": room, "after": 0 }] }).to_string(),
-        ))
-        .await?;
-    let mut cursor = 0;
-    for _ in 0..100 {
-        let frame = read_raw(&mut carol)
-            .await?
-            .context("carol's connection ended early")?;
-        if frame["type"] == "synced" {
-            cursor = frame["seq"].as_i64().context("seq")?;
-            break;
-        }
-    }
-    ensure!(cursor > 0, "carol never synced");
+    let (mut carol, mut cursor) = stalling_reader(&app, &t[2], room).await?;
 
     let body = vec![0x42; 60_000];
     let mut last = 0;
@@ -524,6 +529,119 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_resyncs_later() 
     assert_eq!(seqs, (cursor + 1..=last).collect::<Vec<_>>());
     assert_eq!(synced, last);
     Ok(())
+}
+
+/// When most recipients of a room stop reading at once, fan-out is the limit:
+/// the sender is held (its next message is not taken) instead of every
+/// reader being cut off; once they read again, everything arrives, in
+/// order, and no one was cut off. (Eight or more readers, at least half of
+/// the recipients: fewer are cut off alone, as in the test above.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_is_held_while_most_of_its_room_falls_behind_and_no_one_is_cut_off() -> Result<()>
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+    const READERS: usize = 8;
+    const MESSAGES: usize = 150;
+    let app = spawn_app_with(ServerConfig {
+        outbound_queue: 16,
+        max_body_bytes: 100_000,
+        limits: Limits::unlimited(),
+        ..ServerConfig::default()
+    })
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    // The readers: bob's connections (the hub delivers to each of them).
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        readers.push(stalling_reader(&app, &t[1], room).await?);
+    }
+
+    // alice sends one message after another, each waiting for its ack.
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let last_seq = Arc::new(AtomicI64::new(0));
+    let sender = tokio::spawn({
+        let (acked, last_seq) = (acked.clone(), last_seq.clone());
+        async move {
+            let body = vec![0x42; 60_000];
+            for i in 0..MESSAGES {
+                let seq = alice.send_ok(room, &format!("m{i}"), &body).await?;
+                last_seq.store(seq, Ordering::SeqCst);
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        }
+    });
+
+    // The readers read nothing until alice makes no progress for a second.
+    let mut seen = usize::MAX;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = acked.load(Ordering::SeqCst);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let held_at = acked.load(Ordering::SeqCst);
+    ensure!(
+        held_at < MESSAGES,
+        "alice was never held: all {MESSAGES} acked while no one read"
+    );
+
+    // They read again: each gets every message after its cursor, in order.
+    let mut reading = Vec::new();
+    for (ws, cursor) in readers {
+        let last_seq = last_seq.clone();
+        reading.push(tokio::spawn(read_all_entries(ws, cursor, last_seq)));
+    }
+    sender.await??;
+    let last = last_seq.load(Ordering::SeqCst);
+    for (i, reader) in reading.into_iter().enumerate() {
+        let (got, closed_with) = reader.await??;
+        ensure!(
+            got == last,
+            "reader {i} stopped at {got} of {last}, closed with {closed_with:?}"
+        );
+        ensure!(
+            closed_with.is_none(),
+            "reader {i} was cut off: {closed_with:?}"
+        );
+    }
+    println!("alice held after {held_at} of {MESSAGES} messages while {READERS} readers stalled");
+    Ok(())
+}
+
+/// Reads live entries until the one at `last_seq` (known once the sender
+/// is done), checking each follows the one before. Returns the last seq
+/// read and the close code if the connection was closed instead.
+async fn read_all_entries(
+    mut ws: RawTcpWs,
+    mut cursor: i64,
+    last_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> Result<(i64, Option<u64>)> {
+    use std::sync::atomic::Ordering;
+    loop {
+        let last = last_seq.load(Ordering::SeqCst);
+        if last > 0 && cursor >= last {
+            return Ok((cursor, None));
+        }
+        match read_raw(&mut ws).await? {
+            Some(frame) if frame["type"] == "entry" => {
+                let seq = frame["entry"]["seq"].as_i64().context("seq")?;
+                ensure!(seq == cursor + 1, "stream jumped from {cursor} to {seq}");
+                cursor = seq;
+            }
+            Some(frame) if frame.get("closed").is_some() => {
+                return Ok((cursor, frame["closed"].as_u64()));
+            }
+            Some(_) => {}
+            None => return Ok((cursor, Some(0))),
+        }
+    }
 }
 
 /// One frame of a flood: `history`, `who`, `ping` or an unknown type, in

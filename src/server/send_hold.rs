@@ -1,0 +1,182 @@
+//! Holding senders back while fan-out cannot keep up.
+//!
+//! The writer's bounded queue slows senders when storage is the limit. When
+//! delivery is the limit (one message goes to a hundred sockets, and the
+//! server's CPU or the clients cannot take them as fast as they come),
+//! storing every message a sender offers would only queue it for every
+//! recipient until their queues overflow; each of them would then be cut
+//! off and replay the whole backlog. So the hub flags a connection whose
+//! queue is more than a quarter full as backed up, and when at least half
+//! of a message's recipient connections (and at least eight) are backed up,
+//! sessions stop admitting new messages: they stop reading their sockets,
+//! as they do for a full writer queue, until enough of those connections
+//! have drained to a sixteenth.
+//!
+//! A few slow readers never hold anyone: below eight backed-up recipients,
+//! or under half of them, a slow reader is cut off alone when its own queue
+//! is full (close 4009). A hold is re-asserted by each message that finds
+//! its recipients still backed up, and lapses after `MAX_HOLD` without one,
+//! so connections that stop reading without closing cannot hold senders
+//! for longer than the send timeout that cuts them off.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Fewest backed-up recipients of one message that start a hold.
+pub const MIN_BACKED_UP: usize = 8;
+/// The longest a hold lasts without a message that re-asserts it.
+const MAX_HOLD: Duration = Duration::from_secs(10);
+const NOT_HELD: usize = usize::MAX;
+
+pub struct SendHold {
+    /// Connections flagged backed up right now.
+    backed_up: AtomicUsize,
+    /// Senders are held while `backed_up` is at least this.
+    hold_while_at_least: AtomicUsize,
+    /// Milliseconds after `epoch` at which the current hold lapses.
+    lapses_at_ms: AtomicU64,
+    epoch: Instant,
+    resumed: Notify,
+}
+
+impl SendHold {
+    pub fn new() -> Self {
+        Self {
+            backed_up: AtomicUsize::new(0),
+            hold_while_at_least: AtomicUsize::new(NOT_HELD),
+            lapses_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            resumed: Notify::new(),
+        }
+    }
+
+    /// Marks a connection backed up (once, however often it is called).
+    pub fn flag(&self, conn: &AtomicBool) {
+        if !conn.swap(true, SeqCst) {
+            self.backed_up.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Clears a connection's flag: it drained, or it is gone.
+    pub fn unflag(&self, conn: &AtomicBool) {
+        if conn.swap(false, SeqCst) {
+            let left = self.backed_up.fetch_sub(1, SeqCst) - 1;
+            if left < self.hold_while_at_least.load(SeqCst) {
+                self.release();
+            }
+        }
+    }
+
+    /// Called after a message was queued for `recipients` connections, of
+    /// which `backed_up` are flagged: starts or renews a hold if enough of
+    /// them are.
+    pub fn assess(&self, recipients: usize, backed_up: usize) {
+        if backed_up < MIN_BACKED_UP || backed_up * 2 < recipients {
+            return;
+        }
+        let threshold = MIN_BACKED_UP.max(recipients.div_ceil(2));
+        let lapses = self.now_ms() + MAX_HOLD.as_millis() as u64;
+        self.lapses_at_ms.store(lapses, SeqCst);
+        if self.hold_while_at_least.swap(threshold, SeqCst) == NOT_HELD {
+            super::metrics::senders_held();
+        }
+        // A connection may have drained between the count and the store.
+        if self.backed_up.load(SeqCst) < threshold {
+            self.release();
+        }
+    }
+
+    /// Whether a new message should wait.
+    pub fn is_holding(&self) -> bool {
+        let threshold = self.hold_while_at_least.load(SeqCst);
+        threshold != NOT_HELD
+            && self.backed_up.load(SeqCst) >= threshold
+            && self.now_ms() < self.lapses_at_ms.load(SeqCst)
+    }
+
+    /// Resolves once senders are no longer held.
+    pub async fn resumed(&self) {
+        loop {
+            let notified = self.resumed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_holding() {
+                return;
+            }
+            let lapses = self.epoch + Duration::from_millis(self.lapses_at_ms.load(SeqCst));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(lapses.into()) => {}
+            }
+        }
+    }
+
+    fn release(&self) {
+        if self.hold_while_at_least.swap(NOT_HELD, SeqCst) != NOT_HELD {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flagged(hold: &SendHold, n: usize) -> Vec<AtomicBool> {
+        let conns: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
+        for conn in &conns {
+            hold.flag(conn);
+        }
+        conns
+    }
+
+    #[test]
+    fn a_few_slow_readers_hold_nobody() {
+        let hold = SendHold::new();
+        let _conns = flagged(&hold, MIN_BACKED_UP - 1);
+        hold.assess(MIN_BACKED_UP - 1, MIN_BACKED_UP - 1);
+        assert!(!hold.is_holding(), "fewer than eight backed up");
+        let _more = flagged(&hold, 10);
+        hold.assess(40, 17);
+        assert!(!hold.is_holding(), "fewer than half of 40 backed up");
+    }
+
+    #[test]
+    fn half_the_recipients_backed_up_hold_until_they_drain() {
+        let hold = SendHold::new();
+        let conns = flagged(&hold, 50);
+        hold.assess(100, 50);
+        assert!(hold.is_holding());
+        // Flagging twice counts once; one drain brings it under half.
+        hold.flag(&conns[0]);
+        assert_eq!(hold.backed_up.load(SeqCst), 50);
+        hold.unflag(&conns[0]);
+        hold.unflag(&conns[0]);
+        assert_eq!(hold.backed_up.load(SeqCst), 49);
+        assert!(!hold.is_holding(), "49 of 100 is under half");
+    }
+
+    #[tokio::test]
+    async fn waiting_senders_resume_when_the_connections_drain() {
+        let hold = std::sync::Arc::new(SendHold::new());
+        let conns = std::sync::Arc::new(flagged(&hold, 8));
+        hold.assess(8, 8);
+        let waiter = tokio::spawn({
+            let hold = hold.clone();
+            async move { hold.resumed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "held while all eight are backed up");
+        hold.unflag(&conns[3]);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("resumed on the drain, not on the lapse")
+            .unwrap();
+    }
+}
