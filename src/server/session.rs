@@ -68,6 +68,9 @@ struct Session {
     conn: Arc<ConnShared>,
     cursors: HashMap<RoomId, RoomCursor>,
     sync_queue: VecDeque<RoomId>,
+    /// The room whose page is being read, and its live entries that came
+    /// meanwhile: the read may or may not include them.
+    fetch_stash: Option<FetchStash>,
     acks: FuturesOrdered<AckFuture>,
     /// A validated message waiting for room in the writer's queue.
     blocked: Option<BlockedSend>,
@@ -84,6 +87,23 @@ struct BlockedSend {
     client_id: String,
     body: Vec<u8>,
 }
+
+/// Live entries of the room whose page is being read (see `wants`).
+struct FetchStash {
+    room: RoomId,
+    entries: Vec<Arc<Outbound>>,
+    /// More came than the stash holds; the room needs one more read.
+    overflowed: bool,
+}
+
+/// Most live entries kept for a room while its page is read.
+const MAX_STASHED: usize = 1024;
+
+/// One sync page being read from the store: the room, the cursor it was
+/// read after, and the page with the seq the room stands at after it.
+type PageFetch = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (RoomId, i64, Result<(Page, i64), StoreError>)> + Send>,
+>;
 
 type Reservation =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<QueueSlot, StoreError>> + Send>>;
@@ -165,6 +185,7 @@ async fn run_split(parts: Box<Parts>) {
         conn: registration.shared,
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
+        fetch_stash: None,
         acks: FuturesOrdered::new(),
         blocked: None,
         expires,
@@ -304,6 +325,9 @@ impl Session {
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
         let mut reservation: Option<Reservation> = None;
+        // Read while the loop goes on, so frames queued for this connection
+        // are taken (and those of syncing rooms dropped) during the read.
+        let mut fetching: Option<PageFetch> = None;
         let mut pacer = ReadPacer::new(self.state.limits.config.frames_per_connection);
         let expiry = tokio::time::sleep_until(self.expires);
         tokio::pin!(expiry);
@@ -379,8 +403,12 @@ impl Session {
                     }
                     if !self.send_raw(Message::Ping(Default::default())).await { return End::Closed }
                 }
-                _ = std::future::ready(()), if !self.sync_queue.is_empty() => {
-                    if !Box::pin(self.sync_step()).await { return End::Closed }
+                fetched = async { fetching.as_mut().expect("guarded by is_some").await }, if fetching.is_some() => {
+                    fetching = None;
+                    if !Box::pin(self.send_page(fetched)).await { return End::Closed }
+                }
+                _ = std::future::ready(()), if fetching.is_none() && !self.sync_queue.is_empty() => {
+                    fetching = self.fetch_next_page();
                 }
             }
         }
@@ -478,10 +506,21 @@ impl Session {
 
     /// Whether a frame from the hub should go out, unless this connection
     /// already has it (or will get it from a sync page).
-    fn wants(&mut self, out: &Outbound) -> bool {
+    fn wants(&mut self, out: &Arc<Outbound>) -> bool {
         if let Some((room, seq)) = out.position {
             match self.cursors.get(&room).copied() {
-                Some(RoomCursor::Syncing { .. }) => return false,
+                Some(RoomCursor::Syncing { .. }) => {
+                    // A page of this room is being read: this entry may be
+                    // after it, and is needed if that page is the last.
+                    if let Some(stash) = self.fetch_stash.as_mut().filter(|s| s.room == room) {
+                        if stash.entries.len() < MAX_STASHED {
+                            stash.entries.push(out.clone());
+                        } else {
+                            stash.overflowed = true;
+                        }
+                    }
+                    return false;
+                }
                 Some(RoomCursor::Live { seq: have }) if seq <= have => return false,
                 Some(RoomCursor::Live { seq: have }) if seq > have + 1 => {
                     // Something between was missed: fetch it from the store.
@@ -642,21 +681,49 @@ impl Session {
         }
     }
 
-    /// Sends one page of one syncing room, taking rooms in turn.
-    async fn sync_step(&mut self) -> bool {
-        let Some(room) = self.sync_queue.pop_front() else {
-            return true;
-        };
+    /// Starts reading the next page of the next syncing room, taking rooms
+    /// in turn.
+    fn fetch_next_page(&mut self) -> Option<PageFetch> {
+        let room = self.sync_queue.pop_front()?;
         let Some(RoomCursor::Syncing { after }) = self.cursors.get(&room).copied() else {
-            return true;
+            return None;
         };
-        let page = self
-            .state
-            .store
-            .entries_after(room, self.user.id, after, self.state.config.page_size)
-            .await;
-        let Page { entries, has_more } = match page {
-            Ok(page) => page,
+        self.fetch_stash = Some(FetchStash {
+            room,
+            entries: Vec::new(),
+            overflowed: false,
+        });
+        let store = self.state.store.clone();
+        let (user, limit) = (self.user.id, self.state.config.page_size);
+        Some(Box::pin(async move {
+            let read = async {
+                let page = store.entries_after(room, user, after, limit).await?;
+                let last = match page.entries.last() {
+                    Some(entry) => entry.seq,
+                    // Nothing after the cursor: never go live above the
+                    // room's end, or a client's bogus cursor would hide
+                    // the next entries.
+                    None => after.min(store.last_seq(room).await?),
+                };
+                Ok((page, last))
+            };
+            (room, after, read.await)
+        }))
+    }
+
+    /// Sends a page read by `fetch_next_page`, then either queues the
+    /// room's next page or, at the end, puts the room live and sends the
+    /// live entries that came during the read and were not in it.
+    async fn send_page(&mut self, fetched: (RoomId, i64, Result<(Page, i64), StoreError>)) -> bool {
+        let (room, after, read) = fetched;
+        let stash = self.fetch_stash.take();
+        if !matches!(self.cursors.get(&room), Some(RoomCursor::Syncing { after: a }) if *a == after)
+        {
+            // The client asked again meanwhile; its new request is queued.
+            return true;
+        }
+        let (Page { entries, has_more }, last) = match read {
+            Ok(read) => read,
             Err(err) => {
                 self.cursors.remove(&room);
                 let frame = match err {
@@ -671,15 +738,6 @@ impl Session {
                 };
                 return self.send(None, frame).await;
             }
-        };
-        let last = match entries.last() {
-            Some(entry) => entry.seq,
-            // Nothing after the cursor: never go live above the room's end,
-            // or a client's bogus cursor would hide the next entries.
-            None => match self.state.store.last_seq(room).await {
-                Ok(end) => after.min(end),
-                Err(err) => return self.send(None, store_error_frame(&err)).await,
-            },
         };
         if !entries.is_empty() {
             let entries = entries.iter().map(WireEntry::from).collect();
@@ -697,16 +755,29 @@ impl Session {
                 return false;
             }
         }
-        if has_more {
+        let stash = stash.filter(|s| s.room == room && !s.overflowed);
+        let Some(stash) = stash.filter(|_| !has_more) else {
             self.cursors
                 .insert(room, RoomCursor::Syncing { after: last });
-            self.sync_queue.push_back(room);
-            true
-        } else {
-            self.cursors.insert(room, RoomCursor::Live { seq: last });
-            self.send(None, ServerFrame::Synced { room, seq: last })
-                .await
+            // Already queued if the client asked again during the read.
+            if !self.sync_queue.contains(&room) {
+                self.sync_queue.push_back(room);
+            }
+            return true;
+        };
+        self.cursors.insert(room, RoomCursor::Live { seq: last });
+        if !self
+            .send(None, ServerFrame::Synced { room, seq: last })
+            .await
+        {
+            return false;
         }
+        for out in stash.entries {
+            if self.wants(&out) && !self.feed(Message::Text(out.json.clone())).await {
+                return false;
+            }
+        }
+        self.flush().await
     }
 
     async fn handle_history(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, ensure};
-use hush::config::ServerConfig;
+use hush::config::{Limits, ServerConfig};
 use serde_json::json;
 
 use crate::support::*;
@@ -58,16 +58,34 @@ async fn an_offline_member_gets_everything_he_missed_when_he_syncs() -> Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_during_concurrent_sends_delivers_every_entry_once_in_order() -> Result<()> {
-    sync_races_live_traffic(ServerConfig::default()).await
+    sync_races_live_traffic(ServerConfig::default(), 62).await
+}
+
+/// One long last page: its read takes a while, and entries committed
+/// meanwhile (live frames the session must not lose) follow it after
+/// `synced` without a gap or a second sync.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_last_page_read_during_concurrent_sends_loses_no_live_entry() -> Result<()> {
+    sync_races_live_traffic(
+        ServerConfig {
+            page_size: 5_000,
+            ..ServerConfig::default()
+        },
+        4_000,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_with_small_pages_during_concurrent_sends_delivers_every_entry_once_in_order()
 -> Result<()> {
-    sync_races_live_traffic(ServerConfig {
-        page_size: 7,
-        ..ServerConfig::default()
-    })
+    sync_races_live_traffic(
+        ServerConfig {
+            page_size: 7,
+            ..ServerConfig::default()
+        },
+        23,
+    )
     .await
 }
 
@@ -78,13 +96,18 @@ const MAX_PER_SENDER: usize = 5_000;
 /// Live entries bob must see after `synced` before the senders may stop.
 const LIVE_AFTER_SYNC: usize = 20;
 
-/// bob saw some of the room, went offline, missed a backlog of several
-/// pages, and reconnects and syncs while alice and carol keep sending.
+/// bob saw some of the room, went offline, missed a backlog of `backlog`
+/// messages, and reconnects and syncs while alice and carol keep sending.
 /// Pages plus the live entries after `synced` must hold every seq once, in
 /// order; live entries pushed before the sync began may repeat (§10).
-async fn sync_races_live_traffic(config: ServerConfig) -> Result<()> {
-    let page_size = config.page_size as i64;
-    let app = spawn_app_with(config).await?;
+async fn sync_races_live_traffic(config: ServerConfig, backlog: usize) -> Result<()> {
+    // The senders go on until bob is live, which may take more than the
+    // default message burst; the limits have their own tests.
+    let app = spawn_app_with(ServerConfig {
+        limits: Limits::unlimited(),
+        ..config
+    })
+    .await?;
     let t = app.users(&["alice", "bob", "carol"]).await?;
     let room = app
         .group(&t[0], &[("bob", &t[1]), ("carol", &t[2])])
@@ -96,12 +119,7 @@ async fn sync_races_live_traffic(config: ServerConfig) -> Result<()> {
     assert_eq!(bob.next_entry(room).await?["seq"], seen);
     bob.close().await?;
 
-    let mut last = seen;
-    for i in 0..(3 * page_size.min(20) + 2) {
-        last = alice
-            .send_ok(room, &format!("backlog-{i}"), b"missed")
-            .await?;
-    }
+    let last = send_backlog(&mut alice, room, backlog).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -190,6 +208,28 @@ async fn sync_races_live_traffic(config: ServerConfig) -> Result<()> {
     }
     bob.assert_no_entries().await?;
     Ok(())
+}
+
+/// Sends `count` messages, up to 100 before waiting for their acks, and
+/// returns the last seq.
+async fn send_backlog(ws: &mut WsClient, room: i64, count: usize) -> Result<i64> {
+    let mut last = 0;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut ids = Vec::new();
+        for i in chunk {
+            let id = format!("backlog-{i}");
+            ws.send_json(&json!({ "v": 1, "id": id, "type": "send", "room": room,
+                "client_id": id, "body": b64(b"missed") }))
+                .await?;
+            ids.push(id);
+        }
+        for id in ids {
+            let ack = ws.reply_to(&id).await?;
+            ensure!(ack["type"] == "ack", "expected an ack, got {ack}");
+            last = ack["seq"].as_i64().context("ack seq")?;
+        }
+    }
+    Ok(last)
 }
 
 /// Sends messages one after another (each after the previous ack) until
