@@ -199,6 +199,10 @@ struct Shared {
     is_redialing: AtomicBool,
     /// Ends the running step's sending before its deadline.
     stop_sending: AtomicBool,
+    /// Most unacknowledged messages a hush sender keeps out (0: no bound).
+    send_window: AtomicU64,
+    /// Ticks a sender skipped because its window was full.
+    held_ticks: AtomicU64,
 }
 
 impl Shared {
@@ -600,6 +604,18 @@ impl Harness {
     }
 
     /// From now on a closed client reconnects and resyncs (hush only).
+    /// Bounds each hush sender's unacknowledged messages from now on: a
+    /// tick that finds `window` messages unacknowledged sends nothing (0:
+    /// no bound, the sender writes whatever the socket takes).
+    pub fn set_send_window(&self, window: u64) {
+        self.shared.send_window.store(window, Ordering::Release);
+    }
+
+    /// Ticks skipped so far because a sender's window was full.
+    pub fn held_ticks(&self) -> u64 {
+        self.shared.held_ticks.load(Ordering::Acquire)
+    }
+
     pub fn set_redialing(&self, is_redialing: bool) {
         self.shared
             .is_redialing
@@ -734,6 +750,9 @@ async fn send_loop(
     .ceil() as u64
         + 1;
     let probe = from.shared.probe(from.tag);
+    let acked = || from.client.tally(from.tag).acked.load(Ordering::Acquire);
+    // Acks before this connection's first send, and sends on it.
+    let (mut acked_before, mut sent_here) = (acked(), 0u64);
     for _ in 0..ticks {
         let at = ticker.tick().await.into_std();
         if at >= deadline
@@ -744,9 +763,18 @@ async fn send_loop(
         }
         if let Some(fresh) = from.client.take_fresh_sink() {
             sink = Some(fresh);
+            // What was unacknowledged on the old connection is lost with it.
+            (acked_before, sent_here) = (acked(), 0);
         }
         let at_us = micros_at(at);
-        let Some(live) = sink.as_mut() else {
+        let window = from.shared.send_window.load(Ordering::Acquire);
+        let window_full = from.flavor == Flavor::Hush
+            && window > 0
+            && sent_here.saturating_sub(acked() - acked_before) >= window;
+        if window_full {
+            from.shared.held_ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(live) = sink.as_mut().filter(|_| !window_full) else {
             if let Some(on_time) = probe {
                 on_time.missed(from.index, at_us);
             }
@@ -761,7 +789,10 @@ async fn send_loop(
             on_time.will_send(from.index, at_us);
         }
         match tokio::time::timeout_at(deadline.into(), live.send(Message::text(text))).await {
-            Ok(Ok(())) => sent += 1,
+            Ok(Ok(())) => {
+                sent += 1;
+                sent_here += 1;
+            }
             Ok(Err(_)) => {
                 sink = None;
                 if let Some(on_time) = probe {

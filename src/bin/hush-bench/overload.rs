@@ -59,6 +59,13 @@ pub struct OverloadArgs {
     /// Seconds after the overload's end to give up: "not recovered".
     #[arg(long, default_value_t = 30.0)]
     pub recovery_bound: f64,
+    /// Most unacknowledged messages each sender keeps out, as a client
+    /// that waits for acks does: a tick that finds the window full sends
+    /// nothing and is counted as held. 0: no bound (the sender writes
+    /// whatever its socket takes, and what the kernel buffered when the
+    /// server held it is still delivered after the overload ends).
+    #[arg(long, default_value_t = 256)]
+    pub window: u64,
     /// Clients whose connection the bench closes halfway through the
     /// overload (a network drop), so the reconnect path runs even when
     /// the server cuts nobody off.
@@ -78,6 +85,7 @@ impl OverloadArgs {
             on_time_ms: 50,
             hold_secs: 1.0,
             recovery_bound: 20.0,
+            window: 256,
             cut: 1,
         }
     }
@@ -107,6 +115,8 @@ pub struct OverloadResult {
     pub light: StepResult,
     pub recovery: Recovery,
     pub redials: Redials,
+    /// Sender ticks skipped because the sender's window was full.
+    pub held_ticks: u64,
     /// Clients whose last `seq` was below the room's at the end (`None`:
     /// the room could not be read).
     pub behind: Option<usize>,
@@ -117,6 +127,7 @@ pub struct OverloadResult {
 /// short drain.
 pub async fn run(harness: &mut Harness, args: &OverloadArgs) -> OverloadResult {
     harness.set_redialing(true);
+    harness.set_send_window(args.window);
     let duration = Duration::from_secs_f64(args.duration);
     let before = harness.begin(OVERLOAD);
     let end = Instant::now() + duration;
@@ -146,6 +157,7 @@ pub async fn run(harness: &mut Harness, args: &OverloadArgs) -> OverloadResult {
     let light_sent = harness.finish_sending(light).await;
     harness.settle(LIGHT, light_sent, LIGHT_DRAIN).await;
     harness.set_redialing(false);
+    harness.set_send_window(0);
     let after = harness.snapshot();
     let behind = harness.behind().await.ok();
 
@@ -173,6 +185,7 @@ pub async fn run(harness: &mut Harness, args: &OverloadArgs) -> OverloadResult {
         ),
         recovery,
         redials: harness.redials(),
+        held_ticks: harness.held_ticks(),
         behind,
     }
 }
@@ -220,7 +233,7 @@ impl OverloadResult {
             ),
         };
         format!(
-            "overload | {verdict} (all caught up: {}; every light message within {} ms at all {clients} clients for {} s from: {}) | {} closes {:?}, {} reconnects ({} failed dials), {} entries resynced | {} clients behind at the end",
+            "overload | {verdict} (all caught up: {}; every light message within {} ms at all {clients} clients for {} s from: {}) | {} closes {:?}, {} reconnects ({} failed dials), {} entries resynced | {} sender ticks held (window {}) | {} clients behind at the end",
             ms(r.caught_up_ms),
             args.on_time_ms,
             args.hold_secs,
@@ -230,6 +243,8 @@ impl OverloadResult {
             self.redials.reconnects,
             self.redials.failed_dials,
             self.redials.replayed,
+            self.held_ticks,
+            args.window,
             self.behind.map_or("?".to_owned(), |b| b.to_string()),
         )
     }
@@ -256,6 +271,8 @@ impl OverloadResult {
             "reconnects": self.redials.reconnects,
             "failed_dials": self.redials.failed_dials,
             "resynced_entries": self.redials.replayed,
+            "held_ticks": self.held_ticks,
+            "send_window": args.window,
             "clients_behind": self.behind,
         })
     }
