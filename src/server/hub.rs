@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::send_hold::SendHold;
+use super::send_hold::{InFlight, RoomsInFlight, SendHold};
 use crate::protocol::close;
 use crate::store::{RoomId, UserId};
 
@@ -39,7 +39,7 @@ struct Conn {
 pub struct ConnShared {
     /// Close code to use if the hub cuts this connection off; 0 while it has not.
     pub cut_reason: AtomicU16,
-    /// Its queue filled past a quarter and has not drained yet.
+    /// Its queue filled past an eighth and has not drained yet.
     backed_up: AtomicBool,
 }
 
@@ -58,6 +58,7 @@ pub struct Hub {
     next_id: Arc<AtomicU64>,
     queue_len: usize,
     hold: Arc<SendHold>,
+    in_flight: Arc<RoomsInFlight>,
 }
 
 impl Hub {
@@ -67,6 +68,7 @@ impl Hub {
             next_id: Arc::default(),
             queue_len,
             hold: Arc::new(SendHold::new()),
+            in_flight: Arc::new(RoomsInFlight::new(queue_len / 8)),
         }
     }
 
@@ -157,7 +159,7 @@ impl Hub {
     /// A session calls this after writing: clears its connection's
     /// backed-up flag once its queue (`queued` frames left) has drained.
     pub fn wrote(&self, shared: &ConnShared, queued: usize) {
-        if queued <= self.queue_len / 16 && shared.backed_up.load(Ordering::Relaxed) {
+        if queued <= self.queue_len / 32 && shared.backed_up.load(Ordering::Relaxed) {
             self.hold.unflag(&shared.backed_up);
         }
     }
@@ -173,9 +175,23 @@ impl Hub {
         async move { hold.resumed().await }
     }
 
+    /// A place for one more message of `room` between admission and
+    /// delivery, if the room has one.
+    pub fn try_admit(&self, room: RoomId) -> Option<InFlight> {
+        self.in_flight.try_admit(room)
+    }
+
+    /// Waits for a place for one more message of `room`.
+    pub fn admit(
+        &self,
+        room: RoomId,
+    ) -> impl std::future::Future<Output = InFlight> + Send + 'static {
+        self.in_flight.clone().admit(room)
+    }
+
     /// Frames in a connection's queue that make it count as backed up.
     fn backed_up_at(&self) -> usize {
-        (self.queue_len / 4).max(1)
+        (self.queue_len / 8).max(1)
     }
 
     /// Cuts off every connection opened with a revoked session token.

@@ -18,11 +18,20 @@
 //! its recipients still backed up, and lapses after `MAX_HOLD` without one,
 //! so connections that stop reading without closing cannot hold senders
 //! for longer than the send timeout that cuts them off.
+//!
+//! A hold acts on the next message, not on those already stored or being
+//! stored: so that these cannot overflow the queues the hold protects, each
+//! room has a bounded number of messages between admission and delivery
+//! (`RoomsInFlight`, an eighth of a connection's queue).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::store::RoomId;
 
 /// Fewest backed-up recipients of one message that start a hold.
 pub const MIN_BACKED_UP: usize = 8;
@@ -124,6 +133,75 @@ impl SendHold {
     }
 }
 
+/// Messages admitted per room and not yet handed to the hub.
+pub struct RoomsInFlight {
+    counts: Mutex<HashMap<RoomId, usize>>,
+    per_room: usize,
+    freed: Notify,
+}
+
+/// One admitted message of a room; dropped once its fate is known (the
+/// writer answers only after the hub has the entry).
+pub struct InFlight {
+    rooms: Arc<RoomsInFlight>,
+    room: RoomId,
+}
+
+impl RoomsInFlight {
+    pub fn new(per_room: usize) -> Self {
+        Self {
+            counts: Mutex::default(),
+            per_room: per_room.max(1),
+            freed: Notify::new(),
+        }
+    }
+
+    /// A place for one more message of `room`, if it has one.
+    pub fn try_admit(self: &Arc<Self>, room: RoomId) -> Option<InFlight> {
+        let mut counts = self.counts.lock().expect("in-flight lock poisoned");
+        let count = counts.entry(room).or_default();
+        if *count >= self.per_room {
+            return None;
+        }
+        *count += 1;
+        Some(InFlight {
+            rooms: self.clone(),
+            room,
+        })
+    }
+
+    /// Waits for a place for one more message of `room`.
+    pub async fn admit(self: Arc<Self>, room: RoomId) -> InFlight {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(admitted) = self.try_admit(room) {
+                return admitted;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.rooms.counts.lock().expect("in-flight lock poisoned");
+        let Some(count) = counts.get_mut(&self.room) else {
+            return;
+        };
+        let was_full = *count >= self.rooms.per_room;
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&self.room);
+        }
+        drop(counts);
+        if was_full {
+            self.rooms.freed.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +255,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("resumed on the drain, not on the lapse")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_room_admits_its_quota_then_waits_for_one_to_be_delivered() {
+        let rooms = Arc::new(RoomsInFlight::new(2));
+        let (a, b) = (RoomId(1), RoomId(2));
+        let first = rooms.try_admit(a).expect("first of two");
+        let _second = rooms.try_admit(a).expect("second of two");
+        assert!(rooms.try_admit(a).is_none(), "the third waits");
+        let _other = rooms.try_admit(b).expect("another room has its own quota");
+        let waiter = tokio::spawn(rooms.clone().admit(a));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("admitted once one was delivered")
             .unwrap();
     }
 }

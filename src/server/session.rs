@@ -27,6 +27,7 @@ use super::AppState;
 use super::auth::token_hash;
 use super::hub::{ConnShared, Outbound};
 use super::pacing::ReadPacer;
+use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
     ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close,
@@ -105,8 +106,9 @@ type PageFetch = std::pin::Pin<
     Box<dyn std::future::Future<Output = (RoomId, i64, Result<(Page, i64), StoreError>)> + Send>,
 >;
 
-type Reservation =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<QueueSlot, StoreError>> + Send>>;
+type Reservation = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(QueueSlot, InFlight), StoreError>> + Send>,
+>;
 
 /// Something ready to be written to the client.
 enum Ready {
@@ -332,12 +334,14 @@ impl Session {
         let expiry = tokio::time::sleep_until(self.expires);
         tokio::pin!(expiry);
         loop {
-            if self.blocked.is_some() && reservation.is_none() {
+            if let Some(blocked) = self.blocked.as_ref().filter(|_| reservation.is_none()) {
                 let resumed = self.state.hub.senders_resumed();
+                let admitted = self.state.hub.admit(blocked.room);
                 let writer = self.state.writer.clone();
                 reservation = Some(Box::pin(async move {
                     resumed.await;
-                    writer.reserve().await
+                    let in_flight = admitted.await;
+                    Ok((writer.reserve().await?, in_flight))
                 }));
             }
             let reading =
@@ -367,7 +371,7 @@ impl Session {
                     reservation = None;
                     let blocked = self.blocked.take().expect("a reservation is made for a blocked send");
                     match slot {
-                        Ok(slot) => self.enqueue(slot, blocked),
+                        Ok((slot, in_flight)) => self.enqueue(slot, in_flight, blocked),
                         Err(err) => if !self.send(blocked.id, store_error_frame(&err)).await { return End::Closed },
                     }
                 }
@@ -637,14 +641,18 @@ impl Session {
             client_id,
             body,
         };
-        if self.state.hub.holds_senders() {
-            // Most recipients are behind: wait for them (`send_hold`).
+        // Most recipients behind, or this room's quota of messages on
+        // their way: wait (`send_hold`).
+        let admitted = (!self.state.hub.holds_senders())
+            .then(|| self.state.hub.try_admit(blocked.room))
+            .flatten();
+        let Some(in_flight) = admitted else {
             self.blocked = Some(blocked);
             return true;
-        }
+        };
         match self.state.writer.try_reserve() {
             Ok(Some(slot)) => {
-                self.enqueue(slot, blocked);
+                self.enqueue(slot, in_flight, blocked);
                 true
             }
             Ok(None) => {
@@ -655,7 +663,7 @@ impl Session {
         }
     }
 
-    fn enqueue(&mut self, slot: QueueSlot, send: BlockedSend) {
+    fn enqueue(&mut self, slot: QueueSlot, in_flight: InFlight, send: BlockedSend) {
         let BlockedSend {
             id,
             room,
@@ -665,6 +673,8 @@ impl Session {
         let reply = slot.enqueue_message(room, self.user.as_ref(), client_id, body);
         self.acks.push_back(Box::pin(async move {
             let result = reply.await.unwrap_or(Err(StoreError::Closed));
+            // The hub has the entry now (the writer answers after that).
+            drop(in_flight);
             (id, result)
         }));
     }
