@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Entry, EntryKind, RoomId};
 
+mod entry_json;
+pub use entry_json::{PageJson, entry_frame, history_frame};
+
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Base64 (standard alphabet, padded) used for every binary field.

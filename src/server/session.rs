@@ -30,7 +30,8 @@ use super::pacing::ReadPacer;
 use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
-    ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, b64, close,
+    ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, PageJson, ServerFrame, b64, close,
+    entry_frame, history_frame,
 };
 use crate::store::writer::{Applied, QueueSlot};
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
@@ -101,10 +102,32 @@ struct FetchStash {
 const MAX_STASHED: usize = 1024;
 
 /// One sync page being read from the store: the room, the cursor it was
-/// read after, and the page with the seq the room stands at after it.
+/// read after, and what was read.
 type PageFetch = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (RoomId, i64, Result<(Page, i64), StoreError>)> + Send>,
+    Box<dyn std::future::Future<Output = (RoomId, i64, Result<FetchedPage, StoreError>)> + Send>,
 >;
+
+/// What is left to write of a page once it is read.
+enum PageReply {
+    /// The client asked again meanwhile; its new request is queued.
+    Stale,
+    Failed(ServerFrame),
+    Page {
+        room: RoomId,
+        frame: Option<String>,
+        /// For the room's last page: the seq it went live at and the live
+        /// entries kept during the read.
+        live: Option<(i64, Vec<Arc<Outbound>>)>,
+    },
+}
+
+struct FetchedPage {
+    /// The `page` frame, unless no entry follows the cursor.
+    frame: Option<String>,
+    has_more: bool,
+    /// The seq the room stands at after this page.
+    last: i64,
+}
 
 type Reservation = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(QueueSlot, InFlight), StoreError>> + Send>,
@@ -408,8 +431,10 @@ impl Session {
                     if !self.send_raw(Message::Ping(Default::default())).await { return End::Closed }
                 }
                 fetched = async { fetching.as_mut().expect("guarded by is_some").await }, if fetching.is_some() => {
-                    fetching = None;
-                    if !Box::pin(self.send_page(fetched)).await { return End::Closed }
+                    let reply = self.take_page(fetched);
+                    // The next page is read while this one is written.
+                    fetching = self.fetch_next_page();
+                    if !Box::pin(self.write_page(reply)).await { return End::Closed }
                 }
                 _ = std::future::ready(()), if fetching.is_none() && !self.sync_queue.is_empty() => {
                     fetching = self.fetch_next_page();
@@ -705,38 +730,62 @@ impl Session {
         });
         let store = self.state.store.clone();
         let (user, limit) = (self.user.id, self.state.config.page_size);
-        Some(Box::pin(async move {
+        // A task of its own, so the read goes on while the session writes
+        // the previous page.
+        let read = tokio::spawn(async move {
+            // Each entry is written into the frame as its row arrives, so
+            // the database thread reads on while this task serialises.
+            let mut frame = PageJson::new(room);
+            let mut last = None;
             let read = async {
-                let page = store.entries_after(room, user, after, limit).await?;
-                let last = match page.entries.last() {
-                    Some(entry) => entry.seq,
+                let has_more = store
+                    .visit_entries_after(room, user, after, limit, |entry| {
+                        last = Some(entry.seq);
+                        frame.push(&entry);
+                    })
+                    .await?;
+                let last = match last {
+                    Some(seq) => seq,
                     // Nothing after the cursor: never go live above the
                     // room's end, or a client's bogus cursor would hide
                     // the next entries.
                     None => after.min(store.last_seq(room).await?),
                 };
-                Ok((page, last))
+                Ok((has_more, last))
             };
-            (room, after, read.await)
+            let read = read.await.map(|(has_more, last)| FetchedPage {
+                frame: (!frame.is_empty()).then(|| frame.finish(has_more)),
+                has_more,
+                last,
+            });
+            (room, after, read)
+        });
+        let read = tokio_util::task::AbortOnDropHandle::new(read);
+        Some(Box::pin(async move {
+            read.await
+                .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
         }))
     }
 
-    /// Sends a page read by `fetch_next_page`, then either queues the
-    /// room's next page or, at the end, puts the room live and sends the
-    /// live entries that came during the read and were not in it.
-    async fn send_page(&mut self, fetched: (RoomId, i64, Result<(Page, i64), StoreError>)) -> bool {
+    /// Takes in a page read by `fetch_next_page`: either queues the room's
+    /// next page or, at the end, puts the room live. What is left to write
+    /// is returned, so the next read can start before it is written.
+    fn take_page(&mut self, fetched: (RoomId, i64, Result<FetchedPage, StoreError>)) -> PageReply {
         let (room, after, read) = fetched;
         let stash = self.fetch_stash.take();
         if !matches!(self.cursors.get(&room), Some(RoomCursor::Syncing { after: a }) if *a == after)
         {
-            // The client asked again meanwhile; its new request is queued.
-            return true;
+            return PageReply::Stale;
         }
-        let (Page { entries, has_more }, last) = match read {
+        let FetchedPage {
+            frame,
+            has_more,
+            last,
+        } = match read {
             Ok(read) => read,
             Err(err) => {
                 self.cursors.remove(&room);
-                let frame = match err {
+                return PageReply::Failed(match err {
                     StoreError::NotFound => error_frame(
                         "not_found",
                         format!(
@@ -745,44 +794,52 @@ impl Session {
                         ),
                     ),
                     other => store_error_frame(&other),
-                };
-                return self.send(None, frame).await;
+                });
             }
         };
-        if !entries.is_empty() {
-            let entries = entries.iter().map(WireEntry::from).collect();
-            if !self
-                .send(
-                    None,
-                    ServerFrame::Page {
-                        room,
-                        entries,
-                        has_more,
-                    },
-                )
-                .await
-            {
-                return false;
-            }
-        }
         let stash = stash.filter(|s| s.room == room && !s.overflowed);
-        let Some(stash) = stash.filter(|_| !has_more) else {
-            self.cursors
-                .insert(room, RoomCursor::Syncing { after: last });
-            // Already queued if the client asked again during the read.
-            if !self.sync_queue.contains(&room) {
-                self.sync_queue.push_back(room);
+        let live = match stash.filter(|_| !has_more) {
+            Some(stash) => {
+                self.cursors.insert(room, RoomCursor::Live { seq: last });
+                Some((last, stash.entries))
             }
+            None => {
+                self.cursors
+                    .insert(room, RoomCursor::Syncing { after: last });
+                // Already queued if the client asked again during the read.
+                if !self.sync_queue.contains(&room) {
+                    self.sync_queue.push_back(room);
+                }
+                None
+            }
+        };
+        PageReply::Page { room, frame, live }
+    }
+
+    /// Writes what `take_page` left: the page, and for a room now live its
+    /// `synced` and the live entries that came during the read and were not
+    /// in it.
+    async fn write_page(&mut self, reply: PageReply) -> bool {
+        let (room, frame, live) = match reply {
+            PageReply::Stale => return true,
+            PageReply::Failed(frame) => return self.send(None, frame).await,
+            PageReply::Page { room, frame, live } => (room, frame, live),
+        };
+        if let Some(frame) = frame
+            && !self.send_raw(Message::text(frame)).await
+        {
+            return false;
+        }
+        let Some((last, stashed)) = live else {
             return true;
         };
-        self.cursors.insert(room, RoomCursor::Live { seq: last });
         if !self
             .send(None, ServerFrame::Synced { room, seq: last })
             .await
         {
             return false;
         }
-        for out in stash.entries {
+        for out in stashed {
             if self.wants(&out) && !self.feed(Message::Text(out.json.clone())).await {
                 return false;
             }
@@ -808,16 +865,8 @@ impl Session {
             .await
         {
             Ok(Page { entries, has_more }) => {
-                let entries = entries.iter().map(WireEntry::from).collect();
-                self.send(
-                    id,
-                    ServerFrame::History {
-                        room,
-                        entries,
-                        has_more,
-                    },
-                )
-                .await
+                let history = history_frame(id.as_deref(), room, &entries, has_more);
+                self.send_raw(Message::text(history)).await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,
         }
@@ -873,12 +922,9 @@ async fn announce_presence(state: &AppState, user: &UserRecord, online: bool) {
 
 /// Frame the hub delivers for a committed entry, serialised once.
 pub fn entry_outbound(entry: &crate::store::Entry) -> Outbound {
-    let frame = ServerFrame::Entry {
-        entry: WireEntry::from(entry),
-    };
     Outbound {
         position: Some((entry.room, entry.seq)),
-        json: Outgoing::new(None, frame).to_json().into(),
+        json: entry_frame(entry).into(),
     }
 }
 

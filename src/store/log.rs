@@ -2,8 +2,10 @@
 //! pages backward. A reader only ever sees entries inside its own membership
 //! periods, and only while it is a member.
 
+use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::FromRow;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
 use super::{Result, RoomId, Store, StoreError, UserId};
 
@@ -68,44 +70,31 @@ pub struct Page {
     pub has_more: bool,
 }
 
-#[derive(FromRow)]
-struct EntryRow {
-    room_id: RoomId,
-    seq: i64,
-    ts: i64,
-    kind: String,
-    sender: String,
-    subject: Option<String>,
-    client_id: Option<String>,
-    body: Option<Vec<u8>>,
-    detail: Option<String>,
-}
-
-impl EntryRow {
-    fn into_entry(self) -> Result<Entry> {
-        let kind = EntryKind::parse(&self.kind).ok_or_else(|| {
-            StoreError::Db(sqlx::Error::Protocol(format!(
-                "unknown entry kind {:?}",
-                self.kind
-            )))
-        })?;
-        Ok(Entry {
-            room: self.room_id,
-            seq: self.seq,
-            ts: self.ts,
-            kind,
-            sender: self.sender,
-            subject: self.subject,
-            client_id: self.client_id,
-            body: self.body,
-            detail: self.detail,
-        })
-    }
+/// Decodes a row of `VISIBLE_ENTRIES` by column position: by name, sqlx
+/// hashes and compares a column name for every value of every row.
+fn entry_from_row(room: RoomId, row: &SqliteRow) -> Result<Entry> {
+    let kind: &str = row.try_get(2)?;
+    let kind = EntryKind::parse(kind).ok_or_else(|| {
+        StoreError::Db(sqlx::Error::Protocol(format!(
+            "unknown entry kind {kind:?}"
+        )))
+    })?;
+    Ok(Entry {
+        room,
+        seq: row.try_get(0)?,
+        ts: row.try_get(1)?,
+        kind,
+        sender: row.try_get(3)?,
+        subject: row.try_get(4)?,
+        client_id: row.try_get(5)?,
+        body: row.try_get(6)?,
+        detail: row.try_get(7)?,
+    })
 }
 
 /// A room's entries (?1) that fall inside one of the reader's (?2)
 /// membership periods, with names resolved. Callers add the range and order.
-const VISIBLE_ENTRIES: &str = "SELECT e.room_id, e.seq, e.ts, e.kind, s.username AS sender,
+const VISIBLE_ENTRIES: &str = "SELECT e.seq, e.ts, e.kind, s.username AS sender,
         sub.username AS subject, e.client_id, e.body, e.detail
      FROM entries e
      JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
@@ -115,26 +104,37 @@ const VISIBLE_ENTRIES: &str = "SELECT e.room_id, e.seq, e.ts, e.kind, s.username
      WHERE e.room_id = ?1";
 
 impl Store {
-    /// Entries after `after`, oldest first, at most `limit`, restricted to
-    /// the reader's membership periods. `NotFound` unless `user` is a member.
-    pub async fn entries_after(
+    /// Hands `visit` the entries after `after`, oldest first, at most
+    /// `limit`, restricted to the reader's membership periods, each as soon
+    /// as its row is read; returns whether more follow. `NotFound` unless
+    /// `user` is a member.
+    pub async fn visit_entries_after(
         &self,
         room: RoomId,
         user: UserId,
         after: i64,
         limit: u32,
-    ) -> Result<Page> {
+        mut visit: impl FnMut(Entry) + Send,
+    ) -> Result<bool> {
         self.require_member(room, user).await?;
-        let rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{VISIBLE_ENTRIES} AND e.seq > ?3 ORDER BY e.seq LIMIT ?4"
         )))
         .bind(room)
         .bind(user)
         .bind(after)
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        page_from(rows, limit)
+        .fetch(&self.pool);
+        let (mut visited, mut has_more) = (0, false);
+        while let Some(row) = rows.try_next().await? {
+            if visited == limit {
+                has_more = true;
+            } else {
+                visit(entry_from_row(room, &row)?);
+                visited += 1;
+            }
+        }
+        Ok(has_more)
     }
 
     /// Entries before `before`, returned oldest first, at most `limit`: the
@@ -147,7 +147,7 @@ impl Store {
         limit: u32,
     ) -> Result<Page> {
         self.require_member(room, user).await?;
-        let mut rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{VISIBLE_ENTRIES} AND e.seq < ?3 ORDER BY e.seq DESC LIMIT ?4"
         )))
         .bind(room)
@@ -160,19 +160,9 @@ impl Store {
         rows.truncate(limit as usize);
         rows.reverse();
         let entries = rows
-            .into_iter()
-            .map(EntryRow::into_entry)
+            .iter()
+            .map(|row| entry_from_row(room, row))
             .collect::<Result<_>>()?;
         Ok(Page { entries, has_more })
     }
-}
-
-fn page_from(mut rows: Vec<EntryRow>, limit: u32) -> Result<Page> {
-    let has_more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let entries = rows
-        .into_iter()
-        .map(EntryRow::into_entry)
-        .collect::<Result<_>>()?;
-    Ok(Page { entries, has_more })
 }

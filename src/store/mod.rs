@@ -123,7 +123,8 @@ impl Store {
             .pragma(
                 "wal_autocheckpoint",
                 WAL_PAGES_BEFORE_CHECKPOINT.to_string(),
-            );
+            )
+            .row_buffer_size(ROWS_BUFFERED_PER_READ);
         let pool = faults::recovering_pool(SqlitePoolOptions::new().max_connections(8), path)
             .connect_with(options.clone())
             .await?;
@@ -147,6 +148,10 @@ impl Store {
 
 /// 10,000 pages of 4 KiB: the WAL grows to about 40 MiB between checkpoints.
 const WAL_PAGES_BEFORE_CHECKPOINT: u32 = 10_000;
+/// Rows a pool connection's thread reads ahead of the task consuming them.
+/// sqlx's default (50) made the thread stop and be woken again every 50
+/// rows of a 500-entry sync page; this holds a whole page.
+const ROWS_BUFFERED_PER_READ: usize = 1024;
 /// The writer's page cache (SQLite's default is 2 MiB). A batch of messages
 /// to 500 rooms dirties ~9 MiB of pages; with the default cache SQLite
 /// spilled them to the WAL mid-transaction and read them back.
