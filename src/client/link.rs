@@ -23,6 +23,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long without any frame from the server before the link is presumed dead.
 const SILENCE_LIMIT_FACTOR: u32 = 3;
+/// How long a send refused for now waits to go again when the server did
+/// not say.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -104,6 +107,17 @@ struct Pending {
     body: String,
 }
 
+impl Pending {
+    fn frame(&self) -> Message {
+        let send = ClientFrame::Send {
+            room: self.room,
+            client_id: self.client_id.clone(),
+            body: self.body.clone(),
+        };
+        frame(Some(self.client_id.clone()), send)
+    }
+}
+
 impl Link {
     /// `server` is the base URL (`http://host:port`); the link uses `/ws`.
     pub fn start(server: &str, token: String) -> Self {
@@ -171,6 +185,11 @@ struct State {
     /// are pushed), so taking a live one early could skip the pages below it.
     syncing: HashSet<RoomId>,
     outbox: Vec<Pending>,
+    /// Sends the server refused for now (`rate_limited`, `unavailable`,
+    /// `storage_unavailable`), in the order refused: still in the outbox,
+    /// and sent again on this connection at `retry_at`.
+    retry: Vec<String>,
+    retry_at: Option<tokio::time::Instant>,
     events: mpsc::Sender<Event>,
     connected_before: bool,
 }
@@ -186,6 +205,8 @@ async fn run(
         cursors: HashMap::new(),
         syncing: HashSet::new(),
         outbox: Vec::new(),
+        retry: Vec::new(),
+        retry_at: None,
         events,
         connected_before: false,
     };
@@ -354,17 +375,11 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
             was_up: true,
         };
     }
+    // The whole outbox goes again, refused sends included.
+    state.retry.clear();
+    state.retry_at = None;
     for p in &state.outbox {
-        let send = ClientFrame::Send {
-            room: p.room,
-            client_id: p.client_id.clone(),
-            body: p.body.clone(),
-        };
-        if sink
-            .send(frame(Some(p.client_id.clone()), send))
-            .await
-            .is_err()
-        {
+        if sink.send(p.frame()).await.is_err() {
             return Outcome::Lost {
                 reason: "connection lost".into(),
                 was_up: true,
@@ -387,8 +402,9 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                         frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] })
                     }
                     Command::Send { room, client_id, body } => {
-                        let msg = frame(Some(client_id.clone()), ClientFrame::Send { room, client_id: client_id.clone(), body: body.clone() });
-                        state.outbox.push(Pending { room, client_id, body });
+                        let pending = Pending { room, client_id, body };
+                        let msg = pending.frame();
+                        state.outbox.push(pending);
                         msg
                     }
                     Command::Who(room) => frame(None, ClientFrame::Who { room }),
@@ -413,6 +429,15 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                     Some(Ok(_)) => {}
                     Some(Err(err)) => return Outcome::Lost { reason: format!("connection lost: {err}"), was_up: true },
                     None => return Outcome::Lost { reason: "connection lost".into(), was_up: true },
+                }
+            }
+            _ = tokio::time::sleep_until(state.retry_at.unwrap_or_else(tokio::time::Instant::now)), if state.retry_at.is_some() => {
+                state.retry_at = None;
+                for client_id in std::mem::take(&mut state.retry) {
+                    let Some(p) = state.outbox.iter().find(|p| p.client_id == client_id) else { continue };
+                    if sink.send(p.frame()).await.is_err() {
+                        return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+                    }
                 }
             }
             _ = ping.tick() => {
@@ -472,16 +497,22 @@ impl State {
                 })
                 .await?;
             }
-            ServerFrame::Error { code, message, .. } => {
+            ServerFrame::Error {
+                code,
+                message,
+                retry_after_ms,
+            } => {
                 let failed_send = id.filter(|id| self.outbox.iter().any(|p| &p.client_id == id));
+                let not_stored_yet = matches!(
+                    code.as_str(),
+                    "unavailable" | "storage_unavailable" | "rate_limited"
+                );
                 match failed_send {
-                    // These mean "not stored yet": keep it for the next try.
-                    Some(client_id)
-                        if !matches!(
-                            code.as_str(),
-                            "unavailable" | "storage_unavailable" | "rate_limited"
-                        ) =>
-                    {
+                    Some(client_id) if not_stored_yet => {
+                        self.retry_later(client_id, retry_after_ms);
+                        self.emit(Event::Error { code, message }).await?;
+                    }
+                    Some(client_id) => {
                         self.outbox.retain(|p| p.client_id != client_id);
                         self.emit(Event::SendFailed {
                             client_id,
@@ -490,7 +521,7 @@ impl State {
                         })
                         .await?;
                     }
-                    _ => self.emit(Event::Error { code, message }).await?,
+                    None => self.emit(Event::Error { code, message }).await?,
                 }
             }
             ServerFrame::Presence { user, online } => {
@@ -513,6 +544,18 @@ impl State {
             ServerFrame::Ready { .. } | ServerFrame::Pong => {}
         }
         Ok(())
+    }
+
+    /// Queues a refused send to go again once the server's wait (or
+    /// `DEFAULT_RETRY` if it named none) is over, after every send refused
+    /// before it.
+    fn retry_later(&mut self, client_id: String, retry_after_ms: Option<u64>) {
+        let wait = retry_after_ms.map_or(DEFAULT_RETRY, Duration::from_millis);
+        let at = tokio::time::Instant::now() + wait;
+        self.retry_at = Some(self.retry_at.map_or(at, |was| was.max(at)));
+        if !self.retry.contains(&client_id) {
+            self.retry.push(client_id);
+        }
     }
 
     /// Passes an entry on unless it was already delivered.

@@ -3,10 +3,13 @@
 //! address, the bounded challenge store and hashing queue, username
 //! folding, and sessions that end when their token expires.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use hush::client::link::{Event, Link};
 use hush::config::{Limits, Rate, ServerConfig};
+use hush::store::RoomId;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
@@ -80,6 +83,60 @@ async fn sends_past_the_connection_rate_are_refused_with_a_retry_time_and_not_st
         })
         .await?;
     assert_eq!(entry["entry"]["seq"], ack["seq"]);
+    Ok(())
+}
+
+/// The client's link sends a message the server refused for now again
+/// once the server's wait is over, on the same connection: before, it kept
+/// it until the next reconnect.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_link_resends_rate_limited_messages_without_reconnecting() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        messages_per_connection: Rate::new(20.0, 2),
+        ..Limits::default()
+    }))
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut link = Link::start(&app.url(""), t[0].clone());
+    let sent: Vec<String> = (0..8).map(|i| format!("burst-{i}")).collect();
+    for client_id in &sent {
+        link.send(RoomId(room), client_id.clone(), b64(b"x")).await;
+    }
+    let (mut acked, mut refused) = (HashSet::new(), 0);
+    while acked.len() < sent.len() {
+        let event = tokio::time::timeout(Duration::from_secs(20), link.events.recv())
+            .await
+            .with_context(|| format!("only {acked:?} were acknowledged"))?
+            .context("the link stopped")?;
+        match event {
+            Event::Acked {
+                client_id,
+                duplicate,
+                ..
+            } => {
+                ensure!(!duplicate, "{client_id} was stored before");
+                acked.insert(client_id);
+            }
+            Event::Error { code, .. } if code == "rate_limited" => refused += 1,
+            Event::Error { code, message } => bail!("unexpected error {code}: {message}"),
+            Event::SendFailed {
+                client_id, code, ..
+            } => bail!("{client_id} failed: {code}"),
+            Event::Disconnected { reason } => bail!("the link had to reconnect: {reason}"),
+            _ => {}
+        }
+    }
+    ensure!(refused > 0, "no send was refused, so none was retried");
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    let (entries, _) = bob.sync(room, 0).await?;
+    let mut stored: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["client_id"].as_str())
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(stored, sent, "each message stored exactly once");
     Ok(())
 }
 
