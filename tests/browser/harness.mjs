@@ -21,10 +21,11 @@ export function tempDir(prefix) {
 
 /**
  * `hush serve` on a fresh port (or `port`, to restart on the same one) with
- * the database in `dir`. Resolves once the server logs its address.
+ * the database in `dir`, plus any `args` (e.g. `["--message-rate", "1/s:2"]`).
+ * Resolves once the server logs its address.
  */
-export async function startServer(dir = tempDir("server"), port = 0) {
-  const child = spawn(HUSH, ["serve", "--addr", `127.0.0.1:${port}`, "--db", join(dir, "hush.db"), "--log-level", "info"], {
+export async function startServer(dir = tempDir("server"), port = 0, args = []) {
+  const child = spawn(HUSH, ["serve", "--addr", `127.0.0.1:${port}`, "--db", join(dir, "hush.db"), "--log-level", "info", ...args], {
     stdio: ["ignore", "ignore", "pipe"],
     env: { ...process.env, HUSH_LOG: "", NO_COLOR: "1" },
   });
@@ -61,8 +62,8 @@ export async function startServer(dir = tempDir("server"), port = 0) {
 }
 
 /** A server for test `t` alone, stopped when the test ends (however it ends). */
-export async function ownServer(t, dir, port) {
-  const server = await startServer(dir, port);
+export async function ownServer(t, dir, port, args) {
+  const server = await startServer(dir, port, args);
   t.after(async () => {
     await server.stop();
     if (!dir) removeDir(server.dir);

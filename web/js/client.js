@@ -2,16 +2,20 @@
 // from its first visible entry through a Conversation; a serial queue so
 // entries are processed strictly in order; sync cursors so a reconnect
 // resumes exactly where it stopped (nothing twice); and an outbox of sealed
-// bodies resent with the same client ids until acknowledged. What the user
-// types while offline (or while a room is catching up) is held as plaintext
-// in memory and sealed only once the room is caught up, so a send never
-// reuses a sender-key epoch. Emits events for the page to render.
+// bodies resent with the same client ids until acknowledged (on each
+// `ready`, and on the same connection once a refusal's wait is over). What
+// the user types while offline (or while a room is catching up) is held as
+// plaintext in memory and sealed only once the room is caught up, so a send
+// never reuses a sender-key epoch. Emits events for the page to render.
 
 import { Conversation } from "./conversation.js";
 import { Link } from "./link.js";
 import { b64encode } from "./bytes.js";
 
 const MEMBERSHIP_KINDS = new Set(["create", "invite", "join", "leave", "remove", "key"]);
+// A send refused with these was not stored but may be later (PROTOCOL.md §11).
+const RETRY_CODES = new Set(["rate_limited", "storage_unavailable", "unavailable"]);
+const DEFAULT_RETRY_MS = 1000; // when the server names no wait
 
 export class HushClient extends EventTarget {
   constructor({ api, token, identity, directory }) {
@@ -23,6 +27,8 @@ export class HushClient extends EventTarget {
     this.rooms = new Map(); // id -> {info, conv, syncing, shown[], lastRead}
     this.pending = []; // {localId, roomId, payload, state, clientId?, error?}
     this.outbox = []; // {room, client_id, body}
+    this.refused = []; // client ids refused for now, in refusal order
+    this.retryTimer = null;
     this.online = new Set();
     this.invitations = [];
     this.queue = Promise.resolve();
@@ -59,6 +65,7 @@ export class HushClient extends EventTarget {
   }
 
   stop() {
+    clearTimeout(this.retryTimer);
     this.link.stop();
   }
 
@@ -107,7 +114,10 @@ export class HushClient extends EventTarget {
         // Look peers' keys up again: a key swapped meanwhile is caught at once.
         this.directory.peers.clear();
         this.sync([...this.rooms.values()]);
-        for (const item of this.outbox) this.link.send({ type: "send", id: item.client_id, ...item });
+        // The whole outbox goes again, so refusals waiting for a retry are moot.
+        clearTimeout(this.retryTimer);
+        this.refused = [];
+        for (const item of this.outbox) this.resend(item);
         this.link.send({ type: "who", id: "who" });
         this.refreshInvitations();
         break;
@@ -166,11 +176,37 @@ export class HushClient extends EventTarget {
       this.outbox = this.outbox.filter((o) => o !== item);
       for (const p of this.pending) if (p.clientIds?.includes(item.client_id)) Object.assign(p, { state: "failed", error: frame.message });
       this.emit("pending", {});
-    } else if (frame.code === "not_found" && !frame.id) {
+      return;
+    }
+    if (item && RETRY_CODES.has(frame.code)) this.retryLater(item.client_id, frame.retry_after_ms ?? DEFAULT_RETRY_MS);
+    if (frame.code === "not_found" && !frame.id) {
       await this.refreshRooms();
     } else if (frame.code !== "unavailable") {
       this.emit("problem", { message: frame.message });
     }
+  }
+
+  /**
+   * Not stored, but may be later: sends the refused items again on this
+   * connection after `waitMs`, in the order they were refused. One timer
+   * serves them all, reset to the latest wait.
+   */
+  retryLater(clientId, waitMs) {
+    if (!this.refused.includes(clientId)) this.refused.push(clientId);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.enqueue(() => {
+      const refused = this.refused;
+      this.refused = [];
+      for (const id of refused) {
+        const item = this.outbox.find((o) => o.client_id === id);
+        if (item) this.resend(item);
+      }
+    }), waitMs);
+  }
+
+  /** The same `send` frame again: the server stores one entry per client id. */
+  resend(item) {
+    this.link.send({ type: "send", id: item.client_id, ...item });
   }
 
   /** Processes one entry of `room` once, in order. */
