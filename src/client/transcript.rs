@@ -99,11 +99,9 @@ pub async fn await_acks(link: &mut Link, mut pending: Vec<String>) -> anyhow::Re
     let mut last_seq = 0;
     while !pending.is_empty() {
         match next_event(link).await? {
-            Event::Acked { client_id, seq, .. } => {
-                if pending.contains(&client_id) {
-                    last_seq = last_seq.max(seq);
-                    pending.retain(|id| *id != client_id);
-                }
+            Event::Acked { client_id, seq, .. } if pending.contains(&client_id) => {
+                last_seq = last_seq.max(seq);
+                pending.retain(|id| *id != client_id);
             }
             Event::SendFailed { code, message, .. } => {
                 bail!("the server refused the message: {message} ({code})")

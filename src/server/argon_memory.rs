@@ -72,7 +72,7 @@ impl Blocks {
             return false;
         };
         let version = match parsed.version {
-            Some(v) => match Version::try_from(u32::from(v)) {
+            Some(v) => match Version::try_from(v) {
                 Ok(v) => v,
                 Err(_) => return false,
             },

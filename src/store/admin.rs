@@ -132,24 +132,23 @@ impl Store {
     pub async fn delete_user(&self, username: &str) -> Result<Deleted> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id = live_user_id(&mut tx, username).await?;
-        let mut done = Deleted::default();
-        done.keys = sqlx::query("DELETE FROM user_keys WHERE user_id = ?")
+        let keys = sqlx::query("DELETE FROM user_keys WHERE user_id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        done.sessions = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        let sessions = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        done.invitations =
+        let invitations =
             sqlx::query("DELETE FROM invitations WHERE user_id = ?1 OR invited_by = ?1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        done.memberships = sqlx::query(
+        let memberships = sqlx::query(
             "UPDATE memberships SET end_seq = (SELECT last_seq FROM rooms WHERE rooms.id = memberships.room_id)
              WHERE user_id = ? AND end_seq IS NULL",
         )
@@ -167,7 +166,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(done)
+        Ok(Deleted {
+            keys,
+            sessions,
+            memberships,
+            invitations,
+        })
     }
 
     /// Stores a new invite code (only its lookup key and hash).

@@ -248,10 +248,10 @@ async fn send_burst(
             ws.send_ok(room, &format!("{tag}{i}"), format!("{tag}{i}").as_bytes())
                 .await?,
         );
-        if i == 10 {
-            if let Some(tx) = started.take() {
-                let _ = tx.send(());
-            }
+        if i == 10
+            && let Some(tx) = started.take()
+        {
+            let _ = tx.send(());
         }
         if i + 1 >= PER_SENDER && stop.load(Ordering::Relaxed) {
             break;
