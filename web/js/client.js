@@ -178,7 +178,12 @@ export class HushClient extends EventTarget {
       this.emit("pending", {});
       return;
     }
-    if (item && RETRY_CODES.has(frame.code)) this.retryLater(item.client_id, frame.retry_after_ms ?? DEFAULT_RETRY_MS);
+    if (item && RETRY_CODES.has(frame.code)) {
+      this.retryLater(item.client_id, frame.retry_after_ms ?? DEFAULT_RETRY_MS);
+      // The server's advice (wait and resend) is followed without the user;
+      // the message shows as pending meanwhile.
+      if (frame.code === "rate_limited") return;
+    }
     if (frame.code === "not_found" && !frame.id) {
       await this.refreshRooms();
     } else if (frame.code !== "unavailable") {
