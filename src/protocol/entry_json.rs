@@ -25,6 +25,37 @@ pub fn entry_frame(entry: &Entry) -> String {
     )
 }
 
+/// The JSON a sync or history page is filled to; the entry that crosses it
+/// is the page's last. Without it a page of 500 one-megabyte files would be
+/// a ~700 MB frame, and tungstenite's clients refuse frames over 16 MiB.
+pub const PAGE_JSON_BUDGET: usize = 4 * 1024 * 1024;
+
+/// An upper bound of the JSON an entry takes in a page: every text field
+/// fully escaped, the body in base64, and the field names and numbers.
+fn entry_json_bound(e: &Entry) -> usize {
+    let texts = e.sender.len()
+        + [&e.subject, &e.client_id, &e.detail]
+            .into_iter()
+            .map(|t| t.as_deref().map_or(0, str::len))
+            .sum::<usize>();
+    let body = e.body.as_deref().map_or(0, |b| b.len().div_ceil(3) * 4);
+    256 + 6 * texts + body
+}
+
+/// Where a history page of `entries` (oldest first) starts so that it
+/// stays within `PAGE_JSON_BUDGET`, counting from the newest entry, which
+/// is always kept.
+pub fn history_start(entries: &[Entry]) -> usize {
+    let mut bytes = 0;
+    for (index, entry) in entries.iter().enumerate().rev() {
+        bytes += entry_json_bound(entry);
+        if bytes > PAGE_JSON_BUDGET {
+            return index + 1;
+        }
+    }
+    0
+}
+
 /// A sync's `page` frame, built entry by entry while the page is read.
 pub struct PageJson {
     json: Vec<u8>,
@@ -54,6 +85,11 @@ impl PageJson {
 
     pub fn is_empty(&self) -> bool {
         self.entries == 0
+    }
+
+    /// Whether the page has reached `PAGE_JSON_BUDGET`.
+    pub fn is_full(&self) -> bool {
+        self.json.len() >= PAGE_JSON_BUDGET
     }
 
     pub fn finish(mut self, has_more: bool) -> String {

@@ -13,6 +13,7 @@
 //! its cursor, and any live entry at or below the cursor is a duplicate.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
     ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, PageJson, ServerFrame, b64, close,
-    entry_frame, history_frame,
+    entry_frame, history_frame, history_start,
 };
 use crate::store::writer::{Applied, QueueSlot};
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
@@ -742,6 +743,11 @@ impl Session {
                     .visit_entries_after(room, user, after, limit, |entry| {
                         last = Some(entry.seq);
                         frame.push(&entry);
+                        if frame.is_full() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
                     })
                     .await?;
                 let last = match last {
@@ -865,7 +871,9 @@ impl Session {
             .await
         {
             Ok(Page { entries, has_more }) => {
-                let history = history_frame(id.as_deref(), room, &entries, has_more);
+                let start = history_start(&entries);
+                let has_more = has_more || start > 0;
+                let history = history_frame(id.as_deref(), room, &entries[start..], has_more);
                 self.send_raw(Message::text(history)).await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,

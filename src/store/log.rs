@@ -2,6 +2,8 @@
 //! pages backward. A reader only ever sees entries inside its own membership
 //! periods, and only while it is a member.
 
+use std::ops::ControlFlow;
+
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::Row;
@@ -106,15 +108,15 @@ const VISIBLE_ENTRIES: &str = "SELECT e.seq, e.ts, e.kind, s.username AS sender,
 impl Store {
     /// Hands `visit` the entries after `after`, oldest first, at most
     /// `limit`, restricted to the reader's membership periods, each as soon
-    /// as its row is read; returns whether more follow. `NotFound` unless
-    /// `user` is a member.
+    /// as its row is read, until `visit` breaks; returns whether more may
+    /// follow (always after a break). `NotFound` unless `user` is a member.
     pub async fn visit_entries_after(
         &self,
         room: RoomId,
         user: UserId,
         after: i64,
         limit: u32,
-        mut visit: impl FnMut(Entry) + Send,
+        mut visit: impl FnMut(Entry) -> ControlFlow<()> + Send,
     ) -> Result<bool> {
         self.require_member(room, user).await?;
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -129,8 +131,9 @@ impl Store {
         while let Some(row) = rows.try_next().await? {
             if visited == limit {
                 has_more = true;
+            } else if visit(entry_from_row(room, &row)?).is_break() {
+                return Ok(true);
             } else {
-                visit(entry_from_row(room, &row)?);
                 visited += 1;
             }
         }

@@ -280,3 +280,77 @@ async fn a_cursor_beyond_the_end_of_the_room_is_clamped_so_new_entries_still_arr
     assert_eq!(entry["seq"], seq, "the next entry is pushed live");
     Ok(())
 }
+
+/// Sync and history pages stop at a byte budget, so a room of large
+/// messages (files) comes in frames a client's WebSocket library takes:
+/// tungstenite, which this test's client uses, refuses frames over 16 MiB,
+/// and 24 messages of 900 KB would be one ~29 MB page.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_of_large_messages_stay_within_a_byte_budget_and_lose_nothing() -> Result<()> {
+    const LARGE: usize = 24;
+    // The budget, plus the one entry that crosses it.
+    const MOST_FRAME_BYTES: usize = hush::protocol::PAGE_JSON_BUDGET + 2 * 1024 * 1024;
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut sent = Vec::new();
+    for i in 0..LARGE {
+        let body = vec![i as u8; 900 * 1024];
+        sent.push(alice.send_ok(room, &format!("file-{i}"), &body).await?);
+    }
+
+    let mut bob = app.connect_ws(&t[1]).await?;
+    bob.send_json(&json!({ "v": 1, "type": "sync", "rooms": [{ "room": room, "after": 0 }] }))
+        .await?;
+    let (mut synced, mut pages) = (Vec::new(), 0);
+    loop {
+        let frame = bob
+            .expect("page or synced", |f| {
+                matches!(f["type"].as_str(), Some("page" | "synced" | "error"))
+            })
+            .await?;
+        match frame["type"].as_str() {
+            Some("page") => {
+                let bytes = frame.to_string().len();
+                ensure!(bytes <= MOST_FRAME_BYTES, "a page of {bytes} bytes");
+                pages += 1;
+                for entry in frame["entries"].as_array().context("entries")? {
+                    synced.push(entry["seq"].as_i64().context("seq")?);
+                }
+            }
+            Some("synced") => break,
+            _ => anyhow::bail!("sync failed: {frame}"),
+        }
+    }
+    ensure!(pages > 2, "{pages} pages for ~29 MB");
+    // Bob sees the room from his own join on.
+    let joined = *synced.first().context("nothing synced")?;
+    ensure!(joined < sent[0], "bob's join {joined} after the files");
+    let expected: Vec<i64> = (joined..=*sent.last().context("sent")?).collect();
+    assert_eq!(synced, expected, "every entry once, in order");
+
+    // History, newest first: as many as fit, then the rest page by page.
+    let mut before = None;
+    let mut history = Vec::new();
+    loop {
+        let page = bob.history(room, before, Some(500)).await?;
+        ensure!(page["type"] == "history", "{page}");
+        let bytes = page.to_string().len();
+        ensure!(bytes <= MOST_FRAME_BYTES, "a history page of {bytes} bytes");
+        let seqs: Vec<i64> = page["entries"]
+            .as_array()
+            .context("entries")?
+            .iter()
+            .map(|e| e["seq"].as_i64().context("seq"))
+            .collect::<Result<_>>()?;
+        ensure!(!seqs.is_empty(), "an empty history page");
+        before = seqs.first().copied();
+        history.splice(0..0, seqs);
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(history, expected, "history pages back to the start");
+    Ok(())
+}
