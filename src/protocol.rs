@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Entry, EntryKind, RoomId};
 
 mod entry_json;
-pub use entry_json::{PAGE_JSON_BUDGET, PageJson, entry_frame, history_frame, history_start};
+pub use entry_json::{EntriesJson, PAGE_JSON_BUDGET, entry_frame, history_frame, history_start};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -7,6 +7,8 @@
 //! serde_json's byte-by-byte escape scan of it took ~9 % of the server's
 //! CPU while replaying a sync.
 
+use std::io::Write;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
@@ -15,31 +17,26 @@ use serde_json::value::RawValue;
 use super::PROTOCOL_VERSION;
 use crate::store::{Entry, EntryKind, RoomId};
 
-/// The `entry` frame the hub delivers for a committed entry.
-pub fn entry_frame(entry: &Entry) -> String {
-    to_json(
-        None,
-        EntryFrame::Entry {
-            entry: EntryOut::from(entry),
-        },
-    )
-}
-
 /// The JSON a sync or history page is filled to; the entry that crosses it
 /// is the page's last. Without it a page of 500 one-megabyte files would be
 /// a ~700 MB frame, and tungstenite's clients refuse frames over 16 MiB.
 pub const PAGE_JSON_BUDGET: usize = 4 * 1024 * 1024;
 
-/// An upper bound of the JSON an entry takes in a page: every text field
-/// fully escaped, the body in base64, and the field names and numbers.
-fn entry_json_bound(e: &Entry) -> usize {
-    let texts = e.sender.len()
-        + [&e.subject, &e.client_id, &e.detail]
-            .into_iter()
-            .map(|t| t.as_deref().map_or(0, str::len))
-            .sum::<usize>();
-    let body = e.body.as_deref().map_or(0, |b| b.len().div_ceil(3) * 4);
-    256 + 6 * texts + body
+/// The `entry` frame the hub delivers for a committed entry.
+pub fn entry_frame(entry: &Entry) -> String {
+    let mut json = format!(r#"{{"v":{PROTOCOL_VERSION},"type":"entry","entry":"#).into_bytes();
+    write_entry(&mut json, entry);
+    json.push(b'}');
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
+
+/// The reply to a `history` request.
+pub fn history_frame(id: Option<&str>, room: RoomId, entries: &[Entry], has_more: bool) -> String {
+    let mut frame = EntriesJson::start(id, "history", room);
+    for entry in entries {
+        frame.push(entry);
+    }
+    frame.finish(has_more)
 }
 
 /// Where a history page of `entries` (oldest first) starts so that it
@@ -56,30 +53,48 @@ pub fn history_start(entries: &[Entry]) -> usize {
     0
 }
 
-/// A sync's `page` frame, built entry by entry while the page is read.
-pub struct PageJson {
+/// An upper bound of the JSON an entry takes in a page: every text field
+/// fully escaped, the body in base64, and the field names and numbers.
+fn entry_json_bound(e: &Entry) -> usize {
+    let texts = e.sender.len()
+        + [&e.subject, &e.client_id, &e.detail]
+            .into_iter()
+            .map(|t| t.as_deref().map_or(0, str::len))
+            .sum::<usize>();
+    let body = e.body.as_deref().map_or(0, |b| b.len().div_ceil(3) * 4);
+    256 + 6 * texts + body
+}
+
+/// A frame with a list of entries (`page` or `history`), built entry by
+/// entry: a sync's page while its rows are read.
+pub struct EntriesJson {
     json: Vec<u8>,
     entries: usize,
 }
 
-impl PageJson {
-    pub fn new(room: RoomId) -> Self {
-        let head = format!(
-            r#"{{"v":{PROTOCOL_VERSION},"type":"page","room":{},"entries":["#,
-            room.0
-        );
-        Self {
-            json: head.into_bytes(),
-            entries: 0,
+impl EntriesJson {
+    /// A sync's `page` of `room`.
+    pub fn page(room: RoomId) -> Self {
+        Self::start(None, "page", room)
+    }
+
+    /// The fields in `Outgoing`'s order: `v`, `id`, then the frame's own.
+    fn start(id: Option<&str>, kind: &str, room: RoomId) -> Self {
+        let mut json = format!(r#"{{"v":{PROTOCOL_VERSION}"#).into_bytes();
+        if let Some(id) = id {
+            json.extend_from_slice(br#","id":"#);
+            serde_json::to_writer(&mut json, id).expect("a string always serialises");
         }
+        write!(json, r#","type":"{kind}","room":{},"entries":["#, room.0)
+            .expect("writing to a Vec cannot fail");
+        Self { json, entries: 0 }
     }
 
     pub fn push(&mut self, entry: &Entry) {
         if self.entries > 0 {
             self.json.push(b',');
         }
-        serde_json::to_writer(&mut self.json, &EntryOut::from(entry))
-            .expect("entries always serialise");
+        write_entry(&mut self.json, entry);
         self.entries += 1;
     }
 
@@ -87,7 +102,7 @@ impl PageJson {
         self.entries == 0
     }
 
-    /// Whether the page has reached `PAGE_JSON_BUDGET`.
+    /// Whether the frame has reached `PAGE_JSON_BUDGET`.
     pub fn is_full(&self) -> bool {
         self.json.len() >= PAGE_JSON_BUDGET
     }
@@ -100,55 +115,8 @@ impl PageJson {
     }
 }
 
-/// The reply to a `history` request.
-pub fn history_frame(id: Option<&str>, room: RoomId, entries: &[Entry], has_more: bool) -> String {
-    to_json(
-        id,
-        EntryFrame::History {
-            room,
-            entries: EntriesOut(entries),
-            has_more,
-        },
-    )
-}
-
-fn to_json(id: Option<&str>, frame: EntryFrame<'_>) -> String {
-    let framed = Framed {
-        v: PROTOCOL_VERSION,
-        id,
-        frame,
-    };
-    serde_json::to_string(&framed).expect("entry frames always serialise")
-}
-
-#[derive(Serialize)]
-struct Framed<'a> {
-    v: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(flatten)]
-    frame: EntryFrame<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum EntryFrame<'a> {
-    Entry {
-        entry: EntryOut<'a>,
-    },
-    History {
-        room: RoomId,
-        entries: EntriesOut<'a>,
-        has_more: bool,
-    },
-}
-
-struct EntriesOut<'a>(&'a [Entry]);
-
-impl Serialize for EntriesOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(EntryOut::from))
-    }
+fn write_entry(json: &mut Vec<u8>, entry: &Entry) {
+    serde_json::to_writer(json, &EntryOut::from(entry)).expect("entries always serialise");
 }
 
 /// `WireEntry`'s fields, borrowed.
@@ -278,7 +246,7 @@ mod tests {
                     has_more,
                 },
             );
-            let mut built = PageJson::new(RoomId(7));
+            let mut built = EntriesJson::page(RoomId(7));
             for entry in slice {
                 built.push(entry);
             }

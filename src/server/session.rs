@@ -31,8 +31,8 @@ use super::pacing::ReadPacer;
 use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
-    ClientFrame, Cursor, Incoming, Outgoing, PROTOCOL_VERSION, PageJson, ServerFrame, b64, close,
-    entry_frame, history_frame, history_start,
+    ClientFrame, Cursor, EntriesJson, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, b64,
+    close, entry_frame, history_frame, history_start,
 };
 use crate::store::writer::{Applied, QueueSlot};
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
@@ -736,7 +736,7 @@ impl Session {
         let read = tokio::spawn(async move {
             // Each entry is written into the frame as its row arrives, so
             // the database thread reads on while this task serialises.
-            let mut frame = PageJson::new(room);
+            let mut frame = EntriesJson::page(room);
             let mut last = None;
             let read = async {
                 let has_more = store
