@@ -9,5 +9,6 @@ pub mod conversation;
 pub mod directory;
 pub mod keystore;
 pub mod link;
+pub mod local_seal;
 pub mod tls;
 pub mod transcript;

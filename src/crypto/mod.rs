@@ -19,7 +19,7 @@ pub mod trust;
 pub mod wire;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod vectors;
 
