@@ -79,6 +79,9 @@ struct Session {
     blocked: Option<BlockedSend>,
     /// This connection's allowance of `send` frames.
     send_rate: super::limits::TokenBucket,
+    /// A send refused for now that later sends must wait behind (boxed:
+    /// rare, and an idle connection should not pay for it).
+    held_behind: Option<Box<HeldBehind>>,
     /// When the session token stops being valid; the socket closes then.
     expires: tokio::time::Instant,
 }
@@ -90,6 +93,22 @@ struct BlockedSend {
     client_id: String,
     body: Vec<u8>,
 }
+
+/// The first send of this connection refused for now. Until it comes again
+/// (its resend, same room and `client_id`) every later send is refused too,
+/// so a client that resends in refusal order keeps the log in the order it
+/// sent: a refused message is never overtaken by the ones behind it.
+struct HeldBehind {
+    room: RoomId,
+    client_id: String,
+    /// When the refused send may go again.
+    retry_at: Instant,
+    /// A client that never resends it is not held for ever.
+    lapses_at: Instant,
+}
+
+/// How long sends stay held behind one that is never resent.
+const HOLD_LAPSE: Duration = Duration::from_secs(30);
 
 /// Live entries of the room whose page is being read (see `wants`).
 struct FetchStash {
@@ -205,6 +224,7 @@ async fn run_split(parts: Box<Parts>) {
     };
     let mut session = Session {
         send_rate: state.limits.connection_bucket(),
+        held_behind: None,
         state,
         user,
         sink,
@@ -396,7 +416,7 @@ impl Session {
                     let blocked = self.blocked.take().expect("a reservation is made for a blocked send");
                     match slot {
                         Ok((slot, in_flight)) => self.enqueue(slot, in_flight, blocked),
-                        Err(err) => if !self.send(blocked.id, store_error_frame(&err)).await { return End::Closed },
+                        Err(err) => if !self.refuse_unstored(blocked, &err).await { return End::Closed },
                     }
                 }
                 _ = pacer.resumed(), if pacer.is_paused() => {}
@@ -624,9 +644,19 @@ impl Session {
         client_id: String,
         body: String,
     ) -> bool {
+        if let Some(wait) = self.is_held(room, &client_id) {
+            super::metrics::rate_limited("held_sends");
+            let frame = ServerFrame::Error {
+                code: "rate_limited".to_owned(),
+                message: "held behind an earlier refused send; resend that one first".to_owned(),
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            return self.send(id, frame).await;
+        }
         let limits = &self.state.limits;
         if let Err(wait) = limits.take_message(&mut self.send_rate, self.user.id) {
             super::metrics::rate_limited("messages");
+            self.hold_behind(room, &client_id, wait);
             let frame = ServerFrame::Error {
                 code: "rate_limited".to_owned(),
                 message: "too many messages; wait and resend with the same client_id".to_owned(),
@@ -685,8 +715,53 @@ impl Session {
                 self.blocked = Some(blocked);
                 true
             }
-            Err(err) => self.send(blocked.id, store_error_frame(&err)).await,
+            Err(err) => self.refuse_unstored(blocked, &err).await,
         }
+    }
+
+    /// Answers a send the store could not take; one that may be resent
+    /// holds the later ones behind it.
+    fn refuse_unstored(
+        &mut self,
+        send: BlockedSend,
+        err: &StoreError,
+    ) -> impl std::future::Future<Output = bool> + Send + '_ {
+        let frame = store_error_frame(err);
+        if let ServerFrame::Error {
+            retry_after_ms: Some(ms),
+            ..
+        } = &frame
+        {
+            self.hold_behind(send.room, &send.client_id, Duration::from_millis(*ms));
+        }
+        self.send(send.id, frame)
+    }
+
+    /// Whether a send must wait behind an earlier refused one, and for how
+    /// long at least. The refused send itself, coming again, lifts the hold.
+    fn is_held(&mut self, room: RoomId, client_id: &str) -> Option<Duration> {
+        let hold = self.held_behind.as_ref()?;
+        let now = Instant::now();
+        if (hold.room == room && hold.client_id == client_id) || now >= hold.lapses_at {
+            self.held_behind = None;
+            return None;
+        }
+        Some(hold.retry_at.saturating_duration_since(now))
+    }
+
+    /// Makes later sends wait behind this refused one (the first refused
+    /// one, if several are).
+    fn hold_behind(&mut self, room: RoomId, client_id: &str, wait: Duration) {
+        if self.held_behind.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.held_behind = Some(Box::new(HeldBehind {
+            room,
+            client_id: client_id.to_owned(),
+            retry_at: now + wait,
+            lapses_at: now + wait.max(HOLD_LAPSE),
+        }));
     }
 
     fn enqueue(&mut self, slot: QueueSlot, in_flight: InFlight, send: BlockedSend) {

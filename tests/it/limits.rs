@@ -86,6 +86,48 @@ async fn sends_past_the_connection_rate_are_refused_with_a_retry_time_and_not_st
     Ok(())
 }
 
+/// A send refused for now holds back every later send of the connection
+/// until it is resent, so a client that resends in refusal order keeps its
+/// messages in the order it sent them; held sends cost no allowance.
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_behind_a_refused_one_are_held_until_it_is_resent() -> Result<()> {
+    let app = spawn_app_with(with_limits(Limits {
+        messages_per_connection: Rate::new(2.0, 2),
+        ..Limits::default()
+    }))
+    .await?;
+    let t = app.users(&["alice", "bob"]).await?;
+    let room = app.group(&t[0], &[("bob", &t[1])]).await?;
+    let mut alice = app.connect_ws(&t[0]).await?;
+    let mut bob = app.connect_ws(&t[1]).await?;
+
+    alice.send_ok(room, "m0", b"x").await?;
+    alice.send_ok(room, "m1", b"x").await?;
+    let refused = alice.send_message(room, "m2", b"x").await?;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let wait = refused["retry_after_ms"].as_u64().context("retry_after_ms")?;
+
+    // Once a token is back, m3 is still refused: m2 has not come again.
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    let held = alice.send_message(room, "m3", b"x").await?;
+    assert_eq!(held["code"], "rate_limited", "{held}");
+    let message = held["message"].as_str().unwrap_or_default();
+    assert!(message.contains("held behind"), "{held}");
+
+    // m2's resend lifts the hold and takes the token m3 did not spend.
+    let ack = alice.send_message(room, "m2", b"x").await?;
+    assert_eq!(ack["type"], "ack", "held sends must not spend the allowance: {ack}");
+    send_when_allowed(&mut alice, room, "m3").await?;
+
+    let (entries, _) = bob.sync(room, 0).await?;
+    let ids: Vec<_> = entries
+        .iter()
+        .filter_map(|e| e["client_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["m0", "m1", "m2", "m3"]);
+    Ok(())
+}
+
 /// The client's link sends a message the server refused for now again
 /// once the server's wait is over, on the same connection: before, it kept
 /// it until the next reconnect.
