@@ -4,7 +4,7 @@
 //! round-trips). `tests/fuzz_corpus.rs` runs the committed seed corpus through
 //! the same functions, so a crash the fuzzer once found stays fixed.
 
-use crate::crypto::envelope::{self, Payload};
+use crate::crypto::envelope::{self, Content, Payload};
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::keys::{IdentityPrivateKey, KeyFile};
 use crate::crypto::sender_keys;
@@ -55,8 +55,12 @@ pub fn log_body(data: &[u8]) {
 
 /// A decrypted message payload: another client chose these bytes.
 pub fn payload(data: &[u8]) {
-    if let Ok(payload) = Payload::from_bytes(data) {
+    if let Ok(Content::Payload(payload)) = Payload::from_bytes(data) {
         let again = Payload::from_bytes(&payload.to_bytes()).expect("a payload round-trips");
+        assert!(again == Content::Payload(payload));
+    }
+    if let Ok(payload) = Payload::from_bytes_v1(data) {
+        let again = Payload::from_bytes_v1(&payload.to_bytes_v1()).expect("a payload round-trips");
         assert!(again == payload);
     }
 }

@@ -3,7 +3,8 @@
 
 use std::sync::LazyLock;
 
-use hush::crypto::envelope::{self, OpenContext, Payload, ReplayTracker};
+use hush::crypto::device::DeviceId;
+use hush::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker};
 use hush::crypto::keys::IdentityPrivateKey;
 use hush::crypto::sender_keys::SenderKey;
 use hush::protocol::{ClientFrame, Cursor, Incoming, Outgoing, ServerFrame, WireEntry, b64};
@@ -178,6 +179,8 @@ proptest! {
     fn payloads_round_trip(parts in payload()) {
         let payload = parts.build();
         let parsed = Payload::from_bytes(&payload.to_bytes()).unwrap();
+        prop_assert!(parsed == Content::Payload(payload.clone()));
+        let parsed = Payload::from_bytes_v1(&payload.to_bytes_v1()).unwrap();
         prop_assert!(parsed == payload);
     }
 }
@@ -192,15 +195,17 @@ proptest! {
         epoch in any::<u32>(),
         counter in any::<u64>(),
         key in any::<[u8; 32]>(),
+        device in any::<[u8; 16]>().prop_filter("not the legacy device", |d| *d != [0; 16]),
         parts in payload(),
     ) {
         let payload = parts.build();
         let sender_key = SenderKey::from_bytes(epoch, key);
-        let body = envelope::seal(room_id, "alice", &sender_key, counter, &payload, &ALICE).unwrap();
+        let device = DeviceId(device);
+        let body = envelope::seal(room_id, "alice", &device, &sender_key, counter, &payload, &ALICE).unwrap();
         let header = envelope::peek(&body).unwrap();
         prop_assert_eq!(
-            (header.room_id, header.sender.as_str(), header.epoch, header.counter),
-            (room_id, "alice", epoch, counter)
+            (header.room_id, header.sender.as_str(), header.device, header.epoch, header.counter),
+            (room_id, "alice", device, epoch, counter)
         );
         let context = OpenContext {
             room_id,
@@ -208,6 +213,6 @@ proptest! {
             sender_identity: ALICE.public(),
         };
         let opened = envelope::open(&body, &context, &sender_key, &mut ReplayTracker::new()).unwrap();
-        prop_assert!(opened.payload == payload);
+        prop_assert!(opened.content == Content::Payload(payload));
     }
 }

@@ -6,6 +6,7 @@
 use anyhow::{Context, bail};
 
 use super::api::{Api, Room};
+use super::device::DeviceClaim;
 use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
 use crate::cli::{ClientOpts, Target};
@@ -16,6 +17,8 @@ pub struct Account {
     pub identity: Identity,
     pub directory: Directory,
     pub keys: KeyStore,
+    /// The device this run sends as, held until the command ends.
+    pub device: DeviceClaim,
 }
 
 impl Account {
@@ -57,11 +60,13 @@ impl Account {
             .await
             .context("logging in")?;
         let directory = Directory::new(api.clone(), keys.load_trust(user)?);
+        let device = DeviceClaim::claim(keys.dir(), user)?;
         Ok(Self {
             api,
             identity,
             directory,
             keys,
+            device,
         })
     }
 

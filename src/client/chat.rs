@@ -108,7 +108,8 @@ impl Chat {
             return;
         }
         self.link.follow(room.id, 0).await;
-        let conversation = Conversation::new(room.id, self.account.username());
+        let conversation =
+            Conversation::new(room.id, self.account.username(), self.account.device.id());
         self.rooms.insert(
             room.id,
             RoomView {

@@ -11,13 +11,13 @@ use serde_json::json;
 
 use super::account::{Account, find_room, new_passphrase, passphrase, password, require_user};
 use super::api::Api;
-use super::conversation::Shown;
+use super::conversation::{Shown, UNSUPPORTED_TEXT};
 use super::directory::Directory;
 use super::keystore::KeyStore;
 use super::link::Event;
 use super::transcript;
 use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
-use crate::crypto::envelope::Payload;
+use crate::crypto::envelope::{Payload, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
 use crate::crypto::safety::SafetyNumber;
 use crate::crypto::statements;
@@ -380,12 +380,33 @@ impl Printer {
     pub fn print(&self, item: &Shown) -> anyhow::Result<()> {
         let line = match item {
             Shown::Quiet { .. } => return Ok(()),
+            Shown::Unsupported {
+                seq,
+                ts,
+                sender,
+                device,
+            } => {
+                if self.json {
+                    let mut obj = json!({
+                        "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                        "kind": "unsupported", "text": UNSUPPORTED_TEXT,
+                    });
+                    if let Some(device) = device {
+                        obj["device"] = json!(device.short());
+                    }
+                    obj.to_string()
+                } else {
+                    format!("#{seq} {} {sender}: ({UNSUPPORTED_TEXT})", format_time(*ts))
+                }
+            }
             Shown::Message {
                 seq,
                 ts,
                 sender,
+                device,
                 payload,
                 is_sender_verified,
+                is_late,
             } => {
                 let (text, file) = match payload {
                     Payload::Text { text } => (Some(text.clone()), None),
@@ -397,8 +418,11 @@ impl Printer {
                 if self.json {
                     let mut obj = json!({
                         "room": self.room, "seq": seq, "ts": ts, "sender": sender, "kind": "message",
-                        "verified": is_sender_verified,
+                        "verified": is_sender_verified, "late": is_late,
                     });
+                    if let Some(device) = device {
+                        obj["device"] = json!(device.short());
+                    }
                     if let Some(text) = text {
                         obj["text"] = json!(text);
                     }
@@ -419,7 +443,11 @@ impl Printer {
                         }
                         (None, None) => String::new(),
                     };
-                    format!("#{seq} {} {sender}{mark}: {content}", format_time(*ts))
+                    let late = if *is_late { " (delivered late)" } else { "" };
+                    format!(
+                        "#{seq} {} {sender}{mark}: {content}{late}",
+                        format_time(*ts)
+                    )
                 }
             }
             Shown::Event { seq, ts, text } => {
@@ -453,12 +481,10 @@ impl Printer {
     fn save(&self, seq: i64, name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&self.save_dir)
             .with_context(|| format!("creating {}", self.save_dir.display()))?;
-        // Only the last path component, so a sender cannot choose where it lands.
-        let base = Path::new(name)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let base = if base.is_empty() || base.starts_with('.') {
+        // Only the last path component, so a sender cannot choose where it
+        // lands, and never a hidden file.
+        let base = safe_file_name(name);
+        let base = if base.starts_with('.') {
             format!("file{base}")
         } else {
             base

@@ -7,14 +7,15 @@
 //! keys (a new machine, an imported key) recovers the whole readable
 //! history and its own sending state just by reading the room from the start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, bail};
 
 use super::directory::{Directory, Peer};
 use super::keystore::Identity;
 use crate::crypto::CryptoError;
-use crate::crypto::envelope::{self, OpenContext, Payload, ReplayTracker};
+use crate::crypto::device::DeviceId;
+use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
 use crate::crypto::wire::{BodyKind, body_kind};
@@ -29,8 +30,21 @@ pub enum Shown {
         seq: i64,
         ts: i64,
         sender: String,
+        /// The sending device; `None` for version-1 history.
+        device: Option<DeviceId>,
         payload: Payload,
         is_sender_verified: bool,
+        /// Stored after a later message of its chain (an honest resend
+        /// usually; see PROTOCOL §19, the replay rule).
+        is_late: bool,
+    },
+    /// A genuine message of a type or payload version this client does
+    /// not know.
+    Unsupported {
+        seq: i64,
+        ts: i64,
+        sender: String,
+        device: Option<DeviceId>,
     },
     /// A membership or key event, as a sentence.
     Event { seq: i64, ts: i64, text: String },
@@ -49,6 +63,7 @@ impl Shown {
     pub fn seq(&self) -> i64 {
         match self {
             Self::Message { seq, .. }
+            | Self::Unsupported { seq, .. }
             | Self::Event { seq, .. }
             | Self::Rejected { seq, .. }
             | Self::Quiet { seq } => *seq,
@@ -56,31 +71,59 @@ impl Shown {
     }
 }
 
+/// The sentence shown for `Shown::Unsupported`.
+pub const UNSUPPORTED_TEXT: &str = "a message this version of hush cannot display — update hush";
+
+/// One chain's key: (sender, device, epoch).
+type ChainKey = (String, DeviceId, u32);
+
+/// A key a `key` entry retired: refused for that sender from `seq` on.
+struct RetiredKey {
+    key: IdentityKey,
+    seq: i64,
+}
+
+/// The keys accepted from one sender at one position of the log.
+struct Signers {
+    accepted: Vec<IdentityKey>,
+    is_verified: bool,
+}
+
 pub struct Conversation {
     room: RoomId,
     me: String,
-    /// Sender keys received (including this user's own), by (sender, epoch).
-    keys: HashMap<(String, u32), SenderKey>,
+    /// The device this client sends as.
+    device: DeviceId,
+    /// Sender keys received (including this user's own), per chain.
+    keys: HashMap<ChainKey, SenderKey>,
     replay: ReplayTracker,
-    /// This user's latest distribution seen: epoch and recipients.
+    /// This device's latest distribution seen: epoch and recipients.
     my_latest: Option<(u32, Vec<(String, Fingerprint)>)>,
-    /// Highest counter this user sent per epoch.
+    /// Highest counter this device sent per epoch.
     my_counters: HashMap<u32, u64>,
     sending: Option<SenderKeyState>,
     last_seq: i64,
+    /// Keys that `key` entries of this room retired, per sender.
+    retired: HashMap<String, Vec<RetiredKey>>,
+    /// Senders whose keys were fetched again after a signature no known
+    /// key verified: once each, until their next `key` entry.
+    refetched: HashSet<String>,
 }
 
 impl Conversation {
-    pub fn new(room: RoomId, me: &str) -> Self {
+    pub fn new(room: RoomId, me: &str, device: DeviceId) -> Self {
         Self {
             room,
             me: me.to_owned(),
+            device,
             keys: HashMap::new(),
             replay: ReplayTracker::new(),
             my_latest: None,
             my_counters: HashMap::new(),
             sending: None,
             last_seq: 0,
+            retired: HashMap::new(),
+            refetched: HashSet::new(),
         }
     }
 
@@ -131,7 +174,7 @@ impl Conversation {
                 entry.subject.as_deref().unwrap_or("someone")
             ),
             "key" => {
-                directory.invalidate(&entry.sender);
+                self.retire_keys(entry, me, directory).await;
                 format!(
                     "{}'s key is now {}",
                     entry.sender,
@@ -143,45 +186,190 @@ impl Conversation {
         Shown::Event { seq, ts, text }
     }
 
+    /// A `key` entry: from here on, keys its sender had before the one it
+    /// names are refused for that sender in this room (PROTOCOL §19, Key
+    /// history). Keys are listed newest first, so everything after the
+    /// named one is older.
+    async fn retire_keys(&mut self, entry: &WireEntry, me: &Identity, directory: &mut Directory) {
+        let user = &entry.sender;
+        self.refetched.remove(user);
+        let known: Vec<IdentityKey> = if *user == self.me {
+            own_keys(me)
+        } else {
+            directory.invalidate(user);
+            match directory.peer(user).await {
+                Ok(peer) => peer.verifying,
+                Err(_) => return,
+            }
+        };
+        let Some(named) = entry.fingerprint.as_deref() else {
+            return;
+        };
+        let Some(position) = known
+            .iter()
+            .position(|key| key.fingerprint().to_hex() == named)
+        else {
+            // A key not linked to what we trust: the directory blocks the
+            // peer until the user decides; nothing to retire by position.
+            return;
+        };
+        let retired = self.retired.entry(user.clone()).or_default();
+        for key in &known[position + 1..] {
+            if !retired
+                .iter()
+                .any(|r| r.key.fingerprint() == key.fingerprint())
+            {
+                retired.push(RetiredKey {
+                    key: key.clone(),
+                    seq: entry.seq,
+                });
+            }
+        }
+    }
+
+    /// The keys accepted from `sender` now: this user's own from the local
+    /// key store (never from the server), a peer's from the directory, less
+    /// those a `key` entry retired.
+    async fn signers(
+        &self,
+        sender: &str,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> Result<Signers, String> {
+        let (known, is_verified) = if sender == self.me {
+            (own_keys(me), true)
+        } else {
+            let peer: Peer = directory
+                .peer(sender)
+                .await
+                .map_err(|err| format!("cannot check the sender's key: {err:#}"))?;
+            (peer.verifying, peer.is_verified)
+        };
+        let retired = self.retired.get(sender);
+        let accepted = known
+            .into_iter()
+            .filter(|key| {
+                !retired.is_some_and(|r| r.iter().any(|r| r.key.fingerprint() == key.fingerprint()))
+            })
+            .collect();
+        Ok(Signers {
+            accepted,
+            is_verified,
+        })
+    }
+
+    /// Why a body no accepted key verifies must be refused: signed with a
+    /// retired key, or by no key we know.
+    fn bad_signature_reason(
+        &self,
+        sender: &str,
+        verifies: impl Fn(&IdentityKey) -> bool,
+    ) -> String {
+        let retired = self
+            .retired
+            .get(sender)
+            .and_then(|keys| keys.iter().find(|r| verifies(&r.key)));
+        match retired {
+            Some(r) => format!(
+                "signed with a key that {sender} retired (at #{}); whoever sent it is not using {sender}'s current key",
+                r.seq
+            ),
+            None => CryptoError::BadSignature.to_string(),
+        }
+    }
+
     async fn process_body(
         &mut self,
         entry: &WireEntry,
         me: &Identity,
         directory: &mut Directory,
     ) -> Shown {
-        let (seq, ts, sender) = (entry.seq, entry.ts, entry.sender.clone());
-        let reject = |reason: String| Shown::Rejected {
-            seq,
-            ts,
-            sender: sender.clone(),
+        let shown = self.process_body_once(entry, me, directory).await;
+        let is_bad_signature = matches!(&shown, Err(Failure::BadSignature));
+        if is_bad_signature
+            && entry.sender != self.me
+            && self.refetched.insert(entry.sender.clone())
+        {
+            // Maybe a rotation we saw no `key` entry for: ask once more.
+            directory.invalidate(&entry.sender);
+            let again = self.process_body_once(entry, me, directory).await;
+            return self.finish(entry, again);
+        }
+        self.finish(entry, shown)
+    }
+
+    fn finish(&self, entry: &WireEntry, result: Result<Shown, Failure>) -> Shown {
+        let reason = match result {
+            Ok(shown) => return shown,
+            Err(Failure::Reason(reason)) => reason,
+            Err(Failure::BadSignature) => {
+                let body = entry.body.as_deref().and_then(|b| b64::decode(b).ok());
+                let signed_by = |key: &IdentityKey| {
+                    body.as_deref().is_some_and(|body| verifies_body(body, key))
+                };
+                self.bad_signature_reason(&entry.sender, signed_by)
+            }
+        };
+        Shown::Rejected {
+            seq: entry.seq,
+            ts: entry.ts,
+            sender: entry.sender.clone(),
             reason,
-        };
+        }
+    }
+
+    async fn process_body_once(
+        &mut self,
+        entry: &WireEntry,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> Result<Shown, Failure> {
+        let (seq, ts, sender) = (entry.seq, entry.ts, entry.sender.clone());
         let Some(body) = entry.body.as_deref().and_then(|b| b64::decode(b).ok()) else {
-            return reject("the message has no readable body".into());
+            return Err(Failure::Reason("the message has no readable body".into()));
         };
-        let peer = match directory.peer(&entry.sender).await {
-            Ok(peer) => peer,
-            Err(err) => return reject(format!("cannot check the sender's key: {err:#}")),
-        };
+        let signers = self
+            .signers(&entry.sender, me, directory)
+            .await
+            .map_err(Failure::Reason)?;
         match body_kind(&body) {
             Ok(BodyKind::SenderKeyDistribution) => {
-                match self.take_distribution(&body, entry, me, &peer) {
-                    Ok(()) => Shown::Quiet { seq },
-                    Err(CryptoError::NotARecipient) => Shown::Quiet { seq },
-                    Err(err) => reject(format!("a key distribution was rejected: {err}")),
+                match self.take_distribution(&body, entry, me, &signers.accepted) {
+                    Ok(()) | Err(CryptoError::NotARecipient) => Ok(Shown::Quiet { seq }),
+                    Err(CryptoError::BadSignature) => Err(Failure::BadSignature),
+                    Err(err) => Err(Failure::Reason(format!(
+                        "a key distribution was rejected: {err}"
+                    ))),
                 }
             }
-            Ok(BodyKind::Message) => match self.open_message(&body, entry, &peer) {
-                Ok(payload) => Shown::Message {
-                    seq,
-                    ts,
-                    sender,
-                    payload,
-                    is_sender_verified: peer.is_verified,
-                },
-                Err(reason) => reject(reason),
-            },
-            Err(err) => reject(format!("not a hush message: {err}")),
+            Ok(BodyKind::Message) => {
+                let opened = self.open_message(&body, entry, &signers.accepted)?;
+                let device = (!opened.header.device.is_legacy()).then_some(opened.header.device);
+                Ok(match opened.content {
+                    Content::Payload(payload) => Shown::Message {
+                        seq,
+                        ts,
+                        sender,
+                        device,
+                        payload,
+                        is_sender_verified: signers.is_verified && entry.sender != self.me,
+                        is_late: opened.is_late,
+                    },
+                    Content::Unsupported => Shown::Unsupported {
+                        seq,
+                        ts,
+                        sender,
+                        device,
+                    },
+                })
+            }
+            Err(CryptoError::UnknownVersion { .. }) => Ok(Shown::Unsupported {
+                seq,
+                ts,
+                sender,
+                device: None,
+            }),
+            Err(err) => Err(Failure::Reason(err.to_string())),
         }
     }
 
@@ -190,7 +378,7 @@ impl Conversation {
         body: &[u8],
         entry: &WireEntry,
         me: &Identity,
-        peer: &Peer,
+        accepted: &[IdentityKey],
     ) -> Result<(), CryptoError> {
         let header = sender_keys::peek_distribution(body)?;
         let Some(my_key) = header
@@ -201,7 +389,7 @@ impl Conversation {
         else {
             return Err(CryptoError::NotARecipient);
         };
-        let key = with_any_key(&peer.verifying, |identity| {
+        let key = with_any_key(accepted, |identity| {
             let context = OpenContext {
                 room_id: self.room.0,
                 sender: &entry.sender,
@@ -209,10 +397,11 @@ impl Conversation {
             };
             sender_keys::open_distribution(body, &context, &me.username, my_key)
         })?;
-        if entry.sender == self.me {
+        if entry.sender == self.me && header.device == self.device {
             self.my_latest = Some((header.epoch, header.recipients.clone()));
         }
-        self.keys.insert((entry.sender.clone(), header.epoch), key);
+        self.keys
+            .insert((entry.sender.clone(), header.device, header.epoch), key);
         Ok(())
     }
 
@@ -220,27 +409,29 @@ impl Conversation {
         &mut self,
         body: &[u8],
         entry: &WireEntry,
-        peer: &Peer,
-    ) -> Result<Payload, String> {
-        let header = envelope::peek(body).map_err(|e| e.to_string())?;
+        accepted: &[IdentityKey],
+    ) -> Result<envelope::OpenedMessage, Failure> {
+        let reason = |e: CryptoError| Failure::Reason(e.to_string());
+        let header = envelope::peek(body).map_err(reason)?;
         if header.room_id != self.room.0 {
-            return Err(CryptoError::WrongRoom.to_string());
+            return Err(reason(CryptoError::WrongRoom));
         }
         if header.sender != entry.sender {
-            return Err(CryptoError::WrongSender.to_string());
+            return Err(reason(CryptoError::WrongSender));
         }
-        if entry.sender == self.me {
+        if entry.sender == self.me && header.device == self.device {
             let highest = self
                 .my_counters
                 .entry(header.epoch)
                 .or_insert(header.counter);
             *highest = (*highest).max(header.counter);
         }
-        let Some(key) = self.keys.get(&(entry.sender.clone(), header.epoch)) else {
-            return Err("no key for this message: it was sent before you joined, or its key was not shared with you".into());
+        let chain = (entry.sender.clone(), header.device, header.epoch);
+        let Some(key) = self.keys.get(&chain) else {
+            return Err(Failure::Reason("no key for this message: it was sent before you joined, or its key was not shared with you".into()));
         };
         let replay = &mut self.replay;
-        let opened = with_any_key(&peer.verifying, |identity| {
+        with_any_key(accepted, |identity| {
             let context = OpenContext {
                 room_id: self.room.0,
                 sender: &entry.sender,
@@ -248,8 +439,10 @@ impl Conversation {
             };
             envelope::open(body, &context, key, replay)
         })
-        .map_err(|e| e.to_string())?;
-        Ok(opened.payload)
+        .map_err(|err| match err {
+            CryptoError::BadSignature => Failure::BadSignature,
+            other => reason(other),
+        })
     }
 
     /// Seals `payload` for the room's current `members`. Returns the bodies
@@ -314,16 +507,18 @@ impl Conversation {
         })
     }
 
-    /// The sending state, resumed from the log the first time it is needed.
+    /// The sending state, resumed from the log the first time it is needed:
+    /// this device's own chain, continued where the log shows it stopped.
     fn sending_state(&mut self) -> &mut SenderKeyState {
-        let room = self.room.0;
+        let (room, device) = (self.room.0, self.device);
         let resumed = || {
             let own_key = self.my_latest.as_ref().and_then(|(epoch, recipients)| {
-                let key = self.keys.get(&(self.me.clone(), *epoch))?;
+                let key = self.keys.get(&(self.me.clone(), device, *epoch))?;
                 let next = self.my_counters.get(epoch).map_or(0, |c| c + 1);
                 Some(SenderKeyState::resume_with_key(
                     room,
                     &self.me,
+                    device,
                     key.clone(),
                     recipients,
                     next,
@@ -336,7 +531,7 @@ impl Conversation {
                     .copied()
                     .chain(self.my_latest.as_ref().map(|(e, _)| *e))
                     .max();
-                SenderKeyState::resume_after(room, &self.me, last_epoch.unwrap_or(0))
+                SenderKeyState::resume_after(room, &self.me, device, last_epoch.unwrap_or(0))
             })
         };
         if self.sending.is_none() {
@@ -344,6 +539,41 @@ impl Conversation {
         }
         self.sending.as_mut().expect("just set")
     }
+}
+
+/// Why a body did not open: a signature no accepted key verifies (which
+/// may call for fetching the sender's keys again), or anything else.
+enum Failure {
+    BadSignature,
+    Reason(String),
+}
+
+/// This user's own keys, newest first, from the local key store.
+fn own_keys(me: &Identity) -> Vec<IdentityKey> {
+    std::iter::once(&me.current)
+        .chain(&me.previous)
+        .map(|key| key.public().clone())
+        .collect()
+}
+
+/// Whether `key` signed `body` (a message or a distribution), whatever else
+/// is wrong with it: to tell a retired key's signature from a stranger's.
+fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
+    let Some(signed_len) = signed_len(body) else {
+        return false;
+    };
+    let signature = &body[signed_len + 2..];
+    key.verify(&body[..signed_len], signature).is_ok()
+}
+
+/// Where a body's signature length starts: every body ends with
+/// `sig_len u16 | sig`, and sig_len equals the bytes after it.
+fn signed_len(body: &[u8]) -> Option<usize> {
+    (2..=body.len().min(2 + 1024)).find_map(|tail| {
+        let at = body.len() - tail;
+        let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+        (len + 2 == tail).then_some(at)
+    })
 }
 
 /// What `Conversation::seal` produced.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod chat;
 pub mod commands;
 pub mod conversation;
+pub mod device;
 pub mod directory;
 pub mod keystore;
 pub mod link;

@@ -25,7 +25,7 @@ pub async fn load(
     let token = account.api.token().context("not logged in")?.to_owned();
     let mut link = Link::start(account.api.server(), token);
     link.follow(room.id, 0).await;
-    let mut conversation = Conversation::new(room.id, account.username());
+    let mut conversation = Conversation::new(room.id, account.username(), account.device.id());
     let mut shown = Vec::new();
     loop {
         match next_event(&mut link).await? {

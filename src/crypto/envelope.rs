@@ -1,20 +1,22 @@
 //! Sealing and opening one message: the payload (text or a file) encrypted
-//! with AES-256-GCM under the sender's current sender key, bound to room,
-//! sender, epoch and counter, and signed with the sender's identity key.
+//! with AES-256-GCM under the sender key of one device's chain, bound to
+//! room, sender, device, epoch and counter, and signed with the sender's
+//! identity key.
 //!
-//! Layout (all integers big-endian; `docs/PROTOCOL.md §19` has the table):
-//! `"HUSH" 0x01 0x01 | room_id i64 | sender_len u8 | sender | epoch u32 |
-//! counter u64 | nonce [12] | ct_len u32 | ciphertext‖tag | sig_len u16 | sig`.
-//! The AES-GCM associated data is every byte before the nonce; the RSA-PSS
-//! signature covers every byte before `sig_len`.
+//! Layout of version 2 (all integers big-endian; `docs/PROTOCOL.md §19` has
+//! the table): `"HUSH" 0x02 0x01 | room_id i64 | sender_len u8 | sender |
+//! device [16] | epoch u32 | counter u64 | nonce [12] | ct_len u32 |
+//! ciphertext‖tag | sig_len u16 | sig`. Version 1, still read, has no
+//! device. The AES-GCM associated data is every byte before the nonce; the
+//! RSA-PSS signature covers every byte before `sig_len`.
 //!
 //! Opening checks, in order: framing and version, that the envelope names
 //! the room and sender the server claims, the signature under the sender's
-//! pinned key, the replay tracker, then the AES-GCM tag. Only the first
-//! failure is reported, and every failure after the signature looks the same
+//! key, the replay tracker, then the AES-GCM tag. Only the first failure is
+//! reported, and every failure after the signature looks the same
 //! (`OpenFailed`) except a replay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload as AeadPayload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -22,17 +24,21 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::CryptoError;
+use super::device::DeviceId;
 use super::identity::IdentityKey;
 use super::keys::IdentityPrivateKey;
 use super::sender_keys::SenderKey;
-use super::wire::{BodyKind, Reader, Writer, random_bytes};
+use super::wire::{BodyKind, FORMAT_VERSION, Reader, Writer, random_bytes};
 
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 
+/// The payload version this code writes and the highest it displays.
+pub const PAYLOAD_VERSION: u64 = 1;
+
 /// What a message carries once decrypted, serialized as compact JSON:
-/// `{"t":"text","text":"…"}` or
-/// `{"t":"file","name":"…","mime":"…","data":"<base64>"}`.
+/// `{"v":1,"t":"text","text":"…"}` or
+/// `{"v":1,"t":"file","name":"…","mime":"…","data":"<base64>"}`.
 ///
 /// No `Debug`: it is plaintext.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +55,15 @@ pub enum Payload {
     },
 }
 
+/// What a decrypted, authenticated envelope holds for the reader.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Content {
+    Payload(Payload),
+    /// A payload type or version this client does not know: genuine, but
+    /// only a newer hush can display it.
+    Unsupported,
+}
+
 impl Payload {
     pub fn text(text: impl Into<String>) -> Self {
         Payload::Text { text: text.into() }
@@ -62,13 +77,156 @@ impl Payload {
         }
     }
 
-    /// The exact plaintext bytes that get encrypted.
+    /// The exact plaintext bytes that get encrypted (payload version 1).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Versioned<'a> {
+            v: u64,
+            #[serde(flatten)]
+            payload: &'a Payload,
+        }
+        let versioned = Versioned {
+            v: PAYLOAD_VERSION,
+            payload: self,
+        };
+        Zeroizing::new(serde_json::to_vec(&versioned).expect("payload always serializes"))
+    }
+
+    /// The plaintext of a version-1 envelope: exactly the old shape.
+    pub fn to_bytes_v1(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(serde_json::to_vec(self).expect("payload always serializes"))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+    /// Reads a version-1 envelope's plaintext: unknown types and members fail.
+    pub fn from_bytes_v1(bytes: &[u8]) -> Result<Self, CryptoError> {
         serde_json::from_slice(bytes).map_err(|_| CryptoError::OpenFailed)
+    }
+
+    /// Reads a version-2 envelope's plaintext by §19's rules: duplicate
+    /// member names fail; unknown members are ignored; an unknown type or a
+    /// newer payload version is `Unsupported`, not an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Content, CryptoError> {
+        if has_duplicate_keys(bytes) {
+            return Err(CryptoError::OpenFailed);
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|_| CryptoError::OpenFailed)?;
+        let object = value.as_object().ok_or(CryptoError::OpenFailed)?;
+        let version = match object.get("v") {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .filter(|v| *v >= 1)
+                .ok_or(CryptoError::OpenFailed)?,
+        };
+        let kind = object
+            .get("t")
+            .and_then(|t| t.as_str())
+            .ok_or(CryptoError::OpenFailed)?;
+        if version > PAYLOAD_VERSION {
+            return Ok(Content::Unsupported);
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            text: String,
+        }
+        #[derive(Deserialize)]
+        struct File {
+            name: String,
+            mime: String,
+            #[serde(with = "base64_bytes")]
+            data: Vec<u8>,
+        }
+        let payload = match kind {
+            "text" => {
+                let Text { text } =
+                    serde_json::from_value(value).map_err(|_| CryptoError::OpenFailed)?;
+                Payload::Text { text }
+            }
+            "file" => {
+                let File { name, mime, data } =
+                    serde_json::from_value(value).map_err(|_| CryptoError::OpenFailed)?;
+                Payload::File { name, mime, data }
+            }
+            _ => return Ok(Content::Unsupported),
+        };
+        Ok(Content::Payload(payload))
+    }
+}
+
+/// Whether any JSON object in `bytes` names a member twice. `serde_json`
+/// keeps the last one silently, so two readers could disagree on what a
+/// signed message says; §19 rejects such payloads instead.
+fn has_duplicate_keys(bytes: &[u8]) -> bool {
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::collections::HashSet;
+
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(de::Error::custom("duplicate member"));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    Unique.deserialize(&mut deserializer).is_err()
+}
+
+/// A file name from a message, made safe to show and to save: the part after
+/// the last `/` or `\`, control characters replaced, at most 255 bytes, and
+/// `attachment` if nothing is left (§19).
+pub fn safe_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut out = String::new();
+    for c in base.chars() {
+        let c = if c.is_control() { '_' } else { c };
+        if out.len() + c.len_utf8() > 255 {
+            break;
+        }
+        out.push(c);
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        "attachment".to_owned()
+    } else {
+        out
     }
 }
 
@@ -76,66 +234,95 @@ impl Payload {
 /// `peek` to find the right sender key; trust them only after `open`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvelopeHeader {
+    pub version: u8,
     pub room_id: i64,
     pub sender: String,
+    /// `DeviceId::LEGACY` for version 1.
+    pub device: DeviceId,
     pub epoch: u32,
     pub counter: u64,
 }
 
-/// Who the server says sent an envelope, where, and the key we pinned for
-/// that sender.
+/// Who the server says sent an envelope, where, and the key we accept for
+/// that sender at this point of the log.
 pub struct OpenContext<'a> {
     pub room_id: i64,
     pub sender: &'a str,
     pub sender_identity: &'a IdentityKey,
 }
 
-/// A message that opened: authenticated header and decrypted payload.
+/// A message that opened: authenticated header and decrypted content.
 pub struct OpenedMessage {
     pub header: EnvelopeHeader,
-    pub payload: Payload,
+    pub content: Content,
+    /// A later message of the same chain was opened before this one.
+    pub is_late: bool,
 }
 
-/// Seals `payload` as message number `counter` from `sender` in `room_id`
-/// under `sender_key`, with a fresh random nonce. The caller keeps counters
-/// strictly increasing per (room, sender, epoch); `SenderKeyState` does that.
+/// Seals `payload` as message number `counter` of `device`'s chain from
+/// `sender` in `room_id` under `sender_key`, with a fresh random nonce. The
+/// caller keeps counters unique per chain; `SenderKeyState` does that.
 pub fn seal(
     room_id: i64,
     sender: &str,
+    device: &DeviceId,
     sender_key: &SenderKey,
     counter: u64,
     payload: &Payload,
     signer: &IdentityPrivateKey,
 ) -> Result<Vec<u8>, CryptoError> {
     let nonce = random_bytes::<NONCE_LEN>()?;
-    seal_with_nonce(
-        room_id, sender, sender_key, counter, &nonce, payload, signer,
+    let chain = Chain {
+        version: FORMAT_VERSION,
+        room_id,
+        sender,
+        device,
+    };
+    seal_raw(
+        &chain,
+        sender_key,
+        counter,
+        &nonce,
+        &payload.to_bytes(),
+        signer,
     )
 }
 
-/// `seal` with a caller-chosen nonce. Only for test vectors: a nonce must
-/// never repeat under one sender key.
-pub(crate) fn seal_with_nonce(
-    room_id: i64,
-    sender: &str,
+/// Where a body goes: format version, room, sender and device.
+pub(crate) struct Chain<'a> {
+    pub version: u8,
+    pub room_id: i64,
+    pub sender: &'a str,
+    pub device: &'a DeviceId,
+}
+
+/// Seals `plaintext` as given, with a caller-chosen nonce. Test vectors use
+/// it directly (a nonce must never repeat under one sender key).
+pub(crate) fn seal_raw(
+    chain: &Chain<'_>,
     sender_key: &SenderKey,
     counter: u64,
     nonce: &[u8; NONCE_LEN],
-    payload: &Payload,
+    plaintext: &[u8],
     signer: &IdentityPrivateKey,
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut body = Writer::new(BodyKind::Message);
-    body.i64(room_id);
-    body.username(sender)?;
+    let mut body = Writer::with_version(chain.version, BodyKind::Message);
+    body.i64(chain.room_id);
+    body.username(chain.sender)?;
+    if chain.version >= 2 {
+        if chain.device.is_legacy() {
+            return Err(CryptoError::OpenFailed);
+        }
+        body.device(chain.device);
+    }
     body.u32(sender_key.epoch());
     body.u64(counter);
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*sender_key.key_bytes()));
-    let plaintext = payload.to_bytes();
     let ciphertext = cipher
         .encrypt(
             &Nonce::from(*nonce),
             AeadPayload {
-                msg: &plaintext,
+                msg: plaintext,
                 aad: body.as_slice(),
             },
         )
@@ -148,7 +335,7 @@ pub(crate) fn seal_with_nonce(
 }
 
 /// Reads the header without checking anything but the framing, so the
-/// caller can look up the sender's key for `epoch`.
+/// caller can look up the sender key for the chain.
 pub fn peek(body: &[u8]) -> Result<EnvelopeHeader, CryptoError> {
     Ok(ParsedEnvelope::parse(body)?.header)
 }
@@ -189,9 +376,17 @@ pub fn open(
             )
             .map_err(|_| CryptoError::OpenFailed)?,
     );
-    let payload = Payload::from_bytes(&plaintext)?;
-    replay.record(&header);
-    Ok(OpenedMessage { header, payload })
+    let content = if header.version >= 2 {
+        Payload::from_bytes(&plaintext)?
+    } else {
+        Content::Payload(Payload::from_bytes_v1(&plaintext)?)
+    };
+    let is_late = replay.record(&header);
+    Ok(OpenedMessage {
+        header,
+        content,
+        is_late,
+    })
 }
 
 struct ParsedEnvelope<'a> {
@@ -206,8 +401,10 @@ struct ParsedEnvelope<'a> {
 impl<'a> ParsedEnvelope<'a> {
     fn parse(body: &'a [u8]) -> Result<Self, CryptoError> {
         let mut reader = Reader::new(body, BodyKind::Message)?;
+        let version = reader.version();
         let room_id = reader.i64()?;
         let sender = reader.username()?;
+        let device = reader.device()?;
         let epoch = reader.u32()?;
         let counter = reader.u64()?;
         let aad_len = reader.position();
@@ -221,8 +418,10 @@ impl<'a> ParsedEnvelope<'a> {
         reader.finish()?;
         Ok(Self {
             header: EnvelopeHeader {
+                version,
                 room_id,
                 sender,
+                device,
                 epoch,
                 counter,
             },
@@ -235,13 +434,18 @@ impl<'a> ParsedEnvelope<'a> {
     }
 }
 
-/// Remembers the highest counter opened per (room, sender, epoch) and
-/// rejects anything not strictly above it. Kept by the client for as long
-/// as it keeps the sender keys; a fresh tracker replaying a room's log in
-/// order accepts every genuine message once.
+/// One chain: (room, sender, device, epoch).
+type ChainKey = (i64, String, DeviceId, u32);
+
+/// The counters opened per chain, as ranges: a replay is a counter opened
+/// before, wherever it sits in the log; a counter below the highest is
+/// accepted (honest clients can have a message stored after a later one)
+/// and reported as late. Kept by the client for as long as it keeps the
+/// sender keys; a fresh tracker replaying a room's log accepts every
+/// genuine message once.
 #[derive(Debug, Default)]
 pub struct ReplayTracker {
-    highest: HashMap<(i64, String, u32), u64>,
+    opened: HashMap<ChainKey, CounterSet>,
 }
 
 impl ReplayTracker {
@@ -249,27 +453,82 @@ impl ReplayTracker {
         Self::default()
     }
 
-    /// `Err(Replay)` if `header.counter` is not above the highest seen.
+    fn chain(header: &EnvelopeHeader) -> ChainKey {
+        (
+            header.room_id,
+            header.sender.clone(),
+            header.device,
+            header.epoch,
+        )
+    }
+
+    /// `Err(Replay)` if this chain's counter was opened before.
     pub fn check(&self, header: &EnvelopeHeader) -> Result<(), CryptoError> {
-        match self.highest_seen(header.room_id, &header.sender, header.epoch) {
-            Some(highest) if header.counter <= highest => Err(CryptoError::Replay),
+        match self.opened.get(&Self::chain(header)) {
+            Some(set) if set.contains(header.counter) => Err(CryptoError::Replay),
             _ => Ok(()),
         }
     }
 
-    /// Records an opened envelope's counter.
-    pub fn record(&mut self, header: &EnvelopeHeader) {
-        let slot = self
-            .highest
-            .entry((header.room_id, header.sender.clone(), header.epoch))
-            .or_insert(header.counter);
-        *slot = (*slot).max(header.counter);
+    /// Records an opened envelope's counter; true if a higher one of the
+    /// chain was opened before (the message is late).
+    pub fn record(&mut self, header: &EnvelopeHeader) -> bool {
+        let set = self.opened.entry(Self::chain(header)).or_default();
+        let is_late = set.highest().is_some_and(|h| h > header.counter);
+        set.insert(header.counter);
+        is_late
     }
 
-    pub fn highest_seen(&self, room_id: i64, sender: &str, epoch: u32) -> Option<u64> {
-        self.highest
-            .get(&(room_id, sender.to_owned(), epoch))
-            .copied()
+    pub fn highest_seen(
+        &self,
+        room_id: i64,
+        sender: &str,
+        device: DeviceId,
+        epoch: u32,
+    ) -> Option<u64> {
+        self.opened
+            .get(&(room_id, sender.to_owned(), device, epoch))
+            .and_then(CounterSet::highest)
+    }
+}
+
+/// A set of `u64` as disjoint inclusive ranges keyed by their start: an
+/// ordinary chain (0, 1, 2, …) is one range however long it is.
+#[derive(Debug, Default)]
+struct CounterSet {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl CounterSet {
+    fn contains(&self, n: u64) -> bool {
+        self.ranges
+            .range(..=n)
+            .next_back()
+            .is_some_and(|(_, end)| n <= *end)
+    }
+
+    fn highest(&self) -> Option<u64> {
+        self.ranges.values().next_back().copied()
+    }
+
+    fn insert(&mut self, n: u64) {
+        if self.contains(n) {
+            return;
+        }
+        let mut start = n;
+        let mut end = n;
+        if let Some((&s, &e)) = self.ranges.range(..n).next_back()
+            && e.checked_add(1) == Some(n)
+        {
+            start = s;
+            self.ranges.remove(&s);
+        }
+        if let Some(next) = n.checked_add(1)
+            && let Some(e) = self.ranges.remove(&next)
+        {
+            end = e;
+        }
+        self.ranges.insert(start, end);
     }
 }
 
@@ -295,14 +554,38 @@ mod tests {
     use crate::crypto::test_support::fixture_key;
 
     const ROOM: i64 = 42;
+    const DEVICE: DeviceId = DeviceId([7; 16]);
 
     fn sealed_text(key: &SenderKey, counter: u64) -> Vec<u8> {
         seal(
             ROOM,
             "alice",
+            &DEVICE,
             key,
             counter,
             &Payload::text("hi bob"),
+            &fixture_key("alice"),
+        )
+        .unwrap()
+    }
+
+    fn sealed_plaintext(key: &SenderKey, version: u8, plaintext: &[u8]) -> Vec<u8> {
+        let chain = Chain {
+            version,
+            room_id: ROOM,
+            sender: "alice",
+            device: if version >= 2 {
+                &DEVICE
+            } else {
+                &DeviceId::LEGACY
+            },
+        };
+        seal_raw(
+            &chain,
+            key,
+            0,
+            &[9; NONCE_LEN],
+            plaintext,
             &fixture_key("alice"),
         )
         .unwrap()
@@ -316,6 +599,13 @@ mod tests {
         }
     }
 
+    fn opened_payload(opened: &OpenedMessage) -> &Payload {
+        match &opened.content {
+            Content::Payload(payload) => payload,
+            Content::Unsupported => panic!("expected a payload"),
+        }
+    }
+
     #[test]
     fn sealed_text_and_file_open_again() -> anyhow::Result<()> {
         let alice = fixture_key("alice");
@@ -323,21 +613,59 @@ mod tests {
         let mut replay = ReplayTracker::new();
         let text = sealed_text(&key, 1);
         let opened = open(&text, &context(alice.public()), &key, &mut replay)?;
-        assert!(opened.payload == Payload::text("hi bob"));
+        assert!(*opened_payload(&opened) == Payload::text("hi bob"));
         assert_eq!(
             opened.header,
             EnvelopeHeader {
+                version: 2,
                 room_id: ROOM,
                 sender: "alice".into(),
+                device: DEVICE,
                 epoch: 3,
                 counter: 1
             }
         );
         let file = Payload::file("cat.png", "image/png", vec![0, 1, 2, 255]);
-        let body = seal(ROOM, "alice", &key, 2, &file, &alice)?;
+        let body = seal(ROOM, "alice", &DEVICE, &key, 2, &file, &alice)?;
         assert_eq!(peek(&body)?.counter, 2);
         let opened = open(&body, &context(alice.public()), &key, &mut replay)?;
-        assert!(opened.payload == file);
+        assert!(*opened_payload(&opened) == file);
+        Ok(())
+    }
+
+    #[test]
+    fn version_one_envelopes_still_open_on_the_legacy_device() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let key = SenderKey::generate(1)?;
+        let body = sealed_plaintext(&key, 1, &Payload::text("old").to_bytes_v1());
+        let opened = open(
+            &body,
+            &context(alice.public()),
+            &key,
+            &mut ReplayTracker::new(),
+        )?;
+        assert_eq!(opened.header.version, 1);
+        assert_eq!(opened.header.device, DeviceId::LEGACY);
+        assert!(*opened_payload(&opened) == Payload::text("old"));
+        // Version 1 keeps its strict payload rules.
+        let body = sealed_plaintext(&key, 1, &Payload::text("old").to_bytes());
+        let result = open(
+            &body,
+            &context(alice.public()),
+            &key,
+            &mut ReplayTracker::new(),
+        );
+        assert_eq!(result.err(), Some(CryptoError::OpenFailed));
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_two_envelope_cannot_claim_the_legacy_device() -> anyhow::Result<()> {
+        let key = SenderKey::generate(1)?;
+        let mut body = sealed_text(&key, 0);
+        let device_at = 6 + 8 + 1 + "alice".len();
+        body[device_at..device_at + 16].fill(0);
+        assert_eq!(peek(&body).err(), Some(CryptoError::OpenFailed));
         Ok(())
     }
 
@@ -346,25 +674,97 @@ mod tests {
         let text = Payload::text("hé");
         assert_eq!(
             String::from_utf8(text.to_bytes().to_vec()).unwrap(),
-            r#"{"t":"text","text":"hé"}"#
+            r#"{"v":1,"t":"text","text":"hé"}"#
         );
         let file = Payload::file("a.txt", "text/plain", b"hi".to_vec());
         assert_eq!(
             String::from_utf8(file.to_bytes().to_vec()).unwrap(),
-            r#"{"t":"file","name":"a.txt","mime":"text/plain","data":"aGk="}"#
+            r#"{"v":1,"t":"file","name":"a.txt","mime":"text/plain","data":"aGk="}"#
+        );
+        assert_eq!(
+            String::from_utf8(text.to_bytes_v1().to_vec()).unwrap(),
+            r#"{"t":"text","text":"hé"}"#
         );
     }
 
     #[test]
-    fn unknown_payload_kinds_and_fields_are_rejected() {
+    fn version_two_payloads_follow_the_forward_compatible_rules() {
+        let read = |json: &str| Payload::from_bytes(json.as_bytes());
+        // Unknown types and newer payload versions are genuine but unsupported.
+        for unsupported in [
+            r#"{"v":1,"t":"reaction","emoji":"👍","to":3}"#,
+            r#"{"v":2,"t":"text","text":"x"}"#,
+            r#"{"t":"video","url":"x"}"#,
+        ] {
+            assert!(
+                matches!(read(unsupported), Ok(Content::Unsupported)),
+                "{unsupported}"
+            );
+        }
+        // Unknown members of a known type are ignored; v defaults to 1.
+        for fine in [
+            r#"{"v":1,"t":"text","text":"x","reply_to":7}"#,
+            r#"{"t":"text","text":"x"}"#,
+        ] {
+            assert!(
+                read(fine).ok() == Some(Content::Payload(Payload::text("x"))),
+                "{fine}"
+            );
+        }
+        // Malformed, mistyped or ambiguous payloads fail.
+        for bad in [
+            r#"{"v":1,"t":"text","text":"x","text":"y"}"#,
+            r#"{"v":1,"t":"text","text":"x","meta":{"a":1,"a":2}}"#,
+            r#"{"v":1,"t":"text"}"#,
+            r#"{"v":1,"t":"text","text":5}"#,
+            r#"{"v":0,"t":"text","text":"x"}"#,
+            r#"{"v":"1","t":"text","text":"x"}"#,
+            r#"{"v":1,"text":"x"}"#,
+            r#"["t","text"]"#,
+            r#"{"v":1,"t":"file","name":"a","mime":"b","data":"not base64!"}"#,
+            "not json",
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn version_one_payloads_reject_unknown_kinds_and_fields() {
         for bad in [
             r#"{"t":"video","url":"x"}"#,
             r#"{"t":"text","text":"x","extra":1}"#,
             r#"{"text":"x"}"#,
             r#"{"t":"file","name":"a","mime":"b","data":"not base64!"}"#,
         ] {
-            assert!(Payload::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+            assert!(Payload::from_bytes_v1(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_unsupported_payload_opens_as_unsupported() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let key = SenderKey::generate(1)?;
+        let body = sealed_plaintext(&key, 2, br#"{"v":1,"t":"poll","q":"lunch?"}"#);
+        let opened = open(
+            &body,
+            &context(alice.public()),
+            &key,
+            &mut ReplayTracker::new(),
+        )?;
+        assert!(opened.content == Content::Unsupported);
+        Ok(())
+    }
+
+    #[test]
+    fn file_names_are_made_safe() {
+        assert_eq!(safe_file_name("cat.png"), "cat.png");
+        assert_eq!(safe_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_file_name("C:\\Users\\x\\evil.exe"), "evil.exe");
+        assert_eq!(safe_file_name("a\u{0}b\nc"), "a_b_c");
+        assert_eq!(safe_file_name(""), "attachment");
+        assert_eq!(safe_file_name("dir/"), "attachment");
+        assert_eq!(safe_file_name(".."), "attachment");
+        assert_eq!(safe_file_name(&"é".repeat(200)).len(), 254);
     }
 
     #[test]
@@ -455,14 +855,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_version_is_rejected() -> anyhow::Result<()> {
+    fn unknown_version_magic_and_kind_are_told_apart() -> anyhow::Result<()> {
         let alice = fixture_key("alice");
         let key = SenderKey::generate(1)?;
         let mut body = sealed_text(&key, 1);
-        body[4] = 2;
+        body[4] = 3;
         assert_eq!(
             peek(&body).err(),
-            Some(CryptoError::UnknownVersion { version: 2 })
+            Some(CryptoError::UnknownVersion { version: 3 })
         );
         assert_eq!(
             open(
@@ -472,35 +872,97 @@ mod tests {
                 &mut ReplayTracker::new()
             )
             .err(),
-            Some(CryptoError::UnknownVersion { version: 2 })
+            Some(CryptoError::UnknownVersion { version: 3 })
         );
+        body[4] = 2;
+        body[5] = 9;
+        assert_eq!(
+            peek(&body).err(),
+            Some(CryptoError::UnknownKind { kind: 9 })
+        );
+        body[0] = b'X';
+        assert_eq!(peek(&body).err(), Some(CryptoError::NotHush));
         Ok(())
     }
 
     #[test]
-    fn replayed_or_older_counter_is_rejected() -> anyhow::Result<()> {
+    fn a_repeated_counter_is_a_replay_wherever_it_comes() -> anyhow::Result<()> {
         let alice = fixture_key("alice");
         let key = SenderKey::generate(1)?;
         let mut replay = ReplayTracker::new();
         let fifth = sealed_text(&key, 5);
-        let fourth = sealed_text(&key, 4);
         open(&fifth, &context(alice.public()), &key, &mut replay)?;
         assert_eq!(
             open(&fifth, &context(alice.public()), &key, &mut replay).err(),
             Some(CryptoError::Replay)
         );
+        // Another envelope reusing the counter is a replay too.
         assert_eq!(
-            open(&fourth, &context(alice.public()), &key, &mut replay).err(),
+            open(
+                &sealed_text(&key, 5),
+                &context(alice.public()),
+                &key,
+                &mut replay
+            )
+            .err(),
             Some(CryptoError::Replay)
         );
-        assert_eq!(replay.highest_seen(ROOM, "alice", 1), Some(5));
+        Ok(())
+    }
+
+    #[test]
+    fn honest_reordering_opens_and_is_marked_late() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let key = SenderKey::generate(1)?;
+        let mut replay = ReplayTracker::new();
+        let ctx = context(alice.public());
+        let order = [0u64, 1, 4, 2, 5, 3];
+        let mut late = Vec::new();
+        for counter in order {
+            let opened = open(&sealed_text(&key, counter), &ctx, &key, &mut replay)?;
+            late.push(opened.is_late);
+        }
+        assert_eq!(late, [false, false, false, true, false, true]);
+        assert_eq!(replay.highest_seen(ROOM, "alice", DEVICE, 1), Some(5));
+        for counter in order {
+            assert_eq!(
+                open(&sealed_text(&key, counter), &ctx, &key, &mut replay).err(),
+                Some(CryptoError::Replay),
+                "counter {counter} again"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn devices_are_separate_chains() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let key = SenderKey::generate(1)?;
+        let mut replay = ReplayTracker::new();
+        let other = DeviceId([8; 16]);
+        let from_other = seal(ROOM, "alice", &other, &key, 0, &Payload::text("b"), &alice)?;
         open(
-            &sealed_text(&key, 6),
+            &sealed_text(&key, 0),
             &context(alice.public()),
             &key,
             &mut replay,
         )?;
+        open(&from_other, &context(alice.public()), &key, &mut replay)?;
         Ok(())
+    }
+
+    #[test]
+    fn counter_sets_merge_ranges() {
+        let mut set = CounterSet::default();
+        for n in [5, 3, 4, 10, 0, 1, 2, u64::MAX] {
+            set.insert(n);
+        }
+        assert_eq!(
+            set.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(0, 5), (10, 10), (u64::MAX, u64::MAX)]
+        );
+        assert!(set.contains(4) && set.contains(10) && !set.contains(6) && !set.contains(11));
+        assert_eq!(set.highest(), Some(u64::MAX));
     }
 
     #[test]
@@ -511,7 +973,7 @@ mod tests {
         let body = sealed_text(&key, 9);
         let other_key = SenderKey::generate(1)?;
         assert!(open(&body, &context(alice.public()), &other_key, &mut replay).is_err());
-        assert_eq!(replay.highest_seen(ROOM, "alice", 1), None);
+        assert_eq!(replay.highest_seen(ROOM, "alice", DEVICE, 1), None);
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! `trust` (which peer keys this client has pinned). `docs/PROTOCOL.md §19`
 //! describes every format byte by byte.
 
+pub mod device;
 pub mod envelope;
 pub mod identity;
 pub mod keys;
@@ -51,11 +52,15 @@ pub enum CryptoError {
     OpenFailed,
     #[error("unknown format version {version}; a newer hush may be needed")]
     UnknownVersion { version: u8 },
+    #[error("not a hush message")]
+    NotHush,
+    #[error("unknown body kind {kind}")]
+    UnknownKind { kind: u8 },
     #[error("the envelope belongs to a different room")]
     WrongRoom,
     #[error("the envelope was sent by a different user than claimed")]
     WrongSender,
-    #[error("the envelope repeats or precedes one already seen (replay)")]
+    #[error("the envelope repeats one already opened (replay)")]
     Replay,
     #[error("this sender-key distribution holds no key for us")]
     NotARecipient,

@@ -3,25 +3,27 @@
 //! *sender-key distribution*, plus the sender-side state that decides when a
 //! fresh key (the next epoch) is needed.
 //!
-//! Distribution layout (all integers big-endian; table in `docs/PROTOCOL.md §19`):
-//! `"HUSH" 0x01 0x02 | room_id i64 | sender_len u8 | sender | epoch u32 |
-//! count u16 | count × (name_len u8 | name | fingerprint [32] | wrapped_len
-//! u16 | wrapped) | sig_len u16 | sig`. The signature (RSA-PSS-SHA256 by the
-//! sender) covers every byte before `sig_len`.
+//! Distribution layout, version 2 (all integers big-endian; table in
+//! `docs/PROTOCOL.md §19`): `"HUSH" 0x02 0x02 | room_id i64 | sender_len u8 |
+//! sender | device [16] | epoch u32 | count u16 | count × (name_len u8 |
+//! name | fingerprint [32] | wrapped_len u16 | wrapped) | sig_len u16 |
+//! sig`. The signature (RSA-PSS-SHA256 by the sender) covers every byte
+//! before `sig_len`. Version 1, still read, has no device.
 //!
-//! What gets wrapped is `key [32] | room_id i64 | epoch u32 | sender`, so a
-//! wrapped key lifted into someone else's distribution does not unwrap as
-//! theirs.
+//! What gets wrapped is `key [32] | room_id i64 | epoch u32 | device [16] |
+//! sender` (version 1: no device), so a wrapped key lifted into someone
+//! else's distribution, or another device's, does not unwrap as theirs.
 
 use std::collections::BTreeSet;
 
 use zeroize::Zeroizing;
 
 use super::CryptoError;
+use super::device::DeviceId;
 use super::envelope::{self, OpenContext, Payload};
 use super::identity::{Fingerprint, IdentityKey};
 use super::keys::IdentityPrivateKey;
-use super::wire::{BodyKind, Reader, Writer, random_bytes};
+use super::wire::{BodyKind, FORMAT_VERSION, Reader, Writer, random_bytes};
 
 /// A sender key is retired after this many messages even if membership
 /// never changes (random 96-bit nonces stay far from collision well beyond).
@@ -71,17 +73,44 @@ pub struct Recipient<'a> {
 /// The clear fields of a distribution, readable before authenticating it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DistributionHeader {
+    pub version: u8,
     pub room_id: i64,
     pub sender: String,
+    /// `DeviceId::LEGACY` for version 1.
+    pub device: DeviceId,
     pub epoch: u32,
     pub recipients: Vec<(String, Fingerprint)>,
 }
 
 /// Wraps `key` for each recipient (the sender should be one of them, so
-/// its other sessions can read its own messages) and signs the result.
+/// its other devices can read its own messages) and signs the result, as
+/// the distribution of `device`'s chain.
 pub fn seal_distribution(
     room_id: i64,
     sender: &str,
+    device: &DeviceId,
+    key: &SenderKey,
+    recipients: &[Recipient<'_>],
+    signer: &IdentityPrivateKey,
+) -> Result<Vec<u8>, CryptoError> {
+    seal_distribution_as(
+        FORMAT_VERSION,
+        room_id,
+        sender,
+        device,
+        key,
+        recipients,
+        signer,
+    )
+}
+
+/// `seal_distribution` in a given format version: version 1 only for test
+/// vectors of the history clients still read.
+pub(crate) fn seal_distribution_as(
+    version: u8,
+    room_id: i64,
+    sender: &str,
+    device: &DeviceId,
     key: &SenderKey,
     recipients: &[Recipient<'_>],
     signer: &IdentityPrivateKey,
@@ -91,12 +120,23 @@ pub fn seal_distribution(
     if !recipients.iter().all(|r| seen.insert(r.username)) {
         return Err(CryptoError::InvalidUsername);
     }
-    let mut body = Writer::new(BodyKind::SenderKeyDistribution);
+    let device = if version >= 2 {
+        if device.is_legacy() {
+            return Err(CryptoError::OpenFailed);
+        }
+        *device
+    } else {
+        DeviceId::LEGACY
+    };
+    let mut body = Writer::with_version(version, BodyKind::SenderKeyDistribution);
     body.i64(room_id);
     body.username(sender)?;
+    if version >= 2 {
+        body.device(&device);
+    }
     body.u32(key.epoch());
     body.u16(count);
-    let plaintext = wrapped_plaintext(room_id, sender, key);
+    let plaintext = wrapped_plaintext(room_id, sender, &device, key);
     for recipient in recipients {
         body.username(recipient.username)?;
         body.raw(&recipient.identity.fingerprint().0);
@@ -149,22 +189,24 @@ pub fn open_distribution(
         wrapped,
         header.room_id,
         &header.sender,
+        &header.device,
         header.epoch,
         my_key,
     )
 }
 
-/// Unwraps one wrapped key and checks it was made for this room, sender and
-/// epoch. Any failure is `OpenFailed`.
+/// Unwraps one wrapped key and checks it was made for this room, sender,
+/// device (`LEGACY` for version 1) and epoch. Any failure is `OpenFailed`.
 pub fn unwrap_sender_key(
     wrapped: &[u8],
     room_id: i64,
     sender: &str,
+    device: &DeviceId,
     epoch: u32,
     my_key: &IdentityPrivateKey,
 ) -> Result<SenderKey, CryptoError> {
     let plaintext = my_key.unwrap_key(wrapped)?;
-    let expected_context = wrap_context(room_id, sender, epoch);
+    let expected_context = wrap_context(room_id, sender, device, epoch);
     if plaintext.len() != SENDER_KEY_LEN + expected_context.len()
         || plaintext[SENDER_KEY_LEN..] != *expected_context
     {
@@ -177,10 +219,15 @@ pub fn unwrap_sender_key(
     Ok(sender_key)
 }
 
-/// `key | room_id i64 | epoch u32 | sender`: at most 76 bytes, well under
-/// the 190 bytes OAEP-SHA256 allows with a 2048-bit key.
-fn wrapped_plaintext(room_id: i64, sender: &str, key: &SenderKey) -> Zeroizing<Vec<u8>> {
-    let context = wrap_context(room_id, sender, key.epoch());
+/// `key | room_id i64 | epoch u32 | device | sender`: at most 92 bytes,
+/// well under the 190 bytes OAEP-SHA256 allows with a 2048-bit key.
+fn wrapped_plaintext(
+    room_id: i64,
+    sender: &str,
+    device: &DeviceId,
+    key: &SenderKey,
+) -> Zeroizing<Vec<u8>> {
+    let context = wrap_context(room_id, sender, device, key.epoch());
     // Sized up front so no reallocation leaves a copy of the key behind.
     let mut out = Zeroizing::new(Vec::with_capacity(SENDER_KEY_LEN + context.len()));
     out.extend_from_slice(key.key_bytes());
@@ -189,11 +236,14 @@ fn wrapped_plaintext(room_id: i64, sender: &str, key: &SenderKey) -> Zeroizing<V
 }
 
 /// The part of the wrapped plaintext after the key, binding it to its
-/// distribution.
-fn wrap_context(room_id: i64, sender: &str, epoch: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + sender.len());
+/// distribution. The legacy device (version 1) adds no bytes.
+fn wrap_context(room_id: i64, sender: &str, device: &DeviceId, epoch: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(28 + sender.len());
     out.extend_from_slice(&room_id.to_be_bytes());
     out.extend_from_slice(&epoch.to_be_bytes());
+    if !device.is_legacy() {
+        out.extend_from_slice(&device.0);
+    }
     out.extend_from_slice(sender.as_bytes());
     out
 }
@@ -208,8 +258,10 @@ struct ParsedDistribution<'a> {
 impl<'a> ParsedDistribution<'a> {
     fn parse(body: &'a [u8]) -> Result<Self, CryptoError> {
         let mut reader = Reader::new(body, BodyKind::SenderKeyDistribution)?;
+        let version = reader.version();
         let room_id = reader.i64()?;
         let sender = reader.username()?;
+        let device = reader.device()?;
         let epoch = reader.u32()?;
         let count = reader.u16()? as usize;
         let mut recipients = Vec::with_capacity(count);
@@ -225,8 +277,10 @@ impl<'a> ParsedDistribution<'a> {
         reader.finish()?;
         Ok(Self {
             header: DistributionHeader {
+                version,
                 room_id,
                 sender,
+                device,
                 epoch,
                 recipients,
             },
@@ -253,11 +307,12 @@ pub enum RotationReason {
     KeyWornOut,
 }
 
-/// The sending side of one room for one user: the current sender key, who
-/// it was distributed to, and the next message counter.
+/// The sending side of one room for one device of a user: the current
+/// sender key, who it was distributed to, and the next message counter.
 pub struct SenderKeyState {
     room_id: i64,
     sender: String,
+    device: DeviceId,
     last_epoch: u32,
     current: Option<CurrentKey>,
 }
@@ -270,17 +325,18 @@ struct CurrentKey {
 
 impl SenderKeyState {
     /// A room where this user never sent anything: the first key is epoch 1.
-    pub fn new(room_id: i64, sender: &str) -> Self {
-        Self::resume_after(room_id, sender, 0)
+    pub fn new(room_id: i64, sender: &str, device: DeviceId) -> Self {
+        Self::resume_after(room_id, sender, device, 0)
     }
 
-    /// After a restart: `last_epoch` is the highest epoch this user has
+    /// After a restart: `last_epoch` is the highest epoch this device has
     /// distributed in the room (found in the log). The next key uses a
     /// higher one, so counters never restart within an epoch.
-    pub fn resume_after(room_id: i64, sender: &str, last_epoch: u32) -> Self {
+    pub fn resume_after(room_id: i64, sender: &str, device: DeviceId, last_epoch: u32) -> Self {
         Self {
             room_id,
             sender: sender.to_owned(),
+            device,
             last_epoch,
             current: None,
         }
@@ -293,6 +349,7 @@ impl SenderKeyState {
     pub fn resume_with_key(
         room_id: i64,
         sender: &str,
+        device: DeviceId,
         key: SenderKey,
         members: &[(String, Fingerprint)],
         next_counter: u64,
@@ -300,6 +357,7 @@ impl SenderKeyState {
         Self {
             room_id,
             sender: sender.to_owned(),
+            device,
             last_epoch: key.epoch(),
             current: Some(CurrentKey {
                 key,
@@ -362,7 +420,14 @@ impl SenderKeyState {
             .checked_add(1)
             .ok_or(CryptoError::SenderKeyExhausted)?;
         let key = SenderKey::generate(epoch)?;
-        let body = seal_distribution(self.room_id, &self.sender, &key, members, signer)?;
+        let body = seal_distribution(
+            self.room_id,
+            &self.sender,
+            &self.device,
+            &key,
+            members,
+            signer,
+        )?;
         self.last_epoch = epoch;
         self.current = Some(CurrentKey {
             key,
@@ -388,6 +453,7 @@ impl SenderKeyState {
         let body = envelope::seal(
             self.room_id,
             &self.sender,
+            &self.device,
             &current.key,
             counter,
             payload,
@@ -412,6 +478,7 @@ mod tests {
     use crate::crypto::test_support::fixture_key;
 
     const ROOM: i64 = 7;
+    const DEVICE: DeviceId = DeviceId([3; 16]);
 
     fn context(identity: &IdentityKey) -> OpenContext<'_> {
         OpenContext {
@@ -436,7 +503,7 @@ mod tests {
                 identity: bob.public(),
             },
         ];
-        let body = seal_distribution(ROOM, "alice", &key, &recipients, &alice)?;
+        let body = seal_distribution(ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
         for (name, private) in [("alice", &alice), ("bob", &bob)] {
             let unwrapped = open_distribution(&body, &context(alice.public()), name, private)?;
             assert_eq!(unwrapped.epoch(), 4);
@@ -461,7 +528,7 @@ mod tests {
             username: "bob",
             identity: bob.public(),
         }];
-        let body = seal_distribution(ROOM, "alice", &key, &recipients, &alice)?;
+        let body = seal_distribution(ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
         // Carol is not listed.
         assert_eq!(
             open_distribution(&body, &context(alice.public()), "carol", &carol).err(),
@@ -475,14 +542,14 @@ mod tests {
         // And Bob's wrapped key does not unwrap with Carol's private key.
         let parsed = ParsedDistribution::parse(&body)?;
         assert_eq!(
-            unwrap_sender_key(parsed.wrapped[0], ROOM, "alice", 1, &carol).err(),
+            unwrap_sender_key(parsed.wrapped[0], ROOM, "alice", &DEVICE, 1, &carol).err(),
             Some(CryptoError::OpenFailed)
         );
         Ok(())
     }
 
     #[test]
-    fn wrapped_key_is_bound_to_room_sender_and_epoch() -> anyhow::Result<()> {
+    fn wrapped_key_is_bound_to_room_sender_device_and_epoch() -> anyhow::Result<()> {
         let alice = fixture_key("alice");
         let bob = fixture_key("bob");
         let key = SenderKey::generate(2)?;
@@ -490,17 +557,20 @@ mod tests {
             username: "bob",
             identity: bob.public(),
         }];
-        let body = seal_distribution(ROOM, "alice", &key, &recipients, &alice)?;
+        let body = seal_distribution(ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
         let parsed = ParsedDistribution::parse(&body)?;
         let wrapped = parsed.wrapped[0];
-        assert!(unwrap_sender_key(wrapped, ROOM, "alice", 2, &bob).is_ok());
-        for (room, sender, epoch) in [
-            (ROOM + 1, "alice", 2),
-            (ROOM, "mallory", 2),
-            (ROOM, "alice", 3),
+        assert!(unwrap_sender_key(wrapped, ROOM, "alice", &DEVICE, 2, &bob).is_ok());
+        let other_device = DeviceId([4; 16]);
+        for (room, sender, device, epoch) in [
+            (ROOM + 1, "alice", &DEVICE, 2),
+            (ROOM, "mallory", &DEVICE, 2),
+            (ROOM, "alice", &DEVICE, 3),
+            (ROOM, "alice", &other_device, 2),
+            (ROOM, "alice", &DeviceId::LEGACY, 2),
         ] {
             assert_eq!(
-                unwrap_sender_key(wrapped, room, sender, epoch, &bob).err(),
+                unwrap_sender_key(wrapped, room, sender, device, epoch, &bob).err(),
                 Some(CryptoError::OpenFailed)
             );
         }
@@ -516,7 +586,7 @@ mod tests {
             username: "bob",
             identity: bob.public(),
         }];
-        let body = seal_distribution(ROOM, "alice", &key, &recipients, &alice)?;
+        let body = seal_distribution(ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
         // Flips in the signed part fail the signature check before any RSA
         // decryption, so this loop stays fast.
         for position in 0..body.len() {
@@ -539,7 +609,7 @@ mod tests {
             username: "bob",
             identity: bob.public(),
         }];
-        let body = seal_distribution(ROOM, "alice", &key, &recipients, &alice)?;
+        let body = seal_distribution(ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
         let wrong_room = OpenContext {
             room_id: ROOM + 1,
             ..context(alice.public())
@@ -562,6 +632,7 @@ mod tests {
             open_distribution(&newer, &context(alice.public()), "bob", &bob).err(),
             Some(CryptoError::UnknownVersion { version: 9 })
         );
+        assert_eq!(peek_distribution(&body)?.device, DEVICE);
         // A distribution is not a message and vice versa.
         assert_eq!(envelope::peek(&body).err(), Some(CryptoError::OpenFailed));
         Ok(())
@@ -585,7 +656,7 @@ mod tests {
             username: "carol",
             identity: carol.public(),
         };
-        let mut state = SenderKeyState::new(ROOM, "alice");
+        let mut state = SenderKeyState::new(ROOM, "alice", DEVICE);
         assert_eq!(
             state.rotation_needed(&[a, b, c]),
             Some(RotationReason::NoKeyYet)
@@ -601,7 +672,7 @@ mod tests {
         for text in ["one", "two"] {
             let body = state.seal(&Payload::text(text), &alice)?;
             let opened = envelope::open(&body, &context(alice.public()), &bobs_key, &mut replay)?;
-            assert!(opened.payload == Payload::text(text));
+            assert!(opened.content == envelope::Content::Payload(Payload::text(text)));
         }
 
         assert_eq!(
@@ -650,15 +721,32 @@ mod tests {
             username: "alice",
             identity: alice.public(),
         };
-        let mut state = SenderKeyState::resume_after(ROOM, "alice", 41);
+        let mut state = SenderKeyState::resume_after(ROOM, "alice", DEVICE, 41);
         assert_eq!(state.rotation_needed(&[a]), Some(RotationReason::NoKeyYet));
         state.rotate(&[a], &alice)?;
         assert_eq!(state.current_key().map(SenderKey::epoch), Some(42));
-        let mut last = SenderKeyState::resume_after(ROOM, "alice", u32::MAX);
+        let mut last = SenderKeyState::resume_after(ROOM, "alice", DEVICE, u32::MAX);
         assert_eq!(
             last.rotate(&[a], &alice).err(),
             Some(CryptoError::SenderKeyExhausted)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn version_one_distributions_still_open_on_the_legacy_device() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let bob = fixture_key("bob");
+        let key = SenderKey::generate(5)?;
+        let recipients = [Recipient {
+            username: "bob",
+            identity: bob.public(),
+        }];
+        let body = seal_distribution_as(1, ROOM, "alice", &DEVICE, &key, &recipients, &alice)?;
+        let header = peek_distribution(&body)?;
+        assert_eq!((header.version, header.device), (1, DeviceId::LEGACY));
+        let opened = open_distribution(&body, &context(alice.public()), "bob", &bob)?;
+        assert_eq!(opened.key_bytes(), key.key_bytes());
         Ok(())
     }
 }

@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::CryptoError;
-use super::envelope::{self, OpenContext, Payload, ReplayTracker};
+use super::device::DeviceId;
+use super::envelope::{self, Chain, Content, OpenContext, Payload, ReplayTracker};
 use super::identity::IdentityKey;
 use super::keys::IdentityPrivateKey;
 use super::safety::SafetyNumber;
@@ -29,6 +30,34 @@ use super::test_support::fixture_key;
 const ROOM_ID: i64 = 42;
 const EPOCH: u32 = 3;
 const SENDER_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const DEVICE_HEX: &str = "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
+
+/// The device of a version's bodies: none (legacy) in version 1.
+fn device(version: u8) -> DeviceId {
+    if version >= 2 {
+        DeviceId::from_hex(DEVICE_HEX).unwrap()
+    } else {
+        DeviceId::LEGACY
+    }
+}
+
+fn device_hex(version: u8) -> Option<String> {
+    (version >= 2).then(|| DEVICE_HEX.to_owned())
+}
+
+/// The committed file for a version: `NAME.json` for the current one,
+/// `NAME_v1.json` for the history still read.
+fn file_name(base: &str, version: u8) -> String {
+    if version >= 2 {
+        format!("{base}.json")
+    } else {
+        format!("{base}_v{version}.json")
+    }
+}
+
+fn one() -> u8 {
+    1
+}
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -92,6 +121,8 @@ fn error_name(error: &CryptoError) -> &'static str {
         CryptoError::WrongRoom => "WrongRoom",
         CryptoError::WrongSender => "WrongSender",
         CryptoError::UnknownVersion { .. } => "UnknownVersion",
+        CryptoError::UnknownKind { .. } => "UnknownKind",
+        CryptoError::NotHush => "NotHush",
         CryptoError::Replay => "Replay",
         CryptoError::NotARecipient => "NotARecipient",
         _ => "Other",
@@ -214,6 +245,11 @@ fn safety_number_vectors_hold() {
 #[derive(Serialize, Deserialize)]
 struct EnvelopeVectors {
     description: String,
+    #[serde(default = "one")]
+    format_version: u8,
+    /// Absent for version 1 (no device id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id_hex: Option<String>,
     sender_fixture: String,
     sender_spki_der_b64: String,
     room_id: i64,
@@ -221,6 +257,9 @@ struct EnvelopeVectors {
     epoch: u32,
     sender_key_hex: String,
     accept: Vec<EnvelopeAcceptCase>,
+    /// Envelopes that open after others of their chain, in log order.
+    #[serde(default)]
+    reorder: Vec<EnvelopeReorderCase>,
     reject: Vec<EnvelopeRejectCase>,
 }
 
@@ -238,6 +277,16 @@ struct EnvelopeAcceptCase {
     /// Envelope bytes covered by the signature (everything before sig_len).
     signed_len: usize,
     envelope_b64: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeReorderCase {
+    name: String,
+    /// Opened (successfully) first with the same replay tracker.
+    open_first_b64: Vec<String>,
+    envelope_b64: String,
+    /// A higher counter of the chain was opened before it.
+    late: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -260,18 +309,25 @@ struct BuiltEnvelope {
     signed_len: usize,
 }
 
-fn build_envelope(counter: u64, nonce: &[u8; 12], payload: &Payload) -> BuiltEnvelope {
-    let body = envelope::seal_with_nonce(
-        ROOM_ID,
-        "alice",
+fn build_envelope(version: u8, counter: u64, nonce: &[u8; 12], plaintext: &[u8]) -> BuiltEnvelope {
+    let device = device(version);
+    let chain = Chain {
+        version,
+        room_id: ROOM_ID,
+        sender: "alice",
+        device: &device,
+    };
+    let body = envelope::seal_raw(
+        &chain,
         &sender_key(),
         counter,
         nonce,
-        payload,
+        plaintext,
         &fixture_key("alice"),
     )
     .unwrap();
-    let aad_len = 6 + 8 + 1 + "alice".len() + 4 + 8;
+    let device_len = if version >= 2 { 16 } else { 0 };
+    let aad_len = 6 + 8 + 1 + "alice".len() + device_len + 4 + 8;
     let ct_len = u32::from_be_bytes(body[aad_len + 12..aad_len + 16].try_into().unwrap()) as usize;
     let signed_len = aad_len + 12 + 4 + ct_len;
     BuiltEnvelope {
@@ -289,13 +345,22 @@ fn resign(body: &[u8], signed_len: usize, signer: &IdentityPrivateKey) -> Vec<u8
     out
 }
 
-fn build_envelope_vectors() -> EnvelopeVectors {
+fn payload_bytes(version: u8, payload: &Payload) -> Vec<u8> {
+    if version >= 2 {
+        payload.to_bytes().to_vec()
+    } else {
+        payload.to_bytes_v1().to_vec()
+    }
+}
+
+fn build_envelope_vectors(version: u8) -> EnvelopeVectors {
     let alice = fixture_key("alice");
     let alice_spki = b64(alice.public().spki_der());
     let text = Payload::text("Hello, Bob! 👋");
     let file = Payload::file("note.txt", "text/plain", b"hush\n".to_vec());
     let nonce_a: [u8; 12] = unhex("a0a1a2a3a4a5a6a7a8a9aaab").try_into().unwrap();
     let nonce_b: [u8; 12] = unhex("b0b1b2b3b4b5b6b7b8b9babb").try_into().unwrap();
+    let nonce_c: [u8; 12] = unhex("c0c1c2c3c4c5c6c7c8c9cacb").try_into().unwrap();
     let accepted = [
         ("text message", 17, nonce_a, &text),
         ("file attachment", 18, nonce_b, &file),
@@ -303,12 +368,13 @@ fn build_envelope_vectors() -> EnvelopeVectors {
     let mut accept = Vec::new();
     let mut built = Vec::new();
     for (name, counter, nonce, payload) in accepted {
-        let envelope = build_envelope(counter, &nonce, payload);
+        let plaintext = payload_bytes(version, payload);
+        let envelope = build_envelope(version, counter, &nonce, &plaintext);
         accept.push(EnvelopeAcceptCase {
             name: name.into(),
             counter,
             nonce_hex: hex(&nonce),
-            payload_json: String::from_utf8(payload.to_bytes().to_vec()).unwrap(),
+            payload_json: String::from_utf8(plaintext).unwrap(),
             aad_hex: hex(&envelope.body[..envelope.aad_len]),
             ciphertext_and_tag_b64: b64(&envelope.body[envelope.aad_len + 16..envelope.signed_len]),
             signed_len: envelope.signed_len,
@@ -337,8 +403,18 @@ fn build_envelope_vectors() -> EnvelopeVectors {
     };
     let bob = fixture_key("bob");
     let mut wrong_version = good.body.clone();
-    wrong_version[4] = 0x02;
-    let reject = vec![
+    wrong_version[4] = 0x03;
+    let mut wrong_kind = good.body.clone();
+    wrong_kind[5] = 0x07;
+    let mut wrong_magic = good.body.clone();
+    wrong_magic[0] = b'X';
+    let same_counter_resealed = build_envelope(
+        version,
+        17,
+        &nonce_c,
+        &payload_bytes(version, &Payload::text("replayed counter")),
+    );
+    let mut reject = vec![
         case(
             "flipped ciphertext byte",
             flipped(first_ct_byte),
@@ -385,29 +461,59 @@ fn build_envelope_vectors() -> EnvelopeVectors {
             sender_key_hex: hex(&[0x55; 32]),
             ..case("wrong sender key", good.body.clone(), "OpenFailed")
         },
-        case("unknown version byte 0x02", wrong_version, "UnknownVersion"),
+        case("unknown version byte 0x03", wrong_version, "UnknownVersion"),
+        case("unknown kind byte 0x07", wrong_kind, "UnknownKind"),
+        case("wrong magic", wrong_magic, "NotHush"),
         EnvelopeRejectCase {
             open_first_b64: vec![b64(&good.body)],
             ..case("same envelope opened twice", good.body.clone(), "Replay")
         },
         EnvelopeRejectCase {
-            open_first_b64: vec![b64(&built[1].body)],
+            open_first_b64: vec![b64(&built[1].body), b64(&good.body)],
             ..case(
-                "counter 17 after counter 18 (same room, sender, epoch)",
+                "same envelope again after a later one",
                 good.body.clone(),
                 "Replay",
             )
         },
+        EnvelopeRejectCase {
+            open_first_b64: vec![b64(&good.body)],
+            ..case(
+                "another envelope reusing counter 17 of the chain",
+                same_counter_resealed.body.clone(),
+                "Replay",
+            )
+        },
     ];
+    if version >= 2 {
+        let device_at = 6 + 8 + 1 + "alice".len();
+        let mut legacy_device = good.body.clone();
+        legacy_device[device_at..device_at + 16].fill(0);
+        reject.push(case(
+            "version 2 with the all-zero (legacy) device id",
+            legacy_device,
+            "OpenFailed",
+        ));
+    }
+    let reorder = vec![EnvelopeReorderCase {
+        name: "counter 17 after counter 18 (an honest resend stored late)".into(),
+        open_first_b64: vec![b64(&built[1].body)],
+        envelope_b64: b64(&good.body),
+        late: true,
+    }];
     EnvelopeVectors {
-        description:
-            "Message envelopes (docs/PROTOCOL.md §19). Seal with sender_key and the given \
-                      nonce: the AAD, ciphertext and the first signed_len envelope bytes must \
-                      match exactly; the RSA-PSS-SHA256 (salt 32) signature is one valid sample \
-                      and must verify under sender_spki_der_b64. Reject cases: open with the \
-                      given claims and key (after opening open_first_b64 with the same replay \
-                      tracker) and expect the named error."
-                .into(),
+        description: format!(
+            "Message envelopes, format version {version} (docs/PROTOCOL.md §19). Seal with \
+             sender_key (and device_id_hex, version 2) and the given nonce: the AAD, ciphertext \
+             and the first signed_len envelope bytes must match exactly; the RSA-PSS-SHA256 \
+             (salt 32) signature is one valid sample and must verify under \
+             sender_spki_der_b64. Reorder cases: after opening open_first_b64 with one replay \
+             tracker, envelope_b64 must open, marked late. Reject cases: open with the given \
+             claims and key (after opening open_first_b64 with the same replay tracker) and \
+             expect the named error."
+        ),
+        format_version: version,
+        device_id_hex: device_hex(version),
         sender_fixture: "alice".into(),
         sender_spki_der_b64: alice_spki,
         room_id: ROOM_ID,
@@ -415,13 +521,17 @@ fn build_envelope_vectors() -> EnvelopeVectors {
         epoch: EPOCH,
         sender_key_hex: SENDER_KEY_HEX.into(),
         accept,
+        reorder,
         reject,
     }
 }
 
-#[test]
-fn envelope_vectors_hold() {
-    let vectors = write_or_read("envelope.json", build_envelope_vectors);
+fn check_envelope_vectors(version: u8) {
+    let vectors = write_or_read(&file_name("envelope", version), || {
+        build_envelope_vectors(version)
+    });
+    assert_eq!(vectors.format_version, version);
+    assert_eq!(vectors.device_id_hex, device_hex(version));
     let alice = identity(&vectors.sender_spki_der_b64);
     assert_eq!(
         alice.spki_der(),
@@ -438,10 +548,8 @@ fn envelope_vectors_hold() {
     };
     for case in &vectors.accept {
         let stored = unb64(&case.envelope_b64);
-        let payload = Payload::from_bytes(case.payload_json.as_bytes()).unwrap();
-        assert_eq!(&*payload.to_bytes(), case.payload_json.as_bytes());
         let nonce: [u8; 12] = unhex(&case.nonce_hex).try_into().unwrap();
-        let rebuilt = build_envelope(case.counter, &nonce, &payload);
+        let rebuilt = build_envelope(version, case.counter, &nonce, case.payload_json.as_bytes());
         assert_eq!(rebuilt.signed_len, case.signed_len, "{}", case.name);
         assert_eq!(hex(&rebuilt.body[..rebuilt.aad_len]), case.aad_hex);
         assert_eq!(
@@ -451,8 +559,27 @@ fn envelope_vectors_hold() {
         assert_eq!(rebuilt.body[..case.signed_len], stored[..case.signed_len]);
         let opened = envelope::open(&stored, &context, &key, &mut ReplayTracker::new())
             .unwrap_or_else(|error| panic!("{}: {error}", case.name));
-        assert!(opened.payload == payload, "{}", case.name);
+        let Content::Payload(payload) = opened.content else {
+            panic!("{}: unsupported", case.name)
+        };
+        assert_eq!(
+            payload_bytes(version, &payload),
+            case.payload_json.as_bytes(),
+            "{}",
+            case.name
+        );
         assert_eq!(opened.header.counter, case.counter);
+        assert_eq!(opened.header.device, device(version));
+    }
+    assert!(!vectors.reorder.is_empty());
+    for case in &vectors.reorder {
+        let mut replay = ReplayTracker::new();
+        for earlier in &case.open_first_b64 {
+            envelope::open(&unb64(earlier), &context, &key, &mut replay).unwrap();
+        }
+        let opened = envelope::open(&unb64(&case.envelope_b64), &context, &key, &mut replay)
+            .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        assert_eq!(opened.is_late, case.late, "{}", case.name);
     }
     assert!(vectors.reject.len() >= 7);
     for case in &vectors.reject {
@@ -477,18 +604,168 @@ fn envelope_vectors_hold() {
     }
 }
 
+#[test]
+fn envelope_vectors_hold() {
+    check_envelope_vectors(2);
+}
+
+#[test]
+fn version_one_envelope_vectors_hold() {
+    check_envelope_vectors(1);
+}
+
+// -------------------------------------------------------------------- payload
+
+#[derive(Serialize, Deserialize)]
+struct PayloadVectors {
+    description: String,
+    cases: Vec<PayloadCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PayloadCase {
+    name: String,
+    payload_json: String,
+    /// `text` (then `text` holds it), `file`, `unsupported` or `OpenFailed`.
+    expect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+fn build_payload_vectors() -> PayloadVectors {
+    let case = |name: &str, json: &str, expect: &str, text: Option<&str>| PayloadCase {
+        name: name.into(),
+        payload_json: json.into(),
+        expect: expect.into(),
+        text: text.map(str::to_owned),
+    };
+    PayloadVectors {
+        description: "Plaintext payload rules for format version 2 envelopes \
+                      (docs/PROTOCOL.md §19, Plaintext payload): what a reader makes of each \
+                      decrypted plaintext."
+            .into(),
+        cases: vec![
+            case(
+                "text",
+                r#"{"v":1,"t":"text","text":"hi"}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "no v means 1",
+                r#"{"t":"text","text":"hi"}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "unknown member ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":12}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "empty text",
+                r#"{"v":1,"t":"text","text":""}"#,
+                "text",
+                Some(""),
+            ),
+            case(
+                "file",
+                r#"{"v":1,"t":"file","name":"a.txt","mime":"text/plain","data":"aGk="}"#,
+                "file",
+                None,
+            ),
+            case(
+                "unknown type",
+                r#"{"v":1,"t":"reaction","to":3,"emoji":"👍"}"#,
+                "unsupported",
+                None,
+            ),
+            case(
+                "newer payload version",
+                r#"{"v":2,"t":"text","text":"hi"}"#,
+                "unsupported",
+                None,
+            ),
+            case(
+                "duplicate member",
+                r#"{"v":1,"t":"text","text":"hi","text":"bye"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "duplicate member in a nested object",
+                r#"{"v":1,"t":"text","text":"hi","x":{"k":1,"k":2}}"#,
+                "OpenFailed",
+                None,
+            ),
+            case("missing text", r#"{"v":1,"t":"text"}"#, "OpenFailed", None),
+            case(
+                "text not a string",
+                r#"{"v":1,"t":"text","text":1}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "v zero",
+                r#"{"v":0,"t":"text","text":"hi"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "v not an integer",
+                r#"{"v":"1","t":"text","text":"hi"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case("no type", r#"{"v":1,"text":"hi"}"#, "OpenFailed", None),
+            case("not an object", r#"["text","hi"]"#, "OpenFailed", None),
+            case(
+                "file data not base64",
+                r#"{"v":1,"t":"file","name":"a","mime":"b","data":"%%%"}"#,
+                "OpenFailed",
+                None,
+            ),
+        ],
+    }
+}
+
+#[test]
+fn payload_vectors_hold() {
+    let vectors = write_or_read("payload.json", build_payload_vectors);
+    assert!(vectors.cases.len() >= 10);
+    for case in &vectors.cases {
+        let result = Payload::from_bytes(case.payload_json.as_bytes());
+        let got = match &result {
+            Ok(Content::Payload(Payload::Text { .. })) => "text",
+            Ok(Content::Payload(Payload::File { .. })) => "file",
+            Ok(Content::Unsupported) => "unsupported",
+            Err(error) => error_name(error),
+        };
+        assert_eq!(got, case.expect, "{}", case.name);
+        if let (Some(want), Ok(Content::Payload(Payload::Text { text }))) = (&case.text, &result) {
+            assert_eq!(text, want, "{}", case.name);
+        }
+    }
+}
+
 // ----------------------------------------------------------------- sender key
 
 #[derive(Serialize, Deserialize)]
 struct SenderKeyVectors {
     description: String,
+    #[serde(default = "one")]
+    format_version: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id_hex: Option<String>,
     room_id: i64,
     sender: String,
     sender_fixture: String,
     sender_spki_der_b64: String,
     epoch: u32,
     sender_key_hex: String,
-    /// What RSA-OAEP-SHA256 wraps: key || room_id i64 || epoch u32 || sender.
+    /// What RSA-OAEP-SHA256 wraps: key || room_id i64 || epoch u32 ||
+    /// device (version 2) || sender.
     wrapped_plaintext_hex: String,
     recipients: Vec<SenderKeyRecipient>,
     distribution_b64: String,
@@ -517,7 +794,7 @@ struct DistributionRejectCase {
     expect: String,
 }
 
-fn build_sender_key_vectors() -> SenderKeyVectors {
+fn build_sender_key_vectors(version: u8) -> SenderKeyVectors {
     let alice = fixture_key("alice");
     let bob = fixture_key("bob");
     let alice_spki = b64(alice.public().spki_der());
@@ -531,12 +808,23 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
             identity: bob.public(),
         },
     ];
-    let body = sender_keys::seal_distribution(ROOM_ID, "alice", &sender_key(), &recipients, &alice)
-        .unwrap();
+    let body = sender_keys::seal_distribution_as(
+        version,
+        ROOM_ID,
+        "alice",
+        &device(version),
+        &sender_key(),
+        &recipients,
+        &alice,
+    )
+    .unwrap();
     let (entries, signed_len) = distribution_entries(&body);
     let mut plaintext = unhex(SENDER_KEY_HEX);
     plaintext.extend_from_slice(&ROOM_ID.to_be_bytes());
     plaintext.extend_from_slice(&EPOCH.to_be_bytes());
+    if version >= 2 {
+        plaintext.extend_from_slice(&device(version).0);
+    }
     plaintext.extend_from_slice(b"alice");
 
     // Bob's entry replaced by one wrapping a different room, re-signed:
@@ -557,7 +845,7 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
     let mut flipped_signature = body.clone();
     *flipped_signature.last_mut().unwrap() ^= 0x01;
     let mut wrong_version = body.clone();
-    wrong_version[4] = 0x02;
+    wrong_version[4] = 0x03;
     let case = |name: &str, body: &[u8], me: &str, expect: &str| DistributionRejectCase {
         name: name.into(),
         distribution_b64: b64(body),
@@ -581,7 +869,7 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
             "BadSignature",
         ),
         case(
-            "unknown version byte 0x02",
+            "unknown version byte 0x03",
             &wrong_version,
             "bob",
             "UnknownVersion",
@@ -602,14 +890,16 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
         ),
     ];
     SenderKeyVectors {
-        description:
-            "Sender-key distribution (docs/PROTOCOL.md §19). Each recipient fixture key must \
-                      unwrap its wrapped_key_b64 (RSA-OAEP, SHA-256, MGF1-SHA-256, empty label) \
-                      to wrapped_plaintext_hex, and open distribution_b64 (its signature by the \
-                      sender verifies over the first signed_len bytes) to sender_key_hex at \
-                      epoch. Reject cases: open as `me` with me_fixture's private key and \
-                      expect the named error."
-                .into(),
+        description: format!(
+            "Sender-key distribution, format version {version} (docs/PROTOCOL.md §19). Each \
+             recipient fixture key must unwrap its wrapped_key_b64 (RSA-OAEP, SHA-256, \
+             MGF1-SHA-256, empty label) to wrapped_plaintext_hex, and open distribution_b64 \
+             (its signature by the sender verifies over the first signed_len bytes) to \
+             sender_key_hex at epoch. Reject cases: open as `me` with me_fixture's private key \
+             and expect the named error."
+        ),
+        format_version: version,
+        device_id_hex: device_hex(version),
         room_id: ROOM_ID,
         sender: "alice".into(),
         sender_fixture: "alice".into(),
@@ -637,7 +927,8 @@ fn build_sender_key_vectors() -> SenderKeyVectors {
 #[allow(clippy::type_complexity)]
 fn distribution_entries(body: &[u8]) -> (Vec<(String, [u8; 32], (usize, usize))>, usize) {
     let sender_len = body[14] as usize;
-    let mut at = 15 + sender_len + 4;
+    let device_len = if body[4] >= 2 { 16 } else { 0 };
+    let mut at = 15 + sender_len + device_len + 4;
     let count = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
     at += 2;
     let mut entries = Vec::new();
@@ -657,7 +948,20 @@ fn distribution_entries(body: &[u8]) -> (Vec<(String, [u8; 32], (usize, usize))>
 
 #[test]
 fn sender_key_vectors_hold() {
-    let vectors = write_or_read("sender_key.json", build_sender_key_vectors);
+    check_sender_key_vectors(2);
+}
+
+#[test]
+fn version_one_sender_key_vectors_hold() {
+    check_sender_key_vectors(1);
+}
+
+fn check_sender_key_vectors(version: u8) {
+    let vectors = write_or_read(&file_name("sender_key", version), || {
+        build_sender_key_vectors(version)
+    });
+    assert_eq!(vectors.format_version, version);
+    assert_eq!(vectors.device_id_hex, device_hex(version));
     let sender = identity(&vectors.sender_spki_der_b64);
     assert_eq!(
         sender.spki_der(),
@@ -746,8 +1050,11 @@ fn vectors_chain_from_distribution_to_message() {
         &mut ReplayTracker::new(),
     )
     .unwrap();
+    let Content::Payload(payload) = opened.content else {
+        panic!("the vector's payload is supported")
+    };
     assert_eq!(
-        String::from_utf8(opened.payload.to_bytes().to_vec()).unwrap(),
+        String::from_utf8(payload.to_bytes().to_vec()).unwrap(),
         messages.accept[0].payload_json
     );
 }

@@ -7,12 +7,16 @@
 //! `DataView` and nothing else.
 
 use super::CryptoError;
+use super::device::DeviceId;
 
 /// First four bytes of every hush log body.
 pub const MAGIC: [u8; 4] = *b"HUSH";
 
-/// The only binary format version this code writes or reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The binary format version this code writes: 2 adds the device id.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest version still read (history written before device ids).
+pub const OLDEST_READ_VERSION: u8 = 1;
 
 /// Length of the common prefix: magic, version, kind.
 pub const PREFIX_LEN: usize = 6;
@@ -45,16 +49,24 @@ impl BodyKind {
 
 /// Tells a reader what a log body is without authenticating anything.
 ///
-/// A body that is not hush framing at all, or of an unknown kind, fails with
-/// `OpenFailed`; a hush body of another version with `UnknownVersion`.
+/// A body that is not hush framing at all fails with `NotHush`; a hush body
+/// of a version this code does not read with `UnknownVersion`, and of an
+/// unknown kind with `UnknownKind`.
 pub fn body_kind(body: &[u8]) -> Result<BodyKind, CryptoError> {
+    body_version_and_kind(body).map(|(_, kind)| kind)
+}
+
+/// The format version (1 or 2) and kind of a log body.
+pub fn body_version_and_kind(body: &[u8]) -> Result<(u8, BodyKind), CryptoError> {
     if body.len() < PREFIX_LEN || body[..4] != MAGIC {
-        return Err(CryptoError::OpenFailed);
+        return Err(CryptoError::NotHush);
     }
-    if body[4] != FORMAT_VERSION {
-        return Err(CryptoError::UnknownVersion { version: body[4] });
+    let version = body[4];
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(CryptoError::UnknownVersion { version });
     }
-    BodyKind::from_byte(body[5]).ok_or(CryptoError::OpenFailed)
+    let kind = BodyKind::from_byte(body[5]).ok_or(CryptoError::UnknownKind { kind: body[5] })?;
+    Ok((version, kind))
 }
 
 /// Usernames are 3 to 32 characters of `[a-z0-9_.-]`, so they always fit a
@@ -79,13 +91,18 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts a body with the common prefix for `kind`.
-    pub fn new(kind: BodyKind) -> Self {
+    /// Starts a body with the common prefix: `FORMAT_VERSION` to write,
+    /// older versions only for test vectors of the history still read.
+    pub fn with_version(version: u8, kind: BodyKind) -> Self {
         let mut bytes = Vec::with_capacity(512);
         bytes.extend_from_slice(&MAGIC);
-        bytes.push(FORMAT_VERSION);
+        bytes.push(version);
         bytes.push(kind.to_byte());
         Self { bytes }
+    }
+
+    pub fn device(&mut self, device: &DeviceId) {
+        self.raw(&device.0);
     }
 
     pub fn u8(&mut self, value: u8) {
@@ -151,18 +168,39 @@ impl Writer {
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     position: usize,
+    version: u8,
 }
 
 impl<'a> Reader<'a> {
     /// Checks the common prefix for `kind` and positions after it.
     pub fn new(body: &'a [u8], kind: BodyKind) -> Result<Self, CryptoError> {
-        if body_kind(body)? != kind {
+        let (version, found) = body_version_and_kind(body)?;
+        if found != kind {
             return Err(CryptoError::OpenFailed);
         }
         Ok(Self {
             bytes: body,
             position: PREFIX_LEN,
+            version,
         })
+    }
+
+    /// The body's format version (1 or 2).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// The device id of a version-2 body (never all zero); `LEGACY` for
+    /// version 1, which has none.
+    pub fn device(&mut self) -> Result<DeviceId, CryptoError> {
+        if self.version < 2 {
+            return Ok(DeviceId::LEGACY);
+        }
+        let device = DeviceId(self.array()?);
+        if device.is_legacy() {
+            return Err(CryptoError::OpenFailed);
+        }
+        Ok(device)
     }
 
     pub fn position(&self) -> usize {
@@ -259,18 +297,26 @@ mod tests {
             body_kind(b"HUSH\x01\x02"),
             Ok(BodyKind::SenderKeyDistribution)
         );
+        assert_eq!(body_kind(b"HUSH\x02\x01"), Ok(BodyKind::Message));
         assert_eq!(
-            body_kind(b"HUSH\x02\x01"),
-            Err(CryptoError::UnknownVersion { version: 2 })
+            body_kind(b"HUSH\x03\x01"),
+            Err(CryptoError::UnknownVersion { version: 3 })
         );
-        assert_eq!(body_kind(b"HUSH\x01\x09"), Err(CryptoError::OpenFailed));
-        assert_eq!(body_kind(b"{\"json\":1}"), Err(CryptoError::OpenFailed));
-        assert_eq!(body_kind(b"HUS"), Err(CryptoError::OpenFailed));
+        assert_eq!(
+            body_kind(b"HUSH\x00\x01"),
+            Err(CryptoError::UnknownVersion { version: 0 })
+        );
+        assert_eq!(
+            body_kind(b"HUSH\x01\x09"),
+            Err(CryptoError::UnknownKind { kind: 9 })
+        );
+        assert_eq!(body_kind(b"{\"json\":1}"), Err(CryptoError::NotHush));
+        assert_eq!(body_kind(b"HUS"), Err(CryptoError::NotHush));
     }
 
     #[test]
     fn reader_rejects_short_and_trailing_bytes() {
-        let mut writer = Writer::new(BodyKind::Message);
+        let mut writer = Writer::with_version(FORMAT_VERSION, BodyKind::Message);
         writer.u32(7);
         let mut body = writer.into_bytes();
         let mut reader = Reader::new(&body, BodyKind::Message).unwrap();

@@ -194,7 +194,11 @@ async fn a_member_who_left_cannot_decrypt_what_follows_even_with_the_database() 
     // Bob gets the whole log straight from the database file, as a
     // malicious server could hand it to him, and still reads nothing new.
     let entries = entries_from_db(&app.db_path, room).await?;
-    let mut conversation = hush::client::conversation::Conversation::new(room, "bob");
+    let mut conversation = hush::client::conversation::Conversation::new(
+        room,
+        "bob",
+        hush::crypto::device::DeviceId([5; 16]),
+    );
     let mut shown = Vec::new();
     for entry in &entries {
         shown.push(

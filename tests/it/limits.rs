@@ -105,7 +105,9 @@ async fn sends_behind_a_refused_one_are_held_until_it_is_resent() -> Result<()> 
     alice.send_ok(room, "m1", b"x").await?;
     let refused = alice.send_message(room, "m2", b"x").await?;
     assert_eq!(refused["code"], "rate_limited", "{refused}");
-    let wait = refused["retry_after_ms"].as_u64().context("retry_after_ms")?;
+    let wait = refused["retry_after_ms"]
+        .as_u64()
+        .context("retry_after_ms")?;
 
     // Once a token is back, m3 is still refused: m2 has not come again.
     tokio::time::sleep(Duration::from_millis(wait + 50)).await;
@@ -116,7 +118,10 @@ async fn sends_behind_a_refused_one_are_held_until_it_is_resent() -> Result<()> 
 
     // m2's resend lifts the hold and takes the token m3 did not spend.
     let ack = alice.send_message(room, "m2", b"x").await?;
-    assert_eq!(ack["type"], "ack", "held sends must not spend the allowance: {ack}");
+    assert_eq!(
+        ack["type"], "ack",
+        "held sends must not spend the allowance: {ack}"
+    );
     send_when_allowed(&mut alice, room, "m3").await?;
 
     let (entries, _) = bob.sync(room, 0).await?;

@@ -52,36 +52,93 @@ for (const c of load("safety_number.json").cases) {
   check(groups.join(" ") === c.safety_number, `safety ${c.first_username}/${c.second_username}`);
 }
 
-// envelope.json: accept cases
-const env = load("envelope.json");
-const key = await gcmKey(unhex(env.sender_key_hex));
-const alicePss = await pssKey(b64(env.sender_spki_der_b64));
-for (const c of env.accept) {
-  const body = b64(c.envelope_b64);
-  const aad = unhex(c.aad_hex);
-  const iv = unhex(c.nonce_hex);
-  check(equal(body.slice(0, aad.length), aad), `${c.name}: aad prefix`);
-  check(equal(body.slice(aad.length, aad.length + 12), iv), `${c.name}: nonce`);
-  const sealed = new Uint8Array(await subtle.encrypt(
-    { name: "AES-GCM", iv, additionalData: aad, tagLength: 128 }, key,
-    new TextEncoder().encode(c.payload_json)));
-  check(hex(sealed) === hex(b64(c.ciphertext_and_tag_b64)), `${c.name}: AES-GCM output`);
-  const sigLen = (body[c.signed_len] << 8) | body[c.signed_len + 1];
-  const sig = body.slice(c.signed_len + 2);
-  check(sig.length === sigLen, `${c.name}: sig_len`);
-  check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, alicePss, sig,
-    body.slice(0, c.signed_len)), `${c.name}: signature`);
+// The AAD of an envelope, built from its fields as PROTOCOL.md §19 lays it
+// out (version 2 adds the 16-byte device id after the sender).
+const be = (n, bytes) => {
+  const out = new Uint8Array(bytes);
+  let v = BigInt(n);
+  for (let i = bytes - 1; i >= 0; i--) { out[i] = Number(v & 0xffn); v >>= 8n; }
+  return out;
+};
+const concat = (...parts) => Uint8Array.from(parts.flatMap((p) => [...p]));
+const envelopeAad = (v, counter) => concat(
+  new TextEncoder().encode("HUSH"), [v.format_version ?? 1, 0x01], be(v.room_id, 8),
+  [v.sender.length], new TextEncoder().encode(v.sender),
+  v.device_id_hex ? unhex(v.device_id_hex) : [], be(v.epoch, 4), be(counter, 8));
+
+// The chain and counter of an envelope, read from its header.
+const chainOf = (v, body) => {
+  const n = body[14];
+  const deviceLen = body[4] >= 2 ? 16 : 0;
+  const at = 15 + n + deviceLen;
+  const chain = hex(body.slice(6, at + 4));
+  const counter = new DataView(body.buffer, body.byteOffset).getBigUint64(at + 4);
+  return [chain, counter];
+};
+
+for (const [file, version] of [["envelope.json", 2], ["envelope_v1.json", 1]]) {
+  const env = load(file);
+  check((env.format_version ?? 1) === version, `${file}: format_version`);
+  const key = await gcmKey(unhex(env.sender_key_hex));
+  const alicePss = await pssKey(b64(env.sender_spki_der_b64));
+  for (const c of env.accept) {
+    const name = `${file} ${c.name}`;
+    const body = b64(c.envelope_b64);
+    const aad = unhex(c.aad_hex);
+    const iv = unhex(c.nonce_hex);
+    check(equal(aad, envelopeAad(env, c.counter)), `${name}: aad from the documented layout`);
+    check(equal(body.slice(0, aad.length), aad), `${name}: aad prefix`);
+    check(equal(body.slice(aad.length, aad.length + 12), iv), `${name}: nonce`);
+    const sealed = new Uint8Array(await subtle.encrypt(
+      { name: "AES-GCM", iv, additionalData: aad, tagLength: 128 }, key,
+      new TextEncoder().encode(c.payload_json)));
+    check(hex(sealed) === hex(b64(c.ciphertext_and_tag_b64)), `${name}: AES-GCM output`);
+    const sigLen = (body[c.signed_len] << 8) | body[c.signed_len + 1];
+    const sig = body.slice(c.signed_len + 2);
+    check(sig.length === sigLen, `${name}: sig_len`);
+    check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, alicePss, sig,
+      body.slice(0, c.signed_len)), `${name}: signature`);
+  }
+  // The replay rule: a counter opened before in its chain is a replay; a
+  // lower one that was never opened is accepted (late).
+  const seenAfter = (bodies) => {
+    const seen = new Map();
+    for (const b of bodies) {
+      const [chain, counter] = chainOf(env, b64(b));
+      if (!seen.has(chain)) seen.set(chain, new Set());
+      seen.get(chain).add(counter);
+    }
+    return seen;
+  };
+  for (const c of env.reorder ?? []) {
+    const seen = seenAfter(c.open_first_b64);
+    const [chain, counter] = chainOf(env, b64(c.envelope_b64));
+    const set = seen.get(chain) ?? new Set();
+    check(!set.has(counter), `${file} ${c.name}: not a replay`);
+    check([...set].some((x) => x > counter) === c.late, `${file} ${c.name}: late`);
+  }
+  for (const c of env.reject.filter((c) => c.expect === "Replay")) {
+    const [chain, counter] = chainOf(env, b64(c.envelope_b64));
+    check(seenAfter(c.open_first_b64).get(chain)?.has(counter) === true, `${file} ${c.name}: replay`);
+  }
 }
 
-// sender_key.json: every recipient unwraps its key; the signature verifies.
-const sk = load("sender_key.json");
-const dist = b64(sk.distribution_b64);
-check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, await pssKey(b64(sk.sender_spki_der_b64)),
-  dist.slice(sk.signed_len + 2), dist.slice(0, sk.signed_len)), "distribution signature");
-for (const r of sk.recipients) {
-  const plain = new Uint8Array(await subtle.decrypt({ name: "RSA-OAEP" },
-    await oaepPrivate(r.fixture), b64(r.wrapped_key_b64)));
-  check(hex(plain) === sk.wrapped_plaintext_hex, `unwrap for ${r.username}`);
+// sender_key.json: every recipient unwraps its key to the documented
+// plaintext; the signature verifies.
+for (const [file, version] of [["sender_key.json", 2], ["sender_key_v1.json", 1]]) {
+  const sk = load(file);
+  check((sk.format_version ?? 1) === version, `${file}: format_version`);
+  const expected = concat(unhex(sk.sender_key_hex), be(sk.room_id, 8), be(sk.epoch, 4),
+    sk.device_id_hex ? unhex(sk.device_id_hex) : [], new TextEncoder().encode(sk.sender));
+  check(hex(expected) === sk.wrapped_plaintext_hex, `${file}: wrapped plaintext layout`);
+  const dist = b64(sk.distribution_b64);
+  check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, await pssKey(b64(sk.sender_spki_der_b64)),
+    dist.slice(sk.signed_len + 2), dist.slice(0, sk.signed_len)), `${file}: distribution signature`);
+  for (const r of sk.recipients) {
+    const plain = new Uint8Array(await subtle.decrypt({ name: "RSA-OAEP" },
+      await oaepPrivate(r.fixture), b64(r.wrapped_key_b64)));
+    check(hex(plain) === sk.wrapped_plaintext_hex, `${file}: unwrap for ${r.username}`);
+  }
 }
 
 if (failures) { console.error(`${failures} check(s) failed`); process.exit(1); }

@@ -80,7 +80,7 @@ pub fn run(key: &IdentityPrivateKey, args: &CryptoArgs) -> Result<CryptoResult> 
         .collect();
     let sender = names[0].as_str();
     let room = 1;
-    let mut state = SenderKeyState::new(room, sender);
+    let mut state = SenderKeyState::new(room, sender, hush::crypto::device::DeviceId::generate()?);
 
     let rotations = args.rotations.max(1);
     let started = Instant::now();
