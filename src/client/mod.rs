@@ -11,5 +11,6 @@ pub mod directory;
 pub mod keystore;
 pub mod link;
 pub mod local_seal;
+pub mod outbox;
 pub mod tls;
 pub mod transcript;
