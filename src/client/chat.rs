@@ -198,6 +198,8 @@ impl Chat {
                 self.is_online = false;
             }
             Event::Acked { .. } => {}
+            // The link resends these by itself, in order.
+            Event::Retrying { .. } | Event::Queue { .. } => {}
             Event::SendFailed { code, message, .. } => println!("! not sent: {message} ({code})"),
             Event::Presence { user, online } => {
                 println!("* {user} is {}", if online { "online" } else { "offline" })
