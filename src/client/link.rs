@@ -490,7 +490,10 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
         // Whatever happened (a new send, an ack, a wait over), send what
         // the window now allows.
         if state.pump(&mut sink).await.is_err() {
-            return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+            return Outcome::Lost {
+                reason: "connection lost".into(),
+                was_up: true,
+            };
         }
         if let Err(outcome) = state.report_queue().await {
             return outcome;

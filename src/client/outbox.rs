@@ -245,7 +245,9 @@ impl Outbox {
                     needs_rewrite: true,
                 });
             }
-            Err(err) => return Err(err).with_context(|| format!("reading {}", self.path.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", self.path.display()));
+            }
         }
         let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
             // Not a journal this version wrote: keep it aside, start afresh.
@@ -273,7 +275,11 @@ impl Outbox {
             }
             let (sealed, after) = after.split_at(len);
             rest = after;
-            match self.keys.open(sealed).and_then(|plain| Record::parse(&plain)) {
+            match self
+                .keys
+                .open(sealed)
+                .and_then(|plain| Record::parse(&plain))
+            {
                 Some(Record::Add {
                     client_id,
                     room,
@@ -479,7 +485,10 @@ mod tests {
             })
             .collect();
         outbox
-            .add(RoomId(8), Payload::file("a.txt", "text/plain", b"attached".to_vec()))
+            .add(
+                RoomId(8),
+                Payload::file("a.txt", "text/plain", b"attached".to_vec()),
+            )
             .unwrap();
         assert!(outbox.done(&ids[0]).unwrap());
         assert!(outbox.done(&ids[3]).unwrap());
@@ -489,7 +498,12 @@ mod tests {
         let again = Outbox::open(&path, keys("alice")).unwrap();
         assert_eq!(
             texts(&again),
-            ["queued line 1", "queued line 2", "queued line 4", "file a.txt"]
+            [
+                "queued line 1",
+                "queued line 2",
+                "queued line 4",
+                "file a.txt"
+            ]
         );
         let kept: Vec<&str> = again.pending().map(|q| q.client_id.as_str()).collect();
         assert_eq!(kept[..3], [&*ids[1], &*ids[2], &*ids[4]]);
@@ -502,8 +516,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = outbox_path(dir.path(), "alice");
         let mut outbox = Outbox::open(&path, keys("alice")).unwrap();
-        let first = outbox.add(RoomId(1), Payload::text("secret words")).unwrap();
-        let second = outbox.add(RoomId(1), Payload::text("more secret words")).unwrap();
+        let first = outbox
+            .add(RoomId(1), Payload::text("secret words"))
+            .unwrap();
+        let second = outbox
+            .add(RoomId(1), Payload::text("more secret words"))
+            .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.windows(6).any(|w| w == b"secret"));
         assert!(!bytes.windows(first.len()).any(|w| w == first.as_bytes()));
@@ -544,7 +562,8 @@ mod tests {
         // A record sealed by someone else, then half a record.
         let foreign = keys("bob").seal(b"\x02\x01x").unwrap();
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&(foreign.len() as u32).to_be_bytes()).unwrap();
+        file.write_all(&(foreign.len() as u32).to_be_bytes())
+            .unwrap();
         file.write_all(&foreign).unwrap();
         file.write_all(&[0, 0, 1]).unwrap();
         drop(file);

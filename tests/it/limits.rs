@@ -137,7 +137,8 @@ async fn sends_behind_a_refused_one_are_held_until_it_is_resent() -> Result<()> 
 /// once the server's wait is over, on the same connection: before, it kept
 /// it until the next reconnect.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_client_link_resends_rate_limited_messages_in_order_without_reconnecting() -> Result<()> {
+async fn the_client_link_resends_rate_limited_messages_in_order_without_reconnecting() -> Result<()>
+{
     let app = spawn_app_with(with_limits(Limits {
         messages_per_connection: Rate::new(20.0, 2),
         ..Limits::default()
