@@ -3,11 +3,22 @@
 //! Line-oriented so it works in any terminal and under `tmux`/scripts:
 //! typing a line sends it to the current conversation; `/`-commands do the
 //! rest. One `Link` carries every room; it reconnects by itself and resyncs
-//! from the last entry seen. Lines typed while disconnected are kept and
-//! sealed once the connection is back, each posted exactly once (the server
-//! deduplicates resends by client id).
+//! from the last entry seen.
+//!
+//! Nothing typed is lost. Each line is first written to the durable outbox
+//! (`outbox.rs`, sealed at rest), then sealed for the room and handed to the
+//! link once the room is online and caught up — at most `LINK_AHEAD` at a
+//! time, so a long paste is sealed shortly before it goes rather than all
+//! at once — and leaves the outbox when the server acknowledges it (the
+//! server deduplicates resends by client id, so each is stored once). The
+//! link keeps them in the order typed. While messages wait, `N waiting to
+//! send` is printed, at most once a second, then `all messages sent`.
+//! `/quit` or the end of input waits for everything to be sent; a second
+//! `/quit` or Ctrl-C leaves at once, and what is left goes out first the
+//! next time `hush chat` or `hush send` runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -17,6 +28,7 @@ use super::api::Room;
 use super::commands::{Printer, file_payload};
 use super::conversation::{Conversation, Shown};
 use super::link::{Event, Link};
+use super::outbox::{self, Outbox};
 use super::transcript;
 use crate::cli::ClientOpts;
 use crate::crypto::envelope::Payload;
@@ -36,8 +48,18 @@ commands:
   /history [N]         show the last N messages here (default 20)
   /verify USER         show the safety number with USER
   /file PATH           send a file
-  /quit                leave hush chat
+  /quit                leave hush chat once everything typed is sent
+                       (/quit again or Ctrl-C: leave now, keep the rest
+                       in the outbox for next time)
 anything else is sent to the current conversation";
+
+/// Messages handed to the link and not yet answered, at most: enough to
+/// keep its window full, few enough that bodies are sealed shortly before
+/// they are sent (for the members of that moment).
+const LINK_AHEAD: usize = 128;
+/// How often `N waiting to send` may be printed, and how long a message
+/// waits before it is worth mentioning.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 struct RoomView {
     room: Room,
@@ -53,13 +75,28 @@ struct Chat {
     rooms: HashMap<RoomId, RoomView>,
     current: Option<RoomId>,
     is_online: bool,
-    /// Lines typed while offline, sealed and sent once back online.
-    typed_offline: VecDeque<(RoomId, Payload)>,
+    /// Every message typed and not acknowledged, kept on disk.
+    outbox: Outbox,
+    /// Messages of the outbox not handed to the link yet, in the order
+    /// typed: their room is offline, catching up, or `LINK_AHEAD` is
+    /// reached.
+    to_post: VecDeque<(String, RoomId)>,
+    /// Messages handed to the link and not answered yet.
+    posted: HashSet<String>,
+    /// Rooms where sealing or posting failed; tried again after the next
+    /// (re)connection or sync, not on every ack.
+    stalled: HashSet<RoomId>,
+    /// `/quit` or end of input with messages waiting: leave once sent.
+    is_leaving: bool,
+    /// The count last printed as `N waiting to send` (0: none shown), and when.
+    status_shown: usize,
+    status_at: Option<Instant>,
     printer: Printer,
 }
 
 pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     let account = Account::open(opts).await?;
+    let outbox = outbox::open_for(&account)?;
     let token = account.api.token().context("not logged in")?.to_owned();
     let link = Link::start(account.api.server(), token);
     let printer = Printer {
@@ -73,7 +110,13 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         rooms: HashMap::new(),
         current: None,
         is_online: false,
-        typed_offline: VecDeque::new(),
+        outbox,
+        to_post: VecDeque::new(),
+        posted: HashSet::new(),
+        stalled: HashSet::new(),
+        is_leaving: false,
+        status_shown: 0,
+        status_at: None,
         printer,
     };
     for room in chat.account.api.rooms().await? {
@@ -85,21 +128,51 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         chat.account.username()
     );
     chat.print_rooms();
+    chat.adopt_outbox();
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut is_input_open = true;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
-                Some(line) => if !chat.handle_line(line.trim()).await { break },
-                None => break,
+            line = lines.next_line(), if is_input_open => {
+                let line = line.unwrap_or_else(|err| {
+                    println!("! reading input: {err}");
+                    None
+                });
+                match line {
+                    Some(line) => if !chat.handle_line(line.trim()).await { break },
+                    None => {
+                        // End of input (a pipe, a script): wait for
+                        // everything; only Ctrl-C leaves earlier.
+                        is_input_open = false;
+                        if !chat.is_leaving && matches!(chat.quit(), Quit::Now) { break }
+                    }
+                }
             },
             event = chat.link.events.recv() => match event {
                 Some(event) => if !chat.handle_event(event).await { break },
                 None => break,
             },
+            _ = &mut interrupt => break,
+            _ = status_tick.tick() => chat.show_status(),
+        }
+        if chat.is_leaving && chat.outbox.is_empty() {
+            break;
         }
     }
+    chat.say_what_is_left();
     chat.account.finish()
+}
+
+/// What `/quit` (or the end of input) does.
+enum Quit {
+    Now,
+    /// Once every message waiting is acknowledged.
+    WhenSent,
 }
 
 impl Chat {
@@ -181,15 +254,17 @@ impl Chat {
                     if Some(room) == self.current {
                         self.show_recent(room, 20);
                     }
-                    self.flush_offline().await;
                 }
+                self.stalled.remove(&room);
+                self.pump().await;
             }
             Event::Connected { resumed } => {
                 self.is_online = true;
                 if resumed {
                     println!("* reconnected");
                 }
-                self.flush_offline().await;
+                self.stalled.clear();
+                self.pump().await;
             }
             Event::Disconnected { reason } => {
                 if self.is_online {
@@ -197,10 +272,22 @@ impl Chat {
                 }
                 self.is_online = false;
             }
-            Event::Acked { .. } => {}
-            // The link resends these by itself, in order.
+            Event::Acked { client_id, .. } => {
+                self.answered(&client_id);
+                self.pump().await;
+            }
+            Event::SendFailed {
+                client_id,
+                code,
+                message,
+            } => {
+                println!("! not sent: {message} ({code})");
+                self.answered(&client_id);
+                self.pump().await;
+            }
+            // The link resends these by itself, in order; the count shown
+            // is the outbox's, which also holds lines not sealed yet.
             Event::Retrying { .. } | Event::Queue { .. } => {}
-            Event::SendFailed { code, message, .. } => println!("! not sent: {message} ({code})"),
             Event::Presence { user, online } => {
                 println!("* {user} is {}", if online { "online" } else { "offline" })
             }
@@ -233,24 +320,109 @@ impl Chat {
         }
     }
 
-    /// Sends the queued lines, in order, for rooms that are online and
-    /// caught up; lines for other rooms wait.
-    async fn flush_offline(&mut self) {
+    /// Takes in what an earlier run left in the outbox: it goes first, in
+    /// order. Messages for rooms this user is no longer in are dropped.
+    fn adopt_outbox(&mut self) {
+        if !self.outbox.is_durable() {
+            println!(
+                "* another hush of {} holds the outbox ({}): messages typed here are kept in memory only until sent",
+                self.account.username(),
+                self.outbox.path().display()
+            );
+        }
+        if let Some((count, aside)) = self.outbox.unreadable() {
+            println!(
+                "! {count} record(s) of the outbox could not be opened with this identity; a copy is kept in {}",
+                aside.display()
+            );
+        }
+        let left: Vec<(String, RoomId)> = self
+            .outbox
+            .pending()
+            .map(|q| (q.client_id.clone(), q.room))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        println!(
+            "* {} message(s) left from an earlier run will be sent first",
+            left.len()
+        );
+        for (client_id, room) in left {
+            if self.rooms.contains_key(&room) {
+                self.to_post.push_back((client_id, room));
+            } else {
+                self.drop_queued(&client_id, room);
+            }
+        }
+    }
+
+    /// A queued message for a room this user is not in any more.
+    fn drop_queued(&mut self, client_id: &str, room: RoomId) {
+        println!(
+            "! a message queued for room {} was dropped: you are not in it any more",
+            room.0
+        );
+        if let Err(err) = self.outbox.done(client_id) {
+            println!("! {err:#}");
+        }
+    }
+
+    /// Seals and hands to the link the messages waiting, in order, for
+    /// rooms that are online and caught up, up to `LINK_AHEAD` in the link
+    /// at once; the others wait, behind their room's earlier lines.
+    async fn pump(&mut self) {
         if !self.is_online {
             return;
         }
-        let mut waiting = VecDeque::new();
-        while let Some((room, payload)) = self.typed_offline.pop_front() {
-            if !self.is_ready(room) || waiting.iter().any(|(r, _)| *r == room) {
-                waiting.push_back((room, payload));
+        let mut held = self.stalled.clone();
+        let mut kept = VecDeque::new();
+        while let Some((client_id, room)) = self.to_post.pop_front() {
+            if self.posted.len() >= LINK_AHEAD {
+                kept.push_back((client_id, room));
+                kept.append(&mut self.to_post);
+                break;
+            }
+            let Some(payload) = self.outbox.get(&client_id).map(|q| q.payload.clone()) else {
+                continue;
+            };
+            if !self.rooms.contains_key(&room) {
+                self.drop_queued(&client_id, room);
                 continue;
             }
-            if let Err(err) = self.post(room, &payload).await {
-                println!("! could not send: {err:#}");
-                waiting.push_back((room, payload));
+            if held.contains(&room) || !self.is_ready(room) {
+                held.insert(room);
+                kept.push_back((client_id, room));
+                continue;
+            }
+            match self.post(room, &payload, &client_id).await {
+                Ok(()) => {
+                    self.posted.insert(client_id);
+                }
+                Err(err) => {
+                    println!("! could not send yet: {err:#}; will retry when reconnected");
+                    self.stalled.insert(room);
+                    held.insert(room);
+                    kept.push_back((client_id, room));
+                }
             }
         }
-        self.typed_offline = waiting;
+        self.to_post = kept;
+        self.account.print_notices();
+    }
+
+    /// A message the server acknowledged or refused for good: it leaves
+    /// the outbox.
+    fn answered(&mut self, client_id: &str) {
+        if !self.posted.remove(client_id) {
+            return; // a sender-key distribution, or not ours
+        }
+        if let Err(err) = self.outbox.done(client_id) {
+            println!("! {err:#}");
+        }
+        if self.outbox.is_empty() {
+            self.show_status();
+        }
     }
 
     /// Whether `room` has been read up to now, so its sending state (sender
@@ -259,7 +431,12 @@ impl Chat {
         self.rooms.get(&room).is_some_and(|view| view.is_synced)
     }
 
-    async fn post(&mut self, room: RoomId, payload: &Payload) -> anyhow::Result<()> {
+    async fn post(
+        &mut self,
+        room: RoomId,
+        payload: &Payload,
+        client_id: &str,
+    ) -> anyhow::Result<()> {
         let view = self.rooms.get_mut(&room).context("not in that room")?;
         transcript::post(
             &mut self.account,
@@ -267,31 +444,101 @@ impl Chat {
             &mut view.conversation,
             &view.room,
             payload,
+            client_id,
         )
         .await?;
         Ok(())
     }
 
+    /// Writes a typed message to the outbox, then sends what may go.
     async fn send(&mut self, payload: Payload) {
         let Some(room) = self.current else {
             println!("! no conversation selected: /rooms, /go ROOM or /dm USER");
             return;
         };
-        if !self.is_online {
-            println!("* offline: will send when reconnected");
-            self.typed_offline.push_back((room, payload));
+        let client_id = match self.outbox.add(room, payload) {
+            Ok(client_id) => client_id,
+            Err(err) => {
+                println!("! not sent: it could not be kept in the outbox ({err:#})");
+                return;
+            }
+        };
+        let is_first_waiting = !self.to_post.iter().any(|(_, r)| *r == room);
+        self.to_post.push_back((client_id, room));
+        if is_first_waiting {
+            if !self.is_online {
+                println!("* offline: will send when reconnected");
+            } else if !self.is_ready(room) {
+                println!("* still catching up: will send in a moment");
+            }
+        }
+        self.pump().await;
+    }
+
+    /// `/quit` or the end of input. With messages waiting, the first asks
+    /// to leave once they are sent; a second leaves at once.
+    fn quit(&mut self) -> Quit {
+        let waiting = self.outbox.len();
+        if waiting == 0 || self.is_leaving {
+            return Quit::Now;
+        }
+        self.is_leaving = true;
+        println!(
+            "* {waiting} waiting to send… (leaving once they are sent; /quit again or Ctrl-C leaves now and keeps them for next time)"
+        );
+        self.status_shown = waiting;
+        self.status_at = Some(Instant::now());
+        Quit::WhenSent
+    }
+
+    /// Prints `N waiting to send` when the count changed, at most once per
+    /// `STATUS_EVERY`, and only once a message has waited that long (or
+    /// the user is leaving): a line that goes out at once is not news.
+    /// `all messages sent` when the count shown reaches 0.
+    fn show_status(&mut self) {
+        let waiting = self.outbox.len();
+        if waiting == 0 {
+            if self.status_shown > 0 {
+                println!("* all messages sent");
+                self.status_shown = 0;
+            }
             return;
         }
-        if !self.is_ready(room) || self.typed_offline.iter().any(|(r, _)| *r == room) {
-            println!("* still catching up: will send in a moment");
-            self.typed_offline.push_back((room, payload));
+        let is_worth_it = self.is_leaving
+            || self
+                .outbox
+                .oldest()
+                .is_some_and(|at| at.elapsed() >= STATUS_EVERY);
+        let is_due = self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY);
+        if is_worth_it && is_due && waiting != self.status_shown {
+            println!("* {waiting} waiting to send");
+            self.status_shown = waiting;
+            self.status_at = Some(Instant::now());
+        }
+    }
+
+    /// Leaving: says plainly what was not sent and where it is.
+    fn say_what_is_left(&mut self) {
+        let left = self.outbox.len();
+        if left == 0 {
+            self.show_status();
             return;
         }
-        if let Err(err) = self.post(room, &payload).await {
-            println!("! {err:#}; will retry when reconnected");
-            self.typed_offline.push_back((room, payload));
+        let user = self.account.username();
+        let (count, verb) = if left == 1 {
+            ("1 message is".to_owned(), "it")
+        } else {
+            (format!("{left} messages are"), "they")
+        };
+        if self.outbox.is_durable() {
+            println!(
+                "* {count} kept in the outbox and will be sent the next time you run hush chat or hush send as {user}"
+            );
+        } else {
+            println!(
+                "! {count} not sent, and {verb} cannot be kept: another hush of {user} holds the outbox"
+            );
         }
-        self.account.print_notices();
     }
 
     async fn switch_to(&mut self, room: Room) {
@@ -318,7 +565,11 @@ impl Chat {
             .map_or((command, ""), |(n, a)| (n, a.trim()));
         let result: anyhow::Result<()> = async {
             match name {
-                "quit" | "exit" => return Err(anyhow::anyhow!("quit")),
+                "quit" | "exit" => {
+                    if let Quit::Now = self.quit() {
+                        return Err(anyhow::anyhow!("quit"));
+                    }
+                }
                 "help" => println!("{HELP}"),
                 "rooms" => self.print_rooms(),
                 "go" | "switch" => {

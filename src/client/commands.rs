@@ -2,6 +2,7 @@
 //! `read`. Each reads its secrets from the environment or a prompt, does
 //! one thing and exits; errors carry context for the person running them.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -10,12 +11,13 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::account::{Account, find_room, new_passphrase, passphrase, password, require_user};
-use super::api::Api;
+use super::api::{Api, Room};
 use super::conversation::{Shown, UNSUPPORTED_TEXT};
 use super::device::known_devices;
 use super::directory::Directory;
 use super::keystore::KeyStore;
 use super::link::Event;
+use super::outbox::{self, Outbox};
 use super::transcript;
 use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
 use crate::crypto::device::DeviceId;
@@ -23,6 +25,7 @@ use crate::crypto::envelope::{Payload, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
 use crate::crypto::safety::SafetyNumber;
 use crate::crypto::statements;
+use crate::store::RoomId;
 
 pub async fn keys(opts: &ClientOpts, command: &KeysCommand) -> anyhow::Result<()> {
     let store = KeyStore::new(&opts.keys_dir);
@@ -347,12 +350,135 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
     };
     let mut account = Account::open(opts).await?;
     let room = account.resolve(&args.target).await?;
-    let (mut link, mut conversation, _) = transcript::load(&mut account, &room).await?;
-    let ids = transcript::post(&mut account, &link, &mut conversation, &room, &payload).await?;
-    let seq = transcript::await_acks(&mut link, ids).await?;
+    let user = account.username().to_owned();
+    let mut outbox = outbox::open_for(&account)?;
+    if !outbox.is_durable() {
+        eprintln!(
+            "hush: another hush of {user} holds the outbox ({}): this message is not kept if it cannot be sent now",
+            outbox.path().display()
+        );
+    }
+    if let Some((count, aside)) = outbox.unreadable() {
+        eprintln!(
+            "hush: {count} record(s) of the outbox could not be opened with this identity; a copy is kept in {}",
+            aside.display()
+        );
+    }
+    let left = outbox.len();
+    let client_id = outbox
+        .add(room.id, payload)
+        .context("keeping the message in the outbox")?;
+    let result = send_outbox(&mut account, &mut outbox, &room).await;
     account.finish()?;
-    println!("sent to {} as #{seq}", room.label(account.username()));
-    Ok(())
+    let answers = match result {
+        Ok(answers) => answers,
+        Err(err) if outbox.is_durable() && !outbox.is_empty() => {
+            let kept = outbox.len();
+            return Err(err.context(format!(
+                "{kept} message(s) kept in the outbox; they will be sent the next time you run hush chat or hush send as {user}"
+            )));
+        }
+        Err(err) => return Err(err),
+    };
+    if left > 0 {
+        eprintln!("hush: {left} message(s) left in the outbox by an earlier run went first");
+    }
+    for (id, answer) in &answers {
+        if let (false, Err(reason)) = (*id == client_id, answer) {
+            eprintln!("hush: the server refused a message left in the outbox: {reason}");
+        }
+    }
+    match answers.get(&client_id) {
+        Some(Ok(seq)) => {
+            println!("sent to {} as #{seq}", room.label(&user));
+            Ok(())
+        }
+        Some(Err(reason)) => bail!("the server refused the message: {reason}"),
+        None => bail!("the server did not acknowledge the message"),
+    }
+}
+
+/// Sends everything in the outbox, room by room (in the order each room
+/// first appears), each room's messages in the order written, and waits
+/// for every answer. `target` is the room the command names (already
+/// looked up). Returns each message's seq, or the server's reason for
+/// refusing it for good; either way it leaves the outbox.
+async fn send_outbox(
+    account: &mut Account,
+    outbox: &mut Outbox,
+    target: &Room,
+) -> anyhow::Result<HashMap<String, Result<i64, String>>> {
+    let mut rooms: Vec<RoomId> = Vec::new();
+    for queued in outbox.pending() {
+        if !rooms.contains(&queued.room) {
+            rooms.push(queued.room);
+        }
+    }
+    let mine = if rooms.iter().any(|r| *r != target.id) {
+        account.api.rooms().await?
+    } else {
+        Vec::new()
+    };
+    let mut answers = HashMap::new();
+    for id in rooms {
+        let found = if id == target.id {
+            Some(target)
+        } else {
+            mine.iter().find(|r| r.id == id)
+        };
+        let queued: Vec<(String, Payload)> = outbox
+            .pending()
+            .filter(|q| q.room == id)
+            .map(|q| (q.client_id.clone(), q.payload.clone()))
+            .collect();
+        let Some(room) = found else {
+            eprintln!(
+                "hush: {} message(s) queued for room {} dropped: you are not in it any more",
+                queued.len(),
+                id.0
+            );
+            for (client_id, _) in &queued {
+                if let Err(err) = outbox.done(client_id) {
+                    eprintln!("hush: {err:#}");
+                }
+            }
+            continue;
+        };
+        let (mut link, mut conversation, _) = transcript::load(account, room).await?;
+        let mut waiting = HashSet::new();
+        for (client_id, payload) in &queued {
+            let ids = transcript::post(account, &link, &mut conversation, room, payload, client_id)
+                .await?;
+            waiting.extend(ids);
+        }
+        while !waiting.is_empty() {
+            let (client_id, answer) = match transcript::next_event(&mut link).await? {
+                Event::Acked { client_id, seq, .. } => (client_id, Ok(seq)),
+                Event::SendFailed {
+                    client_id,
+                    code,
+                    message,
+                } => (client_id, Err(format!("{message} ({code})"))),
+                Event::Unauthorized => bail!("the server refused our session"),
+                _ => continue,
+            };
+            if !waiting.remove(&client_id) {
+                continue;
+            }
+            match outbox.done(&client_id) {
+                Ok(true) => {
+                    answers.insert(client_id, answer);
+                }
+                Ok(false) => {
+                    if let Err(reason) = answer {
+                        eprintln!("hush: a sender-key distribution was refused: {reason}");
+                    }
+                }
+                Err(err) => eprintln!("hush: {err:#}"),
+            }
+        }
+    }
+    Ok(answers)
 }
 
 /// A file attachment: its bytes, its name and a MIME type guessed from the name.

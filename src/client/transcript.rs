@@ -54,15 +54,17 @@ pub async fn next_event(link: &mut Link) -> anyhow::Result<Event> {
     }
 }
 
-/// Seals `payload` for the room's current members and posts it (after a new
-/// sender-key distribution when needed). Returns the client ids posted, in
-/// order; the last one is the message.
+/// Seals `payload` for the room's current members and posts it as
+/// `client_id` (after a new sender-key distribution, under a fresh id, when
+/// needed). Returns the client ids posted, in order; the last one is
+/// `client_id`.
 pub async fn post(
     account: &mut Account,
     link: &Link,
     conversation: &mut Conversation,
     room: &Room,
     payload: &Payload,
+    client_id: &str,
 ) -> anyhow::Result<Vec<String>> {
     let members = account
         .api
@@ -85,11 +87,15 @@ pub async fn post(
         );
     }
     let mut ids = Vec::new();
-    for body in outgoing.bodies {
-        let client_id = new_client_id();
-        link.send(room.id, client_id.clone(), b64::encode(&body))
-            .await;
-        ids.push(client_id);
+    let count = outgoing.bodies.len();
+    for (i, body) in outgoing.bodies.into_iter().enumerate() {
+        let id = if i + 1 == count {
+            client_id.to_owned()
+        } else {
+            new_client_id()
+        };
+        link.send(room.id, id.clone(), b64::encode(&body)).await;
+        ids.push(id);
     }
     Ok(ids)
 }

@@ -78,8 +78,16 @@ impl Person {
     async fn send(&mut self, room: RoomId, payload: Payload) -> Result<i64> {
         let room = self.room(room).await?;
         let (mut link, mut conversation, _) = transcript::load(&mut self.account, &room).await?;
-        let ids =
-            transcript::post(&mut self.account, &link, &mut conversation, &room, &payload).await?;
+        let client_id = transcript::new_client_id();
+        let ids = transcript::post(
+            &mut self.account,
+            &link,
+            &mut conversation,
+            &room,
+            &payload,
+            &client_id,
+        )
+        .await?;
         transcript::await_acks(&mut link, ids).await
     }
 
