@@ -19,6 +19,7 @@ mod login;
 mod membership;
 mod memory_bound;
 mod metrics;
+mod outbox;
 mod presence;
 mod protocol_errors;
 mod registration;
