@@ -7,7 +7,8 @@
 //! sealed once the connection is back, each posted exactly once (the server
 //! deduplicates resends by client id).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -55,8 +56,17 @@ struct Chat {
     is_online: bool,
     /// Lines typed while offline, sealed and sent once back online.
     typed_offline: VecDeque<(RoomId, Payload)>,
+    /// Client ids handed to the link and not acknowledged yet.
+    unacked: HashSet<String>,
+    /// The user asked to leave; we leave once nothing waits.
+    is_leaving: bool,
+    /// When "N waiting to send" was last printed, and what it said.
+    last_status: Option<(Instant, usize)>,
     printer: Printer,
 }
+
+/// How often the "N waiting to send" line may be printed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     let account = Account::open(opts).await?;
@@ -74,6 +84,9 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         current: None,
         is_online: false,
         typed_offline: VecDeque::new(),
+        unacked: HashSet::new(),
+        is_leaving: false,
+        last_status: None,
         printer,
     };
     for room in chat.account.api.rooms().await? {
@@ -87,16 +100,30 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     chat.print_rooms();
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut is_input_open = true;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
+            line = lines.next_line(), if is_input_open => match line? {
                 Some(line) => if !chat.handle_line(line.trim()).await { break },
-                None => break,
+                None => {
+                    is_input_open = false;
+                    if !chat.leave() { break }
+                }
             },
             event = chat.link.events.recv() => match event {
                 Some(event) => if !chat.handle_event(event).await { break },
                 None => break,
             },
+            _ = &mut interrupt => {
+                chat.leave_now();
+                break;
+            }
+        }
+        if chat.is_leaving && chat.waiting() == 0 {
+            println!("* all messages sent");
+            break;
         }
     }
     chat.account.finish()
@@ -197,8 +224,19 @@ impl Chat {
                 }
                 self.is_online = false;
             }
-            Event::Acked { .. } => {}
-            Event::SendFailed { code, message, .. } => println!("! not sent: {message} ({code})"),
+            Event::Acked { client_id, .. } => {
+                if self.unacked.remove(&client_id) {
+                    self.show_waiting();
+                }
+            }
+            Event::SendFailed {
+                client_id,
+                code,
+                message,
+            } => {
+                self.unacked.remove(&client_id);
+                println!("! not sent: {message} ({code})");
+            }
             Event::Presence { user, online } => {
                 println!("* {user} is {}", if online { "online" } else { "offline" })
             }
@@ -214,6 +252,54 @@ impl Chat {
             }
         }
         true
+    }
+
+    /// Messages typed and not yet acknowledged by the server.
+    fn waiting(&self) -> usize {
+        self.unacked.len() + self.typed_offline.len()
+    }
+
+    /// `/quit` or end of input: false to leave now. With messages waiting,
+    /// the first asks to wait for them; a second `/quit` leaves anyway.
+    fn leave(&mut self) -> bool {
+        let waiting = self.waiting();
+        if waiting == 0 {
+            return false;
+        }
+        if self.is_leaving {
+            self.leave_now();
+            return false;
+        }
+        self.is_leaving = true;
+        println!(
+            "* {waiting} waiting to send; leaving once they are sent (/quit again or Ctrl-C to leave now)"
+        );
+        true
+    }
+
+    /// Leaving with messages not yet acknowledged: say so plainly.
+    fn leave_now(&self) {
+        let waiting = self.waiting();
+        if waiting > 0 {
+            println!(
+                "! leaving with {waiting} message(s) not confirmed by the server: they may not have been sent"
+            );
+        }
+    }
+
+    /// Prints "N waiting to send" at most once a second while anything
+    /// waits beyond what is sent at once.
+    fn show_waiting(&mut self) {
+        let waiting = self.waiting();
+        let is_due = self
+            .last_status
+            .is_none_or(|(at, shown)| at.elapsed() >= STATUS_EVERY && shown != waiting);
+        if waiting > 1 && is_due {
+            println!("* {waiting} waiting to send");
+            self.last_status = Some((Instant::now(), waiting));
+        } else if waiting == 0 && self.last_status.is_some_and(|(_, shown)| shown > 0) {
+            self.last_status = Some((Instant::now(), 0));
+        }
     }
 
     fn show_recent(&self, room: RoomId, count: usize) {
@@ -259,7 +345,7 @@ impl Chat {
 
     async fn post(&mut self, room: RoomId, payload: &Payload) -> anyhow::Result<()> {
         let view = self.rooms.get_mut(&room).context("not in that room")?;
-        transcript::post(
+        let ids = transcript::post(
             &mut self.account,
             &self.link,
             &mut view.conversation,
@@ -267,6 +353,8 @@ impl Chat {
             payload,
         )
         .await?;
+        self.unacked.extend(ids);
+        self.show_waiting();
         Ok(())
     }
 
@@ -316,7 +404,11 @@ impl Chat {
             .map_or((command, ""), |(n, a)| (n, a.trim()));
         let result: anyhow::Result<()> = async {
             match name {
-                "quit" | "exit" => return Err(anyhow::anyhow!("quit")),
+                "quit" | "exit" => {
+                    if !self.leave() {
+                        return Err(anyhow::anyhow!("quit"));
+                    }
+                }
                 "help" => println!("{HELP}"),
                 "rooms" => self.print_rooms(),
                 "go" | "switch" => {

@@ -6,6 +6,12 @@
 //! resend is stored once). When the connection drops it reconnects with
 //! exponential backoff and jitter. The caller sees one ordered stream of
 //! `Event`s with no duplicate entries.
+//!
+//! Messages are stored in the order they were given to `send`: a window of
+//! sends is in flight at once; when the server refuses one for now (rate
+//! limit, storage busy) it holds every later send of the connection behind
+//! it (PROTOCOL §11), so the link stops, waits as told, and sends again from
+//! the refused one on, one at a time at first and more as acks come back.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,6 +32,10 @@ const SILENCE_LIMIT_FACTOR: u32 = 3;
 /// How long a send refused for now waits to go again when the server did
 /// not say.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// Most sends in flight at once; after a refusal the window starts at one
+/// again and grows by one per ack, so a long burst does not resend hundreds
+/// of frames only to have them held.
+const MAX_WINDOW: usize = 64;
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -105,6 +115,8 @@ struct Pending {
     room: RoomId,
     client_id: String,
     body: String,
+    /// Written on this connection and not answered yet.
+    is_sent: bool,
 }
 
 impl Pending {
@@ -184,12 +196,14 @@ struct State {
     /// the pages will carry them, in order (they are committed before they
     /// are pushed), so taking a live one early could skip the pages below it.
     syncing: HashSet<RoomId>,
+    /// Every message not acknowledged yet, in the order given to `send`.
     outbox: Vec<Pending>,
-    /// Sends the server refused for now (`rate_limited`, `unavailable`,
-    /// `storage_unavailable`), in the order refused: still in the outbox,
-    /// and sent again on this connection at `retry_at`.
-    retry: Vec<String>,
-    retry_at: Option<tokio::time::Instant>,
+    /// Sends written and not answered yet.
+    in_flight: usize,
+    /// How many may be in flight now.
+    window: usize,
+    /// After a refusal for now: nothing is sent before this.
+    paused_until: Option<tokio::time::Instant>,
     events: mpsc::Sender<Event>,
     connected_before: bool,
 }
@@ -205,8 +219,9 @@ async fn run(
         cursors: HashMap::new(),
         syncing: HashSet::new(),
         outbox: Vec::new(),
-        retry: Vec::new(),
-        retry_at: None,
+        in_flight: 0,
+        window: MAX_WINDOW,
+        paused_until: None,
         events,
         connected_before: false,
     };
@@ -271,6 +286,7 @@ impl State {
                 room,
                 client_id,
                 body,
+                is_sent: false,
             }),
             Command::Who(_) | Command::History { .. } => {}
         }
@@ -375,16 +391,18 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
             was_up: true,
         };
     }
-    // The whole outbox goes again, refused sends included.
-    state.retry.clear();
-    state.retry_at = None;
-    for p in &state.outbox {
-        if sink.send(p.frame()).await.is_err() {
-            return Outcome::Lost {
-                reason: "connection lost".into(),
-                was_up: true,
-            };
-        }
+    // The whole outbox goes again, in order, refused sends included.
+    for p in &mut state.outbox {
+        p.is_sent = false;
+    }
+    state.in_flight = 0;
+    state.window = MAX_WINDOW;
+    state.paused_until = None;
+    if !state.pump(&mut sink).await {
+        return Outcome::Lost {
+            reason: "connection lost".into(),
+            was_up: true,
+        };
     }
 
     let silence_limit = heartbeat * SILENCE_LIMIT_FACTOR;
@@ -399,18 +417,19 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                     Command::Follow(cursor) => {
                         let after = *state.cursors.entry(cursor.room).or_insert(cursor.after);
                         state.syncing.insert(cursor.room);
-                        frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] })
+                        Some(frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] }))
                     }
                     Command::Send { room, client_id, body } => {
-                        let pending = Pending { room, client_id, body };
-                        let msg = pending.frame();
-                        state.outbox.push(pending);
-                        msg
+                        state.outbox.push(Pending { room, client_id, body, is_sent: false });
+                        None
                     }
-                    Command::Who(room) => frame(None, ClientFrame::Who { room }),
-                    Command::History { room, before, limit } => frame(None, ClientFrame::History { room, before, limit: Some(limit) }),
+                    Command::Who(room) => Some(frame(None, ClientFrame::Who { room })),
+                    Command::History { room, before, limit } => Some(frame(None, ClientFrame::History { room, before, limit: Some(limit) })),
                 };
-                if sink.send(msg).await.is_err() {
+                if let Some(msg) = msg && sink.send(msg).await.is_err() {
+                    return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+                }
+                if !state.pump(&mut sink).await {
                     return Outcome::Lost { reason: "connection lost".into(), was_up: true };
                 }
             }
@@ -419,6 +438,9 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                 match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(outcome) = state.handle(&text).await { return outcome; }
+                        if !state.pump(&mut sink).await {
+                            return Outcome::Lost { reason: "connection lost".into(), was_up: true };
+                        }
                     }
                     Some(Ok(Message::Close(cf))) => {
                         let code = cf.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
@@ -431,13 +453,10 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                     None => return Outcome::Lost { reason: "connection lost".into(), was_up: true },
                 }
             }
-            _ = tokio::time::sleep_until(state.retry_at.unwrap_or_else(tokio::time::Instant::now)), if state.retry_at.is_some() => {
-                state.retry_at = None;
-                for client_id in std::mem::take(&mut state.retry) {
-                    let Some(p) = state.outbox.iter().find(|p| p.client_id == client_id) else { continue };
-                    if sink.send(p.frame()).await.is_err() {
-                        return Outcome::Lost { reason: "connection lost".into(), was_up: true };
-                    }
+            _ = tokio::time::sleep_until(state.paused_until.unwrap_or_else(tokio::time::Instant::now)), if state.paused_until.is_some() => {
+                state.paused_until = None;
+                if !state.pump(&mut sink).await {
+                    return Outcome::Lost { reason: "connection lost".into(), was_up: true };
                 }
             }
             _ = ping.tick() => {
@@ -488,7 +507,9 @@ impl State {
                 duplicate,
                 ..
             } => {
-                self.outbox.retain(|p| p.client_id != client_id);
+                if self.take_answered(&client_id).is_some() {
+                    self.window = (self.window + 1).min(MAX_WINDOW);
+                }
                 self.emit(Event::Acked {
                     room,
                     client_id,
@@ -513,7 +534,7 @@ impl State {
                         self.emit(Event::Error { code, message }).await?;
                     }
                     Some(client_id) => {
-                        self.outbox.retain(|p| p.client_id != client_id);
+                        self.take_answered(&client_id);
                         self.emit(Event::SendFailed {
                             client_id,
                             code,
@@ -546,16 +567,53 @@ impl State {
         Ok(())
     }
 
-    /// Queues a refused send to go again once the server's wait (or
-    /// `DEFAULT_RETRY` if it named none) is over, after every send refused
-    /// before it.
+    /// A refused send goes again, with everything after it, once the
+    /// server's wait (or `DEFAULT_RETRY` if it named none) is over, one at a
+    /// time at first.
     fn retry_later(&mut self, client_id: String, retry_after_ms: Option<u64>) {
+        if let Some(p) = self.outbox.iter_mut().find(|p| p.client_id == client_id)
+            && p.is_sent
+        {
+            p.is_sent = false;
+            self.in_flight -= 1;
+        }
         let wait = retry_after_ms.map_or(DEFAULT_RETRY, Duration::from_millis);
         let at = tokio::time::Instant::now() + wait;
-        self.retry_at = Some(self.retry_at.map_or(at, |was| was.max(at)));
-        if !self.retry.contains(&client_id) {
-            self.retry.push(client_id);
+        self.paused_until = Some(self.paused_until.map_or(at, |was| was.max(at)));
+        self.window = 1;
+    }
+
+    /// Removes an answered message from the outbox.
+    fn take_answered(&mut self, client_id: &str) -> Option<Pending> {
+        let at = self.outbox.iter().position(|p| p.client_id == client_id)?;
+        let pending = self.outbox.remove(at);
+        if pending.is_sent {
+            self.in_flight -= 1;
         }
+        Some(pending)
+    }
+
+    /// Sends the next messages of the outbox, in order, while the window
+    /// allows and no refusal is being waited out; false if the connection
+    /// failed.
+    async fn pump<S>(&mut self, sink: &mut S) -> bool
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        if self.paused_until.is_some() {
+            return true;
+        }
+        while self.in_flight < self.window {
+            let Some(p) = self.outbox.iter_mut().find(|p| !p.is_sent) else {
+                break;
+            };
+            p.is_sent = true;
+            self.in_flight += 1;
+            if sink.feed(p.frame()).await.is_err() {
+                return false;
+            }
+        }
+        sink.flush().await.is_ok()
     }
 
     /// Passes an entry on unless it was already delivered.
