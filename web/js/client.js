@@ -254,6 +254,9 @@ export class HushClient extends EventTarget {
       this.resumeAt = Math.max(this.resumeAt, Date.now() + (frame.retry_after_ms ?? DEFAULT_RETRY_MS));
       clearTimeout(this.retryTimer);
       this.retryTimer = setTimeout(() => this.enqueue(() => this.flush()), Math.max(0, this.resumeAt - Date.now()));
+      // A database in trouble is worth saying; a rate limit or a server
+      // going down (a reconnect follows) is not.
+      if (frame.code === "storage_unavailable") this.emit("problem", { message: `${frame.message} (the page sends it again by itself)` });
       return;
     }
     if (frame.code === "not_found" && !frame.id) {

@@ -27,6 +27,8 @@ function open() {
       resolve(request.result);
     };
     request.onerror = () => reject(request.error);
+    // A tab still running an older page holds the old schema open.
+    request.onblocked = () => reject(new Error("hush was updated: close its other tabs, then reload this one"));
   });
   return opening;
 }
