@@ -386,6 +386,8 @@ pub enum KeysCommand {
     },
     /// Accept PEER's current key after it changed without a valid rotation.
     Trust { peer: String },
+    /// List the devices that sent as you in your rooms, and when each last did.
+    Devices,
 }
 
 #[derive(Debug, Subcommand)]

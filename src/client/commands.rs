@@ -12,11 +12,13 @@ use serde_json::json;
 use super::account::{Account, find_room, new_passphrase, passphrase, password, require_user};
 use super::api::Api;
 use super::conversation::{Shown, UNSUPPORTED_TEXT};
+use super::device::known_devices;
 use super::directory::Directory;
 use super::keystore::KeyStore;
 use super::link::Event;
 use super::transcript;
 use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
+use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{Payload, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
 use crate::crypto::safety::SafetyNumber;
@@ -82,8 +84,61 @@ pub async fn keys(opts: &ClientOpts, command: &KeysCommand) -> anyhow::Result<()
             mark_verified,
         } => verify(opts, peer, *mark_verified).await?,
         KeysCommand::Trust { peer } => trust(opts, &store, peer).await?,
+        KeysCommand::Devices => devices(opts).await?,
     }
     Ok(())
+}
+
+/// `hush keys devices`: every device id that sent under this user's name in
+/// the rooms this client can read, with its last message, and which of them
+/// belong to this key store. One the user does not recognise means their
+/// identity key is used somewhere else.
+async fn devices(opts: &ClientOpts) -> anyhow::Result<()> {
+    let mut account = Account::open(opts).await?;
+    let me = account.username().to_owned();
+    let local = known_devices(account.keys.dir(), &me)?;
+    let mut last_sent: std::collections::BTreeMap<DeviceId, i64> = Default::default();
+    for room in account.api.rooms().await? {
+        let (_, _, shown) = transcript::load(&mut account, &room).await?;
+        for item in shown {
+            let (sender, device, ts) = match item {
+                Shown::Message {
+                    sender, device, ts, ..
+                }
+                | Shown::Unsupported {
+                    sender, device, ts, ..
+                } => (sender, device, ts),
+                _ => continue,
+            };
+            if let Some(device) = device.filter(|_| sender == me) {
+                let last = last_sent.entry(device).or_insert(ts);
+                *last = (*last).max(ts);
+            }
+        }
+    }
+    let mut ids: Vec<DeviceId> = last_sent
+        .keys()
+        .copied()
+        .chain(local.iter().copied())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    println!("devices that sent as {me}:");
+    for id in ids {
+        let when = last_sent.get(&id).map_or_else(
+            || "never sent".to_owned(),
+            |ts| format!("last sent {}", format_time(*ts)),
+        );
+        let whose = if id == account.device.id() {
+            "  (this key store, this run)"
+        } else if local.contains(&id) {
+            "  (this key store)"
+        } else {
+            ""
+        };
+        println!("  {}  {when}{whose}", id.short());
+    }
+    account.finish()
 }
 
 /// Generates a key on a worker thread, showing progress on stderr.

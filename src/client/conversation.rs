@@ -428,6 +428,13 @@ impl Conversation {
         }
         let chain = (entry.sender.clone(), header.device, header.epoch);
         let Some(key) = self.keys.get(&chain) else {
+            // Say who did not sign it before saying we cannot read it.
+            if !accepted
+                .iter()
+                .any(|identity| verifies_body(body, identity))
+            {
+                return Err(Failure::BadSignature);
+            }
             return Err(Failure::Reason("no key for this message: it was sent before you joined, or its key was not shared with you".into()));
         };
         let replay = &mut self.replay;

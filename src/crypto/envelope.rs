@@ -288,6 +288,29 @@ pub fn seal(
     )
 }
 
+/// Seals a plaintext given as bytes (a payload of a type `Payload` does not
+/// model), in the current format version, with a fresh nonce. For clients
+/// that write newer payload types, and for tests of how older readers take
+/// them.
+pub fn seal_plaintext(
+    room_id: i64,
+    sender: &str,
+    device: &DeviceId,
+    sender_key: &SenderKey,
+    counter: u64,
+    plaintext: &[u8],
+    signer: &IdentityPrivateKey,
+) -> Result<Vec<u8>, CryptoError> {
+    let nonce = random_bytes::<NONCE_LEN>()?;
+    let chain = Chain {
+        version: FORMAT_VERSION,
+        room_id,
+        sender,
+        device,
+    };
+    seal_raw(&chain, sender_key, counter, &nonce, plaintext, signer)
+}
+
 /// Where a body goes: format version, room, sender and device.
 pub(crate) struct Chain<'a> {
     pub version: u8,

@@ -552,3 +552,113 @@ async fn keys_rotate_publishes_a_signed_rotation_that_peers_follow() -> Result<(
     server.stop()?;
     Ok(())
 }
+
+/// The same identity on two machines (an exported and imported key) and
+/// two commands of one key store running at once: each sends as its own
+/// device, every message reads, and `hush keys devices` lists them.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_identity_on_several_devices_sends_at_once_and_lists_its_devices() -> Result<()> {
+    let server = Server::start().await?;
+    let home = tempfile::tempdir()?;
+    let (keys, laptop) = (home.path().join("keys"), home.path().join("laptop"));
+    let url = server.url.clone();
+    for user in ["alice", "bob"] {
+        ok(hush(
+            &url,
+            &keys,
+            user,
+            &["keys", "new", user, "--bits", "2048"],
+        )?)?;
+        ok(hush(&url, &keys, user, &["register"])?)?;
+    }
+    let export = home.path().join("alice.export");
+    let export_arg = export.to_str().context("path")?;
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["keys", "export", "alice", export_arg],
+    )?)?;
+    ok(hush(
+        &url,
+        &laptop,
+        "alice",
+        &["keys", "import", export_arg],
+    )?)?;
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["send", "--to", "bob", "first"],
+    )?)?;
+
+    let spawn = |store: &Path, text: &str| {
+        Command::new(HUSH)
+            .args(["send", "--to", "bob", text])
+            .env("HUSH_SERVER", &url)
+            .env("HUSH_KEYS", store)
+            .env("HUSH_USER", "alice")
+            .env("HUSH_PASSPHRASE", "passphrase of alice")
+            .env("HUSH_PASSWORD", "password of alice")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let running = [
+        spawn(&keys, "from the desk")?,
+        spawn(&keys, "from a second terminal")?,
+        spawn(&laptop, "from the laptop")?,
+    ];
+    for child in running {
+        ok(child.wait_with_output()?)?;
+    }
+
+    let read = ok(hush(
+        &url,
+        &keys,
+        "bob",
+        &["read", "--with", "alice", "--json"],
+    )?)?;
+    let lines: Vec<Value> = read
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let messages: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "message").collect();
+    let mut texts: Vec<&str> = messages.iter().filter_map(|m| m["text"].as_str()).collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "first",
+            "from a second terminal",
+            "from the desk",
+            "from the laptop"
+        ],
+        "{read}"
+    );
+    assert!(!read.contains("rejected"), "{read}");
+    let devices: std::collections::HashSet<&str> = messages
+        .iter()
+        .filter_map(|m| m["device"].as_str())
+        .collect();
+    assert!(devices.len() >= 2, "several devices sent: {read}");
+
+    let listed = ok(hush(&url, &keys, "alice", &["keys", "devices"])?)?;
+    let laptop_device = messages
+        .iter()
+        .find(|m| m["text"] == "from the laptop")
+        .and_then(|m| m["device"].as_str())
+        .context("laptop device")?;
+    let laptop_line = listed
+        .lines()
+        .find(|l| l.contains(laptop_device))
+        .with_context(|| format!("the laptop's device is listed: {listed}"))?;
+    assert!(
+        laptop_line.contains("last sent") && !laptop_line.contains("this key store"),
+        "{listed}"
+    );
+    assert!(listed.contains("(this key store"), "{listed}");
+    server.stop()?;
+    Ok(())
+}

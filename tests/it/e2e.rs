@@ -15,8 +15,10 @@ use hush::client::keystore::KeyStore;
 use hush::client::link::{Event, Link};
 use hush::client::transcript;
 use hush::config::ServerConfig;
-use hush::crypto::envelope::Payload;
+use hush::crypto::device::DeviceId;
+use hush::crypto::envelope::{self, Payload};
 use hush::crypto::keys::IdentityPrivateKey;
+use hush::crypto::sender_keys::{self, Recipient, SenderKey};
 use hush::crypto::statements;
 use hush::protocol::WireEntry;
 use hush::store::{RoomId, Store};
@@ -693,4 +695,292 @@ async fn entries_from_db(db: &Path, room: RoomId) -> Result<Vec<WireEntry>> {
             fingerprint: None,
         })
         .collect())
+}
+
+/// Posts bodies as `person` through the raw protocol (as a server that
+/// helps an attacker could), in order; returns their seqs.
+async fn post_raw(person: &Person, room: RoomId, bodies: &[Vec<u8>]) -> Result<Vec<i64>> {
+    let token = person.account.api.token().context("token")?.to_owned();
+    let mut link = Link::start(person.account.api.server(), token);
+    let mut seqs = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let client_id = format!("raw-{}-{i}", hex_id());
+        link.send(room, client_id.clone(), hush::protocol::b64::encode(body))
+            .await;
+        seqs.push(transcript::await_acks(&mut link, vec![client_id]).await?);
+    }
+    Ok(seqs)
+}
+
+fn hex_id() -> String {
+    DeviceId::generate().expect("rng").short()
+}
+
+/// Rotates `person`'s key to the fixture key `to`, signed by the old one,
+/// keeping the old one, and reopens the account.
+async fn rotate(person: &mut Person, server: &str, to: &str) -> Result<()> {
+    let name = person.name();
+    let new = fixture_key(to)?;
+    let old_fp = person.account.identity.current.public().fingerprint();
+    let statement = statements::key_rotation(&name, &old_fp.0, new.public().spki_der());
+    let signature = person.account.identity.current.sign(&statement)?;
+    person
+        .account
+        .api
+        .rotate_key(new.public().spki_der(), &signature)
+        .await?;
+    person
+        .account
+        .keys
+        .rotate(&person.account.identity, &new, PASSPHRASE)?;
+    let keys = person.account.keys.clone();
+    person.account =
+        Account::open_with(server, keys, &name, PASSPHRASE.into(), &password(&name)).await?;
+    Ok(())
+}
+
+fn rejection_at(shown: &[Shown], seq: i64) -> Option<String> {
+    shown.iter().find_map(|s| match s {
+        Shown::Rejected {
+            seq: at, reason, ..
+        } if *at == seq => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_and_sender_keys_signed_with_a_retired_key_are_refused_after_the_rotation()
+-> Result<()> {
+    let app = spawn_app().await?;
+    let (mut alice, mut bob) = (
+        person(&app.base_url, "alice").await?,
+        person(&app.base_url, "bob").await?,
+    );
+    let dm = alice.account.api.open_dm("bob").await?.id;
+    bob.say(dm, "bob before rotating").await?;
+    let stolen = fixture_key("bob")?;
+    rotate(&mut bob, &app.base_url, "dave").await?;
+    bob.say(dm, "bob after rotating").await?;
+
+    // Whoever stole bob's old key, helped by the server (bob's session),
+    // posts a new sender-key epoch and a message, both signed with it.
+    let thief = DeviceId([0xee; 16]);
+    let key = SenderKey::generate(1)?;
+    let (alice_key, dave_key) = (fixture_key("alice")?, fixture_key("dave")?);
+    let recipients = [
+        Recipient {
+            username: "alice",
+            identity: alice_key.public(),
+        },
+        Recipient {
+            username: "bob",
+            identity: dave_key.public(),
+        },
+    ];
+    let distribution =
+        sender_keys::seal_distribution(dm.0, "bob", &thief, &key, &recipients, &stolen)?;
+    let forged = envelope::seal(
+        dm.0,
+        "bob",
+        &thief,
+        &key,
+        0,
+        &Payload::text("forged with the retired key"),
+        &stolen,
+    )?;
+    let seqs = post_raw(&bob, dm, &[distribution, forged]).await?;
+
+    for reader in [&mut alice, &mut bob] {
+        let shown = reader.read(dm).await?;
+        assert_eq!(
+            texts(&shown),
+            [
+                pair("bob", "bob before rotating"),
+                pair("bob", "bob after rotating")
+            ],
+            "{}: history before the rotation still verifies, the forgery does not",
+            reader.name()
+        );
+        for seq in &seqs {
+            let reason = rejection_at(&shown, *seq)
+                .with_context(|| format!("{}: #{seq} is not rejected", reader.name()))?;
+            assert!(
+                reason.contains("retired"),
+                "{}: #{seq} rejected for the wrong reason: {reason}",
+                reader.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_seen_in_no_key_entry_is_found_by_fetching_the_keys_again() -> Result<()> {
+    let app = spawn_app().await?;
+    let (mut alice, mut bob, mut carol) = (
+        person(&app.base_url, "alice").await?,
+        person(&app.base_url, "bob").await?,
+        person(&app.base_url, "carol").await?,
+    );
+    let room = room_of_three(&mut alice, &mut bob, &mut carol).await?;
+    bob.say(room, "bob with his first key").await?;
+    // Carol pins bob's first key and keeps it cached.
+    assert_eq!(
+        texts(&carol.read(room).await?),
+        [pair("bob", "bob with his first key")]
+    );
+    rotate(&mut bob, &app.base_url, "dave").await?;
+    // A DM made after the rotation holds no `key` entry for carol to see.
+    let dm = bob.account.api.open_dm("carol").await?.id;
+    bob.say(dm, "hello from my new key").await?;
+    let shown = carol.read(dm).await?;
+    assert_eq!(
+        texts(&shown),
+        [pair("bob", "hello from my new key")],
+        "carol follows bob's rotation after one look-up: {:?}",
+        rejected_seqs(&shown)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_devices_of_one_identity_send_at_once_and_every_message_is_readable() -> Result<()>
+{
+    let app = spawn_app().await?;
+    let (mut alice, mut carol) = (
+        person(&app.base_url, "alice").await?,
+        person(&app.base_url, "carol").await?,
+    );
+    let room = alice.account.api.create_room("together").await?.id;
+    alice.account.api.invite(room, "carol").await?;
+    carol.account.api.join(room).await?;
+
+    // A second key store with alice's key imported, and a second run of
+    // the first key store: three devices of one identity.
+    let export = alice._keys.path().join("alice.export.json");
+    alice.account.keys.export("alice", &export)?;
+    let imported_dir = tempfile::tempdir()?;
+    let imported = KeyStore::new(imported_dir.path());
+    imported.import(&export)?;
+    let alice_password = password("alice");
+    let mut laptop = Person {
+        account: Account::open_with(
+            &app.base_url,
+            imported,
+            "alice",
+            PASSPHRASE.into(),
+            &alice_password,
+        )
+        .await?,
+        _keys: imported_dir,
+    };
+    let mut second_window = Person {
+        account: Account::open_with(
+            &app.base_url,
+            alice.account.keys.clone(),
+            "alice",
+            PASSPHRASE.into(),
+            &alice_password,
+        )
+        .await?,
+        _keys: tempfile::tempdir()?,
+    };
+    let devices = [
+        alice.account.device.id(),
+        laptop.account.device.id(),
+        second_window.account.device.id(),
+    ];
+    assert!(
+        devices[0] != devices[1] && devices[1] != devices[2] && devices[0] != devices[2],
+        "each running client has its own device id"
+    );
+
+    let (a, b, c) = tokio::join!(
+        talk(&mut alice, room, "desk"),
+        talk(&mut laptop, room, "laptop"),
+        talk(&mut second_window, room, "window")
+    );
+    a?;
+    b?;
+    c?;
+
+    for reader in [&mut carol, &mut alice] {
+        let shown = reader.read(room).await?;
+        assert!(
+            rejected_seqs(&shown).is_empty(),
+            "{}: nothing rejected",
+            reader.name()
+        );
+        let mut got: Vec<String> = texts(&shown).into_iter().map(|(_, t)| t).collect();
+        got.sort();
+        let mut want: Vec<String> = ["desk", "laptop", "window"]
+            .iter()
+            .flat_map(|label| (0..EACH).map(move |i| format!("{label} {i}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{} reads every message", reader.name());
+        let senders: std::collections::HashSet<DeviceId> = shown
+            .iter()
+            .filter_map(|s| match s {
+                Shown::Message { device, .. } => *device,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(senders.len(), 3, "three devices sent");
+    }
+    Ok(())
+}
+
+const EACH: usize = 6;
+
+async fn talk(person: &mut Person, room: RoomId, label: &str) -> Result<()> {
+    for i in 0..EACH {
+        person.say(room, &format!("{label} {i}")).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_type_no_client_knows_shows_as_unsupported_not_rejected() -> Result<()> {
+    let app = spawn_app().await?;
+    let (alice, mut bob) = (
+        person(&app.base_url, "alice").await?,
+        person(&app.base_url, "bob").await?,
+    );
+    let dm = alice.account.api.open_dm("bob").await?.id;
+    let device = DeviceId([0x42; 16]);
+    let key = SenderKey::generate(1)?;
+    let (alice_key, bob_key) = (fixture_key("alice")?, fixture_key("bob")?);
+    let recipients = [
+        Recipient {
+            username: "alice",
+            identity: alice_key.public(),
+        },
+        Recipient {
+            username: "bob",
+            identity: bob_key.public(),
+        },
+    ];
+    let distribution =
+        sender_keys::seal_distribution(dm.0, "alice", &device, &key, &recipients, &alice_key)?;
+    let future = envelope::seal_plaintext(
+        dm.0,
+        "alice",
+        &device,
+        &key,
+        0,
+        br#"{"v":1,"t":"poll","question":"lunch?","options":["yes","no"]}"#,
+        &alice_key,
+    )?;
+    let seqs = post_raw(&alice, dm, &[distribution, future]).await?;
+    let shown = bob.read(dm).await?;
+    let entry = shown
+        .iter()
+        .find(|s| s.seq() == seqs[1])
+        .context("the entry is shown")?;
+    assert!(
+        matches!(entry, Shown::Unsupported { sender, .. } if sender == "alice"),
+        "an unknown type is shown as 'update hush', not rejected"
+    );
+    Ok(())
 }
