@@ -173,6 +173,17 @@ test("a key exported by the command line works in the page, and the page's backu
   assert.deepEqual(again.filter((l) => l.kind === "rejected"), []);
   const devices = new Set(again.filter((l) => l.kind === "message").map((l) => l.device));
   assert.equal(devices.size, 2, `one device for the page, one for the terminal: ${[...devices]}`);
+  // Each client lists both devices, and knows which one is its own.
+  await dora.getByRole("button", { name: "Your devices" }).click();
+  const rows = dora.locator("#devices-body tr");
+  await rows.nth(1).waitFor();
+  const pageDevice = (await rows.filter({ hasText: "this tab" }).locator("td").first().textContent()).trim();
+  const pageRows = (await rows.allTextContents()).map((r) => r.slice(0, 8));
+  await dora.keyboard.press("Escape");
+  assert.deepEqual(pageRows.sort(), [...devices].sort(), "the page lists the devices the terminal saw");
+  const listed = hush(server, keys, "dora", ["keys", "devices"]);
+  assert.match(listed, new RegExp(`${pageDevice}  last sent [^(\n]*\n`), `the terminal lists the page's device, not as its own:\n${listed}`);
+  assert.match(listed, /\(this key store/);
 
   // The page's download is a `hush keys export` bundle the CLI imports.
   const [download] = await Promise.all([dora.waitForEvent("download"), dora.getByRole("button", { name: "Download key backup" }).click()]);
