@@ -27,11 +27,21 @@ impl Server {
             .await?
             .local_addr()?
             .port();
-        Self::start_at(dir, port).await
+        Self::start_at(dir, port, &[]).await
+    }
+
+    /// `hush serve` with extra flags (limits).
+    async fn start_with(flags: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await?
+            .local_addr()?
+            .port();
+        Self::start_at(dir, port, flags).await
     }
 
     /// Serves the database in `dir` on `port` (again, after a stop).
-    async fn start_at(dir: tempfile::TempDir, port: u16) -> Result<Self> {
+    async fn start_at(dir: tempfile::TempDir, port: u16, flags: &[&str]) -> Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -44,6 +54,7 @@ impl Server {
                 "--log-level",
                 "trace",
             ])
+            .args(flags)
             .arg("--db")
             .arg(dir.path().join("data/hush.db"))
             .env_remove("HUSH_LOG")
@@ -467,7 +478,7 @@ async fn hush_chat_talks_live_survives_a_server_restart_and_sends_offline_lines_
     out.wait_for("* disconnected")?;
     writeln!(input, "typed while the server was down")?;
     out.wait_for("will send when reconnected")?;
-    let server = Server::start_at(dir, port).await?;
+    let server = Server::start_at(dir, port, &[]).await?;
     out.wait_for("* reconnected")?;
     ok(hush(
         &url,
@@ -745,6 +756,35 @@ async fn a_long_paste_into_hush_chat_is_stored_once_in_order_and_all_of_it_reads
         "every line stored exactly once"
     );
     assert!(texts == expected, "stored in the order typed");
+    server.stop()?;
+    Ok(())
+}
+
+/// A login the server throttles (HTTP 429 with a wait) is waited out and
+/// tried again, with a word to the user, instead of failing the command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_login_is_waited_out_not_turned_into_a_failure() -> Result<()> {
+    let server = Server::start_with(&["--login-rate", "1/s:1"]).await?;
+    let home = tempfile::tempdir()?;
+    let keys = home.path().join("keys");
+    let url = server.url.clone();
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["keys", "new", "alice", "--bits", "2048"],
+    )?)?;
+    ok(hush(&url, &keys, "alice", &["register"])?)?;
+    let mut waited = false;
+    for _ in 0..3 {
+        let output = hush(&url, &keys, "alice", &["room", "list"])?;
+        waited |= String::from_utf8_lossy(&output.stderr).contains("asks us to wait");
+        ok(output)?;
+    }
+    assert!(
+        waited,
+        "at one login a second, a quick second command has to wait"
+    );
     server.stop()?;
     Ok(())
 }
