@@ -33,6 +33,7 @@ test("unknown payloads show 'update hush', not 'rejected'; duplicates and replay
   await mia.locator("#room-title").filter({ hasText: "lab" }).waitFor();
   await mia.getByLabel("Invite someone").fill("rex");
   await mia.getByRole("button", { name: "Invite", exact: true }).click();
+  await mia.locator("#timeline .event", { hasText: "mia invited rex" }).waitFor();
   const room = (await rex.api("GET", "/invitations"))[0].room;
   await rex.api("POST", `/rooms/${room}/join`);
   await mia.locator("#timeline .event", { hasText: "rex joined" }).waitFor();

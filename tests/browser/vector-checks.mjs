@@ -140,6 +140,21 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
   check("duplicates: empty names", dup('{"":1,"":2}'));
   check("duplicates: a value equal to a name is fine", !dup('{"a":"a","b":"a"}'));
 
+  // "v" is read as the Rust client reads a u64: digits only, below 2^64.
+  const kindOf = (json) => {
+    try {
+      const p = c.decodePayload(new TextEncoder().encode(json));
+      return p === c.UNSUPPORTED ? "unsupported" : p.t;
+    } catch (e) {
+      return e.code;
+    }
+  };
+  for (const [json, expected] of [
+    ['{"v":1.0,"t":"text","text":"x"}', "OpenFailed"], ['{"v":1e0,"t":"text","text":"x"}', "OpenFailed"],
+    ['{"t":"text","text":"x","v" : 1 }', "text"], ['{"x":{"v":0},"t":"text","text":"x"}', "text"],
+    ['{"v":9007199254740993,"t":"text","text":"x"}', "unsupported"], ['{"v":18446744073709551616,"t":"text","text":"x"}', "OpenFailed"],
+  ]) check(`payload version ${json}`, kindOf(json) === expected, kindOf(json));
+
   // File names from messages are never paths (§19).
   const names = [["cat.png", "cat.png"], ["../../etc/passwd", "passwd"], ["a\\b\\c.txt", "c.txt"], ["x/", "attachment"],
     ["..", "attachment"], ["bad\u0000na\nme", "bad_na_me"], ["", "attachment"]];

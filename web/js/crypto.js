@@ -193,10 +193,9 @@ function fileBytes(data) {
 export function decodePayload(bytes) {
   const { text, value } = parseJson(bytes);
   if (hasDuplicateKeys(text)) throw new CryptoError("OpenFailed");
-  const version = value.v === undefined ? 1 : value.v;
-  if (!Number.isSafeInteger(version) || version < 1) throw new CryptoError("OpenFailed");
+  const version = value.v === undefined ? 1n : payloadVersion(text);
   if (typeof value.t !== "string") throw new CryptoError("OpenFailed");
-  if (version > PAYLOAD_VERSION) return UNSUPPORTED;
+  if (version > BigInt(PAYLOAD_VERSION)) return UNSUPPORTED;
   if (value.t === "text") {
     if (typeof value.text !== "string") throw new CryptoError("OpenFailed");
     return textPayload(value.text);
@@ -218,6 +217,49 @@ export function decodePayloadV1(bytes) {
     return filePayload(value.name, value.mime, fileBytes(value.data));
   }
   throw new CryptoError("OpenFailed");
+}
+
+/**
+ * The top-level "v" of `text` (valid JSON, one object holding a "v") as a
+ * BigInt, read from its digits as the Rust client reads a u64: a positive
+ * integer written without fraction or exponent, below 2^64; anything else
+ * (1.0, 1e0, "1", 0, -1) is OpenFailed. JSON.parse alone would take 1.0 as 1.
+ */
+function payloadVersion(text) {
+  const raw = topLevelValue(text, "v");
+  if (!/^[0-9]+$/.test(raw)) throw new CryptoError("OpenFailed");
+  const version = BigInt(raw);
+  if (version < 1n || version > 0xffffffffffffffffn) throw new CryptoError("OpenFailed");
+  return version;
+}
+
+/** The raw text of member `name`'s value in the outermost object of `text` (valid JSON), trimmed. */
+function topLevelValue(text, name) {
+  let depth = 0;
+  let isKeyNext = false;
+  let start = -1;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
+      if (depth === 1 && isKeyNext && JSON.parse(text.slice(i, end + 1)) === name) {
+        start = text.indexOf(":", end) + 1;
+      }
+      isKeyNext = false;
+      i = end;
+    } else if (ch === "{" || ch === "[") {
+      depth += 1;
+      isKeyNext = ch === "{" && depth === 1;
+    } else if (ch === "}" || ch === "]") {
+      if (depth === 1 && start >= 0) return text.slice(start, i).trim();
+      depth -= 1;
+    } else if (ch === "," && depth === 1) {
+      if (start >= 0) return text.slice(start, i).trim();
+      isKeyNext = true;
+    }
+  }
+  return "";
 }
 
 /**
