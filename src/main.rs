@@ -61,6 +61,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         "http"
     };
+    let shutdown = shutdown_signal();
     let store = Store::open_with(&args.db, args.durability.into())
         .await
         .with_context(|| format!("opening database {}", args.db.display()))?;
@@ -68,7 +69,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hush::server::bind(args.addr).with_context(|| format!("listening on {}", args.addr))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, db = %args.db.display(), registration = ?config.registration, "hush listening on {scheme}://{local} with database {}", args.db.display());
-    hush::server::run(listener, store, config, shutdown_signal()).await;
+    hush::server::run(listener, store, config, shutdown).await;
     tracing::info!("hush stopped");
     Ok(())
 }
@@ -98,13 +99,19 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before
+/// the server starts: installed on the future's first poll, a SIGTERM that
+/// came early (a supervisor stopping a server that just came up) killed the
+/// process without a clean shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler works");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler works");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

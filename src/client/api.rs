@@ -39,6 +39,9 @@ impl ApiError {
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
+/// The longest a login waits out the server's throttling before giving up.
+const MAX_LOGIN_WAIT_SECS: u64 = 90;
+
 /// A room as the server describes it to a member.
 #[derive(Debug, Clone, serde::Deserialize, Serialize)]
 pub struct Room {
@@ -145,7 +148,23 @@ impl Api {
             username: username.to_owned(),
             password: password.to_owned(),
         };
-        let reply: LoginResponse = self.post("/api/v1/login", &request).await?;
+        let mut waited = 0;
+        let reply: LoginResponse = loop {
+            match self.post("/api/v1/login", &request).await {
+                Err(ApiError::Refused {
+                    status: 429 | 503,
+                    message,
+                    retry_after_secs: Some(wait),
+                    ..
+                }) if waited + wait <= MAX_LOGIN_WAIT_SECS => {
+                    // Throttled or busy, not refused: wait as told, then try again.
+                    eprintln!("hush: the server asks us to wait {wait} s ({message}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                    waited += wait.max(1);
+                }
+                other => break other?,
+            }
+        };
         Ok((self.clone().with_token(reply.token.clone()), reply))
     }
 

@@ -271,20 +271,9 @@ pub fn seal(
     payload: &Payload,
     signer: &IdentityPrivateKey,
 ) -> Result<Vec<u8>, CryptoError> {
-    let nonce = random_bytes::<NONCE_LEN>()?;
-    let chain = Chain {
-        version: FORMAT_VERSION,
-        room_id,
-        sender,
-        device,
-    };
-    seal_raw(
-        &chain,
-        sender_key,
-        counter,
-        &nonce,
-        &payload.to_bytes(),
-        signer,
+    let plaintext = payload.to_bytes();
+    seal_plaintext(
+        room_id, sender, device, sender_key, counter, &plaintext, signer,
     )
 }
 

@@ -62,9 +62,18 @@ impl SendHold {
     }
 
     /// Marks a connection backed up (once, however often it is called).
+    ///
+    /// The count goes up *before* the flag is set, so an `unflag` that sees
+    /// the flag always finds the count to take it from; counting after
+    /// setting the flag let a racing `unflag` take 1 from 0.
     pub fn flag(&self, conn: &AtomicBool) {
-        if !conn.swap(true, SeqCst) {
-            self.backed_up.fetch_add(1, SeqCst);
+        if conn.load(SeqCst) {
+            return;
+        }
+        self.backed_up.fetch_add(1, SeqCst);
+        if conn.swap(true, SeqCst) {
+            // Flagged by someone else meanwhile: theirs is the count.
+            self.backed_up.fetch_sub(1, SeqCst);
         }
     }
 

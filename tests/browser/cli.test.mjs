@@ -9,7 +9,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import {
-  connected, hush, launchBrowser, message, openConversation, openPage, registerInPage, removeDir, screenshot, sendText, ownServer, tempDir,
+  connected, hush, launchBrowser, message, openConversation, openPage, registerInPage, removeDir, screenshot, sendText, ownServer, shownTexts,
+  tempDir,
 } from "./harness.mjs";
 
 let browser;
@@ -154,6 +155,35 @@ test("a key exported by the command line works in the page, and the page's backu
   await message(dora, "written in the browser").waitFor();
   const lines = readJson(server, keys, "dora", ["--room", "diary"], join(work, "dora-downloads"));
   assert.deepEqual(lines.filter((l) => l.kind === "message").map((l) => l.text), ["written in the browser"]);
+
+  // The same identity in the page and in the terminal, taking turns: each
+  // sends under its own device id, so neither's sender key or counters
+  // collide with the other's (issue 14: both used to pick "highest epoch + 1").
+  hush(server, keys, "dora", ["send", "--room", "diary", "written in the terminal"]);
+  await message(dora, "written in the terminal").waitFor();
+  await sendText(dora, "the browser again");
+  await message(dora, "the browser again").waitFor();
+  hush(server, keys, "dora", ["send", "--room", "diary", "the terminal again"]);
+  await message(dora, "the terminal again").waitFor();
+  const both = ["written in the browser", "written in the terminal", "the browser again", "the terminal again"];
+  assert.deepEqual(await shownTexts(dora), both);
+  assert.equal(await dora.locator("#timeline li.rejected").count(), 0);
+  const again = readJson(server, keys, "dora", ["--room", "diary"], join(work, "dora-downloads"));
+  assert.deepEqual(again.filter((l) => l.kind === "message").map((l) => l.text), both);
+  assert.deepEqual(again.filter((l) => l.kind === "rejected"), []);
+  const devices = new Set(again.filter((l) => l.kind === "message").map((l) => l.device));
+  assert.equal(devices.size, 2, `one device for the page, one for the terminal: ${[...devices]}`);
+  // Each client lists both devices, and knows which one is its own.
+  await dora.getByRole("button", { name: "Your devices" }).click();
+  const rows = dora.locator("#devices-body tr");
+  await rows.nth(1).waitFor();
+  const pageDevice = (await rows.filter({ hasText: "this tab" }).locator("td").first().textContent()).trim();
+  const pageRows = (await rows.allTextContents()).map((r) => r.slice(0, 8));
+  await dora.keyboard.press("Escape");
+  assert.deepEqual(pageRows.sort(), [...devices].sort(), "the page lists the devices the terminal saw");
+  const listed = hush(server, keys, "dora", ["keys", "devices"]);
+  assert.match(listed, new RegExp(`${pageDevice}  last sent [^(\n]*\n`), `the terminal lists the page's device, not as its own:\n${listed}`);
+  assert.match(listed, /\(this key store/);
 
   // The page's download is a `hush keys export` bundle the CLI imports.
   const [download] = await Promise.all([dora.waitForEvent("download"), dora.getByRole("button", { name: "Download key backup" }).click()]);

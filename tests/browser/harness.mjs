@@ -3,7 +3,7 @@
 // playwright-core, and helpers to drive the page as a person would.
 
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -108,6 +108,12 @@ export async function launchBrowser() {
  */
 export async function openPage(browser, server, options = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 }, acceptDownloads: true, ...options });
+  return openPageIn(context, server);
+}
+
+/** Another page (a tab) in `context`: same IndexedDB, so the same signed-in user. */
+export async function openPageIn(context, server) {
+  if (process.env.HUSH_WEB_DIR && !context.servesWebDir) await serveWebDir(context, server, process.env.HUSH_WEB_DIR);
   const page = await context.newPage();
   page.requests = [];
   page.errors = [];
@@ -116,6 +122,22 @@ export async function openPage(browser, server, options = {}) {
   page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
   await page.goto(server.url + "/");
   return page;
+}
+
+/**
+ * Development only: HUSH_WEB_DIR=web serves the page's files from that
+ * folder instead of the binary's embedded copy (same headers), to iterate
+ * on web/ without rebuilding `hush`. Results count only without it.
+ */
+async function serveWebDir(context, server, dir) {
+  context.servesWebDir = true;
+  await context.route(`${server.url}/**`, async (route) => {
+    const path = new URL(route.request().url()).pathname;
+    const file = join(dir, path === "/" ? "index.html" : path.slice(1));
+    if (path.startsWith("/api/") || path === "/ws" || !existsSync(file)) return route.continue();
+    const response = await route.fetch();
+    return route.fulfill({ response, body: readFileSync(file) });
+  });
 }
 
 /** Fills the "Create account" form; resolves when the chat view shows. */
@@ -141,6 +163,43 @@ export async function sendText(page, text) {
   await page.getByLabel("Message", { exact: true }).fill(text);
   await page.getByLabel("Message", { exact: true }).press("Enter");
 }
+
+/** Creates a group room in the page and invites `invitees`; each of `joiners` (pages) joins it. */
+export async function roomWith(page, name, joiners = {}) {
+  await page.getByLabel("New room").fill(name);
+  await page.getByRole("button", { name: "Create", exact: true }).click();
+  await page.locator("#room-title").filter({ hasText: name }).waitFor();
+  for (const [user, joiner] of Object.entries(joiners)) {
+    await page.getByLabel("Invite someone").fill(user);
+    await page.getByRole("button", { name: "Invite", exact: true }).click();
+    if (!joiner) continue;
+    await joiner.getByRole("button", { name: `Join ${name}` }).click();
+    await joiner.locator("#room-title").filter({ hasText: name }).waitFor();
+    await page.locator("#timeline .event", { hasText: `${user} joined` }).waitFor();
+  }
+}
+
+/** Counts the page's WebSocket connections, `send` frames and the `rate_limited` errors they get. */
+export function watchSockets(page) {
+  const seen = { sockets: 0, sends: 0, rateLimited: 0, held: 0 };
+  page.on("websocket", (ws) => {
+    seen.sockets += 1;
+    ws.on("framesent", (f) => {
+      if (String(f.payload).includes('"type":"send"')) seen.sends += 1;
+    });
+    ws.on("framereceived", (f) => {
+      const frame = JSON.parse(String(f.payload));
+      if (frame.type === "error" && frame.code === "rate_limited") {
+        seen.rateLimited += 1;
+        if (/held behind/.test(frame.message)) seen.held += 1;
+      }
+    });
+  });
+  return seen;
+}
+
+/** The texts of the messages the page shows from the log, in order. */
+export const shownTexts = (page) => page.locator("#timeline li.msg:not(.pending) .text").allTextContents();
 
 /** The timeline item (rendered from the log, not a pending one) holding `text`. */
 export const message = (page, text) => page.locator("#timeline li.msg:not(.pending)", { hasText: text });

@@ -33,57 +33,93 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
     check(`safety number ${x.first_username}/${x.second_username}`, got === x.safety_number, got);
   }
 
-  const env = vectors.envelope;
-  const sender = await c.publicIdentity(b64(env.sender_spki_der_b64));
-  const signer = await privateOf(env.sender_fixture);
-  const key = await c.senderKey(env.epoch, unhex(env.sender_key_hex));
-  const context = { roomId: env.room_id, sender: env.sender, senderIdentity: sender };
-  for (const x of env.accept) {
-    const payload = c.decodePayload(new TextEncoder().encode(x.payload_json));
-    check(`${x.name}: payload re-encodes identically`, new TextDecoder().decode(c.encodePayload(payload)) === x.payload_json);
-    const sealed = await c.sealEnvelope(env.room_id, env.sender, key, BigInt(x.counter), payload, signer, unhex(x.nonce_hex));
-    const expected = b64(x.envelope_b64);
-    check(`${x.name}: sealed bytes before the signature`, hex(sealed.subarray(0, x.signed_len)) === hex(expected.subarray(0, x.signed_len)));
-    check(`${x.name}: AAD`, hex(expected.subarray(0, x.aad_hex.length / 2)) === x.aad_hex);
-    const ct = b64(x.ciphertext_and_tag_b64);
-    check(`${x.name}: AES-GCM output`, hex(sealed).includes(hex(ct)));
-    const replay = new c.ReplayTracker();
-    const opened = await c.openEnvelope(expected, context, key, replay);
-    check(`${x.name}: opens`, new TextDecoder().decode(c.encodePayload(opened.payload)) === x.payload_json);
-    check(`${x.name}: header`, opened.header.counter === BigInt(x.counter) && opened.header.epoch === env.epoch);
-    const reopened = await c.openEnvelope(sealed, context, key, new c.ReplayTracker());
-    check(`${x.name}: our own seal opens`, reopened.header.counter === BigInt(x.counter));
-  }
-  for (const x of env.reject) {
-    const replay = new c.ReplayTracker();
-    const ctx = { roomId: x.room_id, sender: x.sender, senderIdentity: await c.publicIdentity(b64(x.sender_spki_der_b64)) };
-    const k = await c.senderKey(env.epoch, unhex(x.sender_key_hex));
-    for (const first of x.open_first_b64) await c.openEnvelope(b64(first), ctx, k, replay);
-    const got = await errorOf(() => c.openEnvelope(b64(x.envelope_b64), ctx, k, replay));
-    check(`envelope reject: ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+  // Envelopes, format version 2 and version 1 (history still read).
+  for (const env of [vectors.envelope, vectors.envelope_v1]) {
+    const v = env.format_version;
+    const device = v >= 2 ? unhex(env.device_id_hex) : c.LEGACY_DEVICE;
+    const sender = await c.publicIdentity(b64(env.sender_spki_der_b64));
+    const signer = await privateOf(env.sender_fixture);
+    const key = await c.senderKey(env.epoch, unhex(env.sender_key_hex));
+    const context = { roomId: env.room_id, sender: env.sender, senderIdentity: sender };
+    for (const x of env.accept) {
+      const payload = c.decodePayload(new TextEncoder().encode(x.payload_json));
+      const encode = v >= 2 ? c.encodePayload : c.encodePayloadV1;
+      check(`v${v} ${x.name}: payload re-encodes identically`, new TextDecoder().decode(encode(payload)) === x.payload_json);
+      const sealed = await c.sealEnvelopeRaw({
+        version: v, roomId: env.room_id, sender: env.sender, device, key, counter: BigInt(x.counter),
+        plaintext: encode(payload), signer, nonce: unhex(x.nonce_hex),
+      });
+      const expected = b64(x.envelope_b64);
+      check(`v${v} ${x.name}: sealed bytes before the signature`, hex(sealed.subarray(0, x.signed_len)) === hex(expected.subarray(0, x.signed_len)));
+      check(`v${v} ${x.name}: AAD`, hex(expected.subarray(0, x.aad_hex.length / 2)) === x.aad_hex);
+      const ct = b64(x.ciphertext_and_tag_b64);
+      check(`v${v} ${x.name}: AES-GCM output`, hex(sealed).includes(hex(ct)));
+      const opened = await c.openEnvelope(expected, context, key, new c.ReplayTracker());
+      check(`v${v} ${x.name}: opens`, new TextDecoder().decode(encode(opened.payload)) === x.payload_json);
+      check(`v${v} ${x.name}: header`, opened.header.counter === BigInt(x.counter) && opened.header.epoch === env.epoch
+        && opened.header.version === v && hex(opened.header.device) === hex(device) && !opened.isLate);
+      const reopened = await c.openEnvelope(sealed, context, key, new c.ReplayTracker());
+      check(`v${v} ${x.name}: our own seal opens`, reopened.header.counter === BigInt(x.counter));
+    }
+    for (const x of env.reorder) {
+      const replay = new c.ReplayTracker();
+      for (const first of x.open_first_b64) await c.openEnvelope(b64(first), context, key, replay);
+      const opened = await c.openEnvelope(b64(x.envelope_b64), context, key, replay);
+      check(`v${v} reorder: ${x.name}`, opened.isLate === x.late, `late ${opened.isLate}`);
+      const again = await errorOf(() => c.openEnvelope(b64(x.envelope_b64), context, key, replay));
+      check(`v${v} reorder: ${x.name}, then the same again is a replay`, again === "Replay", again);
+    }
+    for (const x of env.reject) {
+      const replay = new c.ReplayTracker();
+      const ctx = { roomId: x.room_id, sender: x.sender, senderIdentity: await c.publicIdentity(b64(x.sender_spki_der_b64)) };
+      const k = await c.senderKey(env.epoch, unhex(x.sender_key_hex));
+      for (const first of x.open_first_b64) await c.openEnvelope(b64(first), ctx, k, replay);
+      const got = await errorOf(() => c.openEnvelope(b64(x.envelope_b64), ctx, k, replay));
+      check(`v${v} envelope reject: ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+    }
   }
 
-  const sk = vectors.sender_key;
-  const dist = b64(sk.distribution_b64);
-  const header = c.peekDistribution(dist);
-  check("distribution header", header.roomId === sk.room_id && header.sender === sk.sender && header.epoch === sk.epoch
-    && header.recipients.map((r) => `${r.username}:${r.fpHex}`).join() === sk.recipients.map((r) => `${r.username}:${r.fingerprint_hex}`).join());
-  const skSender = await c.publicIdentity(b64(sk.sender_spki_der_b64));
-  for (const r of sk.recipients) {
-    const mine = await privateOf(r.fixture);
-    const opened = await c.openDistribution(dist, { roomId: sk.room_id, sender: sk.sender, senderIdentity: skSender }, r.username, mine);
-    check(`distribution opens for ${r.username}`, hex(opened.raw) === sk.sender_key_hex && opened.epoch === sk.epoch);
+  // Version-2 payload rules.
+  for (const x of vectors.payload.cases) {
+    let got;
+    try {
+      const p = c.decodePayload(new TextEncoder().encode(x.payload_json));
+      got = p === c.UNSUPPORTED ? "unsupported" : p.t;
+      if (x.text !== undefined && p.text !== x.text) got = `text ${JSON.stringify(p.text)}`;
+    } catch (e) {
+      got = e.code || String(e);
+    }
+    check(`payload: ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
   }
-  for (const x of sk.reject) {
-    const ctx = { roomId: x.room_id, sender: x.sender, senderIdentity: await c.publicIdentity(b64(x.sender_spki_der_b64)) };
-    const got = await errorOf(async () => c.openDistribution(b64(x.distribution_b64), ctx, x.me, await privateOf(x.me_fixture)));
-    check(`distribution reject: ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+
+  // Distributions, format version 2 and version 1.
+  for (const sk of [vectors.sender_key, vectors.sender_key_v1]) {
+    const v = sk.format_version;
+    const dist = b64(sk.distribution_b64);
+    const header = c.peekDistribution(dist);
+    check(`v${v} distribution header`, header.roomId === sk.room_id && header.sender === sk.sender && header.epoch === sk.epoch
+      && header.version === v && hex(header.device) === (v >= 2 ? sk.device_id_hex : hex(c.LEGACY_DEVICE))
+      && header.recipients.map((r) => `${r.username}:${r.fpHex}`).join() === sk.recipients.map((r) => `${r.username}:${r.fingerprint_hex}`).join());
+    const skSender = await c.publicIdentity(b64(sk.sender_spki_der_b64));
+    for (const r of sk.recipients) {
+      const mine = await privateOf(r.fixture);
+      const opened = await c.openDistribution(dist, { roomId: sk.room_id, sender: sk.sender, senderIdentity: skSender }, r.username, mine);
+      check(`v${v} distribution opens for ${r.username}`, hex(opened.raw) === sk.sender_key_hex && opened.epoch === sk.epoch);
+    }
+    for (const x of sk.reject) {
+      const ctx = { roomId: x.room_id, sender: x.sender, senderIdentity: await c.publicIdentity(b64(x.sender_spki_der_b64)) };
+      const got = await errorOf(async () => c.openDistribution(b64(x.distribution_b64), ctx, x.me, await privateOf(x.me_fixture)));
+      check(`v${v} distribution reject: ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+    }
   }
 
   // Round trip of our own distribution: alice wraps for bob and carol.
+  const sender = await c.publicIdentity(spkiOf.alice);
+  const signer = await privateOf("alice");
   const recipients = [];
   for (const name of ["alice", "bob", "carol"]) recipients.push({ username: name, identity: await c.publicIdentity(spkiOf[name]) });
-  const state = new c.SenderKeyState(7, "alice");
+  const device = c.newDeviceId();
+  const state = new c.SenderKeyState(7, "alice", device);
   check("first send needs a key", state.rotationNeeded(recipients)?.reason === "no_key_yet");
   const ours = await state.rotate(recipients, signer);
   check("no rotation while members are unchanged", state.rotationNeeded(recipients) === null);
@@ -91,6 +127,51 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
   const bobKey = await c.openDistribution(ours, { roomId: 7, sender: "alice", senderIdentity: sender }, "bob", await privateOf("bob"));
   const msg = await state.seal(c.textPayload("round trip"), signer);
   const back = await c.openEnvelope(msg, { roomId: 7, sender: "alice", senderIdentity: sender }, bobKey, new c.ReplayTracker());
-  check("own distribution and envelope open for bob", back.payload.text === "round trip" && back.header.counter === 0n);
+  check("own distribution and envelope open for bob", back.payload.text === "round trip" && back.header.counter === 0n
+    && back.header.version === 2 && hex(back.header.device) === hex(device));
+  check("a new device id is 16 bytes, not the legacy one", device.length === 16 && !c.isLegacyDevice(device));
+
+  // The page's duplicate-member scanner, beyond the vectors: escapes, depth, strings that look like syntax.
+  const dup = (json) => c.hasDuplicateKeys(json);
+  check("duplicates: none", !dup('{"a":1,"b":{"a":2},"c":[{"a":1},{"a":1}]}'));
+  check("duplicates: same name escaped", dup('{"a":1,"\\u0061":2}'));
+  check("duplicates: deep in an array", dup('{"x":[1,{"y":{"k":1,"k":2}}]}'));
+  check("duplicates: braces and quotes inside strings", !dup('{"k":"}{\\"k\\":","k2":"[,\\"k\\"]"}'));
+  check("duplicates: empty names", dup('{"":1,"":2}'));
+  check("duplicates: a value equal to a name is fine", !dup('{"a":"a","b":"a"}'));
+
+  // "v" is read as the Rust client reads a u64: digits only, below 2^64.
+  const kindOf = (json) => {
+    try {
+      const p = c.decodePayload(new TextEncoder().encode(json));
+      return p === c.UNSUPPORTED ? "unsupported" : p.t;
+    } catch (e) {
+      return e.code;
+    }
+  };
+  for (const [json, expected] of [
+    ['{"v":1.0,"t":"text","text":"x"}', "OpenFailed"], ['{"v":1e0,"t":"text","text":"x"}', "OpenFailed"],
+    ['{"t":"text","text":"x","v" : 1 }', "text"], ['{"x":{"v":0},"t":"text","text":"x"}', "text"],
+    ['{"v":9007199254740993,"t":"text","text":"x"}', "unsupported"], ['{"v":18446744073709551616,"t":"text","text":"x"}', "OpenFailed"],
+  ]) check(`payload version ${json}`, kindOf(json) === expected, kindOf(json));
+
+  // File names from messages are never paths (§19).
+  const names = [["cat.png", "cat.png"], ["../../etc/passwd", "passwd"], ["a\\b\\c.txt", "c.txt"], ["x/", "attachment"],
+    ["..", "attachment"], ["bad\u0000na\nme", "bad_na_me"], ["", "attachment"]];
+  for (const [given, expected] of names) check(`file name ${JSON.stringify(given)}`, c.safeFileName(given) === expected, c.safeFileName(given));
+  check("file name cut at 255 bytes", new TextEncoder().encode(c.safeFileName("é".repeat(300))).length <= 255);
+
+  // The replay rule's counter set: ranges merge, any repeat is caught, lower counters open late.
+  const tracker = new c.ReplayTracker();
+  const h = (counter) => ({ roomId: 1, sender: "alice", device, epoch: 1, counter });
+  const late = [];
+  for (const n of [0n, 1n, 5n, 3n, 2n, 4n]) {
+    tracker.check(h(n));
+    late.push(tracker.record(h(n)));
+  }
+  check("counter set: late marks", late.join() === "false,false,false,true,true,true", late.join());
+  check("counter set: one range again", tracker.opened.values().next().value.ranges.length === 1);
+  check("counter set: a repeat is a replay", (await errorOf(() => tracker.check(h(3n)))) === "Replay");
+  check("counter set: another device is another chain", (await errorOf(() => tracker.check({ ...h(3n), device: c.newDeviceId() }))) === "no error");
   return results;
 }

@@ -20,14 +20,15 @@ after(async () => {
 test("every test vector passes through the page's crypto module in Chromium", async (t) => {
   const server = await ownServer(t);
   const page = await openPage(browser, server);
-  const vectors = Object.fromEntries(["fingerprint", "safety_number", "envelope", "sender_key"].map((n) => [n, vector(n)]));
+  const vectors = Object.fromEntries(["fingerprint", "safety_number", "envelope", "envelope_v1", "sender_key", "sender_key_v1", "payload"].map((n) => [n, vector(n)]));
   const pems = Object.fromEntries(["alice", "bob", "carol", "dave", "mallory"].map((n) => [n, fixturePem(n)]));
   // An expression string, so nothing in the page needs eval (the CSP forbids it).
   const args = [`${server.url}/js/crypto.js`, vectors, pems].map((a) => JSON.stringify(a)).join(", ");
   const results = await page.evaluate(`(${runVectorChecks.toString()})(${args})`);
   const failed = results.filter((r) => !r.ok);
   assert.deepEqual(failed, [], "failed vector checks");
-  const cases = vectors.envelope.accept.length + vectors.envelope.reject.length + vectors.sender_key.reject.length
+  const cases = [vectors.envelope, vectors.envelope_v1].reduce((n, e) => n + e.accept.length + e.reorder.length + e.reject.length, 0)
+    + vectors.sender_key.reject.length + vectors.sender_key_v1.reject.length + vectors.payload.cases.length
     + vectors.fingerprint.cases.length + vectors.safety_number.cases.length;
   assert.ok(results.length >= cases, `${results.length} checks for ${cases} vector cases`);
   assert.deepEqual(page.errors, []);

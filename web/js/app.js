@@ -7,6 +7,7 @@ import { Api, ApiError } from "./api.js";
 import { b64decode, b64encode } from "./bytes.js";
 import * as c from "./crypto.js";
 import { HushClient } from "./client.js";
+import { claimDevice, devicePool } from "./devices.js";
 import { Directory } from "./directory.js";
 import * as idb from "./idb.js";
 
@@ -138,7 +139,8 @@ async function enter(username, token, record) {
   const identity = await openIdentity(record);
   const trust = await idb.get(`trust:${username}`);
   const directory = new Directory(api, trust, (t) => idb.put(`trust:${username}`, t), identity);
-  client = new HushClient({ api, token, identity, directory });
+  const device = await claimDevice(username);
+  client = new HushClient({ api, token, identity, directory, device });
   client.addEventListener("rooms", renderRooms);
   client.addEventListener("entry", (e) => onEntry(e.detail));
   client.addEventListener("pending", () => {
@@ -346,14 +348,20 @@ function appendShown(room, shown) {
     el("span", { class: "sender" }, own ? `${shown.sender} (you)` : shown.sender), " ",
     el("time", { datetime: new Date(shown.ts).toISOString() }, timeOf(shown.ts)), extra);
   let item;
-  if (shown.type === "event") {
+  if (shown.type === "unsupported") {
+    item = el("li", { class: `msg unsupported${own ? " own" : ""}`, "data-seq": shown.seq },
+      meta(null), el("div", { class: "body" }, el("p", { class: "text notice" }, shown.text)));
+  } else if (shown.type === "event") {
     item = el("li", { class: "event", "data-seq": shown.seq }, el("time", { datetime: new Date(shown.ts).toISOString() }, timeOf(shown.ts)), " ", shown.text);
   } else if (shown.type === "rejected") {
     item = el("li", { class: `msg rejected${own ? " own" : ""}`, "data-seq": shown.seq },
       meta(null), el("div", { class: "body" }, `⚠ Rejected message: ${shown.reason}. It is not shown because it cannot be trusted.`));
   } else {
-    item = el("li", { class: `msg${own ? " own" : ""}`, "data-seq": shown.seq },
-      meta(shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null),
+    const late = shown.isLate
+      ? el("span", { class: "late", title: "stored after a later message of the same sender; shown where the log has it" }, " · delivered late")
+      : null;
+    item = el("li", { class: `msg${own ? " own" : ""}${shown.isLate ? " late" : ""}`, "data-seq": shown.seq },
+      meta([shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null, late]),
       el("div", { class: "body" }, renderPayload(room.info.id, shown.seq, shown.payload)));
   }
   const pendingStart = timeline.querySelector("li.pending");
@@ -365,13 +373,15 @@ function renderPayload(roomId, seq, payload) {
   const key = `${roomId}:${seq}`;
   if (!blobUrls.has(key)) blobUrls.set(key, URL.createObjectURL(new Blob([payload.data], { type: payload.mime })));
   const url = blobUrls.get(key);
-  const size = `${payload.name} (${formatSize(payload.data.length)})`;
-  const download = el("a", { href: url, download: payload.name, class: "download" }, `Download ${size}`);
+  // Never a path: what is after the last slash, control characters replaced (§19).
+  const name = c.safeFileName(payload.name);
+  const size = `${name} (${formatSize(payload.data.length)})`;
+  const download = el("a", { href: url, download: name, class: "download" }, `Download ${size}`);
   if (IMAGE_TYPES.has(payload.mime)) {
-    return el("figure", {}, el("img", { src: url, alt: payload.name, class: "inline-image" }), el("figcaption", {}, download));
+    return el("figure", {}, el("img", { src: url, alt: name, class: "inline-image" }), el("figcaption", {}, download));
   }
   if (payload.mime.startsWith("audio/")) {
-    return el("figure", {}, el("audio", { src: url, controls: true, "aria-label": payload.name }), el("figcaption", {}, download));
+    return el("figure", {}, el("audio", { src: url, controls: true, "aria-label": name }), el("figcaption", {}, download));
   }
   return el("p", { class: "file" }, "📎 ", download);
 }
@@ -383,8 +393,9 @@ function renderPending() {
   const timeline = $("timeline");
   timeline.querySelectorAll("li.pending").forEach((n) => n.remove());
   for (const p of client.pending.filter((x) => x.roomId === activeRoom)) {
-    const label = { queued: "waiting to send", sent: "sending…", failed: `not sent: ${p.error}` }[p.state];
-    timeline.append(el("li", { class: `msg own pending ${p.state}`, "data-local": p.localId },
+    const sending = p.state === "sealed" && client.isInFlight(p);
+    const label = sending ? "sending…" : { failed: `not sent: ${p.error}`, acked: "sent" }[p.state] ?? "waiting to send";
+    timeline.append(el("li", { class: `msg own pending ${p.state === "new" ? "queued" : p.state}`, "data-client-id": p.clientId, "data-saved": p.key !== undefined },
       el("div", { class: "meta" }, el("span", { class: "sender" }, `${client.me} (you)`), " ", el("span", { class: "state" }, label)),
       el("div", { class: "body" }, p.payload.t === "text" ? el("p", { class: "text" }, p.payload.text) : el("p", { class: "file" }, `📎 ${p.payload.name}`))));
   }
@@ -430,8 +441,14 @@ $("file-input").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   event.target.value = "";
   if (!file || activeRoom === null) return;
+  // What fits one body once sealed (§19); refused before anything is encrypted.
+  const limit = c.maxAttachmentBytes(client.maxBodyBytes, client.identity.current.public.bits / 8);
+  if (file.size > limit) {
+    showProblem(`${file.name} is too large to send: this server takes files up to ${formatSize(limit)}, and this one is ${formatSize(file.size)}.`);
+    return;
+  }
   const data = new Uint8Array(await file.arrayBuffer());
-  client.sendPayload(activeRoom, c.filePayload(file.name, file.type || "application/octet-stream", data));
+  client.sendPayload(activeRoom, c.filePayload(c.safeFileName(file.name), file.type || "application/octet-stream", data));
 });
 document.querySelector("label.file-button").addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") {
@@ -537,6 +554,24 @@ async function showSecurity(focusUser, members = [focusUser], { isRefresh = fals
   const dialog = $("security-dialog");
   if (!dialog.open && !isRefresh) dialog.showModal();
 }
+
+// ------------------------------------------------------------ devices
+
+$("devices-me").addEventListener("click", () => act(async () => {
+  const mine = new Set((await devicePool(client.me)).map((d) => d.id));
+  const rows = client.ownDevices();
+  if (!rows.some((r) => r.device === client.device.hex)) rows.unshift({ device: client.device.hex, lastTs: 0 });
+  $("devices-body").replaceChildren(...rows.map(({ device, lastTs }) => {
+    const where = device === client.device.hex ? "this tab"
+      : device === "" ? "an older client (no device id)"
+        : mine.has(device) ? "this browser (another tab, or earlier)" : "elsewhere";
+    return el("tr", { "data-device": device, class: device === client.device.hex ? "this-device" : null },
+      el("td", { class: "fingerprint" }, device ? device.slice(0, 8) : "—"),
+      el("td", {}, where),
+      el("td", {}, lastTs ? el("time", { datetime: new Date(lastTs).toISOString() }, new Date(lastTs).toLocaleString()) : "not yet"));
+  }));
+  $("devices-dialog").showModal();
+}));
 
 // ------------------------------------------------------------ start
 

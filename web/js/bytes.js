@@ -3,8 +3,9 @@
 // binary log bodies (docs/PROTOCOL.md §19).
 
 export class CryptoError extends Error {
-  // code: OpenFailed, BadSignature, WrongRoom, WrongSender, UnknownVersion,
-  // Replay, NotARecipient, or a local failure (InvalidUsername, TooLarge).
+  // code: NotHush, UnknownVersion, UnknownKind, OpenFailed, BadSignature,
+  // WrongRoom, WrongSender, Replay, NotARecipient, or a local failure
+  // (InvalidUsername, TooLarge).
   constructor(code, message) {
     super(message || code);
     this.name = "CryptoError";
@@ -60,21 +61,42 @@ export const equalBytes = (a, b) => a.length === b.length && a.every((x, i) => x
 export const isValidUsername = (name) => typeof name === "string" && /^[a-z0-9_.-]{3,32}$/.test(name);
 
 export const MAGIC = utf8("HUSH");
-export const FORMAT_VERSION = 1;
+/** The format version written: 2 carries the device id. */
+export const FORMAT_VERSION = 2;
+/** The oldest version still read (history from before device ids). */
+export const OLDEST_READ_VERSION = 1;
 export const KIND_MESSAGE = 1;
 export const KIND_DISTRIBUTION = 2;
+export const DEVICE_ID_LEN = 16;
+/** The device of every version-1 body; no version-2 body may carry it. */
+export const LEGACY_DEVICE = new Uint8Array(DEVICE_ID_LEN);
 
-/** What a log body is, without authenticating it. */
-export function bodyKind(body) {
-  if (body.length < 6 || !equalBytes(body.subarray(0, 4), MAGIC)) throw new CryptoError("OpenFailed");
-  if (body[4] !== FORMAT_VERSION) throw new CryptoError("UnknownVersion", `format version ${body[4]}`);
-  if (body[5] !== KIND_MESSAGE && body[5] !== KIND_DISTRIBUTION) throw new CryptoError("OpenFailed");
-  return body[5];
+export const isLegacyDevice = (device) => device.every((b) => b === 0);
+
+/** What a log body is ({version, kind}), without authenticating it. */
+export function bodyVersionAndKind(body) {
+  if (body.length < 6 || !equalBytes(body.subarray(0, 4), MAGIC)) throw new CryptoError("NotHush");
+  const version = body[4];
+  if (version < OLDEST_READ_VERSION || version > FORMAT_VERSION) {
+    throw new CryptoError("UnknownVersion", `format version ${version}`);
+  }
+  if (body[5] !== KIND_MESSAGE && body[5] !== KIND_DISTRIBUTION) throw new CryptoError("UnknownKind", `body kind ${body[5]}`);
+  return { version, kind: body[5] };
 }
 
+export const bodyKind = (body) => bodyVersionAndKind(body).kind;
+
 export class Writer {
-  constructor(kind) {
-    this.parts = [MAGIC, Uint8Array.of(FORMAT_VERSION, kind)];
+  /** `version` other than FORMAT_VERSION only for test vectors of history still read. */
+  constructor(kind, version = FORMAT_VERSION) {
+    this.version = version;
+    this.parts = [MAGIC, Uint8Array.of(version, kind)];
+  }
+  /** The device id of a version-2 body; version 1 has none. */
+  device(device) {
+    if (this.version < 2) return;
+    if (device.length !== DEVICE_ID_LEN || isLegacyDevice(device)) throw new CryptoError("InvalidDevice");
+    this.raw(device);
   }
   raw(bytes) {
     this.parts.push(bytes);
@@ -123,7 +145,9 @@ export class Writer {
 /** Reads big-endian fields; every short read is OpenFailed. */
 export class Reader {
   constructor(body, kind) {
-    if (bodyKind(body) !== kind) throw new CryptoError("OpenFailed");
+    const found = bodyVersionAndKind(body);
+    if (found.kind !== kind) throw new CryptoError("OpenFailed");
+    this.version = found.version;
     this.body = body;
     this.view = new DataView(body.buffer, body.byteOffset, body.byteLength);
     this.position = 6;
@@ -164,6 +188,13 @@ export class Reader {
     }
     if (!isValidUsername(name)) throw new CryptoError("OpenFailed");
     return name;
+  }
+  /** A version-2 body's device id (never all zero); LEGACY_DEVICE for version 1. */
+  device() {
+    if (this.version < 2) return LEGACY_DEVICE;
+    const device = this.take(DEVICE_ID_LEN).slice();
+    if (isLegacyDevice(device)) throw new CryptoError("OpenFailed");
+    return device;
   }
   bytesU16() {
     return this.take(this.u16());

@@ -1,38 +1,52 @@
 // The chat client behind the page: the rooms this user is in, each read
 // from its first visible entry through a Conversation; a serial queue so
 // entries are processed strictly in order; sync cursors so a reconnect
-// resumes exactly where it stopped (nothing twice); and an outbox of sealed
-// bodies resent with the same client ids until acknowledged (on each
-// `ready`, and on the same connection once a refusal's wait is over). What
-// the user types while offline (or while a room is catching up) is held as
-// plaintext in memory and sealed only once the room is caught up, so a send
-// never reuses a sender-key epoch. Emits events for the page to render.
+// resumes exactly where it stopped (nothing twice); and ordered, durable
+// sending (PROTOCOL.md §11). Every message typed goes into the IndexedDB
+// outbox first, is sealed only once its room is caught up (so a send never
+// reuses a counter), and its bodies go out in order under a small window:
+// a send refused for now holds the window at one, the refused bodies go
+// again in refusal order once the server's wait is over, head first, and
+// the window grows back as acks come. Emits events for the page to render.
 
 import { Conversation } from "./conversation.js";
 import { Link } from "./link.js";
 import { b64encode } from "./bytes.js";
+import { Outbox, newClientId } from "./outbox.js";
 
 const MEMBERSHIP_KINDS = new Set(["create", "invite", "join", "leave", "remove", "key"]);
 // A send refused with these was not stored but may be later (PROTOCOL.md §11).
 const RETRY_CODES = new Set(["rate_limited", "storage_unavailable", "unavailable"]);
+const FINAL_CODES = new Set(["bad_body", "too_large", "not_found", "bad_frame"]);
 const DEFAULT_RETRY_MS = 1000; // when the server names no wait
+// Sends in flight at once: back to one after a refusal, one more per ack.
+const WINDOW_MAX = 16;
+const ADOPT_EVERY_MS = 5_000;
 
 export class HushClient extends EventTarget {
-  constructor({ api, token, identity, directory }) {
+  /** `device`: this tab's claimed device id ({id, hex}). */
+  constructor({ api, token, identity, directory, device }) {
     super();
     this.api = api;
     this.identity = identity;
     this.me = identity.username;
     this.directory = directory;
+    this.device = device;
+    this.outbox = new Outbox(this.me, device.hex);
     this.rooms = new Map(); // id -> {info, conv, syncing, shown[], lastRead}
-    this.pending = []; // {localId, roomId, payload, state, clientId?, error?}
-    this.outbox = []; // {room, client_id, body}
-    this.refused = []; // client ids refused for now, in refusal order
+    // Messages of this tab not yet acknowledged, in typing order:
+    // {clientId, roomId, payload, key?, state: "new"|"queued"|"sealed"|"acked"|"failed", error?, note?}.
+    this.pending = [];
+    // Bodies sealed and not yet acknowledged, in send order:
+    // {room, client_id, body, item, isMessage, state: "unsent"|"inflight"|"refused"}.
+    this.wire = [];
+    this.window = WINDOW_MAX;
+    this.resumeAt = 0; // no send before this time (a refusal's retry_after_ms)
     this.retryTimer = null;
+    this.maxBodyBytes = 1_048_576; // until `ready` says
     this.online = new Set();
     this.invitations = [];
     this.queue = Promise.resolve();
-    this.nextLocalId = 1;
     this.link = new Link(token, {
       onFrame: (frame) => this.enqueue(() => this.handle(frame)),
       onState: (state, retryMs) => {
@@ -59,14 +73,41 @@ export class HushClient extends EventTarget {
 
   async start() {
     for (const info of await this.api.rooms()) this.addRoom(info);
+    await this.loadOutbox();
     this.refreshInvitations();
     this.emit("rooms", {});
     this.link.start();
+    // Another tab of this user that closes with messages unsent leaves them
+    // to whichever tab looks first: look now and then.
+    this.adoptTimer = setInterval(() => this.enqueue(async () => {
+      if (!(await this.outbox.adopt())) return;
+      await this.loadOutbox();
+      await this.pump();
+    }), ADOPT_EVERY_MS);
+  }
+
+  /** Takes what an earlier page of this device (or a tab now gone) left in the outbox. */
+  async loadOutbox() {
+    let loaded;
+    try {
+      loaded = await this.outbox.load();
+    } catch (e) {
+      this.emit("problem", { message: `The outbox of this browser cannot be read: ${e.message}` });
+      return;
+    }
+    const known = new Set(this.pending.map((p) => p.key));
+    const fresh = loaded.items.filter((i) => !known.has(i.key)).map((i) => ({ ...i, state: "queued" }));
+    if (loaded.lost) this.emit("problem", { message: `${loaded.lost} unsent message(s) of this browser could not be read back and are lost.` });
+    if (!fresh.length) return;
+    this.pending.push(...fresh);
+    this.emit("pending", {});
   }
 
   stop() {
     clearTimeout(this.retryTimer);
+    clearInterval(this.adoptTimer);
     this.link.stop();
+    this.device.release?.();
   }
 
   addRoom(info) {
@@ -76,8 +117,9 @@ export class HushClient extends EventTarget {
     }
     const room = {
       info,
-      conv: new Conversation(info.id, this.me),
+      conv: new Conversation(info.id, this.me, this.device.id),
       syncing: false,
+      synced: false, // read up to the log's end once on some connection
       shown: [],
       lastRead: Number(localStorage.getItem(`hush.read.${this.me}.${info.id}`) ?? 0),
     };
@@ -91,7 +133,7 @@ export class HushClient extends EventTarget {
   }
 
   unread(room) {
-    return room.shown.filter((s) => s.type === "message" && s.sender !== this.me && s.seq > room.lastRead).length;
+    return room.shown.filter((s) => (s.type === "message" || s.type === "unsupported") && s.sender !== this.me && s.seq > room.lastRead).length;
   }
 
   markRead(roomId) {
@@ -111,13 +153,17 @@ export class HushClient extends EventTarget {
   async handle(frame) {
     switch (frame.type) {
       case "ready":
+        this.maxBodyBytes = frame.max_body_bytes ?? this.maxBodyBytes;
         // Look peers' keys up again: a key swapped meanwhile is caught at once.
         this.directory.peers.clear();
         this.sync([...this.rooms.values()]);
-        // The whole outbox goes again, so refusals waiting for a retry are moot.
+        // A new connection: every body not acknowledged goes again, in
+        // order, under the same client ids; old refusals are moot.
         clearTimeout(this.retryTimer);
-        this.refused = [];
-        for (const item of this.outbox) this.resend(item);
+        this.resumeAt = 0;
+        this.window = WINDOW_MAX;
+        for (const frame of this.wire) frame.state = "unsent";
+        this.flush();
         this.link.send({ type: "who", id: "who" });
         this.refreshInvitations();
         break;
@@ -141,6 +187,7 @@ export class HushClient extends EventTarget {
         const room = this.rooms.get(frame.room);
         if (room) {
           room.syncing = false;
+          room.synced = true;
           await this.refreshRoom(room);
           this.emit("synced", { roomId: frame.room });
           await this.pump();
@@ -148,8 +195,7 @@ export class HushClient extends EventTarget {
         break;
       }
       case "ack":
-        this.outbox = this.outbox.filter((o) => !(o.room === frame.room && o.client_id === frame.client_id));
-        this.emit("pending", {});
+        await this.onAck(frame);
         break;
       case "error":
         await this.onError(frame);
@@ -170,19 +216,48 @@ export class HushClient extends EventTarget {
     }
   }
 
+  async onAck(frame) {
+    const sent = this.wire.find((w) => w.room === frame.room && w.client_id === frame.client_id);
+    if (!sent) return;
+    this.wire.splice(this.wire.indexOf(sent), 1);
+    if (sent.state === "inflight") this.window = Math.min(WINDOW_MAX, this.window + 1);
+    if (sent.isMessage) {
+      const item = sent.item;
+      item.state = "acked";
+      await this.outbox.remove(item).catch(() => {});
+      // Shown from the log once its entry is read (or already was).
+      const room = this.rooms.get(item.roomId);
+      if (!room || room.conv.lastSeq >= frame.seq) this.dropPending(item);
+    }
+    this.emit("pending", {});
+    this.flush();
+  }
+
   async onError(frame) {
-    const item = frame.id && this.outbox.find((o) => o.client_id === frame.id);
-    if (item && ["bad_body", "too_large", "not_found", "bad_frame"].includes(frame.code)) {
-      this.outbox = this.outbox.filter((o) => o !== item);
-      for (const p of this.pending) if (p.clientIds?.includes(item.client_id)) Object.assign(p, { state: "failed", error: frame.message });
+    const sent = frame.id && this.wire.find((w) => w.client_id === frame.id);
+    if (sent && FINAL_CODES.has(frame.code)) {
+      // Resending will not help: the message fails, with the rest of its bodies.
+      const item = sent.item;
+      this.wire = this.wire.filter((w) => w.item !== item);
+      Object.assign(item, { state: "failed", error: frame.message });
+      await this.outbox.remove(item).catch(() => {});
       this.emit("pending", {});
+      this.flush();
       return;
     }
-    if (item && RETRY_CODES.has(frame.code)) {
-      this.retryLater(item.client_id, frame.retry_after_ms ?? DEFAULT_RETRY_MS);
-      // The server's advice (wait and resend) is followed without the user;
-      // the message shows as pending meanwhile.
-      if (frame.code === "rate_limited") return;
+    if (sent && RETRY_CODES.has(frame.code)) {
+      // Not stored, but may be later: it goes again after the server's
+      // wait, before anything sent after it. The message shows as pending
+      // meanwhile; the server's advice is followed without the user.
+      sent.state = "refused";
+      this.window = 1;
+      this.resumeAt = Math.max(this.resumeAt, Date.now() + (frame.retry_after_ms ?? DEFAULT_RETRY_MS));
+      clearTimeout(this.retryTimer);
+      this.retryTimer = setTimeout(() => this.enqueue(() => this.flush()), Math.max(0, this.resumeAt - Date.now()));
+      // A database in trouble is worth saying; a rate limit or a server
+      // going down (a reconnect follows) is not.
+      if (frame.code === "storage_unavailable") this.emit("problem", { message: `${frame.message} (the page sends it again by itself)` });
+      return;
     }
     if (frame.code === "not_found" && !frame.id) {
       await this.refreshRooms();
@@ -192,26 +267,28 @@ export class HushClient extends EventTarget {
   }
 
   /**
-   * Not stored, but may be later: sends the refused items again on this
-   * connection after `waitMs`, in the order they were refused. One timer
-   * serves them all, reset to the latest wait.
+   * Sends bodies in order while fewer than `window` are in flight: refused
+   * ones first (they come first in send order, so in refusal order), then
+   * new ones. Nothing goes before a refusal's wait is over.
    */
-  retryLater(clientId, waitMs) {
-    if (!this.refused.includes(clientId)) this.refused.push(clientId);
-    clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.enqueue(() => {
-      const refused = this.refused;
-      this.refused = [];
-      for (const id of refused) {
-        const item = this.outbox.find((o) => o.client_id === id);
-        if (item) this.resend(item);
-      }
-    }), waitMs);
+  flush() {
+    if (!this.link.isReady || Date.now() < this.resumeAt) return;
+    let inflight = this.wire.filter((w) => w.state === "inflight").length;
+    let sent = 0;
+    for (const frame of this.wire) {
+      if (inflight >= this.window) break;
+      if (frame.state === "inflight") continue;
+      if (!this.link.send({ type: "send", id: frame.client_id, room: frame.room, client_id: frame.client_id, body: frame.body })) break;
+      frame.state = "inflight";
+      inflight += 1;
+      sent += 1;
+    }
+    if (sent) this.emit("pending", {});
   }
 
-  /** The same `send` frame again: the server stores one entry per client id. */
-  resend(item) {
-    this.link.send({ type: "send", id: item.client_id, ...item });
+  dropPending(item) {
+    const at = this.pending.indexOf(item);
+    if (at >= 0) this.pending.splice(at, 1);
   }
 
   /** Processes one entry of `room` once, in order. */
@@ -219,11 +296,7 @@ export class HushClient extends EventTarget {
     if (entry.seq <= room.conv.lastSeq) return;
     const shown = await room.conv.process(entry, this.identity, this.directory);
     room.shown.push(shown);
-    if (shown.type === "message" && shown.sender === this.me && shown.clientId) {
-      const before = this.pending.length;
-      this.pending = this.pending.filter((p) => !p.clientIds?.includes(shown.clientId));
-      if (before !== this.pending.length) this.emit("pending", {});
-    }
+    if (entry.kind === "message" && entry.sender === this.me && entry.client_id) this.stored(room, entry.client_id);
     for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
     if (MEMBERSHIP_KINDS.has(entry.kind) && !room.syncing) await this.refreshRoom(room);
     if (shown.type !== "quiet") this.emit("entry", { roomId: room.info.id, shown });
@@ -256,47 +329,106 @@ export class HushClient extends EventTarget {
     }
   }
 
-  // ------------------------------------------------------------ sending
-
-  sendPayload(roomId, payload) {
-    this.pending.push({ localId: this.nextLocalId++, roomId, payload, state: "queued" });
+  /**
+   * A message of ours with `clientId` is in the log: it needs sending no
+   * more (an earlier page may have sent it just before it went away).
+   */
+  stored(room, clientId) {
+    const item = this.pending.find((p) => p.roomId === room.info.id && p.clientId === clientId && p.state !== "failed");
+    if (!item) return;
+    this.dropPending(item);
+    // Bodies in flight stay until their ack, which also grows the window.
+    this.wire = this.wire.filter((w) => w.item !== item || w.state === "inflight");
+    this.outbox.remove(item).catch(() => {});
     this.emit("pending", {});
-    return this.enqueue(() => this.pump());
   }
 
-  /** Seals and posts queued messages of rooms that are caught up, in order. */
+  // ------------------------------------------------------------ sending
+
+  /** Queues a message: stored in the outbox first, then sealed and sent in order. */
+  sendPayload(roomId, payload) {
+    const item = { clientId: newClientId(), roomId, payload, state: "new" };
+    this.pending.push(item);
+    this.emit("pending", {});
+    // Saved at once, not behind the queue (which may be sealing or
+    // reading): the sooner it is on disk, the less a closing tab loses.
+    // IndexedDB keeps writes to one store in the order they were asked.
+    const saved = this.outbox.add(item).then(() => this.emit("pending", {}), (e) => {
+      this.emit("problem", { message: `This message is not saved in the browser (${e.message}); it is lost if the page closes before it is sent.` });
+    });
+    return this.enqueue(async () => {
+      await saved;
+      item.state = "queued";
+      await this.pump();
+    });
+  }
+
+  /**
+   * Seals queued messages of rooms that are caught up, in typing order,
+   * and puts their bodies on the wire. A room that cannot go on holds
+   * back its later messages, so each room's messages keep their order.
+   */
   async pump() {
+    const held = new Set();
+    const infos = new Map();
     for (const item of this.pending) {
-      if (item.state !== "queued") continue;
+      if (item.state === "new") break; // not in the outbox yet: it and what follows wait
+      if (item.state !== "queued" || held.has(item.roomId)) continue;
       const room = this.rooms.get(item.roomId);
-      if (!room || room.syncing || !this.link.isReady) continue;
+      if (!room) {
+        Object.assign(item, { state: "failed", error: "you are no longer in this conversation" });
+        await this.outbox.remove(item).catch(() => {});
+        continue;
+      }
+      if (room.syncing || !room.synced || !this.link.isReady) {
+        held.add(item.roomId);
+        continue;
+      }
       let outgoing;
       try {
-        const info = await this.api.room(item.roomId);
-        room.info = info;
-        outgoing = await room.conv.seal(item.payload, info.members, info.kind === "dm", this.identity, this.directory);
+        if (!infos.has(item.roomId)) infos.set(item.roomId, await this.api.room(item.roomId));
+        room.info = infos.get(item.roomId);
+        outgoing = await room.conv.seal(item.payload, room.info.members, room.info.kind === "dm", this.identity, this.directory);
       } catch (e) {
-        if (e.status === 0) continue; // offline: stays queued
+        if (e.status === 0) {
+          held.add(item.roomId); // offline: stays queued
+          continue;
+        }
         Object.assign(item, { state: "failed", error: e.message });
+        await this.outbox.remove(item).catch(() => {});
         this.emit("pending", {});
         continue;
       }
       for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
-      item.clientIds = [];
-      for (const body of outgoing.bodies) {
-        const out = { type: "send", room: item.roomId, client_id: crypto.randomUUID(), body: b64encode(body) };
-        item.clientIds.push(out.client_id);
-        this.outbox.push({ room: out.room, client_id: out.client_id, body: out.body });
-        this.link.send({ id: out.client_id, ...out });
-      }
-      item.state = "sent";
+      outgoing.bodies.forEach((body, i) => {
+        const isMessage = i === outgoing.bodies.length - 1;
+        this.wire.push({
+          room: item.roomId, client_id: isMessage ? item.clientId : newClientId(), body: b64encode(body), item, isMessage, state: "unsent",
+        });
+      });
+      item.state = "sealed";
       if (outgoing.leftOut.length) item.note = `not readable by ${outgoing.leftOut.join(", ")} (key changed)`;
       this.emit("pending", {});
     }
+    this.flush();
   }
 
-  /** Messages waiting to be sealed or acknowledged, for the status line. */
+  /** Whether `item`'s message is on its way (sent, no answer yet). */
+  isInFlight(item) {
+    return this.wire.some((w) => w.item === item && w.isMessage && w.state === "inflight");
+  }
+
+  /** Messages of this tab waiting to be sent or acknowledged, for the status line. */
   waitingCount() {
-    return this.pending.filter((p) => p.state === "queued").length + this.outbox.length;
+    return this.pending.filter((p) => p.state === "new" || p.state === "queued" || p.state === "sealed").length;
+  }
+
+  /** Device ids seen sending under this user's name in these rooms: [{device, lastTs}], newest first. */
+  ownDevices() {
+    const seen = new Map();
+    for (const room of this.rooms.values()) {
+      for (const [device, ts] of room.conv.ownDevices) seen.set(device, Math.max(ts, seen.get(device) ?? 0));
+    }
+    return [...seen].map(([device, lastTs]) => ({ device, lastTs })).sort((a, b) => b.lastTs - a.lastTs);
   }
 }

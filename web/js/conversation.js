@@ -1,13 +1,15 @@
 // One room as this user experiences it, like src/client/conversation.rs:
 // reads the room's log in seq order from its first visible entry, opens
 // sender-key distributions addressed to this user, checks and decrypts
-// messages (rejections are shown, never dropped), and keeps the sending
-// state so new messages continue the log with the right epoch and counter.
+// messages (rejections are shown, never dropped), applies key history (a
+// `key` entry retires the sender's older keys from that position on), and
+// keeps this device's sending state so new messages continue its own chain
+// with the right epoch and counter.
 
-import { b64decode } from "./bytes.js";
+import { b64decode, hex } from "./bytes.js";
 import {
-  CryptoError, KIND_DISTRIBUTION, ReplayTracker, SenderKeyState, bodyKind, openDistribution, openEnvelope,
-  peekDistribution, peekEnvelope,
+  CryptoError, KIND_DISTRIBUTION, ReplayTracker, SenderKeyState, UNSUPPORTED, bodyVersionAndKind, isLegacyDevice,
+  openDistribution, openEnvelope, peekDistribution, peekEnvelope, signedBy,
 } from "./crypto.js";
 
 const REASONS = {
@@ -16,26 +18,42 @@ const REASONS = {
   WrongSender: "it names another sender",
   Replay: "it repeats an earlier message (replay)",
   OpenFailed: "it does not decrypt",
-  UnknownVersion: "it needs a newer client",
+  NotHush: "not a hush message",
+  UnknownKind: "unknown body kind",
   NotARecipient: "it was not addressed to you",
 };
 const reasonOf = (e) => (e instanceof CryptoError ? REASONS[e.code] ?? e.code : String(e.message ?? e));
 
+/** Shown for a genuine message whose payload type or version this client does not know. */
+export const UNSUPPORTED_TEXT = "a message this version of hush cannot display — update hush";
+/** Shown for a body in a format version above what this client reads. */
+export const UNKNOWN_VERSION_TEXT = "a message this version of hush cannot read — update hush";
+export const NO_KEY_TEXT = "no key for this message: it was sent before you joined, or its key was not shared with you";
+
+/** A failure worth one more look at the sender's keys: no key we accept verifies the body. */
+class SignatureFailure extends Error {}
+
 export class Conversation {
-  constructor(roomId, me) {
+  /** `device`: this tab's device id (Uint8Array). */
+  constructor(roomId, me, device) {
     this.roomId = roomId;
     this.me = me;
-    this.keys = new Map(); // `${sender}\0${epoch}` -> sender key
+    this.device = device;
+    this.deviceHex = hex(device);
+    this.keys = new Map(); // `${sender}\0${device hex}\0${epoch}` -> sender key
     this.replay = new ReplayTracker();
-    this.myLatest = null; // {epoch, recipients}
-    this.myCounters = new Map(); // epoch -> highest counter sent (BigInt)
+    this.myLatest = null; // this device's latest distribution: {epoch, recipients}
+    this.myCounters = new Map(); // epoch -> highest counter this device sent (BigInt)
     this.sending = null;
     this.lastSeq = 0;
+    this.retired = new Map(); // sender -> [{identity, seq}]: refused from seq on
+    this.refetched = new Set(); // senders whose keys were fetched again after a bad signature
+    this.ownDevices = new Map(); // device hex ("" for version 1) -> last ts a body of mine from it opened
   }
 
   /**
    * Reads one entry (seq order). Returns what it means to the user:
-   * {type: "message"|"event"|"rejected"|"quiet", seq, ts, ...}.
+   * {type: "message"|"unsupported"|"event"|"rejected"|"quiet", seq, ts, ...}.
    */
   async process(entry, identity, directory) {
     const { seq, ts, sender } = entry;
@@ -62,7 +80,7 @@ export class Conversation {
         text = `${sender} removed ${who}`;
         break;
       case "key":
-        directory.invalidate(sender);
+        await this.retireKeys(entry, directory);
         text = `${sender}'s key is now ${entry.fingerprint ?? "?"}`;
         break;
       default:
@@ -71,60 +89,163 @@ export class Conversation {
     return { type: "event", kind: entry.kind, seq, ts, sender, text };
   }
 
+  /**
+   * A `key` entry: from here on, keys its sender had before the one it
+   * names are refused for that sender in this room (§19, Key history).
+   * Known keys come newest first, so every key after the named one is
+   * older. This user's own keys come from the local key store only.
+   */
+  async retireKeys(entry, directory) {
+    const user = entry.sender;
+    this.refetched.delete(user);
+    if (user !== this.me) directory.invalidate(user);
+    let known;
+    try {
+      known = (await directory.peer(user)).verifying;
+    } catch {
+      return;
+    }
+    const position = known.findIndex((k) => k.fpHex === entry.fingerprint);
+    // A key not linked to what we trust: the directory blocks the peer
+    // until the user decides; nothing to retire by position.
+    if (position < 0) return;
+    const retired = this.retired.get(user) ?? [];
+    for (const key of known.slice(position + 1)) {
+      if (!retired.some((r) => r.identity.fpHex === key.fpHex)) retired.push({ identity: key, seq: entry.seq });
+    }
+    this.retired.set(user, retired);
+  }
+
+  /** The keys accepted from `sender` at this point of the log, and whether the user verified them. */
+  async signers(sender, directory) {
+    const peer = await directory.peer(sender);
+    const retired = this.retired.get(sender) ?? [];
+    return {
+      accepted: peer.verifying.filter((k) => !retired.some((r) => r.identity.fpHex === k.fpHex)),
+      isVerified: peer.isVerified && sender !== this.me,
+    };
+  }
+
   async processBody(entry, identity, directory) {
     const { seq, ts, sender } = entry;
-    const reject = (reason) => ({ type: "rejected", seq, ts, sender, reason });
     let body;
     try {
       body = b64decode(entry.body ?? "");
     } catch {
-      return reject("the message has no readable body");
+      return { type: "rejected", seq, ts, sender, reason: "the message has no readable body" };
     }
-    let peer;
     try {
-      peer = await directory.peer(sender);
+      return await this.openBody(body, entry, identity, directory);
     } catch (e) {
-      return reject(`cannot check the sender's key: ${e.message}`);
+      if (!(e instanceof SignatureFailure)) return { type: "rejected", seq, ts, sender, reason: e.message };
+    }
+    // No key we accept verifies it: maybe a rotation we saw no `key` entry
+    // for. Ask the server once (never for our own keys), then decide.
+    if (sender !== this.me && !this.refetched.has(sender)) {
+      this.refetched.add(sender);
+      directory.invalidate(sender);
+      try {
+        return await this.openBody(body, entry, identity, directory);
+      } catch (e) {
+        if (!(e instanceof SignatureFailure)) return { type: "rejected", seq, ts, sender, reason: e.message };
+      }
+    }
+    const isDistribution = body[5] === KIND_DISTRIBUTION;
+    const reason = await this.badSignatureReason(sender, body);
+    return { type: "rejected", seq, ts, sender, reason: isDistribution ? `a key distribution was rejected: ${reason}` : reason };
+  }
+
+  /** Why no accepted key verifies `body`: a key the sender retired, or no key we know. */
+  async badSignatureReason(sender, body) {
+    for (const r of this.retired.get(sender) ?? []) {
+      if (await signedBy(body, r.identity)) {
+        return `signed with a key that ${sender} retired (at #${r.seq}); whoever sent it is not using ${sender}'s current key`;
+      }
+    }
+    return REASONS.BadSignature;
+  }
+
+  /** Opens one body; throws SignatureFailure, or an Error whose message is the reason to show. */
+  async openBody(body, entry, identity, directory) {
+    const { seq, ts, sender } = entry;
+    let signers;
+    try {
+      signers = await this.signers(sender, directory);
+    } catch (e) {
+      throw new Error(`cannot check the sender's key: ${e.message}`);
+    }
+    let kind;
+    try {
+      kind = bodyVersionAndKind(body).kind;
+    } catch (e) {
+      if (e.code === "UnknownVersion") return { type: "unsupported", seq, ts, sender, device: null, text: UNKNOWN_VERSION_TEXT };
+      throw new Error(reasonOf(e));
     }
     try {
-      if (bodyKind(body) === KIND_DISTRIBUTION) {
-        await this.takeDistribution(body, entry, identity, peer);
+      if (kind === KIND_DISTRIBUTION) {
+        await this.takeDistribution(body, entry, identity, signers.accepted);
         return { type: "quiet", seq, ts, sender };
       }
-      const payload = await this.openMessage(body, entry, peer);
-      return { type: "message", seq, ts, sender, clientId: entry.client_id, payload, verified: peer.isVerified };
+      const opened = await this.openMessage(body, entry, signers.accepted);
+      const device = isLegacyDevice(opened.header.device) ? null : hex(opened.header.device);
+      if (opened.payload === UNSUPPORTED) return { type: "unsupported", seq, ts, sender, device, text: UNSUPPORTED_TEXT };
+      return {
+        type: "message", seq, ts, sender, device, clientId: entry.client_id, payload: opened.payload,
+        verified: signers.isVerified, isLate: opened.isLate,
+      };
     } catch (e) {
       if (e instanceof CryptoError && e.code === "NotARecipient") return { type: "quiet", seq, ts, sender };
-      return reject(reasonOf(e));
+      if (e instanceof CryptoError && e.code === "BadSignature") throw new SignatureFailure();
+      if (e instanceof SignatureFailure) throw e;
+      const reason = e instanceof CryptoError ? reasonOf(e) : e.message;
+      throw new Error(kind === KIND_DISTRIBUTION ? `a key distribution was rejected: ${reason}` : reason);
     }
   }
 
-  async takeDistribution(body, entry, identity, peer) {
+  noteOwnDevice(sender, device, ts) {
+    if (sender !== this.me) return;
+    const id = isLegacyDevice(device) ? "" : hex(device);
+    this.ownDevices.set(id, Math.max(ts, this.ownDevices.get(id) ?? 0));
+  }
+
+  async takeDistribution(body, entry, identity, accepted) {
     const header = peekDistribution(body);
     const mine = header.recipients
       .filter((r) => r.username === identity.username)
       .map((r) => identity.keyWith(r.fpHex))
       .find(Boolean);
     if (!mine) throw new CryptoError("NotARecipient");
-    const key = await withAnyKey(peer.verifying, (senderIdentity) =>
+    const key = await withAnyKey(accepted, (senderIdentity) =>
       openDistribution(body, { roomId: this.roomId, sender: entry.sender, senderIdentity }, identity.username, mine));
-    if (entry.sender === this.me) this.myLatest = { epoch: header.epoch, recipients: header.recipients };
-    this.keys.set(`${entry.sender}\u0000${header.epoch}`, key);
+    this.noteOwnDevice(entry.sender, header.device, entry.ts);
+    if (entry.sender === this.me && hex(header.device) === this.deviceHex) {
+      this.myLatest = { epoch: header.epoch, recipients: header.recipients };
+    }
+    this.keys.set(chainId(entry.sender, header.device, header.epoch), key);
   }
 
-  async openMessage(body, entry, peer) {
+  async openMessage(body, entry, accepted) {
     const header = peekEnvelope(body);
     if (header.roomId !== this.roomId) throw new CryptoError("WrongRoom");
     if (header.sender !== entry.sender) throw new CryptoError("WrongSender");
-    if (entry.sender === this.me) {
+    if (entry.sender === this.me && hex(header.device) === this.deviceHex) {
+      // This device's own counters, from the clear header: a restart
+      // continues above them even if a body of ours does not open.
       const seen = this.myCounters.get(header.epoch);
       if (seen === undefined || header.counter > seen) this.myCounters.set(header.epoch, header.counter);
     }
-    const key = this.keys.get(`${entry.sender}\u0000${header.epoch}`);
-    if (!key) throw new Error("no key for this message: it was sent before you joined, or its key was not shared with you");
-    const opened = await withAnyKey(peer.verifying, (senderIdentity) =>
-      openEnvelope(body, { roomId: this.roomId, sender: entry.sender, senderIdentity }, key, this.replay));
-    return opened.payload;
+    const key = this.keys.get(chainId(entry.sender, header.device, header.epoch));
+    const context = (senderIdentity) => ({ roomId: this.roomId, sender: entry.sender, senderIdentity });
+    if (!key) {
+      // §19 checks the signature before the key: a forgery says so, not "no key".
+      await withAnyKey(accepted, async (k) => {
+        if (!(await signedBy(body, k))) throw new CryptoError("BadSignature");
+      });
+      throw new Error(NO_KEY_TEXT);
+    }
+    const opened = await withAnyKey(accepted, (k) => openEnvelope(body, context(k), key, this.replay));
+    this.noteOwnDevice(entry.sender, header.device, entry.ts);
+    return opened;
   }
 
   /**
@@ -153,20 +274,23 @@ export class Conversation {
     return { bodies, rotation, leftOut };
   }
 
+  /** This device's sending state, resumed from the log the first time it is needed. */
   sendingState() {
     if (this.sending) return this.sending;
     const latest = this.myLatest;
-    const key = latest && this.keys.get(`${this.me}\u0000${latest.epoch}`);
+    const key = latest && this.keys.get(chainId(this.me, this.device, latest.epoch));
     if (key) {
       const highest = this.myCounters.get(latest.epoch);
-      this.sending = SenderKeyState.resumeWithKey(this.roomId, this.me, key, latest.recipients, highest === undefined ? 0n : highest + 1n);
+      this.sending = SenderKeyState.resumeWithKey(this.roomId, this.me, this.device, key, latest.recipients, highest === undefined ? 0n : highest + 1n);
     } else {
       const epochs = [...this.myCounters.keys(), ...(latest ? [latest.epoch] : [])];
-      this.sending = new SenderKeyState(this.roomId, this.me, epochs.length ? Math.max(...epochs) : 0);
+      this.sending = new SenderKeyState(this.roomId, this.me, this.device, epochs.length ? Math.max(...epochs) : 0);
     }
     return this.sending;
   }
 }
+
+const chainId = (sender, device, epoch) => `${sender}\u0000${hex(device)}\u0000${epoch}`;
 
 /** Tries `op` with each accepted key of the sender until one verifies. */
 async function withAnyKey(keys, op) {

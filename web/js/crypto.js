@@ -1,6 +1,8 @@
 // hush's end-to-end encryption in the browser, on WebCrypto: identity keys
 // (RSA-PSS-SHA256 signatures, RSA-OAEP-SHA256 key wrapping), message
-// envelopes (AES-256-GCM), sender-key distributions and the sending state
+// envelopes (AES-256-GCM) and sender-key distributions in format version 2
+// (with the sending device's id; version 1 is still read), the replay rule
+// (a set of opened counters per chain), payload rules, the sending state
 // that decides when to rotate, fingerprints, safety numbers, signed
 // statements, and passphrase-protected key files (Argon2id, vendored).
 // Byte for byte the formats of docs/PROTOCOL.md §19, checked against
@@ -11,11 +13,14 @@
 
 import "../vendor/hash-wasm/argon2.umd.min.js";
 import {
-  CryptoError, Reader, Writer, b64decode, b64encode, bodyKind, concat, equalBytes, fromUtf8, hex,
-  isValidUsername, utf8, KIND_DISTRIBUTION, KIND_MESSAGE,
+  CryptoError, Reader, Writer, b64decode, b64encode, bodyKind, bodyVersionAndKind, concat, equalBytes, fromUtf8, hex,
+  isLegacyDevice, isValidUsername, utf8, DEVICE_ID_LEN, FORMAT_VERSION, KIND_DISTRIBUTION, KIND_MESSAGE, LEGACY_DEVICE,
 } from "./bytes.js";
 
-export { CryptoError, bodyKind, KIND_DISTRIBUTION, KIND_MESSAGE };
+export {
+  CryptoError, bodyKind, bodyVersionAndKind, isLegacyDevice, DEVICE_ID_LEN, FORMAT_VERSION, KIND_DISTRIBUTION, KIND_MESSAGE,
+  LEGACY_DEVICE,
+};
 
 const subtle = globalThis.crypto.subtle;
 const PSS = { name: "RSA-PSS", saltLength: 32 };
@@ -133,35 +138,191 @@ function compareBytes(a, b) {
 
 // ------------------------------------------------------------------ payloads
 
-/** {"t":"text","text":…} or {"t":"file","name":…,"mime":…,"data":base64} */
+/** The payload version written, and the highest one displayed. */
+export const PAYLOAD_VERSION = 1;
+
+/** {"t":"text","text":…} or {"t":"file","name":…,"mime":…,"data":bytes}; "unsupported" is read only. */
 export const textPayload = (text) => ({ t: "text", text });
 export const filePayload = (name, mime, data) => ({ t: "file", name, mime, data });
+/** A genuine payload of a type or version this client does not know. */
+export const UNSUPPORTED = Object.freeze({ t: "unsupported" });
 
+/** Version-2 plaintext: {"v":1,"t":…} (PROTOCOL.md §19, Plaintext payload). */
 export function encodePayload(p) {
+  if (p.t === "text") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "text", text: p.text }));
+  if (p.t === "file") {
+    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "file", name: p.name, mime: p.mime, data: b64encode(p.data) }));
+  }
+  throw new Error("unknown payload");
+}
+
+/** Version-1 plaintext, for test vectors of the history still read: no "v". */
+export function encodePayloadV1(p) {
   if (p.t === "text") return utf8(JSON.stringify({ t: "text", text: p.text }));
   if (p.t === "file") return utf8(JSON.stringify({ t: "file", name: p.name, mime: p.mime, data: b64encode(p.data) }));
   throw new Error("unknown payload");
 }
 
-/** Strict: unknown fields or kinds are OpenFailed, as in the Rust client. */
-export function decodePayload(bytes) {
+function parseJson(bytes) {
+  let text;
   let value;
   try {
-    value = JSON.parse(fromUtf8(bytes));
+    text = fromUtf8(bytes);
+    value = JSON.parse(text);
   } catch {
     throw new CryptoError("OpenFailed");
   }
-  const fields = value && typeof value === "object" && !Array.isArray(value) ? Object.keys(value).sort().join(",") : "";
-  if (value?.t === "text" && fields === "t,text" && typeof value.text === "string") return textPayload(value.text);
-  if (value?.t === "file" && fields === "data,mime,name,t" && typeof value.name === "string" && typeof value.mime === "string") {
-    try {
-      return filePayload(value.name, value.mime, b64decode(value.data));
-    } catch {
-      throw new CryptoError("OpenFailed");
-    }
+  if (!value || typeof value !== "object" || Array.isArray(value)) throw new CryptoError("OpenFailed");
+  return { text, value };
+}
+
+function fileBytes(data) {
+  try {
+    return b64decode(data);
+  } catch {
+    throw new CryptoError("OpenFailed");
+  }
+}
+
+/**
+ * Reads a version-2 envelope's plaintext: duplicate member names fail
+ * (JSON.parse would keep the last one silently, so two readers could
+ * disagree on what a signed message says); unknown members are ignored; a
+ * newer payload version or an unknown type is UNSUPPORTED, not an error.
+ */
+export function decodePayload(bytes) {
+  const { text, value } = parseJson(bytes);
+  if (hasDuplicateKeys(text)) throw new CryptoError("OpenFailed");
+  const version = value.v === undefined ? 1n : payloadVersion(text);
+  if (typeof value.t !== "string") throw new CryptoError("OpenFailed");
+  if (version > BigInt(PAYLOAD_VERSION)) return UNSUPPORTED;
+  if (value.t === "text") {
+    if (typeof value.text !== "string") throw new CryptoError("OpenFailed");
+    return textPayload(value.text);
+  }
+  if (value.t === "file") {
+    if (typeof value.name !== "string" || typeof value.mime !== "string") throw new CryptoError("OpenFailed");
+    return filePayload(value.name, value.mime, fileBytes(value.data));
+  }
+  return UNSUPPORTED;
+}
+
+/** Reads a version-1 envelope's plaintext: exactly the old members, nothing else. */
+export function decodePayloadV1(bytes) {
+  const { text, value } = parseJson(bytes);
+  if (hasDuplicateKeys(text)) throw new CryptoError("OpenFailed");
+  const fields = Object.keys(value).sort().join(",");
+  if (value.t === "text" && fields === "t,text" && typeof value.text === "string") return textPayload(value.text);
+  if (value.t === "file" && fields === "data,mime,name,t" && typeof value.name === "string" && typeof value.mime === "string") {
+    return filePayload(value.name, value.mime, fileBytes(value.data));
   }
   throw new CryptoError("OpenFailed");
 }
+
+/**
+ * The top-level "v" of `text` (valid JSON, one object holding a "v") as a
+ * BigInt, read from its digits as the Rust client reads a u64: a positive
+ * integer written without fraction or exponent, below 2^64; anything else
+ * (1.0, 1e0, "1", 0, -1) is OpenFailed. JSON.parse alone would take 1.0 as 1.
+ */
+function payloadVersion(text) {
+  const raw = topLevelValue(text, "v");
+  if (!/^[0-9]+$/.test(raw)) throw new CryptoError("OpenFailed");
+  const version = BigInt(raw);
+  if (version < 1n || version > 0xffffffffffffffffn) throw new CryptoError("OpenFailed");
+  return version;
+}
+
+/** The raw text of member `name`'s value in the outermost object of `text` (valid JSON), trimmed. */
+function topLevelValue(text, name) {
+  let depth = 0;
+  let isKeyNext = false;
+  let start = -1;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
+      if (depth === 1 && isKeyNext && JSON.parse(text.slice(i, end + 1)) === name) {
+        start = text.indexOf(":", end) + 1;
+      }
+      isKeyNext = false;
+      i = end;
+    } else if (ch === "{" || ch === "[") {
+      depth += 1;
+      isKeyNext = ch === "{" && depth === 1;
+    } else if (ch === "}" || ch === "]") {
+      if (depth === 1 && start >= 0) return text.slice(start, i).trim();
+      depth -= 1;
+    } else if (ch === "," && depth === 1) {
+      if (start >= 0) return text.slice(start, i).trim();
+      isKeyNext = true;
+    }
+  }
+  return "";
+}
+
+/**
+ * Whether any object in `text` (valid JSON, already parsed once) names a
+ * member twice, at any depth. Member names are compared after unescaping,
+ * so "a" and "\u0061" are the same name.
+ */
+export function hasDuplicateKeys(text) {
+  const open = []; // per open container: a Set of member names (object) or null (array)
+  let isKeyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
+      const names = open.at(-1);
+      if (isKeyNext && names) {
+        const name = JSON.parse(text.slice(i, end + 1));
+        if (names.has(name)) return true;
+        names.add(name);
+        isKeyNext = false;
+      }
+      i = end;
+    } else if (ch === "{") {
+      open.push(new Set());
+      isKeyNext = true;
+    } else if (ch === "[") {
+      open.push(null);
+      isKeyNext = false;
+    } else if (ch === "}" || ch === "]") {
+      open.pop();
+      isKeyNext = false;
+    } else if (ch === ",") {
+      isKeyNext = open.at(-1) instanceof Set;
+    }
+  }
+  return false;
+}
+
+/**
+ * A file name from a message, safe to show and to save (§19): the part
+ * after the last "/" or "\", control characters replaced by "_", at most
+ * 255 bytes of UTF-8, and "attachment" if nothing (or "." or "..") is left.
+ */
+export function safeFileName(name) {
+  const base = String(name).split(/[/\\]/).at(-1);
+  let out = "";
+  let bytes = 0;
+  for (const ch of base.replace(/\p{Cc}/gu, "_")) {
+    const size = utf8(ch).length;
+    if (bytes + size > 255) break;
+    out += ch;
+    bytes += size;
+  }
+  return out === "" || out === "." || out === ".." ? "attachment" : out;
+}
+
+/**
+ * The largest file that fits one body of `maxBodyBytes` once sealed:
+ * ¾ × (max_body_bytes − 600 − the signature length) bytes (§19).
+ */
+export const maxAttachmentBytes = (maxBodyBytes, signatureLen) =>
+  Math.max(0, Math.floor((3 * (maxBodyBytes - 600 - signatureLen)) / 4));
 
 // --------------------------------------------------------------- sender keys
 
@@ -172,12 +333,21 @@ export async function senderKey(epoch, raw) {
   return { epoch, raw, key };
 }
 
+/** 16 random bytes, never all zero (that is the legacy device of version 1). */
+export function newDeviceId() {
+  for (;;) {
+    const id = randomBytes(DEVICE_ID_LEN);
+    if (!isLegacyDevice(id)) return id;
+  }
+}
+
 // ------------------------------------------------------------------ envelope
 
 function parseEnvelope(body) {
   const r = new Reader(body, KIND_MESSAGE);
   const roomId = r.i64();
   const sender = r.username();
+  const device = r.device();
   const epoch = r.u32();
   const counter = r.u64();
   const aadLen = r.position;
@@ -187,22 +357,32 @@ function parseEnvelope(body) {
   const signedLen = r.position;
   const signature = r.bytesU16();
   r.finish();
-  return { header: { roomId, sender, epoch, counter }, aadLen, nonce, ciphertext, signedLen, signature };
+  return { header: { version: r.version, roomId, sender, device, epoch, counter }, aadLen, nonce, ciphertext, signedLen, signature };
 }
 
-/** Clear header fields (room, sender, epoch, counter as BigInt), unchecked. */
+/** Clear header fields (version, room, sender, device, epoch, counter as BigInt), unchecked. */
 export const peekEnvelope = (body) => parseEnvelope(body).header;
 
-/** Seals message `counter` under `key`; `nonce` is for test vectors only. */
-export async function sealEnvelope(roomId, sender, key, counter, payload, signer, nonce = randomBytes(NONCE_LEN)) {
-  const w = new Writer(KIND_MESSAGE);
+/** Seals `payload` as message `counter` of `device`'s chain under `key`, format version 2. */
+export function sealEnvelope(roomId, sender, device, key, counter, payload, signer) {
+  return sealEnvelopeRaw({ roomId, sender, device, key, counter, plaintext: encodePayload(payload), signer });
+}
+
+/**
+ * Seals `plaintext` exactly as given. For test vectors and tests (another
+ * format `version`, a fixed `nonce`, a payload no client writes); a nonce
+ * must never repeat under one sender key.
+ */
+export async function sealEnvelopeRaw({ version = FORMAT_VERSION, roomId, sender, device, key, counter, plaintext, signer, nonce = randomBytes(NONCE_LEN) }) {
+  const w = new Writer(KIND_MESSAGE, version);
   w.i64(roomId);
   w.username(sender);
+  w.device(device);
   w.u32(key.epoch);
   w.u64(counter);
   const aad = w.bytes();
   const sealed = new Uint8Array(await subtle.encrypt(
-    { name: "AES-GCM", iv: nonce, additionalData: aad, tagLength: 128 }, key.key, encodePayload(payload)));
+    { name: "AES-GCM", iv: nonce, additionalData: aad, tagLength: 128 }, key.key, plaintext));
   w.raw(nonce);
   w.bytesU32(sealed);
   const signature = await sign(signer, w.bytes());
@@ -210,28 +390,91 @@ export async function sealEnvelope(roomId, sender, key, counter, payload, signer
   return w.bytes();
 }
 
-/** Highest counter opened per (room, sender, epoch); rejects anything not above it. */
-export class ReplayTracker {
+/**
+ * A set of u64 counters (BigInt) as sorted, disjoint, non-adjacent
+ * inclusive ranges: an ordinary chain (0, 1, 2, …) is one range.
+ */
+export class CounterSet {
   constructor() {
-    this.highest = new Map();
+    this.ranges = [];
   }
-  static id(h) {
-    return `${h.roomId}\u0000${h.sender}\u0000${h.epoch}`;
+  /** Index of the last range starting at or below `n`, or -1. */
+  locate(n) {
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    let at = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.ranges[mid][0] <= n) {
+        at = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return at;
   }
-  check(h) {
-    const seen = this.highest.get(ReplayTracker.id(h));
-    if (seen !== undefined && h.counter <= seen) throw new CryptoError("Replay");
+  has(n) {
+    const i = this.locate(n);
+    return i >= 0 && n <= this.ranges[i][1];
   }
-  record(h) {
-    const id = ReplayTracker.id(h);
-    const seen = this.highest.get(id);
-    if (seen === undefined || h.counter > seen) this.highest.set(id, h.counter);
+  highest() {
+    return this.ranges.at(-1)?.[1];
+  }
+  add(n) {
+    if (this.has(n)) return;
+    const i = this.locate(n);
+    const left = this.ranges[i];
+    const right = this.ranges[i + 1];
+    const joinsLeft = left !== undefined && left[1] + 1n === n;
+    const joinsRight = right !== undefined && right[0] === n + 1n;
+    if (joinsLeft && joinsRight) {
+      left[1] = right[1];
+      this.ranges.splice(i + 1, 1);
+    } else if (joinsLeft) {
+      left[1] = n;
+    } else if (joinsRight) {
+      right[0] = n;
+    } else {
+      this.ranges.splice(i + 1, 0, [n, n]);
+    }
   }
 }
 
 /**
- * Opens an envelope. `context` is {roomId, sender, senderIdentity} (the
- * pinned public identity). Checks in the order of §19; first failure wins.
+ * The replay rule (§19): per chain (room, sender, device, epoch), the set
+ * of counters opened. A counter already in the set is a replay wherever it
+ * sits in the log; any other opens, and one below the chain's highest is
+ * reported as late.
+ */
+export class ReplayTracker {
+  constructor() {
+    this.opened = new Map();
+  }
+  static id(h) {
+    return `${h.roomId}\u0000${h.sender}\u0000${hex(h.device)}\u0000${h.epoch}`;
+  }
+  check(h) {
+    if (this.opened.get(ReplayTracker.id(h))?.has(h.counter)) throw new CryptoError("Replay");
+  }
+  /** Records an opened counter; true if a higher one of its chain was opened before. */
+  record(h) {
+    const id = ReplayTracker.id(h);
+    let set = this.opened.get(id);
+    if (!set) this.opened.set(id, (set = new CounterSet()));
+    const highest = set.highest();
+    set.add(h.counter);
+    return highest !== undefined && highest > h.counter;
+  }
+  highestSeen(h) {
+    return this.opened.get(ReplayTracker.id(h))?.highest();
+  }
+}
+
+/**
+ * Opens an envelope. `context` is {roomId, sender, senderIdentity} (a key
+ * accepted from the sender here). Checks in the order of §19; the first
+ * failure wins. Returns {header, payload, isLate}; payload may be UNSUPPORTED.
  */
 export async function openEnvelope(body, context, key, replay) {
   const parsed = parseEnvelope(body);
@@ -251,31 +494,45 @@ export async function openEnvelope(body, context, key, replay) {
   } catch {
     throw new CryptoError("OpenFailed");
   }
-  const payload = decodePayload(plain);
-  replay.record(h);
-  return { header: h, payload };
+  const payload = h.version >= 2 ? decodePayload(plain) : decodePayloadV1(plain);
+  const isLate = replay.record(h);
+  return { header: h, payload, isLate };
+}
+
+/** Whether `identity` signed `body` (a message or a distribution), whatever else is wrong with it. */
+export async function signedBy(body, identity) {
+  // Every body ends with `s u16 | signature`, s being the bytes after it.
+  for (let tail = 2; tail <= Math.min(body.length, 2 + 1024); tail++) {
+    const at = body.length - tail;
+    if (((body[at] << 8) | body[at + 1]) + 2 === tail) {
+      return verify(identity, body.subarray(0, at), body.subarray(at + 2));
+    }
+  }
+  return false;
 }
 
 // -------------------------------------------------------------- distribution
 
-function wrapContext(roomId, sender, epoch) {
+/** What the wrapped key is bound to: room, epoch, device (version 2), sender. */
+function wrapContext(version, roomId, sender, device, epoch) {
   const fixed = new Uint8Array(12);
   const view = new DataView(fixed.buffer);
   view.setBigInt64(0, BigInt(roomId));
   view.setUint32(8, epoch);
-  return concat(fixed, utf8(sender));
+  return version >= 2 ? concat(fixed, device, utf8(sender)) : concat(fixed, utf8(sender));
 }
 
-/** Wraps `key` for each recipient ({username, identity}) and signs it. */
-export async function sealDistribution(roomId, sender, key, recipients, signer) {
+/** Wraps `key` for each recipient ({username, identity}) and signs it (version 2 unless told). */
+export async function sealDistribution(roomId, sender, device, key, recipients, signer, version = FORMAT_VERSION) {
   const names = new Set(recipients.map((r) => r.username));
   if (names.size !== recipients.length) throw new CryptoError("InvalidUsername");
-  const w = new Writer(KIND_DISTRIBUTION);
+  const w = new Writer(KIND_DISTRIBUTION, version);
   w.i64(roomId);
   w.username(sender);
+  w.device(device);
   w.u32(key.epoch);
   w.u16(recipients.length);
-  const plain = concat(key.raw, wrapContext(roomId, sender, key.epoch));
+  const plain = concat(key.raw, wrapContext(version, roomId, sender, device, key.epoch));
   for (const r of recipients) {
     w.username(r.username);
     w.raw(r.identity.fp);
@@ -289,6 +546,7 @@ function parseDistribution(body) {
   const r = new Reader(body, KIND_DISTRIBUTION);
   const roomId = r.i64();
   const sender = r.username();
+  const device = r.device();
   const epoch = r.u32();
   const count = r.u16();
   const recipients = [];
@@ -302,10 +560,10 @@ function parseDistribution(body) {
   const signedLen = r.position;
   const signature = r.bytesU16();
   r.finish();
-  return { header: { roomId, sender, epoch, recipients }, wrapped, signedLen, signature };
+  return { header: { version: r.version, roomId, sender, device, epoch, recipients }, wrapped, signedLen, signature };
 }
 
-/** Clear fields (room, sender, epoch, recipients with fingerprints), unchecked. */
+/** Clear fields (version, room, sender, device, epoch, recipients with fingerprints), unchecked. */
 export const peekDistribution = (body) => parseDistribution(body).header;
 
 /**
@@ -328,7 +586,7 @@ export async function openDistribution(body, context, me, mine) {
   } catch {
     throw new CryptoError("OpenFailed");
   }
-  const expected = wrapContext(h.roomId, h.sender, h.epoch);
+  const expected = wrapContext(h.version, h.roomId, h.sender, h.device, h.epoch);
   if (plain.length !== SENDER_KEY_LEN + expected.length || !equalBytes(plain.subarray(SENDER_KEY_LEN), expected)) {
     throw new CryptoError("OpenFailed");
   }
@@ -338,21 +596,23 @@ export async function openDistribution(body, context, me, mine) {
 // -------------------------------------------------------------- sending side
 
 /**
- * One user's sending state in one room: current sender key, who it was
- * distributed to (name + fingerprint), next counter.
+ * One device's sending state in one room: current sender key, who it was
+ * distributed to (name + fingerprint), next counter. Epochs and counters
+ * are this device's own, so devices of one user never collide.
  */
 export class SenderKeyState {
-  constructor(roomId, sender, lastEpoch = 0, current = null) {
+  constructor(roomId, sender, device, lastEpoch = 0, current = null) {
     this.roomId = roomId;
     this.sender = sender;
+    this.device = device;
     this.lastEpoch = lastEpoch;
     this.current = current;
   }
 
-  /** After a restart, with this user's latest key recovered from the log. */
-  static resumeWithKey(roomId, sender, key, members, nextCounter) {
+  /** After a restart, with this device's latest key recovered from the log. */
+  static resumeWithKey(roomId, sender, device, key, members, nextCounter) {
     const set = new Set(members.map((m) => `${m.username}:${m.fpHex}`));
-    return new SenderKeyState(roomId, sender, key.epoch, { key, members: set, nextCounter: BigInt(nextCounter) });
+    return new SenderKeyState(roomId, sender, device, key.epoch, { key, members: set, nextCounter: BigInt(nextCounter) });
   }
 
   /** Why a new key is needed before sending to `members` ({username, identity}), or null. */
@@ -378,7 +638,7 @@ export class SenderKeyState {
     const epoch = this.lastEpoch + 1;
     if (epoch > 0xffffffff) throw new CryptoError("SenderKeyExhausted");
     const key = await senderKey(epoch, randomBytes(SENDER_KEY_LEN));
-    const body = await sealDistribution(this.roomId, this.sender, key, members, signer);
+    const body = await sealDistribution(this.roomId, this.sender, this.device, key, members, signer);
     this.lastEpoch = epoch;
     this.current = { key, members: new Set(members.map((m) => `${m.username}:${m.identity.fpHex}`)), nextCounter: 0n };
     return body;
@@ -389,7 +649,7 @@ export class SenderKeyState {
     if (!c || c.nextCounter >= MAX_MESSAGES_PER_KEY) throw new CryptoError("SenderKeyExhausted");
     const counter = c.nextCounter;
     c.nextCounter += 1n;
-    return sealEnvelope(this.roomId, this.sender, c.key, counter, payload, signer);
+    return sealEnvelope(this.roomId, this.sender, this.device, c.key, counter, payload, signer);
   }
 }
 
