@@ -11,5 +11,7 @@ pub mod directory;
 pub mod keystore;
 pub mod link;
 pub mod local_seal;
+pub mod session;
+pub mod session_file;
 pub mod tls;
 pub mod transcript;
