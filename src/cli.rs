@@ -65,6 +65,11 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// End your saved login session on the server and delete it from the key store.
+    Logout {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Operator tools on the server's database (works with the server running or not).
     Admin(AdminArgs),
 }

@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send { opts, args } => commands::send(&opts, &args).await,
         Command::Read { opts, args } => commands::read(&opts, &args).await,
         Command::Chat { opts } => hush::client::chat::run(&opts).await,
+        Command::Logout { opts } => commands::logout(&opts).await,
         Command::Admin(args) => hush::admin::run(&args).await,
     }
 }
@@ -46,7 +47,8 @@ fn client_opts(command: &Command) -> Option<&ClientOpts> {
         | Command::Room { opts, .. }
         | Command::Send { opts, .. }
         | Command::Read { opts, .. }
-        | Command::Chat { opts } => Some(opts),
+        | Command::Chat { opts }
+        | Command::Logout { opts } => Some(opts),
         Command::Serve(_) | Command::Admin(_) => None,
     }
 }

@@ -1,7 +1,8 @@
 //! What every client command starts from: who I am (identity keys opened
-//! with the passphrase), a logged-in API client, and the peer directory.
-//! Secrets come from the environment (`HUSH_PASSWORD`, `HUSH_PASSPHRASE`)
-//! for scripts, or from a prompt that does not echo.
+//! with the passphrase), a logged-in API client (the saved session, or a
+//! fresh login: see `session`), and the peer directory. Secrets come from
+//! the environment (`HUSH_PASSWORD`, `HUSH_PASSPHRASE`) for scripts, or from
+//! a prompt that does not echo; the password only when a login is needed.
 
 use anyhow::{Context, bail};
 
@@ -9,6 +10,7 @@ use super::api::{Api, Room};
 use super::device::DeviceClaim;
 use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
+use super::session;
 use crate::cli::{ClientOpts, Target};
 use crate::store::RoomId;
 
@@ -26,22 +28,23 @@ impl Account {
         &self.identity.username
     }
 
-    /// Opens the identity and logs in, with secrets from the environment or prompts.
+    /// Opens the identity and logs in (or resumes the saved session), with
+    /// secrets from the environment or prompts.
     pub async fn open(opts: &ClientOpts) -> anyhow::Result<Self> {
         let user = require_user(opts)?;
         let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
-        let password = password(&user)?;
-        Self::open_with(
+        Self::open_asking(
             &opts.server,
             KeyStore::new(&opts.keys_dir),
             &user,
             passphrase,
-            &password,
+            || password(&user),
         )
         .await
     }
 
-    /// Opens `user`'s identity from `keys` and logs in to `server`.
+    /// Opens `user`'s identity from `keys` and logs in to `server` with
+    /// `password`, unless the saved session is still good.
     pub async fn open_with(
         server: &str,
         keys: KeyStore,
@@ -49,16 +52,19 @@ impl Account {
         passphrase: String,
         password: &str,
     ) -> anyhow::Result<Self> {
-        let identity = tokio::task::spawn_blocking({
-            let keys = keys.clone();
-            let user = user.to_owned();
-            move || keys.open(&user, &passphrase)
-        })
-        .await??;
-        let (api, _) = Api::new(server)
-            .login(user, password)
-            .await
-            .context("logging in")?;
+        Self::open_asking(server, keys, user, passphrase, || Ok(password.to_owned())).await
+    }
+
+    /// Like `open_with`, calling `password` only if a login is needed.
+    pub async fn open_asking(
+        server: &str,
+        keys: KeyStore,
+        user: &str,
+        passphrase: String,
+        password: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
+        let identity = open_identity(&keys, user, passphrase).await?;
+        let api = session::resume_or_login(server, &keys, &identity, password).await?;
         let directory = Directory::new(api.clone(), keys.load_trust(user)?);
         let device = DeviceClaim::claim(keys.dir(), user)?;
         Ok(Self {
@@ -120,6 +126,20 @@ pub async fn find_room(api: &Api, name_or_id: &str) -> anyhow::Result<Room> {
             "several of your rooms are called {name_or_id:?}; use its id (see `hush room list`)"
         ),
     }
+}
+
+/// Opens `user`'s current and old identity keys (slow: off the runtime).
+pub async fn open_identity(
+    keys: &KeyStore,
+    user: &str,
+    passphrase: String,
+) -> anyhow::Result<Identity> {
+    tokio::task::spawn_blocking({
+        let keys = keys.clone();
+        let user = user.to_owned();
+        move || keys.open(&user, &passphrase)
+    })
+    .await?
 }
 
 pub fn require_user(opts: &ClientOpts) -> anyhow::Result<String> {

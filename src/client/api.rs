@@ -1,5 +1,10 @@
 //! The HTTP half of the protocol, for every client command: register,
 //! login, keys, rooms. Thin typed wrappers over `protocol` bodies.
+//!
+//! A request the server turns away for now (429 or 503 with a wait, PROTOCOL
+//! §1 "Errors over HTTP") is sent again after the wait, with a word on
+//! stderr, a bounded number of times: these replies mean nothing was done,
+//! so sending again is safe for every endpoint.
 
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -26,21 +31,58 @@ pub enum ApiError {
     },
     #[error("unexpected reply from the server: {0}")]
     Protocol(String),
+    /// Still turned away after as much waiting as a command does.
+    #[error("{}", still_throttled(last, *wait_secs, *waits, *waited_secs))]
+    StillThrottled {
+        last: Box<ApiError>,
+        wait_secs: u64,
+        waits: u32,
+        waited_secs: u64,
+    },
 }
 
 impl ApiError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Refused { code, .. } => Some(code),
+            Self::StillThrottled { last, .. } => last.code(),
             _ => None,
         }
+    }
+
+    /// The server's HTTP status, if it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            Self::StillThrottled { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// A 401: the session token is missing, unknown, expired or logged out.
+    pub fn is_unauthorized(&self) -> bool {
+        self.status() == Some(401)
     }
 }
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
-/// The longest a login waits out the server's throttling before giving up.
-const MAX_LOGIN_WAIT_SECS: u64 = 90;
+fn still_throttled(last: &ApiError, wait_secs: u64, waits: u32, waited_secs: u64) -> String {
+    if waits == 0 {
+        format!(
+            "{last}; the server asks us to wait {wait_secs} s, longer than a command waits ({MAX_WAIT_SECS} s): try again later"
+        )
+    } else {
+        format!(
+            "{last}, still after waiting {waited_secs} s ({waits} time(s)); the server asks for {wait_secs} s more: try again later"
+        )
+    }
+}
+
+/// How many times one request waits out "wait and retry" before failing.
+const MAX_WAITS: u32 = 5;
+/// The most one request waits in all before failing.
+const MAX_WAIT_SECS: u64 = 60;
 
 /// A room as the server describes it to a member.
 #[derive(Debug, Clone, serde::Deserialize, Serialize)]
@@ -148,23 +190,7 @@ impl Api {
             username: username.to_owned(),
             password: password.to_owned(),
         };
-        let mut waited = 0;
-        let reply: LoginResponse = loop {
-            match self.post("/api/v1/login", &request).await {
-                Err(ApiError::Refused {
-                    status: 429 | 503,
-                    message,
-                    retry_after_secs: Some(wait),
-                    ..
-                }) if waited + wait <= MAX_LOGIN_WAIT_SECS => {
-                    // Throttled or busy, not refused: wait as told, then try again.
-                    eprintln!("hush: the server asks us to wait {wait} s ({message}); retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-                    waited += wait.max(1);
-                }
-                other => break other?,
-            }
-        };
+        let reply: LoginResponse = self.post("/api/v1/login", &request).await?;
         Ok((self.clone().with_token(reply.token.clone()), reply))
     }
 
@@ -263,50 +289,95 @@ impl Api {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        decode(self.request(reqwest::Method::GET, path).send().await?).await
+        decode(
+            self.send(|| self.request(reqwest::Method::GET, path))
+                .await?,
+        )
+        .await
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         decode(
-            self.request(reqwest::Method::POST, path)
-                .json(body)
-                .send()
+            self.send(|| self.request(reqwest::Method::POST, path).json(body))
                 .await?,
         )
         .await
     }
 
     async fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
-        let response = self
-            .request(reqwest::Method::POST, path)
-            .json(body)
-            .send()
+        self.send(|| self.request(reqwest::Method::POST, path).json(body))
             .await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(refusal(response).await)
+        Ok(())
+    }
+
+    /// Sends the request `build` makes until the server takes it: a
+    /// success comes back as is, a refusal as `Refused`, except that "wait
+    /// and retry" is waited out and sent again (at most `MAX_WAITS` times
+    /// and `MAX_WAIT_SECS` in all).
+    async fn send(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let mut waits = 0;
+        let mut waited_secs: u64 = 0;
+        loop {
+            let response = build().send().await?;
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            let refused = refusal(response).await;
+            let Some(wait_secs) = wait_asked(&refused) else {
+                return Err(refused);
+            };
+            if waits >= MAX_WAITS || waited_secs.saturating_add(wait_secs) > MAX_WAIT_SECS {
+                return Err(ApiError::StillThrottled {
+                    last: Box::new(refused),
+                    wait_secs,
+                    waits,
+                    waited_secs,
+                });
+            }
+            if let ApiError::Refused { message, .. } = &refused {
+                eprintln!("hush: the server asks us to wait {wait_secs} s ({message}); retrying");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(wait_secs)).await;
+            waits += 1;
+            waited_secs += wait_secs;
         }
     }
 }
 
-async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
-    if !response.status().is_success() {
-        return Err(refusal(response).await);
+/// How long to wait before sending again, if `err` is the server saying
+/// "not now" (429, or 503 with a wait) rather than "no".
+fn wait_asked(err: &ApiError) -> Option<u64> {
+    match err {
+        ApiError::Refused {
+            status: 429 | 503,
+            retry_after_secs: Some(secs),
+            ..
+        } => Some((*secs).max(1)),
+        _ => None,
     }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
     let bytes = response.bytes().await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(e.to_string()))
 }
 
 async fn refusal(response: reqwest::Response) -> ApiError {
     let status = response.status();
+    // The body's `retry_after_secs` is the contract; the header is read too,
+    // for a proxy or an error body that is not ours.
+    let header_wait = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = response.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(err) => ApiError::Refused {
             status: status.as_u16(),
             code: err.error.code,
             message: err.error.message,
-            retry_after_secs: err.error.retry_after_secs,
+            retry_after_secs: err.error.retry_after_secs.or(header_wait),
         },
         Err(_) => ApiError::Refused {
             status: status.as_u16(),
@@ -316,7 +387,7 @@ async fn refusal(response: reqwest::Response) -> ApiError {
                 "http_error".into()
             },
             message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            retry_after_secs: None,
+            retry_after_secs: header_wait,
         },
     }
 }

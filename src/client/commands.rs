@@ -1,6 +1,9 @@
 //! The scripting commands: `hush keys …`, `register`, `room …`, `send`,
-//! `read`. Each reads its secrets from the environment or a prompt, does
-//! one thing and exits; errors carry context for the person running them.
+//! `read`, `logout`. Each reads its secrets from the environment or a
+//! prompt, does one thing and exits; errors carry context for the person
+//! running them. Those that talk to the server as the user resume the
+//! user's saved session (`session`) and log in only when there is none
+//! the server takes.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -10,14 +13,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::account::{Account, find_room, new_passphrase, passphrase, password, require_user};
-use super::api::{Api, Room};
+use super::account::{
+    Account, find_room, new_passphrase, open_identity, passphrase, password, require_user,
+};
+use super::api::{Api, ApiError, Room};
 use super::conversation::{Shown, UNSUPPORTED_TEXT};
 use super::device::known_devices;
 use super::directory::Directory;
-use super::keystore::KeyStore;
+use super::keystore::{Identity, KeyStore};
 use super::link::Event;
 use super::outbox::{self, Outbox};
+use super::session::{self, LoggedOut};
 use super::transcript;
 use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
 use crate::crypto::device::DeviceId;
@@ -161,8 +167,8 @@ async fn generate(bits: usize) -> anyhow::Result<IdentityPrivateKey> {
 async fn rotate(opts: &ClientOpts, store: &KeyStore, bits: usize) -> anyhow::Result<()> {
     let user = require_user(opts)?;
     let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
-    let identity = store.open(&user, &passphrase)?;
-    let api = login(opts, &user).await?;
+    let identity = open_identity(store, &user, passphrase.clone()).await?;
+    let api = logged_in(opts, store, &identity).await?;
     let new = generate(bits).await?;
     let old = &identity.current;
     let statement = statements::key_rotation(
@@ -187,7 +193,7 @@ async fn verify(opts: &ClientOpts, peer: &str, mark_verified: bool) -> anyhow::R
     let user = require_user(opts)?;
     let store = KeyStore::new(&opts.keys_dir);
     let mine = store.key_file(&user)?.public_key().clone();
-    let api = login(opts, &user).await?;
+    let api = session_api(opts, &store, &user).await?;
     let mut directory = Directory::new(api, store.load_trust(&user)?);
     let found = directory.peer(peer).await?;
     for notice in directory.take_notices() {
@@ -221,7 +227,7 @@ async fn verify(opts: &ClientOpts, peer: &str, mark_verified: bool) -> anyhow::R
 
 async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Result<()> {
     let user = require_user(opts)?;
-    let api = login(opts, &user).await?;
+    let api = session_api(opts, store, &user).await?;
     let mut directory = Directory::new(api, store.load_trust(&user)?);
     let found = directory.peer(peer).await?;
     let key = found
@@ -234,13 +240,53 @@ async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Logs `user` in with the password from the environment or a prompt.
-async fn login(opts: &ClientOpts, user: &str) -> anyhow::Result<Api> {
-    let (api, _) = Api::new(&opts.server)
-        .login(user, &password(user)?)
-        .await
-        .context("logging in")?;
-    Ok(api)
+/// Opens `user`'s identity (the passphrase from the environment or a
+/// prompt) and returns a logged-in client for the server.
+async fn session_api(opts: &ClientOpts, store: &KeyStore, user: &str) -> anyhow::Result<Api> {
+    let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
+    let identity = open_identity(store, user, passphrase).await?;
+    logged_in(opts, store, &identity).await
+}
+
+/// The saved session of `identity` on the server, or a login with the
+/// password from the environment or a prompt.
+async fn logged_in(
+    opts: &ClientOpts,
+    store: &KeyStore,
+    identity: &Identity,
+) -> anyhow::Result<Api> {
+    session::resume_or_login(&opts.server, store, identity, || {
+        password(&identity.username)
+    })
+    .await
+}
+
+/// `hush logout`: ends the saved session on the server and deletes it from
+/// the key store; if the server cannot be told, deletes it anyway and says so.
+pub async fn logout(opts: &ClientOpts) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let store = KeyStore::new(&opts.keys_dir);
+    let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
+    let identity = open_identity(&store, &user, passphrase).await?;
+    let server = &opts.server;
+    match session::logout(server, &store, &identity).await? {
+        LoggedOut::NoSession => println!("{user} has no saved session for {server}"),
+        LoggedOut::UnreadableDeleted => println!(
+            "deleted {user}'s session file, which did not open; a session it held ends when it expires"
+        ),
+        LoggedOut::Ended => println!("logged {user} out of {server}; the saved session is deleted"),
+        LoggedOut::LocalOnly { reason, expires_at } => {
+            match reason {
+                ApiError::Unreachable(err) => eprintln!("hush: could not reach the server ({err})"),
+                _ => eprintln!("hush: the server did not end the session ({reason})"),
+            }
+            println!(
+                "deleted {user}'s saved session for {server}; on the server it stays valid until {} UTC",
+                format_time(expires_at)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub async fn register(opts: &ClientOpts, invite: Option<&str>) -> anyhow::Result<()> {
@@ -281,7 +327,7 @@ pub async fn register(opts: &ClientOpts, invite: Option<&str>) -> anyhow::Result
 
 pub async fn room(opts: &ClientOpts, command: &RoomCommand) -> anyhow::Result<()> {
     let user = require_user(opts)?;
-    let api = login(opts, &user).await?;
+    let api = session_api(opts, &KeyStore::new(&opts.keys_dir), &user).await?;
     match command {
         RoomCommand::Create { name } => {
             let room = api.create_room(name).await?;

@@ -6,6 +6,7 @@
 //! keys/alice.key.json               current identity (KeyFile, mode 0600)
 //! keys/alice.old.<fp16>.key.json    an earlier identity, kept after rotation
 //! keys/alice.trust.json             pinned peer keys (mode 0600)
+//! keys/alice.session                saved login sessions, sealed (session_file.rs)
 //! ```
 
 use std::path::{Path, PathBuf};
