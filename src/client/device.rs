@@ -9,13 +9,13 @@
 //! at once get different ids, so their chains never collide. When every id
 //! is taken, a new one is made.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::crypto::device::DeviceId;
-use crate::crypto::private_file::create_private_dir;
+use crate::crypto::private_file::{create_private_dir, try_lock_private_file};
 
 /// A device id held for this process. Dropping it releases the id.
 pub struct DeviceClaim {
@@ -30,13 +30,13 @@ impl DeviceClaim {
         let dir = devices_dir(keys_dir, user);
         create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for id in known_ids(&dir)? {
-            if let Some(lock) = try_lock(&lock_path(&dir, &id))? {
+            if let Some(lock) = lock(&lock_path(&dir, &id))? {
                 return Ok(Self { id, _lock: lock });
             }
         }
         loop {
             let id = DeviceId::generate()?;
-            if let Some(lock) = try_lock(&lock_path(&dir, &id))? {
+            if let Some(lock) = lock(&lock_path(&dir, &id))? {
                 return Ok(Self { id, _lock: lock });
             }
         }
@@ -76,33 +76,9 @@ fn known_ids(dir: &Path) -> anyhow::Result<Vec<DeviceId>> {
     Ok(ids)
 }
 
-/// Opens (creating, mode 0600) and locks `path`; `None` if another process
-/// holds it.
-fn try_lock(path: &Path) -> anyhow::Result<Option<File>> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(err).with_context(|| format!("locking {}", path.display()));
-        }
-    }
-    Ok(Some(file))
+/// `try_lock_private_file` with the path in the error.
+fn lock(path: &Path) -> anyhow::Result<Option<File>> {
+    try_lock_private_file(path).with_context(|| format!("locking {}", path.display()))
 }
 
 #[cfg(test)]

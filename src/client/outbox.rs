@@ -39,7 +39,7 @@ use super::account::Account;
 use super::local_seal::LocalKeys;
 use super::transcript::new_client_id;
 use crate::crypto::envelope::{Content, Payload};
-use crate::crypto::private_file::{create_private_dir, write_private_file};
+use crate::crypto::private_file::{create_private_dir, try_lock_private_file, write_private_file};
 use crate::store::RoomId;
 
 /// The first bytes of an outbox journal (format version 1).
@@ -110,7 +110,7 @@ impl Outbox {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let Some(lock) = try_lock(&lock_path(path))? else {
+        let Some(lock) = lock(&lock_path(path))? else {
             return Ok(outbox);
         };
         let loaded = outbox.load()?;
@@ -417,33 +417,9 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Opens (creating, mode 0600) and locks `path`; `None` if another process
-/// holds it.
-fn try_lock(path: &Path) -> anyhow::Result<Option<File>> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(err).with_context(|| format!("locking {}", path.display()));
-        }
-    }
-    Ok(Some(file))
+/// `try_lock_private_file` with the path in the error.
+fn lock(path: &Path) -> anyhow::Result<Option<File>> {
+    try_lock_private_file(path).with_context(|| format!("locking {}", path.display()))
 }
 
 #[cfg(test)]

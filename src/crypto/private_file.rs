@@ -3,7 +3,7 @@
 //! file is created with mode 0600 under a temporary name in the same
 //! directory, synced, then renamed over the target.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,25 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temporary);
     }
     result
+}
+
+/// Opens `path` (created with mode 0600 if missing) and locks it
+/// exclusively for as long as the returned file is open; `None` if another
+/// open file holds the lock (another process, or this one).
+pub fn try_lock_private_file(path: &Path) -> io::Result<Option<File>> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(err)) => Err(err),
+    }
 }
 
 fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
