@@ -566,21 +566,11 @@ fn own_keys(me: &Identity) -> Vec<IdentityKey> {
 /// Whether `key` signed `body` (a message or a distribution), whatever else
 /// is wrong with it: to tell a retired key's signature from a stranger's.
 fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
-    let Some(signed_len) = signed_len(body) else {
-        return false;
-    };
-    let signature = &body[signed_len + 2..];
-    key.verify(&body[..signed_len], signature).is_ok()
-}
-
-/// Where a body's signature length starts: every body ends with
-/// `sig_len u16 | sig`, and sig_len equals the bytes after it.
-fn signed_len(body: &[u8]) -> Option<usize> {
-    (2..=body.len().min(2 + 1024)).find_map(|tail| {
-        let at = body.len() - tail;
-        let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
-        (len + 2 == tail).then_some(at)
-    })
+    match body_kind(body) {
+        Ok(BodyKind::Message) => envelope::is_signed_by(body, key),
+        Ok(BodyKind::SenderKeyDistribution) => sender_keys::is_signed_by(body, key),
+        Err(_) => false,
+    }
 }
 
 /// What `Conversation::seal` produced.

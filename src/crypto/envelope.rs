@@ -401,6 +401,16 @@ pub fn open(
     })
 }
 
+/// Whether `signer` made this envelope's signature, whatever else is wrong
+/// with it (to tell a retired key's signature from a stranger's).
+pub fn is_signed_by(body: &[u8], signer: &IdentityKey) -> bool {
+    ParsedEnvelope::parse(body).is_ok_and(|parsed| {
+        signer
+            .verify(&body[..parsed.signed_len], parsed.signature)
+            .is_ok()
+    })
+}
+
 struct ParsedEnvelope<'a> {
     header: EnvelopeHeader,
     aad_len: usize,

@@ -248,6 +248,16 @@ fn wrap_context(room_id: i64, sender: &str, device: &DeviceId, epoch: u32) -> Ve
     out
 }
 
+/// Whether `signer` made this distribution's signature, whatever else is
+/// wrong with it.
+pub fn is_signed_by(body: &[u8], signer: &IdentityKey) -> bool {
+    ParsedDistribution::parse(body).is_ok_and(|parsed| {
+        signer
+            .verify(&body[..parsed.signed_len], parsed.signature)
+            .is_ok()
+    })
+}
+
 struct ParsedDistribution<'a> {
     header: DistributionHeader,
     wrapped: Vec<&'a [u8]>,
