@@ -287,7 +287,7 @@ impl Chat {
             }
             // The link resends these by itself, in order; the count shown
             // is the outbox's, which also holds lines not sealed yet.
-            Event::Retrying { .. } | Event::Queue { .. } => {}
+            Event::Retrying { .. } => {}
             Event::Presence { user, online } => {
                 println!("* {user} is {}", if online { "online" } else { "offline" })
             }

@@ -68,12 +68,6 @@ pub enum Event {
         code: String,
         retry_after: Duration,
     },
-    /// How many sends given to the link are not acknowledged yet (sent
-    /// once when it changes). Bodies, not messages: a sender-key
-    /// distribution counts as one.
-    Queue {
-        waiting: usize,
-    },
     /// A send the server refused for good (it will not be retried).
     SendFailed {
         client_id: String,
@@ -220,8 +214,6 @@ struct State {
     window: usize,
     /// After a refusal for now: no send goes out before this.
     paused_until: Option<tokio::time::Instant>,
-    /// The last `Event::Queue` count emitted.
-    waiting_shown: usize,
     events: mpsc::Sender<Event>,
     connected_before: bool,
 }
@@ -240,7 +232,6 @@ async fn run(
         in_flight: 0,
         window: MAX_WINDOW,
         paused_until: None,
-        waiting_shown: 0,
         events,
         connected_before: false,
     };
@@ -276,12 +267,7 @@ async fn run(
             tokio::select! {
                 _ = &mut deadline => break,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => {
-                        state.absorb_offline(cmd);
-                        if state.report_queue().await.is_err() {
-                            return;
-                        }
-                    }
+                    Some(cmd) => state.absorb_offline(cmd),
                     None => return,
                 },
             }
@@ -495,9 +481,6 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                 was_up: true,
             };
         }
-        if let Err(outcome) = state.report_queue().await {
-            return outcome;
-        }
     }
 }
 
@@ -652,16 +635,6 @@ impl State {
         }
         if is_fed {
             sink.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Emits `Event::Queue` if the number of unacknowledged sends changed.
-    async fn report_queue(&mut self) -> Result<(), Outcome> {
-        let waiting = self.outbox.len();
-        if waiting != self.waiting_shown {
-            self.waiting_shown = waiting;
-            self.emit(Event::Queue { waiting }).await?;
         }
         Ok(())
     }
