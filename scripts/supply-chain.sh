@@ -15,6 +15,10 @@ if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
     cargo install --locked --debug cargo-deny --version "$DENY_VERSION"
 fi
 
+# cargo-deny reads `cargo metadata` for every target, so every crate in the
+# lock file (Windows-only ones too) must be in the local registry first.
+cargo fetch --locked
+
 cargo deny --offline check bans licenses sources
 
 if timeout 120 cargo deny fetch db >/dev/null 2>&1; then
