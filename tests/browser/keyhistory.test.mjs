@@ -43,7 +43,7 @@ test("a message and a distribution signed with a retired key are rejected; older
   await message(kim, "before the rotation").waitFor();
 
   hush(server, keys, "lou", ["keys", "rotate", "--bits", "2048"]);
-  const keyEvent = kim.locator("#timeline .event", { hasText: "lou's key is now" });
+  const keyEvent = kim.locator("#timeline .event", { hasText: "lou has a new key" });
   await keyEvent.waitFor();
   const rotatedAt = Number(await keyEvent.getAttribute("data-seq"));
   hush(server, keys, "lou", ["send", "--to", "kim", "after the rotation, with the new key"]);

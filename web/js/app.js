@@ -10,6 +10,10 @@ import { HushClient } from "./client.js";
 import { claimDevice, devicePool } from "./devices.js";
 import { Directory } from "./directory.js";
 import * as idb from "./idb.js";
+import { Notifier, titleWithUnread } from "./notify.js";
+import { Store } from "./store.js";
+import { Timeline } from "./timeline.js";
+import { shortFingerprint } from "./conversation.js";
 
 const $ = (id) => document.getElementById(id);
 const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp"]);
@@ -31,7 +35,51 @@ let client = null;
 let api = new Api();
 let activeRoom = null;
 let identityRecord = null;
+let store = null;
+let notifier = null;
 const blobUrls = new Map(); // `${room}:${seq}` -> object URL
+const WINDOW = 100; // messages shown when a conversation opens
+const timeline = new Timeline($("timeline"), {
+  render: (item) => renderItem(client.rooms.get(activeRoom), item),
+  load: (direction, seq, limit) => client.itemsOf(activeRoom, direction, seq, limit),
+});
+
+// ------------------------------------------------------------ errors in words
+
+/**
+ * What went wrong, in words a person understands, for the form that
+ * asked: the server's codes are the same for "no such user" and "no such
+ * room" (on purpose), but the form knows which one it asked about.
+ */
+function explain(e, { user, action } = {}) {
+  if (!(e instanceof ApiError)) return e.message ?? String(e);
+  switch (e.code) {
+    case "network": return "The server cannot be reached. Check your connection and try again.";
+    case "not_found": return user ? `There is no user named ${user}.` : "That conversation is gone, or you are no longer in it.";
+    case "invalid_credentials": return "Wrong username or password.";
+    case "username_taken": return `The name ${user} is taken: choose another.`;
+    case "username_confusable": return `The name ${user} looks too much like an existing one: choose another.`;
+    case "invalid_username": return "A username is 3 to 32 of a–z, 0–9, _ . - and starts with a letter or digit.";
+    case "weak_password": return "The account password must be at least 8 characters.";
+    case "conflict": return user ? `${user} is already in this room or already invited.` : `That cannot be done now (${e.message}).`;
+    case "forbidden": return `You are not allowed to ${action ?? "do that"} here.`;
+    case "rate_limited": return "Too many attempts: wait a minute, then try again.";
+    case "busy": return "The server is busy: try again in a few seconds.";
+    case "unauthorized": return "Your session has ended: log in again.";
+    default: return e.message;
+  }
+}
+
+/** Shows `message` under `form` (role=alert), or clears it. */
+function formError(form, message) {
+  let line = form.querySelector(":scope .form-error");
+  if (!line) {
+    line = el("p", { class: "form-error", role: "alert" });
+    form.append(line);
+  }
+  line.textContent = message ?? "";
+  line.hidden = !message;
+}
 
 // ------------------------------------------------------------ identities
 
@@ -58,13 +106,15 @@ function status(text) {
   $("welcome-status").textContent = text;
 }
 
-async function busy(form, work) {
+async function busy(form, work, context = () => ({})) {
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
+  formError(form, null);
   try {
     await work();
   } catch (e) {
-    status(`${e.message}`);
+    status("");
+    formError(form, explain(e, context()));
   } finally {
     button.disabled = false;
   }
@@ -83,7 +133,8 @@ $("register-form").addEventListener("submit", (event) => {
     const username = $("reg-username").value.trim();
     const password = $("reg-password").value;
     const passphrase = $("reg-passphrase").value;
-    if (!c.KEY_BITS.includes(Number($("reg-bits").value))) throw new Error("pick a key size");
+    if (passphrase !== $("reg-passphrase2").value) throw new Error("The two key passphrases differ: type the same one twice.");
+    if (!c.KEY_BITS.includes(Number($("reg-bits").value))) throw new Error("Pick a key size.");
     status("Making your key pair…");
     const pair = await c.generateKeyPair(Number($("reg-bits").value));
     status("Sealing the key backup with your passphrase…");
@@ -93,13 +144,16 @@ $("register-form").addEventListener("submit", (event) => {
     status("Registering…");
     await register(username, password, priv);
     await storeIdentity(username, priv, [], JSON.stringify(c.exportBundle(username, keyFile), null, 2));
+    // Until the backup is downloaded, the key lives only in this browser.
+    await idb.put(`backup-due:${username}`, true);
     await logIn(username, password);
-  });
+  }, () => ({ user: $("reg-username").value.trim() }));
 });
 
 $("login-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  busy(event.target, () => logIn($("login-username").value.trim().toLowerCase(), $("login-password").value));
+  busy(event.target, () => logIn($("login-username").value.trim().toLowerCase(), $("login-password").value),
+    () => ({ user: $("login-username").value.trim().toLowerCase() }));
 });
 
 $("import-form").addEventListener("submit", (event) => {
@@ -119,7 +173,7 @@ $("import-form").addEventListener("submit", (event) => {
     }
     await storeIdentity(bundle.username, current, previous, JSON.stringify(c.exportBundle(bundle.username, bundle.current, bundle.previous), null, 2));
     await logIn(bundle.username, $("import-password").value);
-  });
+  }, () => ({ user: null }));
 });
 
 async function logIn(username, password) {
@@ -140,9 +194,17 @@ async function enter(username, token, record) {
   const trust = await idb.get(`trust:${username}`);
   const directory = new Directory(api, trust, (t) => idb.put(`trust:${username}`, t), identity);
   const device = await claimDevice(username);
-  client = new HushClient({ api, token, identity, directory, device });
+  try {
+    store = await Store.open(username);
+  } catch (e) {
+    store = null;
+    showProblem(`This browser cannot keep messages (${e.message}): every visit reads them from the server again.`);
+  }
+  notifier = new Notifier(username);
+  $("notify-text").checked = notifier.showText;
+  client = new HushClient({ api, token, identity, directory, device, store });
   client.addEventListener("rooms", renderRooms);
-  client.addEventListener("entry", (e) => onEntry(e.detail));
+  client.addEventListener("entries", (e) => onEntries(e.detail));
   client.addEventListener("pending", () => {
     renderPending();
     renderConnection();
@@ -150,7 +212,7 @@ async function enter(username, token, record) {
   client.addEventListener("connection", renderConnection);
   client.addEventListener("presence", renderPresence);
   client.addEventListener("invitations", renderInvitations);
-  client.addEventListener("key-notice", renderKeyWarnings);
+  client.addEventListener("key-notice", (e) => onKeyNotice(e.detail));
   client.addEventListener("synced", (e) => e.detail.roomId === activeRoom && client.markRead(activeRoom));
   client.addEventListener("problem", (e) => showProblem(e.detail.message));
   client.addEventListener("signed-out", () => signOut(false));
@@ -159,19 +221,33 @@ async function enter(username, token, record) {
   $("welcome").hidden = true;
   $("app").hidden = false;
   status("");
+  renderBackupDue();
+  // Back where the user was: the conversation open last, from the store,
+  // before the network answers.
+  const last = await store?.getMeta("lastRoom").catch(() => null);
+  if (last !== undefined && last !== null && client.rooms.has(last) && activeRoom === null) await openRoom(last, { focus: false });
+  await client.connect();
   renderKeyWarnings();
 }
 
 async function signOut(tellServer = true) {
   if (tellServer) await api.logout().catch(() => {});
   client?.stop();
+  const user = client?.me;
   client = null;
   api = new Api();
   activeRoom = null;
   await idb.del("session");
+  // Signing out forgets this browser's copy of the messages (the server
+  // keeps the log; the next log-in reads it again). The key stays.
+  store?.close();
+  store = null;
+  if (user && tellServer) await Store.destroy(user);
+  document.title = titleWithUnread(0);
+  keyNotices.clear();
   for (const url of blobUrls.values()) URL.revokeObjectURL(url);
   blobUrls.clear();
-  $("timeline").replaceChildren();
+  timeline.clear();
   $("app").hidden = true;
   $("welcome").hidden = false;
   $("room-view").hidden = true;
@@ -213,25 +289,42 @@ function renderConnection() {
 
 // ------------------------------------------------------------ room list
 
+/**
+ * The room list, updated in place: each room keeps its <li> and <button>
+ * (keyed by room id), so a new message, a read mark or a presence change
+ * never takes away keyboard focus from a button the user is on.
+ */
 function renderRooms() {
   if (!client) return;
-  const rooms = [...client.rooms.values()].sort((a, b) => (b.shown.at(-1)?.ts ?? 0) - (a.shown.at(-1)?.ts ?? 0) || a.info.id - b.info.id);
+  const rooms = [...client.rooms.values()].sort((a, b) => b.lastTs - a.lastTs || a.info.id - b.info.id);
   $("no-rooms").hidden = rooms.length > 0;
-  $("room-list").replaceChildren(...rooms.map((room) => {
+  const list = $("room-list");
+  const existing = new Map([...list.children].map((li) => [Number(li.dataset.room), li]));
+  let total = 0;
+  rooms.forEach((room, index) => {
     const id = room.info.id;
-    const unread = id === activeRoom ? 0 : client.unread(room);
+    const unread = id === activeRoom && !document.hidden ? 0 : client.unread(room);
+    total += unread;
     const name = client.title(room);
-    return el("li", {},
-      el("button", {
-        type: "button", class: `room-button${id === activeRoom ? " active" : ""}`, "data-room": id,
-        "aria-current": id === activeRoom ? "true" : null,
-        "aria-label": `${room.info.kind === "dm" ? "Direct message with" : "Room"} ${name}${unread ? `, ${unread} unread` : ""}`,
-        onclick: () => openRoom(id),
-      },
+    let li = existing.get(id);
+    existing.delete(id);
+    if (!li) {
+      li = el("li", { "data-room": id }, el("button", { type: "button", class: "room-button", "data-room": id, onclick: () => openRoom(id) }));
+    }
+    const button = li.firstElementChild;
+    button.className = `room-button${id === activeRoom ? " active" : ""}`;
+    if (id === activeRoom) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+    button.setAttribute("aria-label", `${room.info.kind === "dm" ? "Direct message with" : "Room"} ${name}${unread ? `, ${unread} unread` : ""}`);
+    button.replaceChildren(
       el("span", { class: "room-kind", "aria-hidden": "true" }, room.info.kind === "dm" ? "@" : "#"),
       el("span", { class: "room-name" }, name),
-      unread ? el("span", { class: "badge", "aria-hidden": "true" }, String(unread)) : null));
-  }));
+      unread ? el("span", { class: "badge", "aria-hidden": "true" }, String(unread)) : null);
+    // Moving the focused node would blur it: only move what is out of place.
+    if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
+  });
+  for (const li of existing.values()) li.remove();
+  document.title = titleWithUnread(total);
   if (activeRoom !== null && !client.rooms.has(activeRoom)) closeRoom();
   if (activeRoom !== null) renderRoomHeader();
 }
@@ -239,18 +332,27 @@ function renderRooms() {
 function renderInvitations() {
   const list = client?.invitations ?? [];
   $("no-invitations").hidden = list.length > 0;
-  $("invitation-list").replaceChildren(...list.map((inv) => el("li", {},
-    el("span", {}, `#${inv.name ?? inv.room} from ${inv.invited_by} `),
-    el("button", { type: "button", onclick: () => act(async () => {
-      const info = await api.join(inv.room);
-      await client.enqueue(async () => {
-        client.addRoom(info);
-        client.sync([client.rooms.get(info.id)]);
-      });
-      await client.refreshInvitations();
-      renderRooms();
-      openRoom(info.id);
-    }) }, `Join ${inv.name ?? ""}`))));
+  const ul = $("invitation-list");
+  const existing = new Map([...ul.children].map((li) => [Number(li.dataset.room), li]));
+  for (const inv of list) {
+    if (existing.has(inv.room)) {
+      existing.delete(inv.room);
+      continue;
+    }
+    ul.append(el("li", { "data-room": inv.room },
+      el("span", {}, `#${inv.name ?? inv.room} from ${inv.invited_by} `),
+      el("button", { type: "button", onclick: () => act(async () => {
+        const info = await api.join(inv.room);
+        await client.enqueue(async () => {
+          client.addRoom(info);
+          client.sync([client.rooms.get(info.id)]);
+        });
+        await client.refreshInvitations();
+        renderRooms();
+        openRoom(info.id);
+      }) }, `Join ${inv.name ?? ""}`)));
+  }
+  for (const li of existing.values()) li.remove();
 }
 
 function renderPresence() {
@@ -259,9 +361,21 @@ function renderPresence() {
   if (activeRoom !== null) renderRoomHeader();
 }
 
+/** Runs a sidebar or room form's work; a failure is said under that form. */
+function formAct(form, work, context = () => ({})) {
+  formError(form, null);
+  return (async () => {
+    try {
+      await work();
+    } catch (e) {
+      formError(form, explain(e, context()));
+    }
+  })();
+}
+
 $("create-room-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  act(async () => {
+  formAct(event.target, async () => {
     const info = await api.createRoom($("new-room-name").value);
     $("new-room-name").value = "";
     await client.enqueue(async () => {
@@ -275,8 +389,10 @@ $("create-room-form").addEventListener("submit", (event) => {
 
 $("dm-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  act(async () => {
-    const info = await api.dm($("dm-username").value.trim().toLowerCase());
+  const user = $("dm-username").value.trim().toLowerCase();
+  formAct(event.target, async () => {
+    if (user === client.me) throw new Error("That is you: a direct message needs someone else.");
+    const info = await api.dm(user);
     $("dm-username").value = "";
     await client.enqueue(async () => {
       if (!client.rooms.has(info.id)) {
@@ -286,20 +402,34 @@ $("dm-form").addEventListener("submit", (event) => {
     });
     renderRooms();
     openRoom(info.id);
-  });
+  }, () => ({ user }));
 });
 
 // ------------------------------------------------------------ conversation
 
-function openRoom(id) {
+/**
+ * Opens a conversation at its newest message, from the store (so at once,
+ * and offline too), then remembers it for the next visit.
+ */
+async function openRoom(id, { focus = true } = {}) {
   activeRoom = id;
   document.body.classList.add("room-open");
   $("empty-state").hidden = true;
   $("room-view").hidden = false;
+  formError($("composer"), null);
   renderRoomHeader();
-  renderTimeline();
+  renderRooms();
+  for (const url of blobUrls.values()) URL.revokeObjectURL(url);
+  blobUrls.clear();
+  const items = await client.itemsOf(id, "latest", 0, WINDOW);
+  if (activeRoom !== id) return;
+  timeline.show(id, items, WINDOW);
+  // Entries processed while the store was read are not in it yet.
+  timeline.append(client.rooms.get(id)?.unsaved ?? []);
+  renderPending();
   client.markRead(id);
-  $("message-input").focus();
+  store?.setMeta("lastRoom", id).catch(() => {});
+  if (focus) $("message-input").focus();
 }
 
 function closeRoom() {
@@ -307,6 +437,8 @@ function closeRoom() {
   document.body.classList.remove("room-open");
   $("room-view").hidden = true;
   $("empty-state").hidden = false;
+  timeline.clear();
+  store?.setMeta("lastRoom", null).catch(() => {});
 }
 
 $("back-button").addEventListener("click", () => {
@@ -325,60 +457,56 @@ function renderRoomHeader() {
   $("leave-room").hidden = isDm;
 }
 
-const dayOf = (ts) => new Date(ts).toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
 const timeOf = (ts) => new Date(ts).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
 
-function renderTimeline() {
-  const room = client.rooms.get(activeRoom);
-  const timeline = $("timeline");
-  timeline.replaceChildren();
-  for (const shown of room.shown) appendShown(room, shown);
-  renderPending();
-  timeline.scrollTop = timeline.scrollHeight;
-}
-
-function appendShown(room, shown) {
-  if (shown.type === "quiet") return;
-  const timeline = $("timeline");
-  const day = dayOf(shown.ts);
-  const last = [...timeline.querySelectorAll("li[data-day]")].at(-1);
-  if (last?.dataset.day !== day) timeline.append(el("li", { class: "day", "data-day": day, role: "separator" }, day));
+/** One timeline item (a message, an event, a rejection) as an <li>. */
+function renderItem(room, shown) {
   const own = shown.sender === client.me;
   const meta = (extra) => el("div", { class: "meta" },
     el("span", { class: "sender" }, own ? `${shown.sender} (you)` : shown.sender), " ",
     el("time", { datetime: new Date(shown.ts).toISOString() }, timeOf(shown.ts)), extra);
-  let item;
   if (shown.type === "unsupported") {
-    item = el("li", { class: `msg unsupported${own ? " own" : ""}`, "data-seq": shown.seq },
+    return el("li", { class: `msg unsupported${own ? " own" : ""}`, "data-seq": shown.seq },
       meta(null), el("div", { class: "body" }, el("p", { class: "text notice" }, shown.text)));
-  } else if (shown.type === "event") {
-    item = el("li", { class: "event", "data-seq": shown.seq }, el("time", { datetime: new Date(shown.ts).toISOString() }, timeOf(shown.ts)), " ", shown.text);
-  } else if (shown.type === "rejected") {
-    item = el("li", { class: `msg rejected${own ? " own" : ""}`, "data-seq": shown.seq },
-      meta(null), el("div", { class: "body" }, `⚠ Rejected message: ${shown.reason}. It is not shown because it cannot be trusted.`));
-  } else {
-    const late = shown.isLate
-      ? el("span", { class: "late", title: "stored after a later message of the same sender; shown where the log has it" }, " · delivered late")
-      : null;
-    item = el("li", { class: `msg${own ? " own" : ""}${shown.isLate ? " late" : ""}`, "data-seq": shown.seq },
-      meta([shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null, late]),
-      el("div", { class: "body" }, renderPayload(room.info.id, shown.seq, shown.payload)));
   }
-  const pendingStart = timeline.querySelector("li.pending");
-  timeline.insertBefore(item, pendingStart);
+  if (shown.type === "event") {
+    return el("li", { class: `event${shown.kind === "key" ? " key-event" : ""}`, "data-seq": shown.seq },
+      el("time", { datetime: new Date(shown.ts).toISOString() }, timeOf(shown.ts)), " ", shown.text);
+  }
+  if (shown.type === "rejected") {
+    return el("li", { class: `msg rejected${own ? " own" : ""}`, "data-seq": shown.seq },
+      meta(null), el("div", { class: "body" }, `⚠ Rejected message: ${shown.reason}. It is not shown because it cannot be trusted.`));
+  }
+  const late = shown.isLate
+    ? el("span", { class: "late", title: "stored after a later message of the same sender; shown where the log has it" }, " · delivered late")
+    : null;
+  return el("li", { class: `msg${own ? " own" : ""}${shown.isLate ? " late" : ""}`, "data-seq": shown.seq },
+    meta([shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null, late]),
+    el("div", { class: "body" }, renderPayload(room.info.id, shown.seq, shown.payload)));
 }
+
+const IMAGE_MAX = { width: 480, height: 320 };
 
 function renderPayload(roomId, seq, payload) {
   if (payload.t === "text") return el("p", { class: "text" }, payload.text);
+  // Never a path: what is after the last slash, control characters replaced (§19).
+  const name = c.safeFileName(payload.name);
+  if (!payload.data) return el("p", { class: "file" }, `📎 ${name} (not in this browser's store)`);
   const key = `${roomId}:${seq}`;
   if (!blobUrls.has(key)) blobUrls.set(key, URL.createObjectURL(new Blob([payload.data], { type: payload.mime })));
   const url = blobUrls.get(key);
-  // Never a path: what is after the last slash, control characters replaced (§19).
-  const name = c.safeFileName(payload.name);
   const size = `${name} (${formatSize(payload.data.length)})`;
   const download = el("a", { href: url, download: name, class: "download" }, `Download ${size}`);
   if (IMAGE_TYPES.has(payload.mime)) {
-    return el("figure", {}, el("img", { src: url, alt: name, class: "inline-image" }), el("figcaption", {}, download));
+    const img = el("img", { src: url, alt: name, class: "inline-image", decoding: "async" });
+    if (payload.width && payload.height) {
+      // The size is known before the image loads: its box is reserved, so
+      // the view does not jump when it arrives (scaled like the CSS does).
+      const scale = Math.min(1, IMAGE_MAX.width / payload.width, IMAGE_MAX.height / payload.height);
+      img.width = Math.max(1, Math.round(payload.width * scale));
+      img.height = Math.max(1, Math.round(payload.height * scale));
+    }
+    return el("figure", {}, img, el("figcaption", {}, download));
   }
   if (payload.mime.startsWith("audio/")) {
     return el("figure", {}, el("audio", { src: url, controls: true, "aria-label": name }), el("figcaption", {}, download));
@@ -388,38 +516,67 @@ function renderPayload(roomId, seq, payload) {
 
 const formatSize = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
 
+/**
+ * Messages of this tab not yet in the log, after the timeline's items,
+ * updated in place by client id (a focused Retry button stays focused).
+ */
 function renderPending() {
   if (!client || activeRoom === null) return;
-  const timeline = $("timeline");
-  timeline.querySelectorAll("li.pending").forEach((n) => n.remove());
+  const list = $("timeline");
+  const existing = new Map([...list.querySelectorAll(":scope > li.pending")].map((li) => [li.dataset.clientId, li]));
   for (const p of client.pending.filter((x) => x.roomId === activeRoom)) {
     const sending = p.state === "sealed" && client.isInFlight(p);
     const label = sending ? "sending…" : { failed: `not sent: ${p.error}`, acked: "sent" }[p.state] ?? "waiting to send";
-    timeline.append(el("li", { class: `msg own pending ${p.state === "new" ? "queued" : p.state}`, "data-client-id": p.clientId, "data-saved": p.key !== undefined },
-      el("div", { class: "meta" }, el("span", { class: "sender" }, `${client.me} (you)`), " ", el("span", { class: "state" }, label)),
-      el("div", { class: "body" }, p.payload.t === "text" ? el("p", { class: "text" }, p.payload.text) : el("p", { class: "file" }, `📎 ${p.payload.name}`))));
-  }
-  timeline.scrollTop = timeline.scrollHeight;
-}
-
-function onEntry({ roomId, shown }) {
-  const room = client.rooms.get(roomId);
-  if (roomId === activeRoom) {
-    const timeline = $("timeline");
-    const atBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 80;
-    appendShown(room, shown);
-    if (atBottom || shown.sender === client.me) timeline.scrollTop = timeline.scrollHeight;
-    if (!document.hidden) {
-      room.lastRead = shown.seq;
-      clearTimeout(onEntry.readTimer);
-      onEntry.readTimer = setTimeout(() => client?.markRead(roomId), 300);
+    const className = `msg own pending ${p.state === "new" ? "queued" : p.state}`;
+    let li = existing.get(p.clientId);
+    existing.delete(p.clientId);
+    if (!li) {
+      li = el("li", { "data-client-id": p.clientId },
+        el("div", { class: "meta" }, el("span", { class: "sender" }, `${client.me} (you)`), " ", el("span", { class: "state" })),
+        el("div", { class: "body" }, p.payload.t === "text" ? el("p", { class: "text" }, p.payload.text) : el("p", { class: "file" }, `📎 ${p.payload.name}`)));
+      list.append(li);
+    }
+    li.className = className;
+    li.toggleAttribute("data-saved", p.key !== undefined);
+    li.querySelector(".state").textContent = label;
+    if (p.state === "failed" && !li.querySelector(".retry")) {
+      li.append(el("div", { class: "actions" },
+        el("button", { type: "button", class: "retry", onclick: () => client.retry(p) }, "Try again"),
+        el("button", { type: "button", class: "dismiss", onclick: () => client.dismiss(p) }, "Dismiss")));
     }
   }
-  clearTimeout(onEntry.roomsTimer);
-  onEntry.roomsTimer = setTimeout(renderRooms, 50);
+  for (const li of existing.values()) li.remove();
+  if (timeline.isStuck) timeline.toBottom();
 }
 
-document.addEventListener("visibilitychange", () => !document.hidden && activeRoom !== null && client?.markRead(activeRoom));
+function onEntries({ roomId, items, isLive }) {
+  const room = client.rooms.get(roomId);
+  if (!room) return;
+  if (roomId === activeRoom && timeline.roomId === roomId) {
+    timeline.append(items);
+    if (items.some((i) => i.sender === client.me)) timeline.follow();
+    if (!document.hidden) {
+      clearTimeout(onEntries.readTimer);
+      onEntries.readTimer = setTimeout(() => client?.markRead(roomId), 300);
+    }
+  }
+  if (isLive && document.hidden) {
+    const fresh = items.filter((i) => i.type === "message" && i.sender !== client.me);
+    if (fresh.length) {
+      const last = fresh.at(-1);
+      notifier.message({
+        roomId, title: client.title(room), sender: last.sender, count: fresh.length,
+        text: last.payload?.t === "text" ? last.payload.text : `📎 ${last.payload?.name ?? "a file"}`,
+      });
+    }
+  }
+  clearTimeout(onEntries.roomsTimer);
+  onEntries.roomsTimer = setTimeout(renderRooms, 50);
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && activeRoom !== null) client?.markRead(activeRoom);
+});
 
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -427,7 +584,10 @@ $("composer").addEventListener("submit", (event) => {
   const text = input.value;
   if (!text.trim() || activeRoom === null) return;
   input.value = "";
+  formError($("composer"), null);
+  notifier?.askOnce();
   client.sendPayload(activeRoom, c.textPayload(text));
+  timeline.follow();
 });
 
 $("message-input").addEventListener("keydown", (event) => {
@@ -437,18 +597,36 @@ $("message-input").addEventListener("keydown", (event) => {
   }
 });
 
+/** An image's pixel size, read in the page (null if it is not an image the browser can read). */
+async function imageSize(file) {
+  if (!IMAGE_TYPES.has(file.type) || typeof createImageBitmap !== "function") return null;
+  try {
+    const bitmap = await createImageBitmap(file);
+    const size = { width: bitmap.width, height: bitmap.height };
+    bitmap.close();
+    return size;
+  } catch {
+    return null;
+  }
+}
+
 $("file-input").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   event.target.value = "";
   if (!file || activeRoom === null) return;
-  // What fits one body once sealed (§19); refused before anything is encrypted.
+  formError($("composer"), null);
+  // What fits one body once sealed (§19); refused before anything is read or encrypted.
   const limit = c.maxAttachmentBytes(client.maxBodyBytes, client.identity.current.public.bits / 8);
   if (file.size > limit) {
-    showProblem(`${file.name} is too large to send: this server takes files up to ${formatSize(limit)}, and this one is ${formatSize(file.size)}.`);
+    formError($("composer"), `${file.name} is too large to send: files can be at most ${formatSize(limit)} here, and this one is ${formatSize(file.size)}. Nothing was sent.`);
     return;
   }
+  const roomId = activeRoom;
+  const size = await imageSize(file);
   const data = new Uint8Array(await file.arrayBuffer());
-  client.sendPayload(activeRoom, c.filePayload(c.safeFileName(file.name), file.type || "application/octet-stream", data));
+  notifier?.askOnce();
+  client.sendPayload(roomId, c.filePayload(c.safeFileName(file.name), file.type || "application/octet-stream", data, size));
+  timeline.follow();
 });
 document.querySelector("label.file-button").addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") {
@@ -459,10 +637,11 @@ document.querySelector("label.file-button").addEventListener("keydown", (event) 
 
 $("invite-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  act(async () => {
-    await api.invite(activeRoom, $("invite-username").value.trim().toLowerCase());
+  const user = $("invite-username").value.trim().toLowerCase();
+  formAct(event.target, async () => {
+    await api.invite(activeRoom, user);
     $("invite-username").value = "";
-  });
+  }, () => ({ user, action: "invite" }));
 });
 
 $("leave-room").addEventListener("click", () => act(async () => {
@@ -475,7 +654,7 @@ $("leave-room").addEventListener("click", () => act(async () => {
 
 $("logout").addEventListener("click", () => signOut(true));
 
-$("export-key").addEventListener("click", () => {
+function downloadBackup() {
   if (!identityRecord?.bundle) return;
   const url = URL.createObjectURL(new Blob([identityRecord.bundle], { type: "application/json" }));
   const a = el("a", { href: url, download: `${identityRecord.username}.hush-key.json` });
@@ -483,14 +662,79 @@ $("export-key").addEventListener("click", () => {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  idb.del(`backup-due:${identityRecord.username}`).then(renderBackupDue, () => {});
+}
+
+$("export-key").addEventListener("click", downloadBackup);
+
+/** After sign-up, until the backup is downloaded: the key lives only in this browser. */
+async function renderBackupDue() {
+  const due = identityRecord && (await idb.get(`backup-due:${identityRecord.username}`).catch(() => false));
+  const box = $("backup-due");
+  if (!due) {
+    box.hidden = true;
+    return;
+  }
+  box.replaceChildren(
+    el("strong", {}, "Download your key backup now."),
+    el("p", {}, "Your private key exists only in this browser. If this browser's data is cleared or the device is lost, "
+      + "you cannot read your messages anywhere else. The backup is sealed with your key passphrase; keep it somewhere safe."),
+    el("div", { class: "row" },
+      el("button", { type: "button", class: "primary", onclick: downloadBackup }, "Download key backup"),
+      el("button", { type: "button", class: "quiet", onclick: () => (box.hidden = true) }, "Remind me next time")));
+  box.hidden = false;
+}
+
+$("notify-text").addEventListener("change", (event) => {
+  if (notifier) notifier.showText = event.target.checked;
+  notifier?.askOnce();
+});
+
+$("menu-button").addEventListener("click", () => {
+  const isOpen = document.body.classList.toggle("menu-open");
+  $("menu-button").setAttribute("aria-expanded", String(isOpen));
+});
+
+// ------------------------------------------------------------ search
+
+/** Searches this browser's store (decrypted here); the server is never asked. */
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = $("search-input").value.trim();
+  const results = $("search-results");
+  if (!query || !store) {
+    results.replaceChildren();
+    return;
+  }
+  formAct(event.target, async () => {
+    results.replaceChildren(el("li", { class: "hint" }, "Searching…"));
+    await Promise.all([...client.rooms.values()].map((room) => client.flushSaves(room)));
+    const found = await store.search(query);
+    if ($("search-input").value.trim() !== query) return;
+    results.replaceChildren(...(found.length ? found.map(({ room, item }) => {
+      const r = client.rooms.get(room);
+      const text = item.payload.t === "text" ? item.payload.text : `📎 ${item.payload.name}`;
+      return el("li", { class: "search-hit", "data-room": room, "data-seq": item.seq },
+        el("button", { type: "button", onclick: () => openRoom(room) },
+          el("span", { class: "hint" }, `${r ? client.title(r) : `room ${room}`} · ${item.sender} · ${new Date(item.ts).toLocaleString()}`),
+          el("span", { class: "hit-text" }, text)));
+    }) : [el("li", { class: "hint" }, `Nothing found for “${query}” in this browser's messages.`)]));
+  });
 });
 
 // ------------------------------------------------------------ keys & trust
 
+const keyNotices = new Map(); // user -> {user, fingerprint}: rotations to tell about
+
+function onKeyNotice(notice) {
+  if (notice.kind === "rotated") keyNotices.set(notice.user, notice);
+  renderKeyWarnings();
+}
+
 function renderKeyWarnings() {
   if (!client) return;
   const blocked = client.directory.blocked();
-  $("key-warnings").replaceChildren(...blocked.map((user) => {
+  const warnings = blocked.map((user) => {
     const r = client.directory.record(user);
     return el("div", { class: "key-warning", role: "alert", "data-user": user },
       el("strong", {}, `⚠ ${user}'s key has changed`),
@@ -498,7 +742,22 @@ function renderKeyWarnings() {
         + `Someone may be impersonating ${user}. Messages signed with the new key are rejected and nothing is encrypted for ${user} until you compare safety numbers with them (in person or on a call) and accept the new key.`),
       el("p", { class: "fingerprint" }, `Pinned: ${c.displayFingerprint(r.fingerprint)}`),
       el("button", { type: "button", onclick: () => showSecurity(user) }, `Compare keys with ${user}`));
-  }));
+  });
+  // A rotation signed by the old key is trusted by itself: say so plainly,
+  // with a fingerprint short enough for a phone, and what to do.
+  const rotations = [...keyNotices.values()].filter((n) => !blocked.includes(n.user)).map(({ user, fingerprint }) =>
+    el("div", { class: "key-notice", role: "status", "data-user": user },
+      el("strong", {}, `${user} has a new key`),
+      el("p", {}, `${user} replaced their key, and the old key signed the new one, so their messages stay trusted. `
+        + `New fingerprint: `, el("span", { class: "fingerprint" }, shortFingerprint(fingerprint)), ". "
+        + `If you compared safety numbers with ${user} before, compare them again.`),
+      el("div", { class: "row" },
+        el("button", { type: "button", onclick: () => showSecurity(user) }, `Compare keys with ${user}`),
+        el("button", { type: "button", class: "quiet", onclick: () => {
+          keyNotices.delete(user);
+          renderKeyWarnings();
+        } }, "Dismiss"))));
+  $("key-warnings").replaceChildren(...warnings, ...rotations);
 }
 
 $("security-room").addEventListener("click", () => {
@@ -576,6 +835,8 @@ $("devices-me").addEventListener("click", () => act(async () => {
 // ------------------------------------------------------------ start
 
 async function boot() {
+  // The page's files are kept for offline reloads (web/sw.js); the page works without it.
+  navigator.serviceWorker?.register("/sw.js").catch(() => {});
   try {
     const session = await idb.get("session");
     const record = session && session.expires_at > Date.now() && (await idb.get(`identity:${session.username}`));

@@ -8,11 +8,17 @@
 // a send refused for now holds the window at one, the refused bodies go
 // again in refusal order once the server's wait is over, head first, and
 // the window grows back as acks come. Emits events for the page to render.
+//
+// With a Store (store.js), each room starts from its saved snapshot and
+// cursor, so a sync brings only what is new; what each page of entries
+// showed is saved with the snapshot in one transaction. Entries are
+// handed to the page in batches ("entries"), one per sync page.
 
 import { Conversation } from "./conversation.js";
 import { Link } from "./link.js";
 import { b64encode } from "./bytes.js";
 import { Outbox, newClientId } from "./outbox.js";
+import { yieldToEventLoop } from "./store.js";
 
 const MEMBERSHIP_KINDS = new Set(["create", "invite", "join", "leave", "remove", "key"]);
 // A send refused with these was not stored but may be later (PROTOCOL.md §11).
@@ -22,18 +28,23 @@ const DEFAULT_RETRY_MS = 1000; // when the server names no wait
 // Sends in flight at once: back to one after a refusal, one more per ack.
 const WINDOW_MAX = 16;
 const ADOPT_EVERY_MS = 5_000;
+const SAVE_AFTER_MS = 250; // live entries are saved in small batches
+const YIELD_EVERY = 25; // entries processed between yields to the event loop
 
 export class HushClient extends EventTarget {
   /** `device`: this tab's claimed device id ({id, hex}). */
-  constructor({ api, token, identity, directory, device }) {
+  constructor({ api, token, identity, directory, device, store = null }) {
     super();
     this.api = api;
+    this.store = store;
+    this.areRoomsStale = false; // the room list came from the store only
     this.identity = identity;
     this.me = identity.username;
     this.directory = directory;
     this.device = device;
     this.outbox = new Outbox(this.me, device.hex);
-    this.rooms = new Map(); // id -> {info, conv, syncing, shown[], lastRead}
+    // id -> {info, conv, syncing, synced, unsaved[], unread, lastTs, lastRead}
+    this.rooms = new Map();
     // Messages of this tab not yet acknowledged, in typing order:
     // {clientId, roomId, payload, key?, state: "new"|"queued"|"sealed"|"acked"|"failed", error?, note?}.
     this.pending = [];
@@ -71,8 +82,23 @@ export class HushClient extends EventTarget {
     return this.queue;
   }
 
+  /** The rooms this browser has stored, before any network: the page can show them at once. */
   async start() {
-    for (const info of await this.api.rooms()) this.addRoom(info);
+    await this.loadStored();
+    this.emit("rooms", {});
+  }
+
+  /** The server's room list, the outbox, then the connection. */
+  async connect() {
+    try {
+      const infos = await this.api.rooms();
+      await this.reconcileRooms(infos);
+    } catch (e) {
+      // Offline (or the server is down): the stored rooms show; the room
+      // list is asked again once connected.
+      if (e.status !== 0 || !this.rooms.size) throw e;
+      this.areRoomsStale = true;
+    }
     await this.loadOutbox();
     this.refreshInvitations();
     this.emit("rooms", {});
@@ -104,10 +130,36 @@ export class HushClient extends EventTarget {
   }
 
   stop() {
+    this.isStopped = true;
+    for (const room of this.rooms.values()) clearTimeout(room.saveTimer);
     clearTimeout(this.retryTimer);
     clearInterval(this.adoptTimer);
     this.link.stop();
     this.device.release?.();
+  }
+
+  /** Rooms as the store has them: each resumes at its cursor. */
+  async loadStored() {
+    if (!this.store) return;
+    let stored;
+    try {
+      stored = await this.store.rooms();
+    } catch (e) {
+      this.emit("problem", { message: `This browser's message store cannot be read (${e.message}); messages are read from the server.` });
+      return;
+    }
+    for (const r of stored) {
+      const room = this.addRoom(r.info);
+      if (!r.conv) continue;
+      try {
+        await room.conv.restore(r.conv);
+      } catch {
+        room.conv = new Conversation(r.info.id, this.me, this.device.id);
+        continue;
+      }
+      room.unread = room.lastRead >= room.conv.lastSeq ? 0 : r.unread;
+      room.lastTs = r.lastTs;
+    }
   }
 
   addRoom(info) {
@@ -120,11 +172,83 @@ export class HushClient extends EventTarget {
       conv: new Conversation(info.id, this.me, this.device.id),
       syncing: false,
       synced: false, // read up to the log's end once on some connection
-      shown: [],
+      unsaved: [], // shown since the last save
+      unread: 0,
+      lastTs: 0,
       lastRead: Number(localStorage.getItem(`hush.read.${this.me}.${info.id}`) ?? 0),
     };
     this.rooms.set(info.id, room);
     return room;
+  }
+
+  /** Brings the room list in line with the server's: rooms left are forgotten, here and in the store. */
+  async reconcileRooms(infos) {
+    const ids = new Set(infos.map((i) => i.id));
+    for (const id of [...this.rooms.keys()]) {
+      if (ids.has(id)) continue;
+      this.rooms.delete(id);
+      await this.store?.deleteRoom(id).catch(() => {});
+    }
+    const fresh = infos.filter((i) => !this.rooms.has(i.id));
+    for (const info of infos) this.addRoom(info);
+    this.areRoomsStale = false;
+    return fresh.map((i) => this.rooms.get(i.id));
+  }
+
+  /**
+   * Saves what `room` showed since the last save, with its snapshot. Runs
+   * in the queue (or from code already in it), so the snapshot matches the
+   * cursor exactly.
+   */
+  async save(room) {
+    clearTimeout(room.saveTimer);
+    room.saveTimer = null;
+    if (this.isStopped) return;
+    if (!this.store) {
+      // No store: the newest items stay in memory, for the page to show.
+      room.unsaved.splice(0, Math.max(0, room.unsaved.length - 500));
+      return;
+    }
+    if (!this.rooms.has(room.info.id)) return;
+    const items = room.unsaved.splice(0);
+    const conv = room.conv.snapshot();
+    try {
+      await this.store.saveRoom({ room: room.info.id, info: room.info, unread: room.unread, lastTs: room.lastTs, conv }, items);
+    } catch (e) {
+      if (!this.storeFailed) this.emit("problem", { message: `Messages could not be saved in this browser (${e.message}); they are read from the server again next time.` });
+      this.storeFailed = true;
+    }
+  }
+
+  /** Saves `room` soon (live entries come one by one). */
+  saveSoon(room) {
+    if (!this.store || room.saveTimer) return;
+    room.saveTimer = setTimeout(() => this.enqueue(() => this.save(room)), SAVE_AFTER_MS);
+  }
+
+  /** Everything shown so far is in the store (before reading it back). */
+  flushSaves(room) {
+    if (!this.store || !room?.unsaved.length) return Promise.resolve();
+    return this.enqueue(() => this.save(room));
+  }
+
+  /**
+   * Items of `roomId` to show, in seq order: the newest `limit`
+   * ("latest"), or `limit` before/after `seq`. From the store, after
+   * saving what is not saved yet; without a store, what memory holds.
+   */
+  async itemsOf(roomId, direction, seq, limit) {
+    const room = this.rooms.get(roomId);
+    if (!room) return [];
+    if (!this.store) {
+      if (direction === "latest") return room.unsaved.slice(-limit);
+      if (direction === "before") return room.unsaved.filter((i) => i.seq < seq).slice(-limit);
+      return room.unsaved.filter((i) => i.seq > seq).slice(0, limit);
+    }
+    await this.flushSaves(room);
+    if (direction === "latest") return this.store.latest(roomId, limit);
+    if (direction === "before") return this.store.before(roomId, seq, limit);
+    return this.store.after(roomId, seq, limit);
   }
 
   title(room) {
@@ -133,14 +257,17 @@ export class HushClient extends EventTarget {
   }
 
   unread(room) {
-    return room.shown.filter((s) => (s.type === "message" || s.type === "unsupported") && s.sender !== this.me && s.seq > room.lastRead).length;
+    return room.unread;
   }
 
   markRead(roomId) {
     const room = this.rooms.get(roomId);
     if (!room) return;
+    const wasUnread = room.unread;
     room.lastRead = room.conv.lastSeq;
+    room.unread = 0;
     localStorage.setItem(`hush.read.${this.me}.${roomId}`, String(room.lastRead));
+    if (wasUnread) this.store?.updateRoom(roomId, { unread: 0 }).catch(() => {});
     this.emit("rooms", {});
   }
 
@@ -156,7 +283,16 @@ export class HushClient extends EventTarget {
         this.maxBodyBytes = frame.max_body_bytes ?? this.maxBodyBytes;
         // Look peers' keys up again: a key swapped meanwhile is caught at once.
         this.directory.peers.clear();
+        if (this.areRoomsStale) {
+          try {
+            await this.reconcileRooms(await this.api.rooms());
+          } catch {
+            // still stale: the next `ready` tries again
+          }
+          this.emit("rooms", {});
+        }
         this.sync([...this.rooms.values()]);
+        this.checkPeers();
         // A new connection: every body not acknowledged goes again, in
         // order, under the same client ids; old refusals are moot.
         clearTimeout(this.retryTimer);
@@ -175,12 +311,23 @@ export class HushClient extends EventTarget {
           this.emit("rooms", {});
           return;
         }
-        if (!room.syncing) await this.apply(room, frame.entry);
+        if (room.syncing) break;
+        const shown = await this.apply(room, frame.entry);
+        this.saveSoon(room);
+        if (shown) this.emit("entries", { roomId: room.info.id, items: [shown], isLive: true });
         break;
       }
       case "page": {
         const room = this.rooms.get(frame.room);
-        if (room) for (const entry of frame.entries) await this.apply(room, entry);
+        if (!room) break;
+        const batch = [];
+        for (const [i, entry] of frame.entries.entries()) {
+          const shown = await this.apply(room, entry);
+          if (shown) batch.push(shown);
+          if (i % YIELD_EVERY === YIELD_EVERY - 1) await yieldToEventLoop();
+        }
+        await this.save(room);
+        if (batch.length) this.emit("entries", { roomId: room.info.id, items: batch, isLive: false });
         break;
       }
       case "synced": {
@@ -291,15 +438,32 @@ export class HushClient extends EventTarget {
     if (at >= 0) this.pending.splice(at, 1);
   }
 
-  /** Processes one entry of `room` once, in order. */
+  /** Processes one entry of `room` once, in order; resolves with what it shows, or null. */
   async apply(room, entry) {
-    if (entry.seq <= room.conv.lastSeq) return;
+    if (entry.seq <= room.conv.lastSeq) return null;
     const shown = await room.conv.process(entry, this.identity, this.directory);
-    room.shown.push(shown);
     if (entry.kind === "message" && entry.sender === this.me && entry.client_id) this.stored(room, entry.client_id);
     for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
     if (MEMBERSHIP_KINDS.has(entry.kind) && !room.syncing) await this.refreshRoom(room);
-    if (shown.type !== "quiet") this.emit("entry", { roomId: room.info.id, shown });
+    if (shown.type === "quiet") return null;
+    room.unsaved.push(shown);
+    room.lastTs = Math.max(room.lastTs, shown.ts);
+    if ((shown.type === "message" || shown.type === "unsupported") && shown.sender !== this.me && shown.seq > room.lastRead) room.unread += 1;
+    return shown;
+  }
+
+  /**
+   * Looks every member's key up again (after a reconnect): a key swapped
+   * while this page was away is caught now, not at the next entry of that
+   * member (a stored room reads no old entries again).
+   */
+  checkPeers() {
+    const members = new Set();
+    for (const room of this.rooms.values()) for (const m of room.info.members ?? []) if (m !== this.me) members.add(m);
+    this.enqueue(async () => {
+      for (const m of members) await this.directory.peer(m).catch(() => {});
+      for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
+    });
   }
 
   /** Members may have changed: fetch the room again, and who is online. */
@@ -311,11 +475,7 @@ export class HushClient extends EventTarget {
   }
 
   async refreshRooms() {
-    const infos = await this.api.rooms();
-    const ids = new Set(infos.map((i) => i.id));
-    for (const id of [...this.rooms.keys()]) if (!ids.has(id)) this.rooms.delete(id);
-    const fresh = infos.filter((i) => !this.rooms.has(i.id)).map((i) => this.addRoom(i));
-    for (const info of infos) this.rooms.get(info.id).info = info;
+    const fresh = await this.reconcileRooms(await this.api.rooms());
     this.sync(fresh);
     this.emit("rooms", {});
   }
@@ -344,6 +504,19 @@ export class HushClient extends EventTarget {
   }
 
   // ------------------------------------------------------------ sending
+
+  /** A message that failed for good goes again, as a new message (new client id). */
+  retry(item) {
+    this.dismiss(item);
+    return this.sendPayload(item.roomId, item.payload);
+  }
+
+  /** Forgets a failed message. */
+  dismiss(item) {
+    if (item.state !== "failed") return;
+    this.dropPending(item);
+    this.emit("pending", {});
+  }
 
   /** Queues a message: stored in the outbox first, then sealed and sent in order. */
   sendPayload(roomId, payload) {

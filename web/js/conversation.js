@@ -6,10 +6,10 @@
 // keeps this device's sending state so new messages continue its own chain
 // with the right epoch and counter.
 
-import { b64decode, hex } from "./bytes.js";
+import { b64decode, b64encode, hex } from "./bytes.js";
 import {
-  CryptoError, KIND_DISTRIBUTION, ReplayTracker, SenderKeyState, UNSUPPORTED, bodyVersionAndKind, isLegacyDevice,
-  openDistribution, openEnvelope, peekDistribution, peekEnvelope, signedBy,
+  CounterSet, CryptoError, KIND_DISTRIBUTION, ReplayTracker, SenderKeyState, UNSUPPORTED, bodyVersionAndKind, isLegacyDevice,
+  openDistribution, openEnvelope, peekDistribution, peekEnvelope, publicIdentity, senderKey, signedBy,
 } from "./crypto.js";
 
 const REASONS = {
@@ -30,6 +30,9 @@ export const UNSUPPORTED_TEXT = "a message this version of hush cannot display �
 export const UNKNOWN_VERSION_TEXT = "a message this version of hush cannot read — update hush";
 export const NO_KEY_TEXT = "no key for this message: it was sent before you joined, or its key was not shared with you";
 
+/** The first 16 hex digits of a fingerprint in groups of 4: enough to compare by eye, short enough for a phone. */
+export const shortFingerprint = (fpHex) => (typeof fpHex === "string" && fpHex.length >= 16 ? `${fpHex.slice(0, 16).match(/.{4}/g).join(" ")} …` : "unknown");
+
 /** A failure worth one more look at the sender's keys: no key we accept verifies the body. */
 class SignatureFailure extends Error {}
 
@@ -42,8 +45,11 @@ export class Conversation {
     this.deviceHex = hex(device);
     this.keys = new Map(); // `${sender}\0${device hex}\0${epoch}` -> sender key
     this.replay = new ReplayTracker();
-    this.myLatest = null; // this device's latest distribution: {epoch, recipients}
-    this.myCounters = new Map(); // epoch -> highest counter this device sent (BigInt)
+    // Per device of mine (hex): its latest distribution {epoch, recipients}
+    // and, per epoch, the highest counter it sent (BigInt). Kept for every
+    // device, not only this tab's: a stored snapshot is read by whichever
+    // tab of this browser loads next, under its own device id.
+    this.mine = new Map();
     this.sending = null;
     this.lastSeq = 0;
     this.retired = new Map(); // sender -> [{identity, seq}]: refused from seq on
@@ -81,7 +87,8 @@ export class Conversation {
         break;
       case "key":
         await this.retireKeys(entry, directory);
-        text = `${sender}'s key is now ${entry.fingerprint ?? "?"}`;
+        text = `${sender} has a new key (fingerprint ${shortFingerprint(entry.fingerprint)}). `
+          + `If you compared safety numbers with ${sender} before, compare them again.`;
         break;
       default:
         text = `(${entry.kind} event)`;
@@ -202,6 +209,53 @@ export class Conversation {
     }
   }
 
+  mineOf(deviceHex) {
+    let state = this.mine.get(deviceHex);
+    if (!state) this.mine.set(deviceHex, (state = { latest: null, counters: new Map() }));
+    return state;
+  }
+
+  /**
+   * Everything a later page needs to judge the entries after `lastSeq`
+   * exactly as reading the log from its start would: sender keys (their
+   * raw bytes in `secret`, for the store to encrypt), the replay sets,
+   * retired keys with their positions, the own devices' chains.
+   * `open` is structured-cloneable and holds nothing secret.
+   */
+  snapshot() {
+    const keys = [...this.keys].map(([chain, k]) => [chain, k.epoch, b64encode(k.raw)]);
+    const open = {
+      lastSeq: this.lastSeq,
+      replay: [...this.replay.opened].map(([id, set]) => [id, set.ranges.map((r) => [...r])]),
+      mine: [...this.mine].map(([device, m]) => [device, { latest: m.latest, counters: [...m.counters] }]),
+      retired: [...this.retired].map(([user, list]) => [user, list.map((r) => ({ spki: r.identity.spki, seq: r.seq }))]),
+      refetched: [...this.refetched],
+      ownDevices: [...this.ownDevices],
+    };
+    return { open, secret: JSON.stringify(keys) };
+  }
+
+  /** Takes back a snapshot() (with `secret` decrypted); the sending state resumes from it when needed. */
+  async restore({ open, secret }) {
+    this.lastSeq = open.lastSeq;
+    this.keys = new Map();
+    for (const [chain, epoch, raw] of JSON.parse(secret)) this.keys.set(chain, await senderKey(epoch, b64decode(raw)));
+    this.replay = new ReplayTracker();
+    for (const [id, ranges] of open.replay) {
+      const set = new CounterSet();
+      set.ranges = ranges.map((r) => [...r]);
+      this.replay.opened.set(id, set);
+    }
+    this.mine = new Map(open.mine.map(([device, m]) => [device, { latest: m.latest, counters: new Map(m.counters) }]));
+    this.retired = new Map();
+    for (const [user, list] of open.retired) {
+      this.retired.set(user, await Promise.all(list.map(async (r) => ({ identity: await publicIdentity(r.spki), seq: r.seq }))));
+    }
+    this.refetched = new Set(open.refetched);
+    this.ownDevices = new Map(open.ownDevices);
+    this.sending = null;
+  }
+
   noteOwnDevice(sender, device, ts) {
     if (sender !== this.me) return;
     const id = isLegacyDevice(device) ? "" : hex(device);
@@ -218,9 +272,7 @@ export class Conversation {
     const key = await withAnyKey(accepted, (senderIdentity) =>
       openDistribution(body, { roomId: this.roomId, sender: entry.sender, senderIdentity }, identity.username, mine));
     this.noteOwnDevice(entry.sender, header.device, entry.ts);
-    if (entry.sender === this.me && hex(header.device) === this.deviceHex) {
-      this.myLatest = { epoch: header.epoch, recipients: header.recipients };
-    }
+    if (entry.sender === this.me) this.mineOf(hex(header.device)).latest = { epoch: header.epoch, recipients: header.recipients };
     this.keys.set(chainId(entry.sender, header.device, header.epoch), key);
   }
 
@@ -228,11 +280,12 @@ export class Conversation {
     const header = peekEnvelope(body);
     if (header.roomId !== this.roomId) throw new CryptoError("WrongRoom");
     if (header.sender !== entry.sender) throw new CryptoError("WrongSender");
-    if (entry.sender === this.me && hex(header.device) === this.deviceHex) {
-      // This device's own counters, from the clear header: a restart
+    if (entry.sender === this.me) {
+      // A device's own counters, from the clear header: a restart
       // continues above them even if a body of ours does not open.
-      const seen = this.myCounters.get(header.epoch);
-      if (seen === undefined || header.counter > seen) this.myCounters.set(header.epoch, header.counter);
+      const counters = this.mineOf(hex(header.device)).counters;
+      const seen = counters.get(header.epoch);
+      if (seen === undefined || header.counter > seen) counters.set(header.epoch, header.counter);
     }
     const key = this.keys.get(chainId(entry.sender, header.device, header.epoch));
     const context = (senderIdentity) => ({ roomId: this.roomId, sender: entry.sender, senderIdentity });
@@ -277,13 +330,13 @@ export class Conversation {
   /** This device's sending state, resumed from the log the first time it is needed. */
   sendingState() {
     if (this.sending) return this.sending;
-    const latest = this.myLatest;
+    const { latest, counters } = this.mineOf(this.deviceHex);
     const key = latest && this.keys.get(chainId(this.me, this.device, latest.epoch));
     if (key) {
-      const highest = this.myCounters.get(latest.epoch);
+      const highest = counters.get(latest.epoch);
       this.sending = SenderKeyState.resumeWithKey(this.roomId, this.me, this.device, key, latest.recipients, highest === undefined ? 0n : highest + 1n);
     } else {
-      const epochs = [...this.myCounters.keys(), ...(latest ? [latest.epoch] : [])];
+      const epochs = [...counters.keys(), ...(latest ? [latest.epoch] : [])];
       this.sending = new SenderKeyState(this.roomId, this.me, this.device, epochs.length ? Math.max(...epochs) : 0);
     }
     return this.sending;

@@ -143,7 +143,13 @@ export const PAYLOAD_VERSION = 1;
 
 /** {"t":"text","text":…} or {"t":"file","name":…,"mime":…,"data":bytes}; "unsupported" is read only. */
 export const textPayload = (text) => ({ t: "text", text });
-export const filePayload = (name, mime, data) => ({ t: "file", name, mime, data });
+export const filePayload = (name, mime, data, size = null) => {
+  const p = { t: "file", name, mime, data };
+  if (size && isDimension(size.width) && isDimension(size.height)) Object.assign(p, { width: size.width, height: size.height });
+  return p;
+};
+/** An image's optional pixel size (§19): an integer 1..65535, else ignored. */
+const isDimension = (n) => Number.isInteger(n) && n >= 1 && n <= 65535;
 /** A genuine payload of a type or version this client does not know. */
 export const UNSUPPORTED = Object.freeze({ t: "unsupported" });
 
@@ -151,7 +157,8 @@ export const UNSUPPORTED = Object.freeze({ t: "unsupported" });
 export function encodePayload(p) {
   if (p.t === "text") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "text", text: p.text }));
   if (p.t === "file") {
-    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "file", name: p.name, mime: p.mime, data: b64encode(p.data) }));
+    const size = p.width !== undefined ? { width: p.width, height: p.height } : {};
+    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "file", name: p.name, mime: p.mime, data: b64encode(p.data), ...size }));
   }
   throw new Error("unknown payload");
 }
@@ -202,7 +209,7 @@ export function decodePayload(bytes) {
   }
   if (value.t === "file") {
     if (typeof value.name !== "string" || typeof value.mime !== "string") throw new CryptoError("OpenFailed");
-    return filePayload(value.name, value.mime, fileBytes(value.data));
+    return filePayload(value.name, value.mime, fileBytes(value.data), { width: value.width, height: value.height });
   }
   return UNSUPPORTED;
 }
