@@ -676,6 +676,18 @@ fn build_payload_vectors() -> PayloadVectors {
                 None,
             ),
             case(
+                "image file with its size",
+                r#"{"v":1,"t":"file","name":"a.png","mime":"image/png","data":"aGk=","width":640,"height":480}"#,
+                "file",
+                None,
+            ),
+            case(
+                "file with a size that is no size, ignored",
+                r#"{"v":1,"t":"file","name":"a.png","mime":"image/png","data":"aGk=","width":"wide","height":-1}"#,
+                "file",
+                None,
+            ),
+            case(
                 "unknown type",
                 r#"{"v":1,"t":"reaction","to":3,"emoji":"👍"}"#,
                 "unsupported",
