@@ -457,7 +457,8 @@ function renderRoomHeader() {
   $("leave-room").hidden = isDm;
 }
 
-const timeOf = (ts) => new Date(ts).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const timeOf = (ts) => TIME_FORMAT.format(ts);
 
 /** One timeline item (a message, an event, a rejection) as an <li>. */
 function renderItem(room, shown) {

@@ -13,7 +13,10 @@ const PAGE = 60; // items loaded per scroll step
 const EDGE_PX = 300; // this close to an end loads more
 const STUCK_PX = 40; // this close to the bottom counts as at the bottom
 
-const dayOf = (ts) => new Date(ts).toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+// One formatter, made once: toLocaleDateString builds a new one per call,
+// which costs more than the rest of rendering an item.
+const DAY_FORMAT = new Intl.DateTimeFormat(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+const dayOf = (ts) => DAY_FORMAT.format(ts);
 
 function separatorFor(day) {
   const separator = document.createElement("li");
@@ -76,6 +79,15 @@ export class Timeline {
     const lastSeq = Number(this.items()[this.items().length - 1]?.dataset.seq ?? 0);
     const fresh = items.filter((i) => i.seq > lastSeq);
     if (!fresh.length) return;
+    if (this.isStuck && fresh.length >= WINDOW) {
+      // A whole sync page while at the bottom: only its newest items would
+      // stay after trimming, so only they are built.
+      const pending = [...this.list.querySelectorAll(":scope > li.pending")];
+      this.list.replaceChildren(this.build(fresh.slice(-WINDOW), null), ...pending);
+      this.hasOlder = true;
+      this.toBottom();
+      return;
+    }
     const wasStuck = this.isStuck;
     this.list.insertBefore(this.build(fresh, this.lastDay()), this.list.querySelector(":scope > li.pending"));
     if (wasStuck) {
