@@ -62,6 +62,11 @@ test("a key changed without a valid rotation shows the warning and blocks sendin
   const failed = gus.locator("#timeline li.pending.failed", { hasText: "must not reach mallory" });
   await failed.waitFor();
   assert.match(await failed.textContent(), /key changed without a valid rotation/);
+  // A failed message can be dismissed or tried again (below, once the key is accepted).
+  await sendText(gus, "dismiss me");
+  const dismissed = gus.locator("#timeline li.pending.failed", { hasText: "dismiss me" });
+  await dismissed.getByRole("button", { name: "Dismiss" }).click();
+  await dismissed.waitFor({ state: "detached" });
 
   // gus compares and explicitly accepts: the warning goes, sending works.
   await warning.getByRole("button", { name: "Compare keys with hal" }).click();
@@ -74,6 +79,9 @@ test("a key changed without a valid rotation shows the warning and blocks sendin
   await warning.waitFor({ state: "detached" });
   await sendText(gus, "sent after accepting");
   await message(gus, "sent after accepting").waitFor();
+  await failed.getByRole("button", { name: "Try again" }).click();
+  await message(gus, "must not reach mallory").waitFor();
+  await failed.waitFor({ state: "detached" });
   assert.deepEqual(gus.errors, []);
   await gus.context().close();
   await hal.context().close();

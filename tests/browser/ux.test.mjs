@@ -208,3 +208,35 @@ test("at phone width the header leaves the screen to messages and a key rotation
   assert.deepEqual(kim.errors, []);
   await kim.context().close();
 });
+
+test("errors appear beside the form that caused them, in words a person understands", async (t) => {
+  const server = await ownServer(t);
+  const ivy = await openPage(browser, server);
+  const register = ivy.locator("#register-form");
+  await ivy.locator("#reg-username").fill("ivy");
+  await ivy.locator("#reg-password").fill("password of ivy");
+  await ivy.locator("#reg-passphrase").fill("one passphrase");
+  await ivy.locator("#reg-passphrase2").fill("another passphrase");
+  await ivy.getByLabel("Key size").selectOption("2048");
+  await ivy.getByRole("button", { name: "Create account" }).click();
+  await register.locator(".form-error", { hasText: "The two key passphrases differ" }).waitFor();
+  await registerInPage(ivy, "ivy");
+
+  await ivy.getByLabel("Direct message").fill("bbo");
+  await ivy.getByRole("button", { name: "Open" }).click();
+  await ivy.locator("#dm-form .form-error", { hasText: "There is no user named bbo." }).waitFor();
+  await roomWith(ivy, "errors", {});
+  await ivy.getByLabel("Invite someone").fill("bbo");
+  await ivy.getByRole("button", { name: "Invite", exact: true }).click();
+  await ivy.locator("#invite-form .form-error", { hasText: "There is no user named bbo." }).waitFor();
+  assert.equal(await ivy.locator("#problem").isVisible(), false, "nothing at the top of the page");
+
+  await ivy.getByRole("button", { name: "Log out" }).click();
+  await ivy.locator("#login-username").fill("ivy");
+  await ivy.locator("#login-password").fill("not the password");
+  await ivy.getByRole("button", { name: "Log in", exact: true }).click();
+  await ivy.locator("#login-form .form-error", { hasText: "Wrong username or password." }).waitFor();
+  await screenshot(ivy, "25-error-beside-the-form");
+  assert.deepEqual(ivy.errors.filter((e) => !/status of (401|404)/.test(e)), []);
+  await ivy.context().close();
+});
