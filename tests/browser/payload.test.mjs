@@ -55,12 +55,23 @@ test("unknown payloads show 'update hush', not 'rejected'; duplicates and replay
     await seal(3, '{"v":1,"t":"text","text":"first reading","text":"second reading"}'),
     await seal(4, `{"v":1,"t":"file","name":"../../evil\\u0007name.txt","mime":"text/plain","data":"aGk="}`),
     newerFormat,
-    hello, // the same envelope again: a replay
     await seal(8, '{"v":1,"t":"text","text":"counter eight"}'),
-    await seal(7, '{"v":1,"t":"text","text":"counter seven, stored after eight"}'),
   ];
   const { replies } = await rex.exchange(wire, { sends: bodies.map((body) => ({ room, body })) });
   assert.deepEqual(replies.map((r) => r.type), bodies.map(() => "ack"), JSON.stringify(replies));
+  await message(mia, "counter eight").waitFor();
+
+  // The page reloads and resumes from its store (replay sets included):
+  // what comes next is judged as a reading from the start would judge it.
+  await mia.reload();
+  await connected(mia);
+  await openConversation(mia, "lab");
+  const later = [
+    hello, // the same envelope again: a replay
+    await seal(7, '{"v":1,"t":"text","text":"counter seven, stored after eight"}'),
+  ];
+  const { replies: laterReplies } = await rex.exchange(wire, { sends: later.map((body) => ({ room, body })) });
+  assert.deepEqual(laterReplies.map((r) => r.type), later.map(() => "ack"), JSON.stringify(laterReplies));
 
   const check = async () => {
     await message(mia, "counter seven").waitFor();
@@ -83,7 +94,17 @@ test("unknown payloads show 'update hush', not 'rejected'; duplicates and replay
   };
   await check();
   await screenshot(mia, "16-unsupported-rejected-late");
-  // The same verdicts when the log is read again from the start.
+  // The same verdicts after a reload (from the store), and when the log is
+  // read again from the start (the store deleted).
+  await mia.reload();
+  await connected(mia);
+  await openConversation(mia, "lab");
+  await check();
+  await mia.evaluate(() => new Promise((resolve, reject) => {
+    const request = indexedDB.deleteDatabase("hush-store-mia");
+    request.onsuccess = resolve;
+    request.onerror = () => reject(request.error);
+  }));
   await mia.reload();
   await connected(mia);
   await openConversation(mia, "lab");
