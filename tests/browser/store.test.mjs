@@ -137,6 +137,18 @@ test("a reload opens the last conversation at its newest message from the store,
   await ann.locator("#search-results .search-hit").first().waitFor();
   assert.equal(await ann.locator("#search-results .search-hit").count(), 13);
   assert.match(await ann.locator("#search-results .search-hit").first().textContent(), /diary line 121 .* zebra/);
+  // A hit opens its conversation at that message (here, one far above the newest 100).
+  await ann.locator("#search-results .search-hit", { hasText: /diary line 11 / }).getByRole("button").click();
+  const found = ann.locator("#timeline li.msg.found");
+  await found.waitFor();
+  assert.match(await found.textContent(), /diary line 11 plaintext-marker/);
+  assert.ok(await found.evaluate((li) => {
+    const t = li.parentElement.getBoundingClientRect();
+    const r = li.getBoundingClientRect();
+    return r.top >= t.top && r.bottom <= t.bottom;
+  }), "the hit is in view");
+  await openConversation(ann, "other");
+  await openConversation(ann, "diary");
 
   // Nothing in IndexedDB holds the marker: not the messages, not the file.
   const dump = await dumpIndexedDb(ann);

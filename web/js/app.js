@@ -411,7 +411,7 @@ $("dm-form").addEventListener("submit", (event) => {
  * Opens a conversation at its newest message, from the store (so at once,
  * and offline too), then remembers it for the next visit.
  */
-async function openRoom(id, { focus = true } = {}) {
+async function openRoom(id, { focus = true, aroundSeq = null } = {}) {
   activeRoom = id;
   document.body.classList.add("room-open");
   $("empty-state").hidden = true;
@@ -421,11 +421,20 @@ async function openRoom(id, { focus = true } = {}) {
   renderRooms();
   for (const url of blobUrls.values()) URL.revokeObjectURL(url);
   blobUrls.clear();
-  const items = await client.itemsOf(id, "latest", 0, WINDOW);
-  if (activeRoom !== id) return;
-  timeline.show(id, items, WINDOW);
-  // Entries processed while the store was read are not in it yet.
-  timeline.append(client.rooms.get(id)?.unsaved ?? []);
+  if (aroundSeq !== null) {
+    // A search hit: the messages around it, from the store.
+    const half = WINDOW / 2;
+    const [older, newer] = await Promise.all([
+      client.itemsOf(id, "before", aroundSeq + 1, half), client.itemsOf(id, "after", aroundSeq, half)]);
+    if (activeRoom !== id) return;
+    timeline.showAround(id, [...older, ...newer], aroundSeq, { hasOlder: older.length >= half, hasNewer: newer.length >= half });
+  } else {
+    const items = await client.itemsOf(id, "latest", 0, WINDOW);
+    if (activeRoom !== id) return;
+    timeline.show(id, items, WINDOW);
+    // Entries processed while the store was read are not in it yet.
+    timeline.append(client.rooms.get(id)?.unsaved ?? []);
+  }
   renderPending();
   client.markRead(id);
   store?.setMeta("lastRoom", id).catch(() => {});
@@ -716,7 +725,7 @@ $("search-form").addEventListener("submit", (event) => {
       const r = client.rooms.get(room);
       const text = item.payload.t === "text" ? item.payload.text : `📎 ${item.payload.name}`;
       return el("li", { class: "search-hit", "data-room": room, "data-seq": item.seq },
-        el("button", { type: "button", onclick: () => openRoom(room) },
+        el("button", { type: "button", onclick: () => openRoom(room, { aroundSeq: item.seq }) },
           el("span", { class: "hint" }, `${r ? client.title(r) : `room ${room}`} · ${item.sender} · ${new Date(item.ts).toLocaleString()}`),
           el("span", { class: "hit-text" }, text)));
     }) : [el("li", { class: "hint" }, `Nothing found for “${query}” in this browser's messages.`)]));

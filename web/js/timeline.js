@@ -63,6 +63,24 @@ export class Timeline {
     this.toBottom();
   }
 
+  /**
+   * Opens `roomId` around one item (a search hit): `items` holds stored
+   * items on both sides of `seq`; the hit is scrolled into the middle of
+   * the view and marked.
+   */
+  showAround(roomId, items, seq, { hasOlder, hasNewer }) {
+    this.roomId = roomId;
+    this.hasOlder = hasOlder;
+    this.hasNewer = hasNewer;
+    const pending = [...this.list.querySelectorAll(":scope > li.pending")];
+    this.list.replaceChildren(this.build(items, null), ...(hasNewer ? [] : pending));
+    const hit = this.list.querySelector(`:scope > li[data-seq="${seq}"]`);
+    if (!hit) return this.toBottom();
+    hit.classList.add("found");
+    this.list.scrollTop = hit.offsetTop - this.list.offsetTop - (this.list.clientHeight - hit.offsetHeight) / 2;
+    this.isStuck = false;
+  }
+
   clear() {
     this.roomId = null;
     this.list.replaceChildren();
