@@ -150,11 +150,16 @@ export class HushClient extends EventTarget {
     }
     for (const r of stored) {
       const room = this.addRoom(r.info);
-      if (!r.conv) continue;
+      if (!r.conv) {
+        // Its snapshot no longer opens: the room is read again from seq 0.
+        await this.store.deleteRoom(r.room).catch(() => {});
+        continue;
+      }
       try {
         await room.conv.restore(r.conv);
       } catch {
         room.conv = new Conversation(r.info.id, this.me, this.device.id);
+        await this.store.deleteRoom(r.room).catch(() => {});
         continue;
       }
       room.unread = room.lastRead >= room.conv.lastSeq ? 0 : r.unread;
