@@ -110,7 +110,10 @@ export async function launchBrowser() {
  * contacted; page errors fail the test.
  */
 export async function openPage(browser, server, options = {}) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 800 }, acceptDownloads: true, ...options });
+  // HUSH_WEB_DIR: no service worker, whose requests would bypass the
+  // route and bring the binary's files back (offline reloads then fail).
+  const workers = process.env.HUSH_WEB_DIR ? { serviceWorkers: "block" } : {};
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 }, acceptDownloads: true, ...workers, ...options });
   return openPageIn(context, server);
 }
 
