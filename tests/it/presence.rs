@@ -276,3 +276,28 @@ async fn a_connecting_member_first_gets_a_snapshot_of_who_is_online() -> Result<
     assert!(heard.iter().all(|f| f["type"] != "presence"), "{heard:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn members_all_coming_back_after_a_restart_are_told_exactly() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob", "carol", "dave"]).await?;
+    app.group(&t[0], &[("bob", &t[1]), ("carol", &t[2]), ("dave", &t[3])])
+        .await?;
+    let before = try_join_all(t.iter().map(|t| app.connect_ws(t))).await?;
+    drop(before);
+    let app = app.restart().await?;
+
+    // Everyone at once, the observer among them.
+    let mut back = try_join_all(t.iter().map(|t| app.connect_ws(t))).await?;
+    let everyone = set(&["alice", "bob", "carol", "dave"]);
+    let mut view = View::default();
+    view.until(&mut back[0], |online| *online == everyone)
+        .await?;
+    assert_eq!(view.snapshots, 1, "one snapshot, then changes only");
+    let dave = back.pop().context("dave's socket")?;
+    dave.close().await?;
+    view.until(&mut back[0], |online| !online.contains("dave"))
+        .await?;
+    assert_eq!(view.online, set(&["alice", "bob", "carol"]));
+    Ok(())
+}
