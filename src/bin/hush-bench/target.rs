@@ -21,8 +21,8 @@ enum Kind {
     },
     Child {
         child: tokio::process::Child,
-        binary: PathBuf,
-        addr: SocketAddr,
+        /// What `restart` starts again, and where.
+        again: Box<(PathBuf, SocketAddr)>,
     },
     External,
 }
@@ -86,10 +86,10 @@ impl Target {
     /// Stops a child server (SIGTERM, as an operator would) and starts it
     /// again on the same address and database.
     pub async fn restart(mut self) -> Result<Self> {
-        let Kind::Child { binary, addr, .. } = &self.kind else {
+        let Kind::Child { again, .. } = &self.kind else {
             bail!("only a child server can be restarted");
         };
-        let (binary, addr) = (binary.clone(), *addr);
+        let (binary, addr) = (again.0.clone(), again.1);
         let dir = self.dir.take().context("a child server has a temp dir")?;
         self.stop().await;
         Self::child_in(&binary, dir, addr).await
@@ -138,8 +138,7 @@ impl Target {
             .with_context(|| format!("starting {}", binary.display()))?;
         let kind = Kind::Child {
             child,
-            binary: binary.to_owned(),
-            addr,
+            again: Box::new((binary.to_owned(), addr)),
         };
         let target = Self::at(addr, kind, Some(dir));
         let http = hush::client::tls::http_client();
