@@ -1,6 +1,6 @@
 //! Who is online, told to room members in coalesced frames (PROTOCOL.md §12).
 //!
-//! Sessions only note what happened (`connected`, `disconnected`); one
+//! Sessions only note what happened (`connect`, `disconnected`); one
 //! task, the flusher, turns what was noted during a short window into at
 //! most one `presence` frame per room, serialised once and shared by every
 //! member, plus one `snapshot` frame per room for the connections that
