@@ -137,7 +137,7 @@ async fn members_see_a_user_come_online_and_go_offline_with_his_last_connection(
 #[tokio::test]
 async fn a_burst_of_members_connecting_reaches_an_observer_in_a_few_frames_with_the_exact_set()
 -> Result<()> {
-    const BURST: usize = 12;
+    const BURST: usize = 16;
     // Registration's own limits have their tests; here it is setup.
     let app = spawn_app_with(ServerConfig {
         limits: Limits::unlimited(),
