@@ -235,9 +235,15 @@ pub enum ServerFrame {
         entries: Vec<WireEntry>,
         has_more: bool,
     },
+    /// Who came online and who went offline in one room since the last
+    /// `presence` frame for it; with `snapshot`, everyone online in it
+    /// (PROTOCOL.md §12).
     Presence {
-        user: String,
-        online: bool,
+        room: RoomId,
+        online: Vec<String>,
+        offline: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        snapshot: bool,
     },
     Online {
         room: Option<RoomId>,

@@ -112,6 +112,24 @@ fn every_scenario_runs_and_reports_one_json_line() -> Result<()> {
     );
     ensure!(num(overload, "clients_behind")? == 0.0, "{overload}");
 
+    let presence = get("presence")?;
+    for storm in ["first", "restart"] {
+        let figures = &presence[storm];
+        ensure!(
+            num(figures, "opened")? == num(presence, "connections")?,
+            "{storm}: {presence}"
+        );
+        // Every connection gets at least its snapshot.
+        ensure!(
+            num(figures, "presence_frames_per_connection")? >= 1.0,
+            "{storm}: {presence}"
+        );
+    }
+    ensure!(
+        num(&presence["bare"], "opened")? > 0.0,
+        "bare relay took no connection: {presence}"
+    );
+
     let crypto = get("crypto")?;
     for op in ["rotate", "seal", "open_verify"] {
         ensure!(num(&crypto[op], "ops_per_sec")? > 0.0, "{op}: {crypto}");

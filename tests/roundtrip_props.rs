@@ -103,8 +103,18 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 entries,
                 has_more
             }),
-        (username(), any::<bool>())
-            .prop_map(|(user, online)| ServerFrame::Presence { user, online }),
+        (
+            room(),
+            prop::collection::vec(username(), 0..4),
+            prop::collection::vec(username(), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(room, online, offline, snapshot)| ServerFrame::Presence {
+                room,
+                online,
+                offline,
+                snapshot
+            }),
         ("[a-z_]{1,24}", ".{0,80}", any::<Option<u64>>()).prop_map(
             |(code, message, retry_after_ms)| ServerFrame::Error {
                 code,

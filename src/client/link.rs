@@ -563,8 +563,31 @@ impl State {
                     None => self.emit(Event::Error { code, message }).await?,
                 }
             }
-            ServerFrame::Presence { user, online } => {
-                self.emit(Event::Presence { user, online }).await?
+            // A room's snapshot reads as a `who` answer; changes as one
+            // event per user (PROTOCOL.md §12).
+            ServerFrame::Presence {
+                room,
+                online,
+                snapshot: true,
+                ..
+            } => {
+                let room = Some(room);
+                self.emit(Event::Online {
+                    room,
+                    users: online,
+                })
+                .await?
+            }
+            ServerFrame::Presence {
+                online, offline, ..
+            } => {
+                let changes = online
+                    .into_iter()
+                    .map(|user| (user, true))
+                    .chain(offline.into_iter().map(|user| (user, false)));
+                for (user, online) in changes {
+                    self.emit(Event::Presence { user, online }).await?
+                }
             }
             ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
             ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,

@@ -118,33 +118,50 @@ impl Hub {
     pub fn deliver(&self, users: &[UserId], frame: &Outbound) {
         // One allocation per frame; each queue slot holds a pointer.
         let frame = Arc::new(frame.clone());
+        self.deliver_with(users, |_| Some(frame.clone()));
+    }
+
+    /// Queues, for every connection of every listed user, the frame
+    /// `choose` picks for that connection's id (`None`: nothing for it).
+    /// Presence uses it to give new connections a snapshot and the others
+    /// the changes, in one pass.
+    pub fn deliver_with(
+        &self,
+        users: &[UserId],
+        mut choose: impl FnMut(u64) -> Option<Arc<Outbound>>,
+    ) {
         let backed_up_at = self.backed_up_at();
         let (mut recipients, mut backed_up) = (0, 0);
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         for user in users {
             if let Some(list) = conns.get_mut(user) {
-                list.retain(|c| match c.tx.try_send(frame.clone()) {
-                    Ok(()) => {
-                        recipients += 1;
-                        if self.queue_len - c.tx.capacity() >= backed_up_at {
-                            self.hold.flag(&c.shared.backed_up);
+                list.retain(|c| {
+                    let Some(frame) = choose(c.id) else {
+                        return true;
+                    };
+                    match c.tx.try_send(frame) {
+                        Ok(()) => {
+                            recipients += 1;
+                            if self.queue_len - c.tx.capacity() >= backed_up_at {
+                                self.hold.flag(&c.shared.backed_up);
+                            }
+                            if c.shared.backed_up.load(Ordering::Relaxed) {
+                                backed_up += 1;
+                            }
+                            super::metrics::fanout_delivered()
                         }
-                        if c.shared.backed_up.load(Ordering::Relaxed) {
-                            backed_up += 1;
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            super::metrics::error("slow_consumer");
+                            c.shared
+                                .cut_reason
+                                .store(close::TOO_SLOW, Ordering::Relaxed);
+                            self.hold.unflag(&c.shared.backed_up);
+                            false
                         }
-                        super::metrics::fanout_delivered()
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        super::metrics::error("slow_consumer");
-                        c.shared
-                            .cut_reason
-                            .store(close::TOO_SLOW, Ordering::Relaxed);
-                        self.hold.unflag(&c.shared.backed_up);
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        self.hold.unflag(&c.shared.backed_up);
-                        false
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.hold.unflag(&c.shared.backed_up);
+                            false
+                        }
                     }
                 });
                 if list.is_empty() {

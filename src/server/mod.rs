@@ -11,6 +11,7 @@ mod listener;
 mod maintenance;
 pub mod metrics;
 mod pacing;
+mod presence;
 mod routes;
 mod send_hold;
 mod session;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub store: Store,
     pub writer: Writer,
     pub hub: hub::Hub,
+    presence: presence::Presence,
     pub config: Arc<ServerConfig>,
     passwords: auth::Passwords,
     login_throttle: Arc<auth::LoginThrottle>,
@@ -98,6 +100,7 @@ pub async fn run(
         store: store.clone(),
         writer: writer.clone(),
         hub,
+        presence: presence::Presence::new(),
         passwords: auth::Passwords::new(config.hashing_slots, config.limits.hashing_queue),
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
         limits: Arc::new(limits::Limiter::new(config.limits.clone())),
@@ -117,6 +120,11 @@ pub async fn run(
     background.spawn(maintenance::retention(
         store.clone(),
         state.config.clone(),
+        state.shutdown.clone(),
+    ));
+    background.spawn(state.presence.clone().run(
+        store.clone(),
+        state.hub.clone(),
         state.shutdown.clone(),
     ));
     if let Some(tls) = state.config.tls.clone() {

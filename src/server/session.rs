@@ -213,7 +213,9 @@ async fn run_split(parts: Box<Parts>) {
         return;
     };
     let _session = super::metrics::session_started();
-    let registration = state.hub.register(user.id, token);
+    let registration = state
+        .presence
+        .connect(&state.hub, user.id, &user.username, token);
     let conn_id = registration.id;
     tracing::debug!(user = %user.username, conn = conn_id, "connected");
     let ready = ServerFrame::Ready {
@@ -237,9 +239,6 @@ async fn run_split(parts: Box<Parts>) {
         expires,
     };
     let end = if session.send(auth_id, ready).await {
-        if registration.is_first {
-            Box::pin(announce_presence(&session.state, &session.user, true)).await;
-        }
         session.serve(stream, registration.rx).await
     } else {
         End::Closed
@@ -250,7 +249,10 @@ async fn run_split(parts: Box<Parts>) {
     }
     let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.close()).await;
     if session.state.hub.unregister(session.user.id, conn_id) {
-        Box::pin(announce_presence(&session.state, &session.user, false)).await;
+        session
+            .state
+            .presence
+            .disconnected(session.user.id, &session.user.username);
     }
     tracing::debug!(user = %session.user.username, conn = conn_id, "disconnected");
 }
@@ -973,34 +975,12 @@ impl Session {
         };
         match people {
             Ok(people) => {
-                let mut users: Vec<String> = people
-                    .into_iter()
-                    .filter(|(uid, _)| self.state.hub.is_online(*uid))
-                    .map(|(_, name)| name)
-                    .collect();
-                users.sort();
+                let users = self.state.presence.online_among(people, self.user.id);
                 self.send(id, ServerFrame::Online { room, users }).await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,
         }
     }
-}
-
-/// Tells everyone who shares a room with `user` that they came or went.
-async fn announce_presence(state: &AppState, user: &UserRecord, online: bool) {
-    let Ok(people) = state.store.co_members(user.id).await else {
-        return;
-    };
-    let ids: Vec<_> = people.into_iter().map(|(id, _)| id).collect();
-    let frame = ServerFrame::Presence {
-        user: user.username.clone(),
-        online,
-    };
-    let out = Outbound {
-        position: None,
-        json: Outgoing::new(None, frame).to_json().into(),
-    };
-    state.hub.deliver(&ids, &out);
 }
 
 /// Frame the hub delivers for a committed entry, serialised once.

@@ -156,6 +156,32 @@ impl Store {
             .collect())
     }
 
+    /// Every current member, with username, of every room that any of
+    /// `users` is currently in: one read for a whole presence window
+    /// (`server::presence`), however many users it covers.
+    pub async fn rooms_with_members(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(RoomId, UserId, String)>> {
+        let ids = serde_json::to_string(&users.iter().map(|u| u.0).collect::<Vec<_>>())
+            .expect("a list of integers serialises");
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT m.room_id, m.user_id, u.username
+             FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.end_seq IS NULL AND m.room_id IN (
+                 SELECT DISTINCT room_id FROM memberships
+                 WHERE end_seq IS NULL AND user_id IN (SELECT value FROM json_each(?)))
+             ORDER BY m.room_id, u.username",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(room, id, name)| (RoomId(room), UserId(id), name))
+            .collect())
+    }
+
     /// Usernames of the given room's current members, with their ids.
     pub async fn members_with_names(&self, room: RoomId) -> Result<Vec<(UserId, String)>> {
         let rows: Vec<(i64, String)> = sqlx::query_as(

@@ -357,8 +357,16 @@ export class HushClient extends EventTarget {
         this.emit("presence", {});
         break;
       case "presence":
-        if (frame.online) this.online.add(frame.user);
-        else this.online.delete(frame.user);
+        // One room's changes (or, with `snapshot`, who in it is online);
+        // online is per user, so one set serves every room. The older
+        // one-user form is read too (PROTOCOL.md §12).
+        if (typeof frame.user === "string") {
+          if (frame.online) this.online.add(frame.user);
+          else this.online.delete(frame.user);
+        } else {
+          for (const user of frame.online ?? []) this.online.add(user);
+          for (const user of frame.offline ?? []) this.online.delete(user);
+        }
         this.emit("presence", {});
         break;
       case "invited":

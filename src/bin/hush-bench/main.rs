@@ -15,6 +15,7 @@ mod dm;
 mod fanout;
 mod on_time;
 mod overload;
+mod presence;
 mod redial;
 mod relay;
 mod sync;
@@ -36,6 +37,7 @@ use crypto::CryptoArgs;
 use dm::DmArgs;
 use fanout::{FanoutArgs, Harness, RampArgs};
 use overload::OverloadArgs;
+use presence::PresenceArgs;
 use relay::Relay;
 use sync::SyncArgs;
 use target::Target;
@@ -84,8 +86,17 @@ enum Scenario {
     /// server recovered: recovery time (clients reconnected, resynced and
     /// on time again), server RSS (child) and log volume.
     Overload(OverloadArgs),
+    /// N accounts of one room with M connections each connect at once,
+    /// then all reconnect after a server restart: connects/s, presence
+    /// frames per connection, server CPU and peak RSS; the bare relay takes
+    /// as many connects beside it.
+    Presence(PresenceArgs),
     /// Every scenario in turn (use --quick for the smoke-test sizes).
     All,
+    /// Internal: serve the bare relay in this process until stdin closes
+    /// (the `presence` scenario's baseline runs in a child).
+    #[command(hide = true)]
+    ServeRelay,
 }
 
 #[tokio::main]
@@ -102,6 +113,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Scenario::ServeRelay = cli.scenario {
+        return relay::serve_until_stdin_closes().await;
+    }
     eprintln!("generating one RSA-2048 identity key for every bench user…");
     let key =
         Arc::new(IdentityPrivateKey::generate(2048, |_| {}).context("generating the bench key")?);
@@ -114,6 +128,8 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Idle(args) => idle_scenario(&cli, &key, &args.conn_args()).await,
         Scenario::Crypto(args) => crypto_scenario(&key, args),
         Scenario::Overload(args) => overload_scenario(&cli, &key, args).await,
+        Scenario::Presence(args) => presence_scenario(&cli, &key, args).await,
+        Scenario::ServeRelay => unreachable!("served above"),
         Scenario::All => {
             let quick = cli.quick;
             let fan = if quick {
@@ -160,6 +176,12 @@ async fn run(cli: Cli) -> Result<()> {
             if quick {
                 overload_scenario(&cli, &key, &OverloadArgs::quick()).await?;
             }
+            let presence = if quick {
+                PresenceArgs::quick()
+            } else {
+                defaults::<PresenceArgs>()
+            };
+            presence_scenario(&cli, &key, &presence).await?;
             crypto_scenario(&key, &crypto)
         }
     }
@@ -208,25 +230,32 @@ async fn fanout_scenario(
     key: &Arc<IdentityPrivateKey>,
     args: &FanoutArgs,
 ) -> Result<()> {
-    let target = start_target(cli, false).await?;
+    // A child server when the hush binary is at hand, so the server's CPU
+    // time per delivery can be read apart from the clients'.
+    let target = start_target(cli, true).await?;
     let bench = Bench::new(&target.base, key.clone());
     let outcome = async {
         let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let cpu_before = target.server_cpu_secs();
         let result = fanout::fanout(&mut harness, args).await;
+        let cpu = cpu_before.zip(target.server_cpu_secs()).map(|(b, a)| a - b);
         harness.close().await;
-        Ok::<_, anyhow::Error>(result)
+        Ok::<_, anyhow::Error>((result, cpu))
     }
     .await;
     let label = target.label();
     target.stop().await;
-    let hush = outcome?;
+    let (hush, hush_cpu) = outcome?;
     let bare = if cli.baseline {
-        let relay = Relay::start().await?;
+        // A child too, for the same reason.
+        let relay = relay::RelayChild::start().await?;
         let outcome = async {
             let mut harness = Harness::bare(&relay.ws_url, args.clients).await?;
+            let cpu_before = relay.cpu_secs();
             let result = fanout::fanout(&mut harness, args).await;
+            let cpu = cpu_before.zip(relay.cpu_secs()).map(|(b, a)| a - b);
             harness.close().await;
-            Ok::<_, anyhow::Error>(result)
+            Ok::<_, anyhow::Error>((result, cpu))
         }
         .await;
         relay.stop().await;
@@ -234,11 +263,21 @@ async fn fanout_scenario(
     } else {
         None
     };
+    let per_delivery = |cpu: Option<f64>, delivered: u64| {
+        cpu.filter(|_| delivered > 0)
+            .map(|c| (c * 1e6 / delivered as f64 * 100.0).round() / 100.0)
+    };
+    let hush_us = per_delivery(hush_cpu, hush.delivered);
+    let show = |us: Option<f64>| us.map_or("?".to_owned(), |us| format!("{us:.2} µs"));
     let head = format!(
         "fanout   C={} S={} P={}B D={}s",
         args.clients, args.senders, args.payload, args.duration
     );
-    let mut rows = vec![format!("{head} | hush ({label}) {}", hush.human())];
+    let mut rows = vec![format!(
+        "{head} | hush ({label}) {} | server CPU/delivery {}",
+        hush.human(),
+        show(hush_us)
+    )];
     let mut line = json!({
         "scenario": "fanout", "target": label,
         "clients": args.clients, "senders": args.senders, "rate": args.rate,
@@ -248,9 +287,19 @@ async fn fanout_scenario(
         "latency": hush.latency.json(),
         "deliveries_per_sec": hush.deliveries_per_sec.round(),
         "closed_connections": hush.closed, "errors": hush.errors,
+        "server_cpu_secs": hush_cpu, "server_cpu_us_per_delivery": hush_us,
     });
-    if let Some(bare) = bare {
-        rows.push(format!("{head} | bare relay {}", bare.human()));
+    if let Some((bare, bare_cpu)) = bare {
+        let bare_us = per_delivery(bare_cpu, bare.delivered);
+        rows.push(format!(
+            "{head} | bare relay (child) {} | server CPU/delivery {}",
+            bare.human(),
+            show(bare_us)
+        ));
+        if let Some(r) = hush_us.zip(bare_us).and_then(|(h, b)| ratio(h, b)) {
+            rows.push(format!("{head} | hush/bare server CPU per delivery {r:.3}"));
+            line["ratio_cpu_per_delivery"] = json!(r);
+        }
         rows.push(format!(
             "{head} | hush/bare deliveries/s {:.3}, p99 {} vs {}",
             ratio(hush.deliveries_per_sec, bare.deliveries_per_sec).unwrap_or(0.0),
@@ -258,6 +307,7 @@ async fn fanout_scenario(
             fmt_us(bare.latency.p99)
         ));
         line["bare"] = bare.json();
+        line["bare"]["server_cpu_us_per_delivery"] = json!(bare_us);
         line["ratio_deliveries_per_sec"] =
             json!(ratio(hush.deliveries_per_sec, bare.deliveries_per_sec));
     }
@@ -580,6 +630,228 @@ async fn overload_scenario(
             ),
         ],
         line,
+    );
+    Ok(())
+}
+
+/// What one connect storm cost the server.
+struct StormFigures {
+    opened: usize,
+    failed: usize,
+    first_error: Option<String>,
+    seconds: f64,
+    per_sec: f64,
+    frames_per_connection: f64,
+    cpu_secs: Option<f64>,
+    rss_before: Option<u64>,
+    rss_peak: Option<u64>,
+    rss_idle: Option<u64>,
+}
+
+impl StormFigures {
+    fn human(&self) -> String {
+        let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+        format!(
+            "opened {} failed {} in {:.2}s | {:.0} conns/s | {:.2} presence frames/conn | CPU {} ({} per conn) | RSS {} -> peak {} -> idle {} KiB (peak/idle {}, {} KiB/conn idle)",
+            self.opened,
+            self.failed,
+            self.seconds,
+            self.per_sec,
+            self.frames_per_connection,
+            self.cpu_secs.map_or("?".to_owned(), |c| format!("{c:.2}s")),
+            self.cpu_secs.map_or("?".to_owned(), |c| fmt_us(
+                (c * 1e6 / self.opened.max(1) as f64) as u64
+            )),
+            kib(self.rss_before),
+            kib(self.rss_peak),
+            kib(self.rss_idle),
+            self.peak_over_idle()
+                .map_or("?".to_owned(), |r| format!("{r:.2}")),
+            self.kib_per_connection()
+                .map_or("?".to_owned(), |r| format!("{r:.1}")),
+        )
+    }
+
+    fn peak_over_idle(&self) -> Option<f64> {
+        let (peak, idle) = (self.rss_peak?, self.rss_idle?);
+        (idle > 0).then(|| peak as f64 / idle as f64)
+    }
+
+    fn kib_per_connection(&self) -> Option<f64> {
+        let (before, idle) = (self.rss_before?, self.rss_idle?);
+        Some(idle.saturating_sub(before) as f64 / self.opened.max(1) as f64)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "opened": self.opened, "failed": self.failed, "first_error": self.first_error,
+            "seconds": (self.seconds * 1000.0).round() / 1000.0,
+            "connections_per_sec": self.per_sec.round(),
+            "presence_frames_per_connection": (self.frames_per_connection * 100.0).round() / 100.0,
+            "server_cpu_secs": self.cpu_secs.map(|c| (c * 100.0).round() / 100.0),
+            "server_rss_before_kib": self.rss_before, "server_rss_peak_kib": self.rss_peak,
+            "server_rss_idle_kib": self.rss_idle,
+            "peak_over_idle": self.peak_over_idle().map(|r| (r * 100.0).round() / 100.0),
+            "server_kib_per_connection": self.kib_per_connection().map(round1),
+        })
+    }
+}
+
+/// Runs one storm, sampling the server's RSS every 50 ms from its start
+/// until presence has been quiet (`Storm::settle`); the storm's sockets are
+/// returned open.
+async fn measure_storm<F>(
+    cpu: impl Fn() -> Option<f64>,
+    rss: impl Fn() -> Option<u64>,
+    storm: F,
+) -> Result<(presence::Storm, StormFigures)>
+where
+    F: std::future::Future<Output = Result<presence::Storm>>,
+{
+    let (cpu_before, rss_before) = (cpu(), rss());
+    let is_running = AtomicBool::new(true);
+    let peak = std::sync::Mutex::new(rss_before);
+    let record = || {
+        if let Some(now) = rss() {
+            let mut peak = peak.lock().expect("bench lock poisoned");
+            *peak = Some(peak.map_or(now, |p| p.max(now)));
+        }
+    };
+    let opening = async {
+        let result = storm.await;
+        is_running.store(false, Ordering::Release);
+        result
+    };
+    let sampler = async {
+        while is_running.load(Ordering::Acquire) {
+            record();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (storm, ()) = tokio::join!(opening, sampler);
+    let storm = storm?;
+    storm.settle(record).await;
+    let cpu_after = cpu();
+    let figures = StormFigures {
+        opened: storm.opened,
+        failed: storm.failed,
+        first_error: storm.first_error.clone(),
+        seconds: storm.seconds,
+        per_sec: storm.per_sec(),
+        frames_per_connection: storm.frames_per_connection(),
+        cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+        rss_before,
+        rss_peak: *peak.lock().expect("bench lock poisoned"),
+        rss_idle: rss(),
+    };
+    Ok((storm, figures))
+}
+
+async fn presence_scenario(
+    cli: &Cli,
+    key: &Arc<IdentityPrivateKey>,
+    args: &PresenceArgs,
+) -> Result<()> {
+    anyhow::ensure!(
+        cli.server.is_none(),
+        "presence restarts the server, so it cannot target --server"
+    );
+    let binary = cli
+        .spawn_binary
+        .clone()
+        .or_else(target::sibling_hush)
+        .context("presence needs the hush binary: build it, or pass --spawn-binary")?;
+    let target = Target::child(&binary).await?;
+    let bench = Bench::new(&target.base, key.clone());
+    let users = match presence::one_room(&bench, args.accounts).await {
+        Ok(users) => users,
+        Err(err) => {
+            target.stop().await;
+            return Err(err);
+        }
+    };
+    // Let registration's argon2 buffers settle into the "before" figure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = measure_storm(
+        || target.server_cpu_secs(),
+        || target.server_rss_kib(),
+        presence::storm(&users, &target.ws_url, args),
+    )
+    .await;
+    let (storm, first) = match first {
+        Ok(done) => done,
+        Err(err) => {
+            target.stop().await;
+            return Err(err);
+        }
+    };
+    // Every connection is open when the server goes down: all of them
+    // come back at once.
+    let target = target.restart().await;
+    storm.close();
+    let target = target?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = measure_storm(
+        || target.server_cpu_secs(),
+        || target.server_rss_kib(),
+        presence::storm(&users, &target.ws_url, args),
+    )
+    .await;
+    let label = target.label();
+    let (storm, again) = match again {
+        Ok(done) => done,
+        Err(err) => {
+            target.stop().await;
+            return Err(err);
+        }
+    };
+    storm.close();
+    target.stop().await;
+
+    let relay = relay::RelayChild::start().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bare = measure_storm(
+        || relay.cpu_secs(),
+        || relay.rss_kib(),
+        presence::bare_storm(&relay.ws_url, args.connections(), args.concurrency),
+    )
+    .await;
+    let bare = match bare {
+        Ok((storm, figures)) => {
+            storm.close();
+            Ok(figures)
+        }
+        Err(err) => Err(err),
+    };
+    relay.stop().await;
+    let bare = bare?;
+
+    let head = format!(
+        "presence A={} M={} K={} concurrency={}",
+        args.accounts,
+        args.per_account,
+        args.connections(),
+        args.concurrency
+    );
+    emit(
+        &[
+            format!("{head} | hush ({label}) first   {}", first.human()),
+            format!("{head} | hush ({label}) restart {}", again.human()),
+            format!("{head} | bare relay (child)     {}", bare.human()),
+            format!(
+                "{head} | hush/bare conns/s first {:.3}, restart {:.3}",
+                ratio(first.per_sec, bare.per_sec).unwrap_or(0.0),
+                ratio(again.per_sec, bare.per_sec).unwrap_or(0.0)
+            ),
+        ],
+        json!({
+            "scenario": "presence", "target": label, "accounts": args.accounts,
+            "per_account": args.per_account, "connections": args.connections(),
+            "concurrency": args.concurrency,
+            "first": first.json(), "restart": again.json(), "bare": bare.json(),
+            "ratio_connections_per_sec_first": ratio(first.per_sec, bare.per_sec),
+            "ratio_connections_per_sec_restart": ratio(again.per_sec, bare.per_sec),
+        }),
     );
     Ok(())
 }

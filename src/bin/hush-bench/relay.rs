@@ -115,3 +115,63 @@ async fn serve_client(socket: WebSocket, id: u64, clients: Clients) {
     clients.lock().expect("relay lock poisoned").remove(&id);
     writer.abort();
 }
+
+/// The relay in a child process (`hush-bench serve-relay`): its CPU time
+/// and memory are then its own, and its sockets do not count against this
+/// process's descriptor limit (10,000 connections need 20,000 of them when
+/// both ends live in one process).
+pub struct RelayChild {
+    pub ws_url: String,
+    child: tokio::process::Child,
+}
+
+impl RelayChild {
+    pub async fn start() -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve-relay")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ws_url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("the relay child did not start within 30 s"))??
+            .ok_or_else(|| anyhow::anyhow!("the relay child exited before it started"))?;
+        Ok(Self { ws_url, child })
+    }
+
+    pub fn cpu_secs(&self) -> Option<f64> {
+        crate::target::cpu_secs(&self.child.id()?.to_string())
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        crate::target::rss_kib(&self.child.id()?.to_string())
+    }
+
+    /// Closes its stdin (it stops then), killing it if it lingers.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// `hush-bench serve-relay`: runs the relay, prints its URL, and stops when
+/// stdin closes (the parent bench ended or dropped it).
+pub async fn serve_until_stdin_closes() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let relay = Relay::start().await?;
+    println!("{}", relay.ws_url);
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 64];
+    while stdin.read(&mut sink).await? > 0 {}
+    relay.stop().await;
+    Ok(())
+}

@@ -21,6 +21,8 @@ enum Kind {
     },
     Child {
         child: tokio::process::Child,
+        /// What `restart` starts again, and where.
+        again: Box<(PathBuf, SocketAddr)>,
     },
     External,
 }
@@ -78,6 +80,22 @@ impl Target {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?
         };
+        Self::child_in(binary, dir, addr).await
+    }
+
+    /// Stops a child server (SIGTERM, as an operator would) and starts it
+    /// again on the same address and database.
+    pub async fn restart(mut self) -> Result<Self> {
+        let Kind::Child { again, .. } = &self.kind else {
+            bail!("only a child server can be restarted");
+        };
+        let (binary, addr) = (again.0.clone(), again.1);
+        let dir = self.dir.take().context("a child server has a temp dir")?;
+        self.stop().await;
+        Self::child_in(&binary, dir, addr).await
+    }
+
+    async fn child_in(binary: &Path, dir: PathBuf, addr: SocketAddr) -> Result<Self> {
         let child = tokio::process::Command::new(binary)
             .arg("serve")
             .arg("--addr")
@@ -109,11 +127,20 @@ impl Target {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log"))?)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("server.log"))?,
+            )
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let target = Self::at(addr, Kind::Child { child }, Some(dir));
+        let kind = Kind::Child {
+            child,
+            again: Box::new((binary.to_owned(), addr)),
+        };
+        let target = Self::at(addr, kind, Some(dir));
         let http = hush::client::tls::http_client();
         let started = Instant::now();
         loop {
@@ -171,8 +198,16 @@ impl Target {
     pub fn server_rss_kib(&self) -> Option<u64> {
         match &self.kind {
             Kind::InProcess { .. } => rss_kib("self"),
-            Kind::Child { child } => rss_kib(&child.id()?.to_string()),
+            Kind::Child { child, .. } => rss_kib(&child.id()?.to_string()),
             Kind::External => None,
+        }
+    }
+
+    /// CPU time (user + system) the child server has used so far.
+    pub fn server_cpu_secs(&self) -> Option<f64> {
+        match &self.kind {
+            Kind::Child { child, .. } => cpu_secs(&child.id()?.to_string()),
+            _ => None,
         }
     }
 
@@ -196,7 +231,7 @@ impl Target {
                 let _ = shutdown_tx.send(());
                 let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
             }
-            Kind::Child { mut child } => {
+            Kind::Child { mut child, .. } => {
                 if let Some(pid) = child.id() {
                     let _ = tokio::process::Command::new("kill")
                         .arg("-TERM")
@@ -217,6 +252,18 @@ impl Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// User plus system CPU seconds of a process, from `/proc/<pid>/stat`
+/// (clock ticks of 1/100 s, as on every Linux this bench runs on).
+pub fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// `VmRSS` of `/proc/<pid>/status` in KiB.
