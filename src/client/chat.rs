@@ -29,6 +29,7 @@ use super::commands::{Printer, file_payload};
 use super::conversation::{Conversation, Shown};
 use super::link::{Event, Link};
 use super::outbox::{self, Outbox};
+use super::store::{ClientStore, Window, sync};
 use super::transcript;
 use crate::cli::ClientOpts;
 use crate::crypto::envelope::Payload;
@@ -60,17 +61,25 @@ const LINK_AHEAD: usize = 128;
 /// How often `N waiting to send` may be printed, and how long a message
 /// waits before it is worth mentioning.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Entries of each room taken from the store at start (for `/history`).
+const RECENT_FROM_STORE: usize = 500;
+/// Entries read while catching up, saved to the store per transaction.
+const SAVE_BATCH: usize = 2000;
 
 struct RoomView {
     room: Room,
     conversation: Conversation,
     shown: Vec<Shown>,
+    /// Read from the server and not saved in the store yet.
+    unsaved: Vec<Shown>,
     unread: usize,
     is_synced: bool,
 }
 
 struct Chat {
     account: Account,
+    /// The local store: each room starts from it and what is read is saved.
+    store: ClientStore,
     link: Link,
     rooms: HashMap<RoomId, RoomView>,
     current: Option<RoomId>,
@@ -97,6 +106,7 @@ struct Chat {
 pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     let account = Account::open(opts).await?;
     let outbox = outbox::open_for(&account)?;
+    let store = super::commands::open_store(&account).await?;
     let token = account.api.token().context("not logged in")?.to_owned();
     let link = Link::start(account.api.server(), token);
     let printer = Printer {
@@ -106,6 +116,7 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     };
     let mut chat = Chat {
         account,
+        store,
         link,
         rooms: HashMap::new(),
         current: None,
@@ -180,15 +191,32 @@ impl Chat {
         if self.rooms.contains_key(&room.id) {
             return;
         }
-        self.link.follow(room.id, 0).await;
-        let conversation =
-            Conversation::new(room.id, self.account.username(), self.account.device.id());
+        let from_store = async {
+            let conversation = sync::restore(&self.account, &self.store, room.id).await?;
+            let recent = Window {
+                last: Some(RECENT_FROM_STORE),
+                since_ms: None,
+            };
+            let shown = self.store.shown(room.id, recent).await?;
+            anyhow::Ok((conversation, shown))
+        };
+        let (conversation, shown) = match from_store.await {
+            Ok(stored) => stored,
+            Err(err) => {
+                println!("! {err:#}");
+                let conversation =
+                    Conversation::new(room.id, self.account.username(), self.account.device.id());
+                (conversation, Vec::new())
+            }
+        };
+        self.link.follow(room.id, conversation.last_seq()).await;
         self.rooms.insert(
             room.id,
             RoomView {
                 room,
                 conversation,
-                shown: Vec::new(),
+                shown,
+                unsaved: Vec::new(),
                 unread: 0,
                 is_synced: false,
             },
@@ -243,10 +271,15 @@ impl Chat {
                         );
                     }
                 }
+                view.unsaved.push(shown.clone());
                 view.shown.push(shown);
+                if view.is_synced || view.unsaved.len() >= SAVE_BATCH {
+                    self.save_room(entry.room).await;
+                }
                 self.account.print_notices();
             }
             Event::Synced { room, .. } => {
+                self.save_room(room).await;
                 if let Some(view) = self.rooms.get_mut(&room)
                     && !view.is_synced
                 {
@@ -303,6 +336,24 @@ impl Chat {
             }
         }
         true
+    }
+
+    /// Saves what was read in `room` since the last save, with the room's
+    /// state and cursor. A failure is shown, not fatal: the server still
+    /// has everything, and the next save or run writes it.
+    async fn save_room(&mut self, room: RoomId) {
+        let Some(view) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let label = view.room.label(&self.account.identity.username);
+        let saved = self
+            .store
+            .save(room, &label, &view.conversation.save(), &view.unsaved)
+            .await;
+        match saved {
+            Ok(()) => view.unsaved.clear(),
+            Err(err) => println!("! saving to the local store: {err:#}"),
+        }
     }
 
     fn show_recent(&self, room: RoomId, count: usize) {

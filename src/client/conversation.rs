@@ -10,12 +10,14 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 use super::directory::{Directory, Peer};
 use super::keystore::Identity;
 use crate::crypto::CryptoError;
 use crate::crypto::device::DeviceId;
-use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker};
+use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
 use crate::crypto::wire::{BodyKind, body_kind};
@@ -97,10 +99,12 @@ pub struct Conversation {
     /// Sender keys received (including this user's own), per chain.
     keys: HashMap<ChainKey, SenderKey>,
     replay: ReplayTracker,
-    /// This device's latest distribution seen: epoch and recipients.
-    my_latest: Option<(u32, Vec<(String, Fingerprint)>)>,
-    /// Highest counter this device sent per epoch.
-    my_counters: HashMap<u32, u64>,
+    /// Each of this user's devices' latest distribution seen: epoch and
+    /// recipients. Kept for every own device, not only the one this run
+    /// sends as, so a saved state serves whichever device resumes it.
+    own_latest: HashMap<DeviceId, (u32, Vec<(String, Fingerprint)>)>,
+    /// Highest counter each own device sent per epoch.
+    own_counters: HashMap<(DeviceId, u32), u64>,
     sending: Option<SenderKeyState>,
     last_seq: i64,
     /// Keys that `key` entries of this room retired, per sender.
@@ -118,8 +122,8 @@ impl Conversation {
             device,
             keys: HashMap::new(),
             replay: ReplayTracker::new(),
-            my_latest: None,
-            my_counters: HashMap::new(),
+            own_latest: HashMap::new(),
+            own_counters: HashMap::new(),
             sending: None,
             last_seq: 0,
             retired: HashMap::new(),
@@ -397,8 +401,9 @@ impl Conversation {
             };
             sender_keys::open_distribution(body, &context, &me.username, my_key)
         })?;
-        if entry.sender == self.me && header.device == self.device {
-            self.my_latest = Some((header.epoch, header.recipients.clone()));
+        if entry.sender == self.me {
+            self.own_latest
+                .insert(header.device, (header.epoch, header.recipients.clone()));
         }
         self.keys
             .insert((entry.sender.clone(), header.device, header.epoch), key);
@@ -419,10 +424,10 @@ impl Conversation {
         if header.sender != entry.sender {
             return Err(reason(CryptoError::WrongSender));
         }
-        if entry.sender == self.me && header.device == self.device {
+        if entry.sender == self.me {
             let highest = self
-                .my_counters
-                .entry(header.epoch)
+                .own_counters
+                .entry((header.device, header.epoch))
                 .or_insert(header.counter);
             *highest = (*highest).max(header.counter);
         }
@@ -519,9 +524,13 @@ impl Conversation {
     fn sending_state(&mut self) -> &mut SenderKeyState {
         let (room, device) = (self.room.0, self.device);
         let resumed = || {
-            let own_key = self.my_latest.as_ref().and_then(|(epoch, recipients)| {
+            let latest = self.own_latest.get(&device);
+            let own_key = latest.and_then(|(epoch, recipients)| {
                 let key = self.keys.get(&(self.me.clone(), device, *epoch))?;
-                let next = self.my_counters.get(epoch).map_or(0, |c| c + 1);
+                let next = self
+                    .own_counters
+                    .get(&(device, *epoch))
+                    .map_or(0, |c| c + 1);
                 Some(SenderKeyState::resume_with_key(
                     room,
                     &self.me,
@@ -533,10 +542,11 @@ impl Conversation {
             });
             own_key.unwrap_or_else(|| {
                 let last_epoch = self
-                    .my_counters
+                    .own_counters
                     .keys()
-                    .copied()
-                    .chain(self.my_latest.as_ref().map(|(e, _)| *e))
+                    .filter(|(d, _)| *d == device)
+                    .map(|(_, epoch)| *epoch)
+                    .chain(latest.map(|(e, _)| *e))
                     .max();
                 SenderKeyState::resume_after(room, &self.me, device, last_epoch.unwrap_or(0))
             })
@@ -545,6 +555,145 @@ impl Conversation {
             self.sending = Some(resumed());
         }
         self.sending.as_mut().expect("just set")
+    }
+}
+
+/// Everything a `Conversation` learnt from its room's log up to
+/// `last_seq`, for the client's store (sealed there): restoring it and
+/// reading the entries after `last_seq` judges them exactly as reading the
+/// whole log again would (the replay rule's seen counters, key history,
+/// the sender keys, this user's own chains). No `Debug`: it holds keys.
+#[derive(Serialize, Deserialize)]
+pub struct SavedState {
+    last_seq: i64,
+    keys: Vec<SavedKey>,
+    replay: Vec<SavedChain>,
+    /// Own device (hex), epoch, recipients (username, fingerprint).
+    own_latest: Vec<(String, u32, Vec<(String, [u8; 32])>)>,
+    /// Own device (hex), epoch, highest counter.
+    own_counters: Vec<(String, u32, u64)>,
+    /// User, retired key (SPKI DER), seq of the `key` entry.
+    retired: Vec<(String, Vec<u8>, i64)>,
+    refetched: Vec<String>,
+}
+
+/// One unwrapped sender key: its chain and the raw key.
+#[derive(Serialize, Deserialize)]
+struct SavedKey {
+    sender: String,
+    device: String,
+    epoch: u32,
+    key: [u8; 32],
+}
+
+impl Drop for SavedKey {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl SavedState {
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+}
+
+impl Conversation {
+    /// What to keep so that `restore` continues where this stands.
+    pub fn save(&self) -> SavedState {
+        let mut keys: Vec<SavedKey> = self
+            .keys
+            .iter()
+            .map(|((sender, device, epoch), key)| SavedKey {
+                sender: sender.clone(),
+                device: device.to_hex(),
+                epoch: *epoch,
+                key: *key.key_bytes(),
+            })
+            .collect();
+        keys.sort_by(|a, b| (&a.sender, &a.device, a.epoch).cmp(&(&b.sender, &b.device, b.epoch)));
+        let mut own_latest: Vec<_> = self
+            .own_latest
+            .iter()
+            .map(|(device, (epoch, recipients))| {
+                let recipients = recipients
+                    .iter()
+                    .map(|(name, fp)| (name.clone(), fp.0))
+                    .collect();
+                (device.to_hex(), *epoch, recipients)
+            })
+            .collect();
+        own_latest.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut own_counters: Vec<_> = self
+            .own_counters
+            .iter()
+            .map(|((device, epoch), counter)| (device.to_hex(), *epoch, *counter))
+            .collect();
+        own_counters.sort();
+        let mut retired: Vec<_> = self
+            .retired
+            .iter()
+            .flat_map(|(user, keys)| {
+                keys.iter()
+                    .map(|r| (user.clone(), r.key.spki_der().to_vec(), r.seq))
+            })
+            .collect();
+        retired.sort();
+        let mut refetched: Vec<String> = self.refetched.iter().cloned().collect();
+        refetched.sort();
+        SavedState {
+            last_seq: self.last_seq,
+            keys,
+            replay: self.replay.chains(),
+            own_latest,
+            own_counters,
+            retired,
+            refetched,
+        }
+    }
+
+    /// A conversation that continues from `saved`, sending as `device`.
+    pub fn restore(
+        room: RoomId,
+        me: &str,
+        device: DeviceId,
+        saved: &SavedState,
+    ) -> anyhow::Result<Self> {
+        let bad = || anyhow::anyhow!("a saved room state is malformed");
+        let device_of = |hex: &str| DeviceId::from_hex(hex).ok_or_else(bad);
+        let mut conversation = Self::new(room, me, device);
+        conversation.last_seq = saved.last_seq;
+        for key in &saved.keys {
+            conversation.keys.insert(
+                (key.sender.clone(), device_of(&key.device)?, key.epoch),
+                SenderKey::from_bytes(key.epoch, key.key),
+            );
+        }
+        conversation.replay = ReplayTracker::restore(&saved.replay).ok_or_else(bad)?;
+        for (own, epoch, recipients) in &saved.own_latest {
+            let recipients = recipients
+                .iter()
+                .map(|(name, fp)| (name.clone(), Fingerprint(*fp)))
+                .collect();
+            conversation
+                .own_latest
+                .insert(device_of(own)?, (*epoch, recipients));
+        }
+        for (own, epoch, counter) in &saved.own_counters {
+            conversation
+                .own_counters
+                .insert((device_of(own)?, *epoch), *counter);
+        }
+        for (user, spki, seq) in &saved.retired {
+            let key = IdentityKey::from_spki_der(spki).map_err(|_| bad())?;
+            conversation
+                .retired
+                .entry(user.clone())
+                .or_default()
+                .push(RetiredKey { key, seq: *seq });
+        }
+        conversation.refetched = saved.refetched.iter().cloned().collect();
+        Ok(conversation)
     }
 }
 

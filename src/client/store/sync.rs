@@ -1,0 +1,88 @@
+//! Bringing one room of the store up to date over a `Link`: restore the
+//! room's saved state, ask the server only for what follows its cursor,
+//! judge each new entry as a full replay would, and save entries, state
+//! and cursor together, a batch at a time (so a first read of a long room
+//! that is interrupted keeps what it read).
+
+use anyhow::{Context, bail};
+
+use super::ClientStore;
+use crate::client::account::Account;
+use crate::client::api::Room;
+use crate::client::conversation::{Conversation, Shown};
+use crate::client::link::{Event, Link};
+use crate::client::transcript::next_event;
+use crate::store::RoomId;
+
+/// Entries saved per transaction while catching up.
+const BATCH: usize = 2000;
+
+/// The room's conversation as the store left it (new if never read).
+pub async fn restore(
+    account: &Account,
+    store: &ClientStore,
+    room: RoomId,
+) -> anyhow::Result<Conversation> {
+    let (me, device) = (account.username(), account.device.id());
+    match store.room_state(room).await? {
+        Some(saved) => Conversation::restore(room, me, device, &saved),
+        None => Ok(Conversation::new(room, me, device)),
+    }
+}
+
+/// Connects and brings `room` up to date; returns the live link (still
+/// following the room) and the conversation at the room's end.
+pub async fn sync_room(
+    account: &mut Account,
+    store: &ClientStore,
+    room: &Room,
+) -> anyhow::Result<(Link, Conversation)> {
+    let token = account.api.token().context("not logged in")?.to_owned();
+    let mut link = Link::start(account.api.server(), token);
+    let conversation = catch_up(&mut link, account, store, room).await?;
+    Ok((link, conversation))
+}
+
+/// Follows `room` on `link` from the store's cursor and saves everything
+/// up to the server's end of the room.
+pub async fn catch_up(
+    link: &mut Link,
+    account: &mut Account,
+    store: &ClientStore,
+    room: &Room,
+) -> anyhow::Result<Conversation> {
+    let mut conversation = restore(account, store, room.id).await?;
+    let is_new = conversation.last_seq() == 0;
+    let label = room.label(account.username());
+    link.follow(room.id, conversation.last_seq()).await;
+    let mut batch: Vec<Shown> = Vec::new();
+    let mut read = 0usize;
+    loop {
+        match next_event(link).await? {
+            Event::Entry(entry) if entry.room == room.id => {
+                batch.push(
+                    conversation
+                        .process(&entry, &account.identity, &mut account.directory)
+                        .await,
+                );
+                read += 1;
+                if batch.len() >= BATCH {
+                    store
+                        .save(room.id, &label, &conversation.save(), &batch)
+                        .await?;
+                    batch.clear();
+                }
+            }
+            Event::Synced { room: synced, .. } if synced == room.id => break,
+            Event::Error { code, message } => bail!("the server refused: {message} ({code})"),
+            Event::Unauthorized => bail!("the server refused our session"),
+            _ => {}
+        }
+    }
+    if read > 0 || is_new {
+        store
+            .save(room.id, &label, &conversation.save(), &batch)
+            .await?;
+    }
+    Ok(conversation)
+}
