@@ -373,7 +373,7 @@ async fn a_deleted_or_garbage_store_is_rebuilt_with_identical_output() -> Result
         &["send", "--room", "team", "four"],
     )?)?;
     let incremental = read(&[])?;
-    assert_eq!(texts(&incremental).len(), 36, "{incremental:?}");
+    assert_eq!(texts(&incremental).len(), 34, "{incremental:?}");
     assert!(incremental.iter().any(|l| l["kind"] == "event"));
     assert!(incremental.iter().any(|l| l["file"]["name"] == "notes.txt"));
 
@@ -555,7 +555,9 @@ async fn search_finds_words_offline_and_by_room() -> Result<()> {
         "the server never saw the word"
     );
     for suffix in ["", "-wal"] {
-        let bytes = std::fs::read(keys.join(format!("alice.store{suffix}")))?;
+        let Ok(bytes) = std::fs::read(keys.join(format!("alice.store{suffix}"))) else {
+            continue;
+        };
         assert!(
             !contains(&bytes, word.as_bytes()),
             "no index of the word on disk"
