@@ -72,6 +72,9 @@ struct RoomView {
     shown: Vec<Shown>,
     /// Read from the server and not saved in the store yet.
     unsaved: Vec<Shown>,
+    /// How many of `shown` were printed from the store at start, before
+    /// the room caught up (0: none).
+    printed_from_store: usize,
     unread: usize,
     is_synced: bool,
 }
@@ -139,6 +142,19 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         chat.account.username()
     );
     chat.print_rooms();
+    // The current room's recent history at once, from the store; what the
+    // server has that is newer follows when the room has caught up.
+    if let Some(room) = chat.current
+        && chat.rooms[&room]
+            .shown
+            .iter()
+            .any(|s| !matches!(s, Shown::Quiet { .. }))
+    {
+        chat.show_recent(room, 20);
+        if let Some(view) = chat.rooms.get_mut(&room) {
+            view.printed_from_store = view.shown.len();
+        }
+    }
     chat.adopt_outbox();
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -217,6 +233,7 @@ impl Chat {
                 conversation,
                 shown,
                 unsaved: Vec::new(),
+                printed_from_store: 0,
                 unread: 0,
                 is_synced: false,
             },
@@ -285,7 +302,7 @@ impl Chat {
                 {
                     view.is_synced = true;
                     if Some(room) == self.current {
-                        self.show_recent(room, 20);
+                        self.show_caught_up(room);
                     }
                 }
                 self.stalled.remove(&room);
@@ -353,6 +370,24 @@ impl Chat {
         match saved {
             Ok(()) => view.unsaved.clear(),
             Err(err) => println!("! saving to the local store: {err:#}"),
+        }
+    }
+
+    /// When a room has caught up: its recent history, or, if that was
+    /// already printed from the store, what came from the server since.
+    fn show_caught_up(&self, room: RoomId) {
+        let Some(view) = self.rooms.get(&room) else {
+            return;
+        };
+        if view.printed_from_store == 0 {
+            return self.show_recent(room, 20);
+        }
+        let new: Vec<&Shown> = view.shown[view.printed_from_store.min(view.shown.len())..]
+            .iter()
+            .filter(|s| !matches!(s, Shown::Quiet { .. }))
+            .collect();
+        for shown in &new[new.len().saturating_sub(20)..] {
+            let _ = self.printer.print(shown);
         }
     }
 

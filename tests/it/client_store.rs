@@ -190,7 +190,7 @@ fn room_with_bob(url: &str, keys: &Path, name: &str) -> Result<i64> {
 /// Posts `count` real sealed messages as `user` into `room`, from a new
 /// device of theirs, through the library's link: one sender-key
 /// distribution for `members`, then the messages, 500 at a time, each
-/// batch acknowledged before the next.
+/// batch acknowledged before the next. Returns the bodies posted.
 async fn seed(
     url: &str,
     keys: &Path,
@@ -198,7 +198,7 @@ async fn seed(
     room: i64,
     members: &[&str],
     count: usize,
-) -> Result<()> {
+) -> Result<Vec<Vec<u8>>> {
     let mut account = Account::open_with(
         url,
         KeyStore::new(keys),
@@ -249,7 +249,30 @@ async fn seed(
             }
         }
     }
-    Ok(())
+    Ok(bodies)
+}
+
+/// Posts `body` as `user` (a stored body again: what a replaying server or
+/// a thief with the user's session could do).
+async fn post_again(url: &str, keys: &Path, user: &str, room: i64, body: &[u8]) -> Result<()> {
+    let account = Account::open_with(
+        url,
+        KeyStore::new(keys),
+        user,
+        format!("passphrase of {user}"),
+        &format!("password of {user}"),
+    )
+    .await?;
+    let mut link = Link::start(url, account.api.token().context("logged in")?.to_owned());
+    link.send(RoomId(room), new_client_id(), b64::encode(body))
+        .await;
+    loop {
+        match next_event(&mut link).await? {
+            Event::Acked { .. } => return Ok(()),
+            Event::SendFailed { message, .. } => bail!("refused: {message}"),
+            _ => {}
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,6 +432,57 @@ async fn a_deleted_or_garbage_store_is_rebuilt_with_identical_output() -> Result
             .starts_with("alice.store.damaged-")
     });
     assert!(aside, "the damaged file is kept aside");
+
+    // A new machine: the exported identity, imported into an empty key store.
+    let bundle = home.path().join("alice.export");
+    let bundle = bundle.to_str().context("utf-8")?;
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["keys", "export", "alice", bundle],
+    )?)?;
+    let new_machine = home.path().join("new-machine");
+    ok(hush(
+        &url,
+        &new_machine,
+        "alice",
+        &["keys", "import", bundle],
+    )?)?;
+    let elsewhere = read_json(
+        &url,
+        &new_machine,
+        "alice",
+        &["--room", "team", "--save-dir", save],
+    )?;
+    assert_eq!(elsewhere, incremental, "an imported key reads all history");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_the_cursor_is_judged_as_a_full_replay_judges_it() -> Result<()> {
+    let server = Server::start().await?;
+    let home = tempfile::tempdir()?;
+    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let url = server.url.clone();
+    let room = room_with_bob(&url, &keys, "echo")?;
+    let bodies = seed(&url, &keys, "bob", room, &["alice", "bob"], 3).await?;
+    let before = read_json(&url, &keys, "alice", &["--room", "echo"])?;
+    assert_eq!(texts(&before).len(), 3);
+    // The same message again, after alice's cursor: the seen counters of
+    // bob's chain must have been kept in the store to refuse it.
+    post_again(&url, &keys, "bob", room, &bodies[2]).await?;
+    let incremental = read_json(&url, &keys, "alice", &["--room", "echo"])?;
+    let last = incremental.last().context("an entry")?;
+    assert_eq!(last["kind"], "rejected", "{last}");
+    assert_eq!(texts(&incremental).len(), 3);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(keys.join(format!("alice.store{suffix}")));
+    }
+    assert_eq!(
+        read_json(&url, &keys, "alice", &["--room", "echo"])?,
+        incremental
+    );
     Ok(())
 }
 
@@ -478,10 +552,9 @@ async fn the_store_on_disk_holds_no_plaintext() -> Result<()> {
             assert_eq!(mode & 0o777, 0o600, "{} is private", path.display());
         }
     }
-    assert!(
-        looked_at >= 4,
-        "both stores and their WALs exist: {looked_at}"
-    );
+    // The WALs exist only while a process has the store open, or if the
+    // last one did not close it cleanly; whatever is on disk was checked.
+    assert!(looked_at >= 2, "both stores exist: {looked_at}");
     Ok(())
 }
 
