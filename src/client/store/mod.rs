@@ -282,8 +282,9 @@ fn is_damage(err: &sqlx::Error) -> bool {
 mod tests {
     #[tokio::test]
     async fn the_bundled_sqlite_has_fts5() {
-        let mut conn: sqlx::SqliteConnection =
-            sqlx::Connection::connect("sqlite::memory:").await.unwrap();
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect("sqlite::memory:")
+            .await
+            .unwrap();
         sqlx::query("CREATE VIRTUAL TABLE t USING fts5(text)")
             .execute(&mut conn)
             .await
