@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::account::Account;
 use super::api::Room;
 use super::commands::{Printer, file_payload};
-use super::conversation::{Conversation, Shown};
+use super::conversation::{Conversation, Shown, mark_verified_now};
 use super::link::{Event, Link};
 use super::outbox::{self, Outbox};
 use super::store::{ClientStore, Window, sync};
@@ -213,7 +213,9 @@ impl Chat {
                 last: Some(RECENT_FROM_STORE),
                 since_ms: None,
             };
-            let shown = self.store.shown(room.id, recent).await?;
+            let mut shown = self.store.shown(room.id, recent).await?;
+            let trust = self.account.directory.trust_store();
+            mark_verified_now(&mut shown, self.account.username(), trust);
             anyhow::Ok((conversation, shown))
         };
         let (conversation, shown) = match from_store.await {

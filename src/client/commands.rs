@@ -17,7 +17,7 @@ use super::account::{
     Account, find_room, new_passphrase, open_identity, passphrase, password, require_user,
 };
 use super::api::{Api, ApiError, Room};
-use super::conversation::{Shown, UNSUPPORTED_TEXT};
+use super::conversation::{Shown, UNSUPPORTED_TEXT, mark_verified_now};
 use super::device::known_devices;
 use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
@@ -573,7 +573,12 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
         last: args.last,
         since_ms: args.since.map(unix_ms),
     };
-    let shown = store.shown(room.id, window).await?;
+    let mut shown = store.shown(room.id, window).await?;
+    mark_verified_now(
+        &mut shown,
+        account.username(),
+        account.directory.trust_store(),
+    );
     let printer = Printer {
         json: args.json,
         save_dir: args.save_dir.clone(),

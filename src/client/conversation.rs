@@ -20,6 +20,7 @@ use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
+use crate::crypto::trust::TrustStore;
 use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
 use crate::store::RoomId;
@@ -694,6 +695,24 @@ impl Conversation {
         }
         conversation.refetched = saved.refetched.iter().cloned().collect();
         Ok(conversation)
+    }
+}
+
+/// Sets each message's verified mark from the trust pins as they are now
+/// (a peer whose key the user has marked verified), as reading the whole
+/// log now would: the store keeps the mark of the time a message was
+/// first read, and the user may have verified the peer since.
+pub fn mark_verified_now(items: &mut [Shown], me: &str, trust: &TrustStore) {
+    for item in items {
+        if let Shown::Message {
+            sender,
+            is_sender_verified,
+            ..
+        } = item
+        {
+            *is_sender_verified =
+                sender != me && trust.peer(sender).is_some_and(|peer| peer.is_verified);
+        }
     }
 }
 

@@ -690,6 +690,26 @@ async fn read_last_and_since_choose_the_window() -> Result<()> {
         &["read", "--with", "bob", "--since", "yesterdayish"],
     )?;
     assert!(!bad.status.success());
+
+    // Verifying bob later marks his stored messages too, as a full read would.
+    assert!(
+        all.iter()
+            .filter(|l| l["kind"] == "message")
+            .all(|l| l["verified"] == false)
+    );
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["keys", "verify", "bob", "--mark-verified"],
+    )?)?;
+    let verified = read_json(&url, &keys, "alice", &["--with", "bob"])?;
+    let messages: Vec<&Value> = verified.iter().filter(|l| l["kind"] == "message").collect();
+    assert_eq!(messages.len(), 5);
+    assert!(
+        messages.iter().all(|l| l["verified"] == true),
+        "{verified:?}"
+    );
     Ok(())
 }
 
