@@ -77,6 +77,9 @@ struct RoomView {
     printed_from_store: usize,
     unread: usize,
     is_synced: bool,
+    /// An entry could not be checked (the sender's keys could not be
+    /// fetched): nothing more of this room is saved in this run.
+    is_save_held: bool,
 }
 
 struct Chat {
@@ -236,6 +239,7 @@ impl Chat {
                 shown,
                 unsaved: Vec::new(),
                 printed_from_store: 0,
+                is_save_held: false,
                 unread: 0,
                 is_synced: false,
             },
@@ -274,10 +278,10 @@ impl Chat {
                 let Some(view) = self.rooms.get_mut(&entry.room) else {
                     return true;
                 };
-                let shown = view
-                    .conversation
-                    .process(&entry, &self.account.identity, &mut self.account.directory)
-                    .await;
+                let shown = sync::judge(&mut view.conversation, &entry, &mut self.account).await;
+                // An entry that could not be checked is shown, not kept:
+                // saving stops for this room until the next run reads it again.
+                view.is_save_held |= view.conversation.was_unavailable();
                 let is_current = Some(entry.room) == self.current;
                 if view.is_synced && !matches!(shown, Shown::Quiet { .. }) {
                     if is_current {
@@ -364,6 +368,10 @@ impl Chat {
         let Some(view) = self.rooms.get_mut(&room) else {
             return;
         };
+        if view.is_save_held {
+            view.unsaved.clear();
+            return;
+        }
         let label = view.room.label(&self.account.identity.username);
         let saved = self
             .store

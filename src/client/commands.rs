@@ -591,25 +591,30 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
+    let mut is_saving = true;
     loop {
         let Some(event) = link.events.recv().await else {
             return Ok(());
         };
         match event {
             Event::Entry(entry) if entry.room == room.id => {
-                let item = conversation
-                    .process(&entry, &account.identity, &mut account.directory)
-                    .await;
+                let item = sync::judge(&mut conversation, &entry, &mut account).await;
                 account.print_notices();
-                let label = room.label(account.username());
-                store
-                    .save(
-                        room.id,
-                        &label,
-                        &conversation.save(),
-                        std::slice::from_ref(&item),
-                    )
-                    .await?;
+                // An entry that could not be checked is shown, not kept:
+                // the store stops here for this run and the next command
+                // reads it again.
+                is_saving &= !conversation.was_unavailable();
+                if is_saving {
+                    let label = room.label(account.username());
+                    store
+                        .save(
+                            room.id,
+                            &label,
+                            &conversation.save(),
+                            std::slice::from_ref(&item),
+                        )
+                        .await?;
+                }
                 printer.print(&item)?;
             }
             Event::Disconnected { reason } => {

@@ -113,6 +113,9 @@ pub struct Conversation {
     /// Senders whose keys were fetched again after a signature no known
     /// key verified: once each, until their next `key` entry.
     refetched: HashSet<String>,
+    /// The last entry could not be judged for a reason that may pass (the
+    /// sender's keys could not be fetched): it was not counted as read.
+    is_unavailable: bool,
 }
 
 impl Conversation {
@@ -129,7 +132,16 @@ impl Conversation {
             last_seq: 0,
             retired: HashMap::new(),
             refetched: HashSet::new(),
+            is_unavailable: false,
         }
+    }
+
+    /// Whether the last entry given to `process` could not be judged for a
+    /// reason that may pass (the sender's keys could not be fetched). Such
+    /// an entry is not counted as read (`last_seq` stays before it), so it
+    /// can be given again; its `Rejected` must not be kept.
+    pub fn was_unavailable(&self) -> bool {
+        self.is_unavailable
     }
 
     pub fn room(&self) -> RoomId {
@@ -150,6 +162,7 @@ impl Conversation {
         directory: &mut Directory,
     ) -> Shown {
         let (seq, ts) = (entry.seq, entry.ts);
+        self.is_unavailable = false;
         if entry.seq <= self.last_seq {
             let reason = "repeats a position already read".to_owned();
             return Shown::Rejected {
@@ -159,9 +172,16 @@ impl Conversation {
                 reason,
             };
         }
+        let before = self.last_seq;
         self.last_seq = entry.seq;
         let text = match entry.kind.as_str() {
-            "message" => return self.process_body(entry, me, directory).await,
+            "message" => {
+                let shown = self.process_body(entry, me, directory).await;
+                if self.is_unavailable {
+                    self.last_seq = before;
+                }
+                return shown;
+            }
             "create" => match &entry.subject {
                 Some(peer) => format!("{} started a conversation with {peer}", entry.sender),
                 None => format!("{} created the room", entry.sender),
@@ -298,15 +318,20 @@ impl Conversation {
             // Maybe a rotation we saw no `key` entry for: ask once more.
             directory.invalidate(&entry.sender);
             let again = self.process_body_once(entry, me, directory).await;
+            if matches!(&again, Err(Failure::Unavailable(_))) {
+                self.refetched.remove(&entry.sender);
+            }
+            self.is_unavailable = matches!(&again, Err(Failure::Unavailable(_)));
             return self.finish(entry, again);
         }
+        self.is_unavailable = matches!(&shown, Err(Failure::Unavailable(_)));
         self.finish(entry, shown)
     }
 
     fn finish(&self, entry: &WireEntry, result: Result<Shown, Failure>) -> Shown {
         let reason = match result {
             Ok(shown) => return shown,
-            Err(Failure::Reason(reason)) => reason,
+            Err(Failure::Reason(reason)) | Err(Failure::Unavailable(reason)) => reason,
             Err(Failure::BadSignature) => {
                 let body = entry.body.as_deref().and_then(|b| b64::decode(b).ok());
                 let signed_by = |key: &IdentityKey| {
@@ -336,7 +361,7 @@ impl Conversation {
         let signers = self
             .signers(&entry.sender, me, directory)
             .await
-            .map_err(Failure::Reason)?;
+            .map_err(Failure::Unavailable)?;
         match body_kind(&body) {
             Ok(BodyKind::SenderKeyDistribution) => {
                 match self.take_distribution(&body, entry, me, &signers.accepted) {
@@ -721,6 +746,8 @@ pub fn mark_verified_now(items: &mut [Shown], me: &str, trust: &TrustStore) {
 enum Failure {
     BadSignature,
     Reason(String),
+    /// The sender's keys could not be fetched: may pass if tried again.
+    Unavailable(String),
 }
 
 /// This user's own keys, newest first, from the local key store.

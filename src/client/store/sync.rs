@@ -4,6 +4,8 @@
 //! and cursor together, a batch at a time (so a first read of a long room
 //! that is interrupted keeps what it read).
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 
 use super::ClientStore;
@@ -12,10 +14,43 @@ use crate::client::api::Room;
 use crate::client::conversation::{Conversation, Shown};
 use crate::client::link::{Event, Link};
 use crate::client::transcript::next_event;
+use crate::protocol::WireEntry;
 use crate::store::RoomId;
 
 /// Entries saved per transaction while catching up.
 const BATCH: usize = 2000;
+/// Waits before trying again an entry whose sender's keys could not be
+/// fetched.
+const RETRY_AFTER: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// Judges one entry; one whose sender's keys could not be fetched (the
+/// server busy, the network down) is tried again a few times, so a passing
+/// failure is not kept as a rejection. If it still fails,
+/// `conversation.was_unavailable()` says so and the result must not be
+/// saved.
+pub async fn judge(
+    conversation: &mut Conversation,
+    entry: &WireEntry,
+    account: &mut Account,
+) -> Shown {
+    let mut shown = conversation
+        .process(entry, &account.identity, &mut account.directory)
+        .await;
+    for wait in RETRY_AFTER {
+        if !conversation.was_unavailable() {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        shown = conversation
+            .process(entry, &account.identity, &mut account.directory)
+            .await;
+    }
+    shown
+}
 
 /// The room's conversation as the store left it (new if never read).
 pub async fn restore(
@@ -60,11 +95,23 @@ pub async fn catch_up(
     loop {
         match next_event(link).await? {
             Event::Entry(entry) if entry.room == room.id => {
-                batch.push(
-                    conversation
-                        .process(&entry, &account.identity, &mut account.directory)
-                        .await,
-                );
+                let shown = judge(&mut conversation, &entry, account).await;
+                if conversation.was_unavailable() {
+                    // Keep what was judged; this entry and the rest are
+                    // read again by the next command.
+                    store
+                        .save(room.id, &label, &conversation.save(), &batch)
+                        .await?;
+                    let reason = match shown {
+                        Shown::Rejected { reason, .. } => reason,
+                        _ => "the sender's keys could not be fetched".into(),
+                    };
+                    bail!(
+                        "#{} could not be checked ({reason}); what came before it is saved, run the command again",
+                        entry.seq
+                    );
+                }
+                batch.push(shown);
                 read += 1;
                 if batch.len() >= BATCH {
                     store
