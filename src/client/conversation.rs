@@ -595,13 +595,16 @@ pub struct SavedState {
     keys: Vec<SavedKey>,
     replay: Vec<SavedChain>,
     /// Own device (hex), epoch, recipients (username, fingerprint).
-    own_latest: Vec<(String, u32, Vec<(String, [u8; 32])>)>,
+    own_latest: Vec<(String, u32, Vec<SavedRecipient>)>,
     /// Own device (hex), epoch, highest counter.
     own_counters: Vec<(String, u32, u64)>,
     /// User, retired key (SPKI DER), seq of the `key` entry.
     retired: Vec<(String, Vec<u8>, i64)>,
     refetched: Vec<String>,
 }
+
+/// A recipient of a distribution: username and key fingerprint.
+type SavedRecipient = (String, [u8; 32]);
 
 /// One unwrapped sender key: its chain and the raw key.
 #[derive(Serialize, Deserialize)]

@@ -583,12 +583,7 @@ async fn search_finds_words_offline_and_by_room() -> Result<()> {
         &url,
         &keys,
         "bob",
-        &[
-            "send",
-            "--room",
-            "kitchen",
-            &format!("Zucchinimarker soup tonight"),
-        ],
+        &["send", "--room", "kitchen", "Zucchinimarker soup tonight"],
     )?)?;
     ok(hush(&url, &keys, "alice", &["read", "--room", "garden"])?)?;
     ok(hush(&url, &keys, "alice", &["read", "--room", "kitchen"])?)?;

@@ -49,10 +49,12 @@ enum Item {
     },
 }
 
-/// The row of one item: kind, attachment size, plaintext (to seal).
-fn to_row(
-    shown: &Shown,
-) -> anyhow::Result<Option<(i64, i64, &'static str, Option<i64>, Zeroizing<Vec<u8>>)>> {
+/// One entry's row before sealing: seq, time, kind, attachment size and
+/// the plaintext to seal.
+type PlainRow = (i64, i64, &'static str, Option<i64>, Zeroizing<Vec<u8>>);
+
+/// The row of one item (`None` for what is not stored).
+fn to_row(shown: &Shown) -> anyhow::Result<Option<PlainRow>> {
     let (seq, ts, kind, size, item) = match shown {
         Shown::Quiet { .. } => return Ok(None),
         Shown::Message {
