@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -59,6 +59,13 @@ pub enum Command {
         opts: ClientOpts,
         #[command(flatten)]
         args: ReadArgs,
+    },
+    /// Search the history this machine has read (locally: the server never sees the query).
+    Search {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: SearchArgs,
     },
     /// Interactive terminal chat.
     Chat {
@@ -455,4 +462,35 @@ pub struct ReadArgs {
     /// Where received attachments are saved.
     #[arg(long, default_value = "downloads")]
     pub save_dir: PathBuf,
+    /// Only the newest N entries (default: the whole conversation).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Only entries from TIME on: an RFC 3339 time (`2026-12-04T09:00:00Z`)
+    /// or how long ago (`90min`, `2h`, `3days`).
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The words to find (every one must be in a message; a file matches by its name).
+    pub text: String,
+    /// Only this room (name or id) or DM (`@USER`).
+    #[arg(long)]
+    pub room: Option<String>,
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now.
+fn parse_since(value: &str) -> Result<SystemTime, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(value) {
+        return Ok(time);
+    }
+    match humantime::parse_duration(value) {
+        Ok(ago) => SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{value} ago is before the epoch")),
+        Err(_) => Err(format!(
+            "{value:?} is neither a time (2026-12-04T09:00:00Z) nor a duration (2h, 3days)"
+        )),
+    }
 }

@@ -34,6 +34,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Room { opts, command } => commands::room(&opts, &command).await,
         Command::Send { opts, args } => commands::send(&opts, &args).await,
         Command::Read { opts, args } => commands::read(&opts, &args).await,
+        Command::Search { opts, args } => commands::search(&opts, &args).await,
         Command::Chat { opts } => hush::client::chat::run(&opts).await,
         Command::Logout { opts } => commands::logout(&opts).await,
         Command::Admin(args) => hush::admin::run(&args).await,
@@ -47,6 +48,7 @@ fn client_opts(command: &Command) -> Option<&ClientOpts> {
         | Command::Room { opts, .. }
         | Command::Send { opts, .. }
         | Command::Read { opts, .. }
+        | Command::Search { opts, .. }
         | Command::Chat { opts }
         | Command::Logout { opts } => Some(opts),
         Command::Serve(_) | Command::Admin(_) => None,

@@ -130,6 +130,11 @@ fn every_scenario_runs_and_reports_one_json_line() -> Result<()> {
         "bare relay took no connection: {presence}"
     );
 
+    let client = get("client")?;
+    ensure!(num(client, "first_read_lines")? > 0.0, "{client}");
+    ensure!(num(client, "first_read_msgs_per_sec")? > 0.0, "{client}");
+    ensure!(num(client, "send_median_ms")? > 0.0, "{client}");
+
     let crypto = get("crypto")?;
     for op in ["rotate", "seal", "open_verify"] {
         ensure!(num(&crypto[op], "ops_per_sec")? > 0.0, "{op}: {crypto}");

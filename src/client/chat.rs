@@ -26,9 +26,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::account::Account;
 use super::api::Room;
 use super::commands::{Printer, file_payload};
-use super::conversation::{Conversation, Shown};
+use super::conversation::{Conversation, Shown, mark_verified_now};
 use super::link::{Event, Link};
 use super::outbox::{self, Outbox};
+use super::store::{ClientStore, Window, sync};
 use super::transcript;
 use crate::cli::ClientOpts;
 use crate::crypto::envelope::Payload;
@@ -60,17 +61,31 @@ const LINK_AHEAD: usize = 128;
 /// How often `N waiting to send` may be printed, and how long a message
 /// waits before it is worth mentioning.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Entries of each room taken from the store at start (for `/history`).
+const RECENT_FROM_STORE: usize = 500;
+/// Entries read while catching up, saved to the store per transaction.
+const SAVE_BATCH: usize = 2000;
 
 struct RoomView {
     room: Room,
     conversation: Conversation,
     shown: Vec<Shown>,
+    /// Read from the server and not saved in the store yet.
+    unsaved: Vec<Shown>,
+    /// How many of `shown` were printed from the store at start, before
+    /// the room caught up (0: none).
+    printed_from_store: usize,
     unread: usize,
     is_synced: bool,
+    /// An entry could not be checked (the sender's keys could not be
+    /// fetched): nothing more of this room is saved in this run.
+    is_save_held: bool,
 }
 
 struct Chat {
     account: Account,
+    /// The local store: each room starts from it and what is read is saved.
+    store: ClientStore,
     link: Link,
     rooms: HashMap<RoomId, RoomView>,
     current: Option<RoomId>,
@@ -97,6 +112,7 @@ struct Chat {
 pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     let account = Account::open(opts).await?;
     let outbox = outbox::open_for(&account)?;
+    let store = super::commands::open_store(&account).await?;
     let token = account.api.token().context("not logged in")?.to_owned();
     let link = Link::start(account.api.server(), token);
     let printer = Printer {
@@ -106,6 +122,7 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     };
     let mut chat = Chat {
         account,
+        store,
         link,
         rooms: HashMap::new(),
         current: None,
@@ -128,6 +145,19 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         chat.account.username()
     );
     chat.print_rooms();
+    // The current room's recent history at once, from the store; what the
+    // server has that is newer follows when the room has caught up.
+    if let Some(room) = chat.current
+        && chat.rooms[&room]
+            .shown
+            .iter()
+            .any(|s| !matches!(s, Shown::Quiet { .. }))
+    {
+        chat.show_recent(room, 20);
+        if let Some(view) = chat.rooms.get_mut(&room) {
+            view.printed_from_store = view.shown.len();
+        }
+    }
     chat.adopt_outbox();
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -180,15 +210,36 @@ impl Chat {
         if self.rooms.contains_key(&room.id) {
             return;
         }
-        self.link.follow(room.id, 0).await;
-        let conversation =
-            Conversation::new(room.id, self.account.username(), self.account.device.id());
+        let from_store = async {
+            let conversation = sync::restore(&self.account, &self.store, room.id).await?;
+            let recent = Window {
+                last: Some(RECENT_FROM_STORE),
+                since_ms: None,
+            };
+            let mut shown = self.store.shown(room.id, recent).await?;
+            let trust = self.account.directory.trust_store();
+            mark_verified_now(&mut shown, self.account.username(), trust);
+            anyhow::Ok((conversation, shown))
+        };
+        let (conversation, shown) = match from_store.await {
+            Ok(stored) => stored,
+            Err(err) => {
+                println!("! {err:#}");
+                let conversation =
+                    Conversation::new(room.id, self.account.username(), self.account.device.id());
+                (conversation, Vec::new())
+            }
+        };
+        self.link.follow(room.id, conversation.last_seq()).await;
         self.rooms.insert(
             room.id,
             RoomView {
                 room,
                 conversation,
-                shown: Vec::new(),
+                shown,
+                unsaved: Vec::new(),
+                printed_from_store: 0,
+                is_save_held: false,
                 unread: 0,
                 is_synced: false,
             },
@@ -227,10 +278,10 @@ impl Chat {
                 let Some(view) = self.rooms.get_mut(&entry.room) else {
                     return true;
                 };
-                let shown = view
-                    .conversation
-                    .process(&entry, &self.account.identity, &mut self.account.directory)
-                    .await;
+                let shown = sync::judge(&mut view.conversation, &entry, &mut self.account).await;
+                // An entry that could not be checked is shown, not kept:
+                // saving stops for this room until the next run reads it again.
+                view.is_save_held |= view.conversation.was_unavailable();
                 let is_current = Some(entry.room) == self.current;
                 if view.is_synced && !matches!(shown, Shown::Quiet { .. }) {
                     if is_current {
@@ -243,16 +294,21 @@ impl Chat {
                         );
                     }
                 }
+                view.unsaved.push(shown.clone());
                 view.shown.push(shown);
+                if view.is_synced || view.unsaved.len() >= SAVE_BATCH {
+                    self.save_room(entry.room).await;
+                }
                 self.account.print_notices();
             }
             Event::Synced { room, .. } => {
+                self.save_room(room).await;
                 if let Some(view) = self.rooms.get_mut(&room)
                     && !view.is_synced
                 {
                     view.is_synced = true;
                     if Some(room) == self.current {
-                        self.show_recent(room, 20);
+                        self.show_caught_up(room);
                     }
                 }
                 self.stalled.remove(&room);
@@ -303,6 +359,46 @@ impl Chat {
             }
         }
         true
+    }
+
+    /// Saves what was read in `room` since the last save, with the room's
+    /// state and cursor. A failure is shown, not fatal: the server still
+    /// has everything, and the next save or run writes it.
+    async fn save_room(&mut self, room: RoomId) {
+        let Some(view) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if view.is_save_held {
+            view.unsaved.clear();
+            return;
+        }
+        let label = view.room.label(&self.account.identity.username);
+        let saved = self
+            .store
+            .save(room, &label, &view.conversation.save(), &view.unsaved)
+            .await;
+        match saved {
+            Ok(()) => view.unsaved.clear(),
+            Err(err) => println!("! saving to the local store: {err:#}"),
+        }
+    }
+
+    /// When a room has caught up: its recent history, or, if that was
+    /// already printed from the store, what came from the server since.
+    fn show_caught_up(&self, room: RoomId) {
+        let Some(view) = self.rooms.get(&room) else {
+            return;
+        };
+        if view.printed_from_store == 0 {
+            return self.show_recent(room, 20);
+        }
+        let new: Vec<&Shown> = view.shown[view.printed_from_store.min(view.shown.len())..]
+            .iter()
+            .filter(|s| !matches!(s, Shown::Quiet { .. }))
+            .collect();
+        for shown in &new[new.len().saturating_sub(20)..] {
+            let _ = self.printer.print(shown);
+        }
     }
 
     fn show_recent(&self, room: RoomId, count: usize) {

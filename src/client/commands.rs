@@ -17,15 +17,16 @@ use super::account::{
     Account, find_room, new_passphrase, open_identity, passphrase, password, require_user,
 };
 use super::api::{Api, ApiError, Room};
-use super::conversation::{Shown, UNSUPPORTED_TEXT};
+use super::conversation::{Shown, UNSUPPORTED_TEXT, mark_verified_now};
 use super::device::known_devices;
 use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
 use super::link::Event;
 use super::outbox::{self, Outbox};
 use super::session::{self, LoggedOut};
+use super::store::{ClientStore, Window, search as store_search, sync};
 use super::transcript;
-use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SendArgs};
+use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SearchArgs, SendArgs};
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{Payload, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
@@ -107,9 +108,10 @@ async fn devices(opts: &ClientOpts) -> anyhow::Result<()> {
     let me = account.username().to_owned();
     let local = known_devices(account.keys.dir(), &me)?;
     let mut last_sent: std::collections::BTreeMap<DeviceId, i64> = Default::default();
+    let store = open_store(&account).await?;
     for room in account.api.rooms().await? {
-        let (_, _, shown) = transcript::load(&mut account, &room).await?;
-        for item in shown {
+        sync::sync_room(&mut account, &store, &room).await?;
+        for item in store.shown(room.id, Window::default()).await? {
             let (sender, device, ts) = match item {
                 Shown::Message {
                     sender, device, ts, ..
@@ -414,7 +416,10 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
     let client_id = outbox
         .add(room.id, payload)
         .context("keeping the message in the outbox")?;
-    let result = send_outbox(&mut account, &mut outbox, &room).await;
+    let result = match open_store(&account).await {
+        Ok(store) => send_outbox(&mut account, &store, &mut outbox, &room).await,
+        Err(err) => Err(err),
+    };
     account.finish()?;
     let answers = match result {
         Ok(answers) => answers,
@@ -451,6 +456,7 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
 /// refusing it for good; either way it leaves the outbox.
 async fn send_outbox(
     account: &mut Account,
+    store: &ClientStore,
     outbox: &mut Outbox,
     target: &Room,
 ) -> anyhow::Result<HashMap<String, Result<i64, String>>> {
@@ -490,7 +496,7 @@ async fn send_outbox(
             }
             continue;
         };
-        let (mut link, mut conversation, _) = transcript::load(account, room).await?;
+        let (mut link, mut conversation) = sync::sync_room(account, store, room).await?;
         let mut waiting = HashSet::new();
         for (client_id, payload) in &queued {
             let ids = transcript::post(account, &link, &mut conversation, room, payload, client_id)
@@ -560,8 +566,19 @@ pub fn guess_mime(name: &str) -> &'static str {
 pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
     let mut account = Account::open(opts).await?;
     let room = account.resolve(&args.target).await?;
-    let (mut link, mut conversation, shown) = transcript::load(&mut account, &room).await?;
+    let store = open_store(&account).await?;
+    let (mut link, mut conversation) = sync::sync_room(&mut account, &store, &room).await?;
     account.print_notices();
+    let window = Window {
+        last: args.last,
+        since_ms: args.since.map(unix_ms),
+    };
+    let mut shown = store.shown(room.id, window).await?;
+    mark_verified_now(
+        &mut shown,
+        account.username(),
+        account.directory.trust_store(),
+    );
     let printer = Printer {
         json: args.json,
         save_dir: args.save_dir.clone(),
@@ -574,16 +591,30 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
+    let mut is_saving = true;
     loop {
         let Some(event) = link.events.recv().await else {
             return Ok(());
         };
         match event {
             Event::Entry(entry) if entry.room == room.id => {
-                let item = conversation
-                    .process(&entry, &account.identity, &mut account.directory)
-                    .await;
+                let item = sync::judge(&mut conversation, &entry, &mut account).await;
                 account.print_notices();
+                // An entry that could not be checked is shown, not kept:
+                // the store stops here for this run and the next command
+                // reads it again.
+                is_saving &= !conversation.was_unavailable();
+                if is_saving {
+                    let label = room.label(account.username());
+                    store
+                        .save(
+                            room.id,
+                            &label,
+                            &conversation.save(),
+                            std::slice::from_ref(&item),
+                        )
+                        .await?;
+                }
                 printer.print(&item)?;
             }
             Event::Disconnected { reason } => {
@@ -593,6 +624,87 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
             Event::Unauthorized => bail!("the server refused our session"),
             _ => {}
         }
+    }
+}
+
+/// Opens the account's store for the server it talks to.
+pub async fn open_store(account: &Account) -> anyhow::Result<ClientStore> {
+    ClientStore::open(account.keys.dir(), &account.identity, account.api.server()).await
+}
+
+/// Unix milliseconds of `time` (0 before the epoch).
+fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `hush search TEXT [--room R]`: searches the store only, so it works
+/// offline and the server never sees the words. It does not sync first:
+/// it finds what this machine has read (`hush read` or `hush chat` bring a
+/// room up to date).
+pub async fn search(opts: &ClientOpts, args: &SearchArgs) -> anyhow::Result<()> {
+    let user = require_user(opts)?;
+    let keys = KeyStore::new(&opts.keys_dir);
+    let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
+    let identity = open_identity(&keys, &user, passphrase).await?;
+    let store = ClientStore::open(keys.dir(), &identity, &opts.server).await?;
+    let labels: HashMap<RoomId, String> = store.rooms().await?.into_iter().collect();
+    let room = match &args.room {
+        None => None,
+        Some(wanted) => Some(stored_room(&labels, wanted)?),
+    };
+    let hits = store_search::search(&store, &args.text, room).await?;
+    store.close().await;
+    if hits.is_empty() {
+        eprintln!(
+            "hush: no message this machine has read matches {:?}",
+            args.text
+        );
+    }
+    for (room, shown) in hits {
+        let Shown::Message {
+            seq,
+            ts,
+            sender,
+            payload,
+            ..
+        } = shown
+        else {
+            continue;
+        };
+        let content = match payload {
+            Payload::Text { text } => text,
+            Payload::File { name, mime, data } => {
+                format!("[file {name}, {mime}, {} bytes]", data.len())
+            }
+        };
+        let label = labels.get(&room).map_or("?", String::as_str);
+        println!("{label} #{seq} {} {sender}: {content}", format_time(ts));
+    }
+    Ok(())
+}
+
+/// A room of the store by id, name (`general` or `#general`) or DM (`@bob`).
+fn stored_room(labels: &HashMap<RoomId, String>, wanted: &str) -> anyhow::Result<RoomId> {
+    if let Ok(id) = wanted.parse::<i64>()
+        && labels.contains_key(&RoomId(id))
+    {
+        return Ok(RoomId(id));
+    }
+    let label = if wanted.starts_with('#') || wanted.starts_with('@') {
+        wanted.to_owned()
+    } else {
+        format!("#{wanted}")
+    };
+    let found: Vec<RoomId> = labels
+        .iter()
+        .filter(|(_, l)| **l == label)
+        .map(|(id, _)| *id)
+        .collect();
+    match found.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!("no room {wanted:?} in the local store (read it once with `hush read` first)"),
+        _ => bail!("several rooms are called {wanted:?}; use its id"),
     }
 }
 

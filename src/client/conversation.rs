@@ -10,14 +10,17 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 use super::directory::{Directory, Peer};
 use super::keystore::Identity;
 use crate::crypto::CryptoError;
 use crate::crypto::device::DeviceId;
-use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker};
+use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
+use crate::crypto::trust::TrustStore;
 use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
 use crate::store::RoomId;
@@ -97,10 +100,12 @@ pub struct Conversation {
     /// Sender keys received (including this user's own), per chain.
     keys: HashMap<ChainKey, SenderKey>,
     replay: ReplayTracker,
-    /// This device's latest distribution seen: epoch and recipients.
-    my_latest: Option<(u32, Vec<(String, Fingerprint)>)>,
-    /// Highest counter this device sent per epoch.
-    my_counters: HashMap<u32, u64>,
+    /// Each of this user's devices' latest distribution seen: epoch and
+    /// recipients. Kept for every own device, not only the one this run
+    /// sends as, so a saved state serves whichever device resumes it.
+    own_latest: HashMap<DeviceId, (u32, Vec<(String, Fingerprint)>)>,
+    /// Highest counter each own device sent per epoch.
+    own_counters: HashMap<(DeviceId, u32), u64>,
     sending: Option<SenderKeyState>,
     last_seq: i64,
     /// Keys that `key` entries of this room retired, per sender.
@@ -108,6 +113,9 @@ pub struct Conversation {
     /// Senders whose keys were fetched again after a signature no known
     /// key verified: once each, until their next `key` entry.
     refetched: HashSet<String>,
+    /// The last entry could not be judged for a reason that may pass (the
+    /// sender's keys could not be fetched): it was not counted as read.
+    is_unavailable: bool,
 }
 
 impl Conversation {
@@ -118,13 +126,22 @@ impl Conversation {
             device,
             keys: HashMap::new(),
             replay: ReplayTracker::new(),
-            my_latest: None,
-            my_counters: HashMap::new(),
+            own_latest: HashMap::new(),
+            own_counters: HashMap::new(),
             sending: None,
             last_seq: 0,
             retired: HashMap::new(),
             refetched: HashSet::new(),
+            is_unavailable: false,
         }
+    }
+
+    /// Whether the last entry given to `process` could not be judged for a
+    /// reason that may pass (the sender's keys could not be fetched). Such
+    /// an entry is not counted as read (`last_seq` stays before it), so it
+    /// can be given again; its `Rejected` must not be kept.
+    pub fn was_unavailable(&self) -> bool {
+        self.is_unavailable
     }
 
     pub fn room(&self) -> RoomId {
@@ -145,6 +162,7 @@ impl Conversation {
         directory: &mut Directory,
     ) -> Shown {
         let (seq, ts) = (entry.seq, entry.ts);
+        self.is_unavailable = false;
         if entry.seq <= self.last_seq {
             let reason = "repeats a position already read".to_owned();
             return Shown::Rejected {
@@ -154,9 +172,16 @@ impl Conversation {
                 reason,
             };
         }
+        let before = self.last_seq;
         self.last_seq = entry.seq;
         let text = match entry.kind.as_str() {
-            "message" => return self.process_body(entry, me, directory).await,
+            "message" => {
+                let shown = self.process_body(entry, me, directory).await;
+                if self.is_unavailable {
+                    self.last_seq = before;
+                }
+                return shown;
+            }
             "create" => match &entry.subject {
                 Some(peer) => format!("{} started a conversation with {peer}", entry.sender),
                 None => format!("{} created the room", entry.sender),
@@ -293,15 +318,20 @@ impl Conversation {
             // Maybe a rotation we saw no `key` entry for: ask once more.
             directory.invalidate(&entry.sender);
             let again = self.process_body_once(entry, me, directory).await;
+            if matches!(&again, Err(Failure::Unavailable(_))) {
+                self.refetched.remove(&entry.sender);
+            }
+            self.is_unavailable = matches!(&again, Err(Failure::Unavailable(_)));
             return self.finish(entry, again);
         }
+        self.is_unavailable = matches!(&shown, Err(Failure::Unavailable(_)));
         self.finish(entry, shown)
     }
 
     fn finish(&self, entry: &WireEntry, result: Result<Shown, Failure>) -> Shown {
         let reason = match result {
             Ok(shown) => return shown,
-            Err(Failure::Reason(reason)) => reason,
+            Err(Failure::Reason(reason)) | Err(Failure::Unavailable(reason)) => reason,
             Err(Failure::BadSignature) => {
                 let body = entry.body.as_deref().and_then(|b| b64::decode(b).ok());
                 let signed_by = |key: &IdentityKey| {
@@ -331,7 +361,7 @@ impl Conversation {
         let signers = self
             .signers(&entry.sender, me, directory)
             .await
-            .map_err(Failure::Reason)?;
+            .map_err(Failure::Unavailable)?;
         match body_kind(&body) {
             Ok(BodyKind::SenderKeyDistribution) => {
                 match self.take_distribution(&body, entry, me, &signers.accepted) {
@@ -397,8 +427,9 @@ impl Conversation {
             };
             sender_keys::open_distribution(body, &context, &me.username, my_key)
         })?;
-        if entry.sender == self.me && header.device == self.device {
-            self.my_latest = Some((header.epoch, header.recipients.clone()));
+        if entry.sender == self.me {
+            self.own_latest
+                .insert(header.device, (header.epoch, header.recipients.clone()));
         }
         self.keys
             .insert((entry.sender.clone(), header.device, header.epoch), key);
@@ -419,10 +450,10 @@ impl Conversation {
         if header.sender != entry.sender {
             return Err(reason(CryptoError::WrongSender));
         }
-        if entry.sender == self.me && header.device == self.device {
+        if entry.sender == self.me {
             let highest = self
-                .my_counters
-                .entry(header.epoch)
+                .own_counters
+                .entry((header.device, header.epoch))
                 .or_insert(header.counter);
             *highest = (*highest).max(header.counter);
         }
@@ -519,9 +550,13 @@ impl Conversation {
     fn sending_state(&mut self) -> &mut SenderKeyState {
         let (room, device) = (self.room.0, self.device);
         let resumed = || {
-            let own_key = self.my_latest.as_ref().and_then(|(epoch, recipients)| {
+            let latest = self.own_latest.get(&device);
+            let own_key = latest.and_then(|(epoch, recipients)| {
                 let key = self.keys.get(&(self.me.clone(), device, *epoch))?;
-                let next = self.my_counters.get(epoch).map_or(0, |c| c + 1);
+                let next = self
+                    .own_counters
+                    .get(&(device, *epoch))
+                    .map_or(0, |c| c + 1);
                 Some(SenderKeyState::resume_with_key(
                     room,
                     &self.me,
@@ -533,10 +568,11 @@ impl Conversation {
             });
             own_key.unwrap_or_else(|| {
                 let last_epoch = self
-                    .my_counters
+                    .own_counters
                     .keys()
-                    .copied()
-                    .chain(self.my_latest.as_ref().map(|(e, _)| *e))
+                    .filter(|(d, _)| *d == device)
+                    .map(|(_, epoch)| *epoch)
+                    .chain(latest.map(|(e, _)| *e))
                     .max();
                 SenderKeyState::resume_after(room, &self.me, device, last_epoch.unwrap_or(0))
             })
@@ -548,11 +584,173 @@ impl Conversation {
     }
 }
 
+/// Everything a `Conversation` learnt from its room's log up to
+/// `last_seq`, for the client's store (sealed there): restoring it and
+/// reading the entries after `last_seq` judges them exactly as reading the
+/// whole log again would (the replay rule's seen counters, key history,
+/// the sender keys, this user's own chains). No `Debug`: it holds keys.
+#[derive(Serialize, Deserialize)]
+pub struct SavedState {
+    last_seq: i64,
+    keys: Vec<SavedKey>,
+    replay: Vec<SavedChain>,
+    /// Own device (hex), epoch, recipients (username, fingerprint).
+    own_latest: Vec<(String, u32, Vec<SavedRecipient>)>,
+    /// Own device (hex), epoch, highest counter.
+    own_counters: Vec<(String, u32, u64)>,
+    /// User, retired key (SPKI DER), seq of the `key` entry.
+    retired: Vec<(String, Vec<u8>, i64)>,
+    refetched: Vec<String>,
+}
+
+/// A recipient of a distribution: username and key fingerprint.
+type SavedRecipient = (String, [u8; 32]);
+
+/// One unwrapped sender key: its chain and the raw key.
+#[derive(Serialize, Deserialize)]
+struct SavedKey {
+    sender: String,
+    device: String,
+    epoch: u32,
+    key: [u8; 32],
+}
+
+impl Drop for SavedKey {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl SavedState {
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+}
+
+impl Conversation {
+    /// What to keep so that `restore` continues where this stands.
+    pub fn save(&self) -> SavedState {
+        let mut keys: Vec<SavedKey> = self
+            .keys
+            .iter()
+            .map(|((sender, device, epoch), key)| SavedKey {
+                sender: sender.clone(),
+                device: device.to_hex(),
+                epoch: *epoch,
+                key: *key.key_bytes(),
+            })
+            .collect();
+        keys.sort_by(|a, b| (&a.sender, &a.device, a.epoch).cmp(&(&b.sender, &b.device, b.epoch)));
+        let mut own_latest: Vec<_> = self
+            .own_latest
+            .iter()
+            .map(|(device, (epoch, recipients))| {
+                let recipients = recipients
+                    .iter()
+                    .map(|(name, fp)| (name.clone(), fp.0))
+                    .collect();
+                (device.to_hex(), *epoch, recipients)
+            })
+            .collect();
+        own_latest.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut own_counters: Vec<_> = self
+            .own_counters
+            .iter()
+            .map(|((device, epoch), counter)| (device.to_hex(), *epoch, *counter))
+            .collect();
+        own_counters.sort();
+        let mut retired: Vec<_> = self
+            .retired
+            .iter()
+            .flat_map(|(user, keys)| {
+                keys.iter()
+                    .map(|r| (user.clone(), r.key.spki_der().to_vec(), r.seq))
+            })
+            .collect();
+        retired.sort();
+        let mut refetched: Vec<String> = self.refetched.iter().cloned().collect();
+        refetched.sort();
+        SavedState {
+            last_seq: self.last_seq,
+            keys,
+            replay: self.replay.chains(),
+            own_latest,
+            own_counters,
+            retired,
+            refetched,
+        }
+    }
+
+    /// A conversation that continues from `saved`, sending as `device`.
+    pub fn restore(
+        room: RoomId,
+        me: &str,
+        device: DeviceId,
+        saved: &SavedState,
+    ) -> anyhow::Result<Self> {
+        let bad = || anyhow::anyhow!("a saved room state is malformed");
+        let device_of = |hex: &str| DeviceId::from_hex(hex).ok_or_else(bad);
+        let mut conversation = Self::new(room, me, device);
+        conversation.last_seq = saved.last_seq;
+        for key in &saved.keys {
+            conversation.keys.insert(
+                (key.sender.clone(), device_of(&key.device)?, key.epoch),
+                SenderKey::from_bytes(key.epoch, key.key),
+            );
+        }
+        conversation.replay = ReplayTracker::restore(&saved.replay).ok_or_else(bad)?;
+        for (own, epoch, recipients) in &saved.own_latest {
+            let recipients = recipients
+                .iter()
+                .map(|(name, fp)| (name.clone(), Fingerprint(*fp)))
+                .collect();
+            conversation
+                .own_latest
+                .insert(device_of(own)?, (*epoch, recipients));
+        }
+        for (own, epoch, counter) in &saved.own_counters {
+            conversation
+                .own_counters
+                .insert((device_of(own)?, *epoch), *counter);
+        }
+        for (user, spki, seq) in &saved.retired {
+            let key = IdentityKey::from_spki_der(spki).map_err(|_| bad())?;
+            conversation
+                .retired
+                .entry(user.clone())
+                .or_default()
+                .push(RetiredKey { key, seq: *seq });
+        }
+        conversation.refetched = saved.refetched.iter().cloned().collect();
+        Ok(conversation)
+    }
+}
+
+/// Sets each message's verified mark from the trust pins as they are now
+/// (a peer whose key the user has marked verified), as reading the whole
+/// log now would: the store keeps the mark of the time a message was
+/// first read, and the user may have verified the peer since.
+pub fn mark_verified_now(items: &mut [Shown], me: &str, trust: &TrustStore) {
+    for item in items {
+        if let Shown::Message {
+            sender,
+            is_sender_verified,
+            ..
+        } = item
+        {
+            *is_sender_verified =
+                sender != me && trust.peer(sender).is_some_and(|peer| peer.is_verified);
+        }
+    }
+}
+
 /// Why a body did not open: a signature no accepted key verifies (which
 /// may call for fetching the sender's keys again), or anything else.
 enum Failure {
     BadSignature,
     Reason(String),
+    /// The sender's keys could not be fetched: may pass if tried again.
+    Unavailable(String),
 }
 
 /// This user's own keys, newest first, from the local key store.

@@ -42,14 +42,28 @@ impl LocalKeys {
 
     /// Encrypts `plaintext` under the current key with a fresh nonce.
     pub fn seal(&self, plaintext: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.seal_bound(plaintext, b"")
+    }
+
+    /// Decrypts what `seal` wrote with this identity (current or earlier
+    /// key). `None` if no key opens it: damaged, or another identity's.
+    pub fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        self.open_bound(sealed, b"")
+    }
+
+    /// Like `seal`, bound to `context` as well (e.g. the row a value sits
+    /// in), so that it opens only with the same context: a sealed value
+    /// moved to another place does not open there.
+    pub fn seal_bound(&self, plaintext: &[u8], context: &[u8]) -> anyhow::Result<Vec<u8>> {
         let nonce = random_bytes::<NONCE_LEN>()?;
         let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*self.keys[0]));
+        let aad = self.aad(context);
         let ciphertext = cipher
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
                     msg: plaintext,
-                    aad: self.purpose.as_bytes(),
+                    aad: &aad,
                 },
             )
             .map_err(|_| anyhow::anyhow!("sealing a local file failed"))?;
@@ -58,26 +72,37 @@ impl LocalKeys {
         Ok(sealed)
     }
 
-    /// Decrypts what `seal` wrote with this identity (current or earlier
-    /// key). `None` if no key opens it: damaged, or another identity's.
-    pub fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    /// Opens what `seal_bound` wrote with the same `context`.
+    pub fn open_bound(&self, sealed: &[u8], context: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let aad = self.aad(context);
         self.keys.iter().find_map(|key| {
             Aes256Gcm::new(&Key::<Aes256Gcm>::from(**key))
                 .decrypt(
                     &Nonce::from(nonce),
                     Payload {
                         msg: ciphertext,
-                        aad: self.purpose.as_bytes(),
+                        aad: &aad,
                     },
                 )
                 .ok()
                 .map(Zeroizing::new)
         })
+    }
+
+    /// The associated data: the purpose alone (what `seal` always used),
+    /// or the purpose, a zero byte and the context.
+    fn aad(&self, context: &[u8]) -> Vec<u8> {
+        let mut aad = self.purpose.as_bytes().to_vec();
+        if !context.is_empty() {
+            aad.push(0);
+            aad.extend_from_slice(context);
+        }
+        aad
     }
 }
 

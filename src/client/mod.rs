@@ -14,5 +14,6 @@ pub mod local_seal;
 pub mod outbox;
 pub mod session;
 pub mod session_file;
+pub mod store;
 pub mod tls;
 pub mod transcript;

@@ -17,7 +17,10 @@ use crate::protocol::b64;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects, reads `room` from its first visible entry to now, and returns
-/// the live link with everything read so far.
+/// the live link with everything read so far, keeping nothing: the
+/// stateless full replay. The commands read through the store instead
+/// (`store::sync`), which must give the same result; tests use this as
+/// the reference.
 pub async fn load(
     account: &mut Account,
     room: &Room,

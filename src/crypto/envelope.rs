@@ -512,6 +512,59 @@ impl ReplayTracker {
             .get(&(room_id, sender.to_owned(), device, epoch))
             .and_then(CounterSet::highest)
     }
+
+    /// Every chain's opened counters, for the client's own (encrypted)
+    /// store: `restore` gives back a tracker that judges the next envelopes
+    /// exactly as this one would.
+    pub fn chains(&self) -> Vec<SavedChain> {
+        let mut chains: Vec<SavedChain> = self
+            .opened
+            .iter()
+            .map(|((room_id, sender, device, epoch), set)| SavedChain {
+                room_id: *room_id,
+                sender: sender.clone(),
+                device: device.to_hex(),
+                epoch: *epoch,
+                ranges: set.ranges.iter().map(|(s, e)| (*s, *e)).collect(),
+            })
+            .collect();
+        chains.sort_by(|a, b| {
+            (a.room_id, &a.sender, &a.device, a.epoch)
+                .cmp(&(b.room_id, &b.sender, &b.device, b.epoch))
+        });
+        chains
+    }
+
+    /// A tracker from what `chains` returned; `None` if a chain is malformed.
+    pub fn restore(chains: &[SavedChain]) -> Option<Self> {
+        let mut opened = HashMap::new();
+        for chain in chains {
+            let device = DeviceId::from_hex(&chain.device)?;
+            let mut set = CounterSet::default();
+            for &(start, end) in &chain.ranges {
+                if start > end {
+                    return None;
+                }
+                set.ranges.insert(start, end);
+            }
+            opened.insert(
+                (chain.room_id, chain.sender.clone(), device, chain.epoch),
+                set,
+            );
+        }
+        Some(Self { opened })
+    }
+}
+
+/// One chain's opened counters as inclusive ranges (see `ReplayTracker::chains`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedChain {
+    pub room_id: i64,
+    pub sender: String,
+    /// The device id in hex.
+    pub device: String,
+    pub epoch: u32,
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// A set of `u64` as disjoint inclusive ranges keyed by their start: an

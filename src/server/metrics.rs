@@ -135,6 +135,7 @@ static MESSAGES: Counter = Counter::new();
 static MESSAGE_BYTES: Counter = Counter::new();
 static FANOUT: Counter = Counter::new();
 static SEND_HOLDS: Counter = Counter::new();
+static SYNC_ENTRIES: Counter = Counter::new();
 static COMMITS: Histogram = Histogram::new();
 static ERRORS: Labelled = Labelled::new();
 static RATE_LIMITED: Labelled = Labelled::new();
@@ -167,6 +168,11 @@ pub fn entry_committed(entry: &crate::store::Entry) {
 pub fn fanout_delivered() -> bool {
     FANOUT.add(1);
     true
+}
+
+/// A log entry read for a sync page (what clients catching up cost).
+pub fn entry_synced() {
+    SYNC_ENTRIES.add(1);
 }
 
 /// Senders began to be held because fan-out fell behind (`send_hold`).
@@ -232,6 +238,11 @@ pub fn render() -> String {
         "hush_fanout_deliveries_total",
         "Frames queued for a connection by the hub.",
         FANOUT.get(),
+    );
+    counter(
+        "hush_sync_entries_total",
+        "Log entries read for clients' sync pages.",
+        SYNC_ENTRIES.get(),
     );
     counter(
         "hush_send_holds_total",

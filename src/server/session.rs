@@ -820,6 +820,7 @@ impl Session {
                     .visit_entries_after(room, user, after, limit, |entry| {
                         last = Some(entry.seq);
                         frame.push(&entry);
+                        super::metrics::entry_synced();
                         if frame.is_full() {
                             ControlFlow::Break(())
                         } else {

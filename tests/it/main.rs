@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod cli;
 mod cli_sessions;
+mod client_store;
 mod crash;
 mod delivery;
 mod direct;

@@ -9,6 +9,7 @@
 //! Every loop is bounded in count and time.
 
 mod client;
+mod client_store;
 mod conns;
 mod crypto;
 mod dm;
@@ -32,6 +33,7 @@ use hush::crypto::keys::IdentityPrivateKey;
 use serde_json::{Value, json};
 
 use client::{Bench, fmt_us};
+use client_store::ClientArgs;
 use conns::{ConnArgs, IdleArgs};
 use crypto::CryptoArgs;
 use dm::DmArgs;
@@ -91,6 +93,9 @@ enum Scenario {
     /// frames per connection, server CPU and peak RSS; the bare relay takes
     /// as many connects beside it.
     Presence(PresenceArgs),
+    /// The CLI's local store on a long room: the real `hush` binary's
+    /// first `read --last 50` (empty store), then `send` and `read --last 50`.
+    Client(ClientArgs),
     /// Every scenario in turn (use --quick for the smoke-test sizes).
     All,
     /// Internal: serve the bare relay in this process until stdin closes
@@ -130,6 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Overload(args) => overload_scenario(&cli, &key, args).await,
         Scenario::Presence(args) => presence_scenario(&cli, &key, args).await,
         Scenario::ServeRelay => unreachable!("served above"),
+        Scenario::Client(args) => client_scenario(&cli, &key, args).await,
         Scenario::All => {
             let quick = cli.quick;
             let fan = if quick {
@@ -182,6 +188,12 @@ async fn run(cli: Cli) -> Result<()> {
                 defaults::<PresenceArgs>()
             };
             presence_scenario(&cli, &key, &presence).await?;
+            let client = if quick {
+                ClientArgs::quick()
+            } else {
+                defaults::<ClientArgs>()
+            };
+            client_scenario(&cli, &key, &client).await?;
             crypto_scenario(&key, &crypto)
         }
     }
@@ -856,6 +868,47 @@ async fn presence_scenario(
     Ok(())
 }
 
+async fn client_scenario(
+    cli: &Cli,
+    key: &Arc<IdentityPrivateKey>,
+    args: &ClientArgs,
+) -> Result<()> {
+    let target = start_target(cli, false).await?;
+    let outcome = client_store::run(&target.base, key.clone(), args).await;
+    let label = target.label();
+    target.stop().await;
+    let r = outcome?;
+    let ms = |secs: f64| (secs * 1000.0).round();
+    let (send, read) = (
+        client_store::median(&r.sends),
+        client_store::median(&r.reads),
+    );
+    emit(
+        &[format!(
+            "client   M={} | hush ({label}) seeded in {:.1}s | first read --last 50 {:.2}s ({:.0} msgs/s) | send {:.0} ms | read --last 50 {:.0} ms (median of {})",
+            r.seeded,
+            r.seed_secs,
+            r.first_read_secs,
+            r.first_read_per_sec(),
+            ms(send),
+            ms(read),
+            r.sends.len()
+        )],
+        json!({
+            "scenario": "client", "target": label, "messages": r.seeded,
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "seed_seconds": round1(r.seed_secs),
+            "first_read_seconds": (r.first_read_secs * 1000.0).round() / 1000.0,
+            "first_read_lines": r.first_read_lines,
+            "first_read_msgs_per_sec": r.first_read_per_sec().round(),
+            "send_ms": r.sends.iter().map(|s| ms(*s)).collect::<Vec<_>>(),
+            "read_last_50_ms": r.reads.iter().map(|s| ms(*s)).collect::<Vec<_>>(),
+            "send_median_ms": ms(send), "read_last_50_median_ms": ms(read),
+        }),
+    );
+    Ok(())
+}
+
 fn crypto_scenario(key: &IdentityPrivateKey, args: &CryptoArgs) -> Result<()> {
     let r = crypto::run(key, args)?;
     emit(
@@ -891,6 +944,7 @@ mod tests {
         assert_eq!(defaults::<SyncArgs>().messages, 100_000);
         assert_eq!(defaults::<IdleArgs>().conn_args().connections, 10_000);
         assert_eq!(defaults::<CryptoArgs>().members, 200);
+        assert_eq!(defaults::<ClientArgs>().messages, 100_000);
         assert_eq!(defaults::<RampArgs>().clients, 100);
         assert_eq!(defaults::<ConnArgs>().connections, 2000);
         let overload = defaults::<OverloadArgs>();
