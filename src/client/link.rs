@@ -286,7 +286,7 @@ impl State {
     fn absorb_offline(&mut self, cmd: Command) {
         match cmd {
             Command::Follow(cursor) => {
-                self.cursors.entry(cursor.room).or_insert(cursor.after);
+                self.cursors.insert(cursor.room, cursor.after);
             }
             Command::Send {
                 room,
@@ -427,7 +427,11 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                 let Some(cmd) = cmd else { let _ = sink.send(Message::Close(None)).await; return Outcome::Stopped };
                 let msg = match cmd {
                     Command::Follow(cursor) => {
-                        let after = *state.cursors.entry(cursor.room).or_insert(cursor.after);
+                        // The follower's position is the truth: syncing from
+                        // an older cursor of ours would hand it entries it
+                        // has read, from a newer one would skip some.
+                        let after = cursor.after;
+                        state.cursors.insert(cursor.room, after);
                         state.syncing.insert(cursor.room);
                         Some(frame(None, ClientFrame::Sync { rooms: vec![Cursor { room: cursor.room, after }] }))
                     }

@@ -118,6 +118,12 @@ impl ClientStore {
     }
 
     async fn try_open(path: &Path, seal: LocalKeys, server: &str) -> Result<Self, OpenError> {
+        // Two processes making the same new store at once would both run
+        // the migrations (one fails: "table already exists"): opening is
+        // done by one process at a time, under a lock file beside it.
+        let _opening = lock_while_opening(path)
+            .await
+            .map_err(|e| OpenError::Other(e.context("locking the store to open it")))?;
         create_private_file(path).map_err(|e| OpenError::Other(e.into()))?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -231,6 +237,21 @@ impl ClientStore {
 /// Creates `path` empty with mode 0600 if it does not exist, so SQLite
 /// (which gives its WAL and shared-memory files the database's mode)
 /// never makes a readable store.
+/// Holds `USER.store.lock` (0600) exclusively, waiting for another
+/// process that is opening the store; released when dropped.
+async fn lock_while_opening(store: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        create_private_file(&lock_path)?;
+        let file = std::fs::OpenOptions::new().write(true).open(&lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await?
+}
+
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()

@@ -37,6 +37,11 @@ pub async fn judge(
     entry: &WireEntry,
     account: &mut Account,
 ) -> Shown {
+    // Already judged (a link re-sent what was in flight when its follower
+    // moved): the stored verdict stands, and nothing is shown or kept again.
+    if entry.seq <= conversation.last_seq() {
+        return Shown::Quiet { seq: entry.seq };
+    }
     let mut shown = conversation
         .process(entry, &account.identity, &mut account.directory)
         .await;
