@@ -666,14 +666,19 @@ impl State {
         Ok(())
     }
 
-    /// Passes an entry on unless it was already delivered.
+    /// Passes an entry on unless it was already delivered. The server also
+    /// sends live entries of rooms this connection has not synced; those
+    /// are dropped: handed over before `follow`, an entry would overtake
+    /// the ones the follow's sync brings before it (a gap for a follower
+    /// that takes entries in order).
     async fn deliver(&mut self, entry: WireEntry) -> Result<(), Outcome> {
-        if let Some(cursor) = self.cursors.get_mut(&entry.room) {
-            if entry.seq <= *cursor {
-                return Ok(());
-            }
-            *cursor = entry.seq;
+        let Some(cursor) = self.cursors.get_mut(&entry.room) else {
+            return Ok(());
+        };
+        if entry.seq <= *cursor {
+            return Ok(());
         }
+        *cursor = entry.seq;
         self.emit(Event::Entry(entry)).await
     }
 }
