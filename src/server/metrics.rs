@@ -170,9 +170,9 @@ pub fn fanout_delivered() -> bool {
     true
 }
 
-/// A log entry read for a sync page (what clients catching up cost).
-pub fn entry_synced() {
-    SYNC_ENTRIES.add(1);
+/// Log entries read for a sync page (what clients catching up cost).
+pub fn entries_synced(count: u64) {
+    SYNC_ENTRIES.add(count);
 }
 
 /// Senders began to be held because fan-out fell behind (`send_hold`).

@@ -815,12 +815,13 @@ impl Session {
             // the database thread reads on while this task serialises.
             let mut frame = EntriesJson::page(room);
             let mut last = None;
+            let mut count = 0u64;
             let read = async {
                 let has_more = store
                     .visit_entries_after(room, user, after, limit, |entry| {
                         last = Some(entry.seq);
+                        count += 1;
                         frame.push(&entry);
-                        super::metrics::entry_synced();
                         if frame.is_full() {
                             ControlFlow::Break(())
                         } else {
@@ -828,6 +829,7 @@ impl Session {
                         }
                     })
                     .await?;
+                super::metrics::entries_synced(count);
                 let last = match last {
                     Some(seq) => seq,
                     // Nothing after the cursor: never go live above the

@@ -4,9 +4,10 @@
 //! server's (most verbose) log.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::cli_support::{contains, hush, ok};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
@@ -90,35 +91,6 @@ impl Server {
         self.child.kill()?;
         bail!("hush serve did not stop on SIGTERM")
     }
-}
-
-/// Runs a client command as `user` against `server` with the given key store.
-fn hush(server: &str, keys: &Path, user: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(HUSH)
-        .args(args)
-        .env("HUSH_SERVER", server)
-        .env("HUSH_KEYS", keys)
-        .env("HUSH_USER", user)
-        .env("HUSH_PASSPHRASE", format!("passphrase of {user}"))
-        .env("HUSH_PASSWORD", format!("password of {user}"))
-        .stdin(Stdio::null())
-        .output()?;
-    Ok(output)
-}
-
-fn ok(output: Output) -> Result<String> {
-    if !output.status.success() {
-        bail!(
-            "command failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread")]

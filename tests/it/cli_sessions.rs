@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::cli_support::ok;
 use crate::support::{TestApp, password, spawn_app, spawn_app_with};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
@@ -73,18 +74,6 @@ impl User {
             .load(&app.base_url)?
             .map(|s| s.token.clone()))
     }
-}
-
-/// The command's stdout if it succeeded; its output as the error if not.
-fn ok(output: Output) -> Result<String> {
-    if !output.status.success() {
-        bail!(
-            "command failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?)
 }
 
 fn stderr(output: &Output) -> String {

@@ -6,10 +6,11 @@
 //! `--since`; two processes of one identity share the store.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::cli_support::{HUSH, contains, fixture_key_store, hush, hush_command, ok};
 use anyhow::{Context, Result, bail, ensure};
 use hush::client::account::Account;
 use hush::client::keystore::KeyStore;
@@ -17,13 +18,11 @@ use hush::client::link::{Event, Link};
 use hush::client::transcript::{new_client_id, next_event};
 use hush::crypto::device::DeviceId;
 use hush::crypto::envelope::Payload;
-use hush::crypto::keys::IdentityPrivateKey;
 use hush::crypto::sender_keys::{Recipient, SenderKeyState};
 use hush::protocol::b64;
 use hush::store::RoomId;
 use serde_json::Value;
 
-const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 const METRICS_TOKEN: &str = "client-store-test-metrics";
 
 /// `hush serve` as a child process on a free loopback port, killed on
@@ -105,55 +104,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A key store holding the fixture keys of `users`, registered on `server`.
-fn key_store(server: &Server, home: &Path, users: &[&str]) -> Result<PathBuf> {
-    let keys = home.join("keys");
-    let store = KeyStore::new(&keys);
-    for user in users {
-        let pem = std::fs::read_to_string(format!(
-            "{}/tests/fixtures/keys/{user}.pem",
-            env!("CARGO_MANIFEST_DIR")
-        ))?;
-        let key = IdentityPrivateKey::from_pkcs8_pem(&pem)?;
-        store.create(user, &key, &format!("passphrase of {user}"))?;
-        ok(hush(&server.url, &keys, user, &["register"])?)?;
-    }
-    Ok(keys)
-}
-
-fn command(url: &str, keys: &Path, user: &str) -> Command {
-    let mut command = Command::new(HUSH);
-    command
-        .env("HUSH_SERVER", url)
-        .env("HUSH_KEYS", keys)
-        .env("HUSH_USER", user)
-        .env("HUSH_PASSPHRASE", format!("passphrase of {user}"))
-        .env("HUSH_PASSWORD", format!("password of {user}"));
-    command
-}
-
-fn hush(url: &str, keys: &Path, user: &str, args: &[&str]) -> Result<Output> {
-    Ok(command(url, keys, user)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn ok(output: Output) -> Result<String> {
-    if !output.status.success() {
-        bail!(
-            "command failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `hush read --json` lines, parsed.
@@ -279,7 +229,7 @@ async fn post_again(url: &str, keys: &Path, user: &str, room: i64, body: &[u8]) 
 async fn a_second_send_in_a_5000_message_room_fetches_only_the_new_entries() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     let room = room_with_bob(&url, &keys, "big")?;
     seed(&url, &keys, "bob", room, &["alice", "bob"], 5000).await?;
@@ -336,7 +286,7 @@ async fn a_second_send_in_a_5000_message_room_fetches_only_the_new_entries() -> 
 async fn a_deleted_or_garbage_store_is_rebuilt_with_identical_output() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob", "carol"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob", "carol"])?;
     let url = server.url.clone();
     let room = room_with_bob(&url, &keys, "team")?;
     let save_dir = home.path().join("downloads");
@@ -463,7 +413,7 @@ async fn a_deleted_or_garbage_store_is_rebuilt_with_identical_output() -> Result
 async fn a_replay_after_the_cursor_is_judged_as_a_full_replay_judges_it() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     let room = room_with_bob(&url, &keys, "echo")?;
     let bodies = seed(&url, &keys, "bob", room, &["alice", "bob"], 3).await?;
@@ -490,7 +440,7 @@ async fn a_replay_after_the_cursor_is_judged_as_a_full_replay_judges_it() -> Res
 async fn the_store_on_disk_holds_no_plaintext() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     let marker = "STOREMARKER-91c2e";
     ok(hush(
@@ -562,7 +512,7 @@ async fn the_store_on_disk_holds_no_plaintext() -> Result<()> {
 async fn search_finds_words_offline_and_by_room() -> Result<()> {
     let mut server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     room_with_bob(&url, &keys, "garden")?;
     room_with_bob(&url, &keys, "kitchen")?;
@@ -638,7 +588,7 @@ async fn search_finds_words_offline_and_by_room() -> Result<()> {
 async fn read_last_and_since_choose_the_window() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     for i in 1..=5 {
         ok(hush(
@@ -712,7 +662,7 @@ async fn read_last_and_since_choose_the_window() -> Result<()> {
 async fn two_processes_of_one_identity_share_the_store() -> Result<()> {
     let server = Server::start().await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"])?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     room_with_bob(&url, &keys, "busy")?;
     ok(hush(
@@ -723,7 +673,7 @@ async fn two_processes_of_one_identity_share_the_store() -> Result<()> {
     )?)?;
 
     let log = home.path().join("chat.out");
-    let mut chat = command(&url, &keys, "alice")
+    let mut chat = hush_command(&url, &keys, "alice")
         .arg("chat")
         .stdin(Stdio::piped())
         .stdout(std::fs::File::create(&log)?)

@@ -1,6 +1,7 @@
 //! hush integration tests: each test starts its own server on an ephemeral
 //! port with its own SQLite file and talks to it over HTTP and WebSocket.
 
+mod cli_support;
 mod support;
 
 mod admin;

@@ -5,17 +5,15 @@
 //! them once each, in order.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cli_support::{HUSH, fixture_key_store, hush, hush_command, ok};
 use anyhow::{Context, Result, bail, ensure};
-use hush::client::keystore::KeyStore;
 use hush::client::outbox::outbox_path;
-use hush::crypto::keys::IdentityPrivateKey;
 use serde_json::Value;
 
-const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 const METRICS_TOKEN: &str = "outbox-test-metrics";
 
 /// `hush serve` as a child process on a free loopback port, killed on drop.
@@ -87,53 +85,10 @@ impl Drop for Server {
     }
 }
 
-/// A key store holding the fixture keys of `users`, registered on `server`.
-async fn key_store(server: &Server, home: &Path, users: &[&str]) -> Result<PathBuf> {
-    let keys = home.join("keys");
-    let store = KeyStore::new(&keys);
-    for user in users {
-        let pem = std::fs::read_to_string(format!(
-            "{}/tests/fixtures/keys/{user}.pem",
-            env!("CARGO_MANIFEST_DIR")
-        ))?;
-        let key = IdentityPrivateKey::from_pkcs8_pem(&pem)?;
-        store.create(user, &key, &format!("passphrase of {user}"))?;
-        ok(hush(&server.url, &keys, user, &["register"])?)?;
-    }
-    Ok(keys)
-}
-
-fn with_env<'a>(command: &'a mut Command, url: &str, keys: &Path, user: &str) -> &'a mut Command {
-    command
-        .env("HUSH_SERVER", url)
-        .env("HUSH_KEYS", keys)
-        .env("HUSH_USER", user)
-        .env("HUSH_PASSPHRASE", format!("passphrase of {user}"))
-        .env("HUSH_PASSWORD", format!("password of {user}"))
-}
-
-fn hush(url: &str, keys: &Path, user: &str, args: &[&str]) -> Result<Output> {
-    Ok(with_env(&mut Command::new(HUSH), url, keys, user)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn ok(output: Output) -> Result<String> {
-    if !output.status.success() {
-        bail!(
-            "command failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?)
-}
-
 /// `hush chat` as `user`, its output gathered from the start (so it never
 /// blocks on a full pipe).
 fn chat(url: &str, keys: &Path, user: &str) -> Result<(Child, ChildStdin, Lines)> {
-    let mut child = with_env(&mut Command::new(HUSH), url, keys, user)
+    let mut child = hush_command(url, keys, user)
         .arg("chat")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -241,7 +196,7 @@ async fn two_thousand_lines_piped_into_hush_chat_on_default_limits_are_stored_on
     const LINES: usize = 2000;
     let server = Server::start(&[]).await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"]).await?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     ok(hush(
         &url,
@@ -304,7 +259,7 @@ async fn quitting_twice_keeps_queued_lines_sealed_and_the_next_run_sends_them_on
     const LINES: usize = 12;
     let server = Server::start(&["--message-rate", "2/s:2"]).await?;
     let home = tempfile::tempdir()?;
-    let keys = key_store(&server, home.path(), &["alice", "bob"]).await?;
+    let keys = fixture_key_store(&server.url, home.path(), &["alice", "bob"])?;
     let url = server.url.clone();
     ok(hush(
         &url,
