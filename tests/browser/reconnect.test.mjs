@@ -4,7 +4,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, message, openPage, registerInPage, removeDir, screenshot, sendText, startServer, tempDir } from "./harness.mjs";
+import { launchBrowser, message, openPage, registerInPage, removeDir, roomWith, screenshot, sendText, startServer, tempDir } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -25,12 +25,8 @@ test("the page reconnects after a server restart, sends what was queued, and sho
   const fay = await openPage(browser, server);
   await registerInPage(eve, "eve");
   await registerInPage(fay, "fay");
-  await eve.getByLabel("New room").fill("lobby");
-  await eve.getByRole("button", { name: "Create", exact: true }).click();
-  await eve.getByLabel("Invite someone").fill("fay");
-  await eve.getByRole("button", { name: "Invite", exact: true }).click();
-  await fay.getByRole("button", { name: "Join lobby" }).click();
-  await fay.locator("#room-title").filter({ hasText: "lobby" }).waitFor();
+  // Invites only once the new room is open (roomWith waits for it).
+  await roomWith(eve, "lobby", { fay });
   await sendText(eve, "before the restart");
   await message(fay, "before the restart").waitFor();
   await sendText(fay, "fay was here first");
