@@ -134,6 +134,7 @@ impl Pending {
             room: self.room,
             client_id: self.client_id.clone(),
             body: self.body.clone(),
+            erase: None,
         };
         frame(Some(self.client_id.clone()), send)
     }
@@ -595,6 +596,8 @@ impl State {
             }
             ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
             ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,
+            // Not handled by this client yet (issue 17's client side).
+            ServerFrame::Signal { .. } | ServerFrame::Request { .. } => {}
             ServerFrame::History {
                 room,
                 entries,
