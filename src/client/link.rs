@@ -138,6 +138,7 @@ impl Pending {
             room: self.room,
             client_id: self.client_id.clone(),
             body: self.body.clone(),
+            erase: None,
         };
         // `erase` goes on the frame once the server's protocol has it
         // (branch f17-server).
@@ -617,6 +618,8 @@ impl State {
             }
             ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
             ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,
+            // Not handled by this client yet (issue 17's client side).
+            ServerFrame::Signal { .. } | ServerFrame::Request { .. } => {}
             ServerFrame::History {
                 room,
                 entries,

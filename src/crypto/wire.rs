@@ -28,6 +28,8 @@ pub enum BodyKind {
     Message,
     /// A sender key wrapped for each room member (`sender_keys`).
     SenderKeyDistribution,
+    /// A signed disappearing-messages statement (`room_timer`).
+    Timer,
 }
 
 impl BodyKind {
@@ -35,6 +37,7 @@ impl BodyKind {
         match self {
             BodyKind::Message => 0x01,
             BodyKind::SenderKeyDistribution => 0x02,
+            BodyKind::Timer => 0x04,
         }
     }
 
@@ -42,6 +45,7 @@ impl BodyKind {
         match byte {
             0x01 => Some(BodyKind::Message),
             0x02 => Some(BodyKind::SenderKeyDistribution),
+            0x04 => Some(BodyKind::Timer),
             _ => None,
         }
     }
