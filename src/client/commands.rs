@@ -23,13 +23,18 @@ use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
 use super::link::Event;
 use super::outbox::{self, Outbox};
+use super::relations::{MessageState, Relation, Removal, duration_words, parse_duration};
 use super::session::{self, LoggedOut};
 use super::store::{ClientStore, Window, search as store_search, sync};
 use super::transcript;
-use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SearchArgs, SendArgs};
+use crate::cli::{
+    ClientOpts, EditArgs, KeysCommand, ReactArgs, ReadArgs, RoomCommand, SearchArgs, SendArgs,
+    SeqArgs, Target, TimerArgs,
+};
 use crate::crypto::device::DeviceId;
-use crate::crypto::envelope::{Payload, safe_file_name};
+use crate::crypto::envelope::{MAX_EMOJI_BYTES, Payload, is_valid_reaction, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
+use crate::crypto::room_timer::{self, TimerStatement};
 use crate::crypto::safety::SafetyNumber;
 use crate::crypto::statements;
 use crate::store::RoomId;
@@ -396,8 +401,114 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
         (None, Some(text)) => Payload::text(text),
         (None, None) => bail!("give the text to send, `-` for standard input, or --file PATH"),
     };
+    let payload = match args.reply {
+        Some(seq) if seq < 1 => bail!("--reply takes a message's #seq (1 or more)"),
+        Some(seq) => payload.replying_to(seq),
+        None => payload,
+    };
+    deliver(opts, &args.target, payload).await
+}
+
+/// `hush edit SEQ TEXT`: the whole new text of one of the user's own text
+/// messages.
+pub async fn edit(opts: &ClientOpts, args: &EditArgs) -> anyhow::Result<()> {
+    let text = if args.text == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        text.trim_end_matches('\n').to_owned()
+    } else {
+        args.text.clone()
+    };
+    if text.trim().is_empty() {
+        bail!(
+            "the new text is empty; to remove the message, use `hush delete {}`",
+            args.seq
+        );
+    }
+    let payload = Payload::Edit { of: args.seq, text };
+    deliver(opts, &args.target, payload).await
+}
+
+/// `hush delete SEQ`: deletes one of the user's own messages for everyone
+/// (the server erases it in the same `send`).
+pub async fn delete(opts: &ClientOpts, args: &SeqArgs) -> anyhow::Result<()> {
+    deliver(opts, &args.target, Payload::Delete { of: args.seq }).await
+}
+
+/// `hush react SEQ EMOJI`: sets the user's reaction, or takes it back if it
+/// is already that emoji.
+pub async fn react(opts: &ClientOpts, args: &ReactArgs) -> anyhow::Result<()> {
+    if args.emoji.is_empty() || !is_valid_reaction(&args.emoji) {
+        bail!("a reaction is 1 to {MAX_EMOJI_BYTES} bytes of text without control characters");
+    }
+    let payload = Payload::React {
+        of: args.seq,
+        emoji: args.emoji.clone(),
+    };
+    deliver(opts, &args.target, payload).await
+}
+
+/// Checks a relation against the room as this machine has read it (after
+/// a sync): the target must be a message, the user's own for an edit
+/// (a text) or a delete; a reaction the user already has is taken back.
+/// The readers check all of it again: this only spares sending what they
+/// would reject or ignore.
+pub fn prepare_relation(
+    me: &str,
+    target: Option<&Shown>,
+    payload: Payload,
+) -> anyhow::Result<Payload> {
+    let Some(of) = payload.relation_target() else {
+        return Ok(payload);
+    };
+    let Some(Shown::Message {
+        sender,
+        payload: target_payload,
+        state,
+        ..
+    }) = target
+    else {
+        bail!("#{of} is not a message you can see here (deleted, expired, or not a message)");
+    };
+    match payload {
+        Payload::Edit { .. } if sender != me => {
+            bail!("#{of} is {sender}'s message: you can only edit your own")
+        }
+        Payload::Edit { .. } if !matches!(target_payload, Payload::Text { .. }) => {
+            bail!("#{of} is a file: only text can be edited")
+        }
+        Payload::Delete { .. } if sender != me => {
+            bail!("#{of} is {sender}'s message: you can only delete your own")
+        }
+        Payload::React { of, emoji } if state.reactions.get(me) == Some(&emoji) => {
+            Ok(Payload::React {
+                of,
+                emoji: String::new(),
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+/// Sends `payload` to the conversation `target` names, through the outbox
+/// (what an earlier run left there goes first), and says its #seq.
+async fn deliver(opts: &ClientOpts, target: &Target, payload: Payload) -> anyhow::Result<()> {
     let mut account = Account::open(opts).await?;
-    let room = account.resolve(&args.target).await?;
+    let room = account.resolve(target).await?;
+    let payload = match payload.relation_target() {
+        None => payload,
+        Some(of) => {
+            let store = open_store(&account).await?;
+            let (link, _) = sync::sync_room(&mut account, &store, &room).await?;
+            drop(link);
+            let shown = store.entry(room.id, of).await?;
+            let prepared = prepare_relation(account.username(), shown.as_ref(), payload);
+            store.close().await;
+            prepared?
+        }
+    };
     let user = account.username().to_owned();
     let mut outbox = outbox::open_for(&account)?;
     if !outbox.is_durable() {
@@ -413,6 +524,7 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
         );
     }
     let left = outbox.len();
+    let payload_kind = payload.clone();
     let client_id = outbox
         .add(room.id, payload)
         .context("keeping the message in the outbox")?;
@@ -441,11 +553,74 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
     }
     match answers.get(&client_id) {
         Some(Ok(seq)) => {
-            println!("sent to {} as #{seq}", room.label(&user));
+            println!(
+                "{} {} as #{seq}",
+                what_was_sent(&payload_kind),
+                room.label(&user)
+            );
             Ok(())
         }
         Some(Err(reason)) => bail!("the server refused the message: {reason}"),
         None => bail!("the server did not acknowledge the message"),
+    }
+}
+
+/// `hush timer DURATION`: sets the conversation's disappearing-messages
+/// timer with a statement signed by the user's key (PROTOCOL §21). The
+/// server checks its own minimum and the 4-week maximum.
+pub async fn timer(opts: &ClientOpts, args: &TimerArgs) -> anyhow::Result<()> {
+    let ttl = parse_duration(&args.duration).with_context(|| {
+        format!(
+            "{:?} is not a duration: off, 5m, 1h, 8h, 1d, 1w, 4w or <N>s",
+            args.duration
+        )
+    })?;
+    if ttl > room_timer::MAX_DURATION_SECS {
+        bail!("the longest timer is 4 weeks");
+    }
+    let mut account = Account::open(opts).await?;
+    let room = account.resolve(&args.target).await?;
+    let store = open_store(&account).await?;
+    // The statement names the newest entry the user has seen.
+    let (link, conversation) = sync::sync_room(&mut account, &store, &room).await?;
+    drop(link);
+    store.close().await;
+    let statement = TimerStatement {
+        room: room.id.0,
+        sender: account.username().to_owned(),
+        duration_secs: ttl,
+        after: u64::try_from(conversation.last_seq()).unwrap_or(0),
+    };
+    let body = room_timer::sign(&statement, &account.identity.current)
+        .context("signing the timer change")?;
+    account
+        .api
+        .set_timer(room.id, &body)
+        .await
+        .context("setting the timer")?;
+    let label = room.label(account.username());
+    account.finish()?;
+    if ttl == 0 {
+        println!("turned off disappearing messages in {label}");
+    } else {
+        println!(
+            "new messages in {label} disappear after {}",
+            duration_words(ttl)
+        );
+    }
+    Ok(())
+}
+
+/// How `hush send`, `edit`, `delete` and `react` say what they did.
+fn what_was_sent(payload: &Payload) -> String {
+    match payload {
+        Payload::Edit { of, .. } => format!("edited #{of} in"),
+        Payload::Delete { of } => format!("deleted #{of} in"),
+        Payload::React { of, emoji } if emoji.is_empty() => {
+            format!("took back your reaction to #{of} in")
+        }
+        Payload::React { of, emoji } => format!("reacted {emoji} to #{of} in"),
+        Payload::Text { .. } | Payload::File { .. } => "sent to".to_owned(),
     }
 }
 
@@ -503,6 +678,12 @@ async fn send_outbox(
                 .await?;
             waiting.extend(ids);
         }
+        // The counters just used are kept at once (PROTOCOL §21: the
+        // messages may be erased before this device reads them back).
+        let label = room.label(account.username());
+        store
+            .save(room.id, &label, &conversation.save(), &[])
+            .await?;
         while !waiting.is_empty() {
             let (client_id, answer) = match transcript::next_event(&mut link).await? {
                 Event::Acked { client_id, seq, .. } => (client_id, Ok(seq)),
@@ -584,8 +765,9 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
         save_dir: args.save_dir.clone(),
         room: room.id.0,
     };
+    let quotes = quotes_for(&store, room.id, &shown).await?;
     for item in &shown {
-        printer.print(item)?;
+        printer.print_quoting(item, &|seq| quotes.get(&seq).cloned())?;
     }
     account.finish()?;
     if !args.follow {
@@ -615,7 +797,8 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
                         )
                         .await?;
                 }
-                printer.print(&item)?;
+                let quotes = quotes_for(&store, room.id, std::slice::from_ref(&item)).await?;
+                printer.print_quoting(&item, &|seq| quotes.get(&seq).cloned())?;
             }
             Event::Disconnected { reason } => {
                 eprintln!("hush: disconnected ({reason}); reconnecting")
@@ -625,6 +808,35 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
+}
+
+/// The quotes of the messages `items` reply to: from `items` when the
+/// target is among them, else from the store.
+async fn quotes_for(
+    store: &ClientStore,
+    room: RoomId,
+    items: &[Shown],
+) -> anyhow::Result<HashMap<i64, String>> {
+    let mut quotes = HashMap::new();
+    for item in items {
+        let Shown::Message { payload, .. } = item else {
+            continue;
+        };
+        let Some(of) = payload.reply_to() else {
+            continue;
+        };
+        if quotes.contains_key(&of) {
+            continue;
+        }
+        let target = match items.iter().find(|s| s.seq() == of) {
+            Some(target) => Some(target.clone()),
+            None => store.entry(room, of).await?,
+        };
+        if let Some(quote) = target.as_ref().and_then(super::relations::quote) {
+            quotes.insert(of, quote);
+        }
+    }
+    Ok(quotes)
 }
 
 /// Opens the account's store for the server it talks to.
@@ -673,10 +885,13 @@ pub async fn search(opts: &ClientOpts, args: &SearchArgs) -> anyhow::Result<()> 
             continue;
         };
         let content = match payload {
-            Payload::Text { text } => text,
-            Payload::File { name, mime, data } => {
+            Payload::Text { text, .. } => text,
+            Payload::File {
+                name, mime, data, ..
+            } => {
                 format!("[file {name}, {mime}, {} bytes]", data.len())
             }
+            _ => continue,
         };
         let label = labels.get(&room).map_or("?", String::as_str);
         println!("{label} #{seq} {} {sender}: {content}", format_time(ts));
@@ -715,8 +930,17 @@ pub struct Printer {
     pub room: i64,
 }
 
+/// How a reply's target is shown: a short quote, or `None` when it cannot
+/// be ("message not available").
+pub type Quotes<'a> = &'a dyn Fn(i64) -> Option<String>;
+
 impl Printer {
     pub fn print(&self, item: &Shown) -> anyhow::Result<()> {
+        self.print_quoting(item, &|_| None)
+    }
+
+    /// Prints `item`; `quotes` gives the quote of a reply's target.
+    pub fn print_quoting(&self, item: &Shown, quotes: Quotes<'_>) -> anyhow::Result<()> {
         let line = match item {
             Shown::Quiet { .. } => return Ok(()),
             Shown::Unsupported {
@@ -746,18 +970,23 @@ impl Printer {
                 payload,
                 is_sender_verified,
                 is_late,
+                state,
             } => {
                 let (text, file) = match payload {
-                    Payload::Text { text } => (Some(text.clone()), None),
-                    Payload::File { name, mime, data } => {
+                    Payload::Text { text, .. } => (Some(text.clone()), None),
+                    Payload::File {
+                        name, mime, data, ..
+                    } => {
                         let path = self.save(*seq, name, data)?;
                         (None, Some((name.clone(), mime.clone(), data.len(), path)))
                     }
+                    _ => (None, None),
                 };
                 if self.json {
                     let mut obj = json!({
                         "room": self.room, "seq": seq, "ts": ts, "sender": sender, "kind": "message",
                         "verified": is_sender_verified, "late": is_late,
+                        "edited": state.is_edited, "deleted": false,
                     });
                     if let Some(device) = device {
                         obj["device"] = json!(device.short());
@@ -768,6 +997,12 @@ impl Printer {
                     if let Some((name, mime, size, path)) = file {
                         obj["file"] =
                             json!({ "name": name, "mime": mime, "size": size, "saved_to": path });
+                    }
+                    if let Some(target) = payload.reply_to() {
+                        obj["reply_to"] = json!(target);
+                    }
+                    if !state.reactions.is_empty() {
+                        obj["reactions"] = json!(state.grouped());
                     }
                     obj.to_string()
                 } else {
@@ -783,10 +1018,82 @@ impl Printer {
                         (None, None) => String::new(),
                     };
                     let late = if *is_late { " (delivered late)" } else { "" };
-                    format!(
-                        "#{seq} {} {sender}{mark}: {content}{late}",
+                    let edited = if state.is_edited { " (edited)" } else { "" };
+                    let mut line = String::new();
+                    if let Some(target) = payload.reply_to() {
+                        let quote =
+                            quotes(target).unwrap_or_else(|| "message not available".to_owned());
+                        line.push_str(&format!("    ↪ {quote}\n"));
+                    }
+                    line.push_str(&format!(
+                        "#{seq} {} {sender}{mark}: {content}{edited}{late}",
                         format_time(*ts)
-                    )
+                    ));
+                    let reactions = reactions_line(state);
+                    if !reactions.is_empty() {
+                        line.push_str(&format!("\n    {reactions}"));
+                    }
+                    line
+                }
+            }
+            Shown::Relation {
+                seq,
+                ts,
+                sender,
+                device,
+                relation,
+                is_sender_verified,
+                is_late,
+            } => {
+                if self.json {
+                    let mut obj = json!({
+                        "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                        "kind": relation.kind(), "of": relation.of(),
+                        "verified": is_sender_verified, "late": is_late,
+                    });
+                    if let Some(device) = device {
+                        obj["device"] = json!(device.short());
+                    }
+                    match relation {
+                        Relation::Edit { text, .. } => obj["text"] = json!(text),
+                        Relation::React { emoji, .. } => obj["emoji"] = json!(emoji),
+                        Relation::Delete { .. } => {}
+                    }
+                    obj.to_string()
+                } else {
+                    let what = match relation {
+                        Relation::Edit { of, .. } => format!("edited #{of}"),
+                        Relation::Delete { of } => format!("deleted #{of}"),
+                        Relation::React { of, emoji } if emoji.is_empty() => {
+                            format!("took back their reaction to #{of}")
+                        }
+                        Relation::React { of, emoji } => format!("reacted {emoji} to #{of}"),
+                    };
+                    format!("#{seq} {} * {sender} {what}", format_time(*ts))
+                }
+            }
+            Shown::Removed {
+                seq,
+                ts,
+                sender,
+                why,
+            } => {
+                if self.json {
+                    match why {
+                        Removal::Deleted => json!({
+                            "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                            "kind": "message", "deleted": true, "edited": false,
+                        }),
+                        Removal::Expired | Removal::Removed => json!({
+                            "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                            "kind": "erased",
+                            "reason": if *why == Removal::Expired { "expired" } else { "removed" },
+                            "text": why.sentence(),
+                        }),
+                    }
+                    .to_string()
+                } else {
+                    format!("#{seq} {} {sender}: ({})", format_time(*ts), why.sentence())
                 }
             }
             Shown::Event { seq, ts, text } => {
@@ -832,6 +1139,16 @@ impl Printer {
         std::fs::write(&path, data).with_context(|| format!("saving {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// `👍 2 (alice, bob)  ❤️ 1 (carol)`: reactions grouped with counts and who.
+pub fn reactions_line(state: &MessageState) -> String {
+    state
+        .grouped()
+        .iter()
+        .map(|(emoji, users)| format!("{emoji} {} ({})", users.len(), users.join(", ")))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// `2026-11-26 09:15:02` in UTC.

@@ -7,7 +7,7 @@
 //! keys (a new machine, an imported key) recovers the whole readable
 //! history and its own sending state just by reading the room from the start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -15,10 +15,12 @@ use zeroize::Zeroize;
 
 use super::directory::{Directory, Peer};
 use super::keystore::Identity;
+use super::relations::{MessageState, Relation, Removal};
 use crate::crypto::CryptoError;
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
+use crate::crypto::room_timer;
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
 use crate::crypto::trust::TrustStore;
 use crate::crypto::wire::{BodyKind, body_kind};
@@ -35,11 +37,34 @@ pub enum Shown {
         sender: String,
         /// The sending device; `None` for version-1 history.
         device: Option<DeviceId>,
+        /// A text's `text` is the latest valid edit's; `reply_to` is kept
+        /// only if it names an earlier seq.
         payload: Payload,
         is_sender_verified: bool,
         /// Stored after a later message of its chain (an honest resend
         /// usually; see PROTOCOL §19, the replay rule).
         is_late: bool,
+        /// Edited, reactions (§21).
+        state: MessageState,
+    },
+    /// A valid edit, delete or reaction of a message the reader has
+    /// (PROTOCOL §21); the target shows its effect.
+    Relation {
+        seq: i64,
+        ts: i64,
+        sender: String,
+        device: Option<DeviceId>,
+        relation: Relation,
+        is_sender_verified: bool,
+        is_late: bool,
+    },
+    /// A message that is no longer there: deleted by its sender, expired,
+    /// or erased by the server. Only who sent it is left.
+    Removed {
+        seq: i64,
+        ts: i64,
+        sender: String,
+        why: Removal,
     },
     /// A genuine message of a type or payload version this client does
     /// not know.
@@ -66,6 +91,8 @@ impl Shown {
     pub fn seq(&self) -> i64 {
         match self {
             Self::Message { seq, .. }
+            | Self::Relation { seq, .. }
+            | Self::Removed { seq, .. }
             | Self::Unsupported { seq, .. }
             | Self::Event { seq, .. }
             | Self::Rejected { seq, .. }
@@ -84,6 +111,37 @@ type ChainKey = (String, DeviceId, u32);
 struct RetiredKey {
     key: IdentityKey,
     seq: i64,
+}
+
+/// What a reader must know of an earlier message to judge a relation to
+/// it: who signed it, what it is now, and when it expires.
+#[derive(Clone, Serialize, Deserialize)]
+struct Target {
+    /// The envelope's signed sender (for a tombstone, the server's claim).
+    sender: String,
+    kind: TargetKind,
+    /// Unix ms, if a disappearing-messages timer was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetKind {
+    Text,
+    File,
+    /// A valid delete of it was read.
+    Deleted,
+    /// The server replaced it with a tombstone (`erased`), no delete read.
+    Erased,
+}
+
+/// A verified timer entry: from after `seq` on, messages expire `ttl`
+/// seconds after their `ts` (0: never).
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub struct TimerChange {
+    pub seq: i64,
+    pub ttl: u32,
 }
 
 /// The keys accepted from one sender at one position of the log.
@@ -116,6 +174,16 @@ pub struct Conversation {
     /// The last entry could not be judged for a reason that may pass (the
     /// sender's keys could not be fetched): it was not counted as read.
     is_unavailable: bool,
+    /// Every text and file message read (and tombstones), by seq: what a
+    /// later relation to it is judged against (§21).
+    targets: BTreeMap<i64, Target>,
+    /// Verified timer changes, in log order.
+    timers: Vec<TimerChange>,
+    /// When each of this user's devices last distributed a sender key
+    /// here (the entry's `ts`, or the time this run made one): with
+    /// disappearing messages, a distribution must not expire before the
+    /// messages sealed under it (§21).
+    own_distributed_at: HashMap<DeviceId, i64>,
 }
 
 impl Conversation {
@@ -133,7 +201,21 @@ impl Conversation {
             retired: HashMap::new(),
             refetched: HashSet::new(),
             is_unavailable: false,
+            targets: BTreeMap::new(),
+            timers: Vec::new(),
+            own_distributed_at: HashMap::new(),
         }
+    }
+
+    /// When an entry at `seq` stored at `ts` expires (Unix ms), from the
+    /// timer in force at its position; `None` if no timer was on.
+    pub fn expires_at(&self, seq: i64, ts: i64) -> Option<i64> {
+        expires_at(&self.timers, seq, ts)
+    }
+
+    /// The disappearing-messages duration in force now (seconds, 0 = off).
+    pub fn ttl(&self) -> u32 {
+        self.timers.last().map_or(0, |t| t.ttl)
     }
 
     /// Whether the last entry given to `process` could not be judged for a
@@ -198,6 +280,14 @@ impl Conversation {
                 entry.sender,
                 entry.subject.as_deref().unwrap_or("someone")
             ),
+            "timer" => {
+                let shown = self.process_timer(entry, me, directory).await;
+                if self.is_unavailable {
+                    self.last_seq = before;
+                }
+                return shown;
+            }
+            "erased" => return self.process_tombstone(entry),
             "key" => {
                 self.retire_keys(entry, me, directory).await;
                 format!(
@@ -209,6 +299,124 @@ impl Conversation {
             other => format!("({other} event)"),
         };
         Shown::Event { seq, ts, text }
+    }
+
+    /// A `timer` entry (§21): its statement must be signed by a key
+    /// accepted from its sender at this position, for this room and this
+    /// sender, with `after` below the entry's seq and not below the
+    /// previous timer entry's. A valid one sets the duration for the
+    /// messages after it; any other is shown as rejected and not applied.
+    async fn process_timer(
+        &mut self,
+        entry: &WireEntry,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> Shown {
+        let (seq, ts) = (entry.seq, entry.ts);
+        let rejected = |why: String| Shown::Rejected {
+            seq,
+            ts,
+            sender: entry.sender.clone(),
+            reason: format!("a timer change was rejected: {why}"),
+        };
+        let Some(body) = entry.body.as_deref().and_then(|b| b64::decode(b).ok()) else {
+            return rejected("it has no readable statement".into());
+        };
+        let statement = match room_timer::parse(&body) {
+            Ok(parsed) => parsed.statement,
+            Err(err) => return rejected(err.to_string()),
+        };
+        if statement.room != self.room.0 {
+            return rejected(CryptoError::WrongRoom.to_string());
+        }
+        if statement.sender != entry.sender {
+            return rejected(CryptoError::WrongSender.to_string());
+        }
+        let mut verified = false;
+        for attempt in 0..2 {
+            let signers = match self.signers(&entry.sender, me, directory).await {
+                Ok(signers) => signers,
+                Err(reason) => {
+                    self.is_unavailable = true;
+                    return rejected(reason);
+                }
+            };
+            verified = signers
+                .accepted
+                .iter()
+                .any(|key| room_timer::verify(&body, key).is_ok());
+            // Maybe a rotation we saw no `key` entry for: ask once more.
+            if verified
+                || attempt == 1
+                || entry.sender == self.me
+                || !self.refetched.insert(entry.sender.clone())
+            {
+                break;
+            }
+            directory.invalidate(&entry.sender);
+        }
+        if !verified {
+            let reason = self
+                .bad_signature_reason(&entry.sender, |key| room_timer::verify(&body, key).is_ok());
+            return rejected(reason);
+        }
+        let previous = self.timers.last().map_or(0, |t| t.seq);
+        let after = i64::try_from(statement.after).unwrap_or(i64::MAX);
+        if after >= seq || after < previous {
+            return rejected(format!(
+                "it names #{after} as the newest message its sender had seen, which cannot be"
+            ));
+        }
+        if statement.duration_secs > room_timer::MAX_DURATION_SECS {
+            return rejected("a duration above 4 weeks".into());
+        }
+        self.timers.push(TimerChange {
+            seq,
+            ttl: statement.duration_secs,
+        });
+        Shown::Event {
+            seq,
+            ts,
+            text: super::relations::timer_sentence(&entry.sender, statement.duration_secs),
+        }
+    }
+
+    /// An `erased` entry: the server replaced a message with a tombstone.
+    /// "message expired" for an expiry; otherwise "removed by the server"
+    /// until a valid `delete` of it is read (§21).
+    fn process_tombstone(&mut self, entry: &WireEntry) -> Shown {
+        let is_expired = entry.reason.as_deref() == Some("expired");
+        let known_deleted = self
+            .targets
+            .get(&entry.seq)
+            .is_some_and(|t| t.kind == TargetKind::Deleted);
+        let why = if is_expired {
+            Removal::Expired
+        } else if known_deleted {
+            Removal::Deleted
+        } else {
+            Removal::Removed
+        };
+        if !is_expired {
+            self.targets.insert(
+                entry.seq,
+                Target {
+                    sender: entry.sender.clone(),
+                    kind: if known_deleted {
+                        TargetKind::Deleted
+                    } else {
+                        TargetKind::Erased
+                    },
+                    expires: None,
+                },
+            );
+        }
+        Shown::Removed {
+            seq: entry.seq,
+            ts: entry.ts,
+            sender: entry.sender.clone(),
+            why,
+        }
     }
 
     /// A `key` entry: from here on, keys its sender had before the one it
@@ -375,16 +583,15 @@ impl Conversation {
             Ok(BodyKind::Message) => {
                 let opened = self.open_message(&body, entry, &signers.accepted)?;
                 let device = (!opened.header.device.is_legacy()).then_some(opened.header.device);
+                let is_sender_verified = signers.is_verified && entry.sender != self.me;
                 Ok(match opened.content {
-                    Content::Payload(payload) => Shown::Message {
-                        seq,
-                        ts,
-                        sender,
+                    Content::Payload(payload) => self.judge_payload(
+                        entry,
                         device,
                         payload,
-                        is_sender_verified: signers.is_verified && entry.sender != self.me,
-                        is_late: opened.is_late,
-                    },
+                        is_sender_verified,
+                        opened.is_late,
+                    ),
                     Content::Unsupported => Shown::Unsupported {
                         seq,
                         ts,
@@ -404,6 +611,103 @@ impl Conversation {
                 "a timer statement sent as a message".to_owned(),
             )),
             Err(err) => Err(Failure::Reason(err.to_string())),
+        }
+    }
+
+    /// A message that opened (its sender is the envelope's signed one):
+    /// a text or a file becomes a possible target of later relations; a
+    /// relation is judged by §21's rules against its target.
+    fn judge_payload(
+        &mut self,
+        entry: &WireEntry,
+        device: Option<DeviceId>,
+        mut payload: Payload,
+        is_sender_verified: bool,
+        is_late: bool,
+    ) -> Shown {
+        let (seq, ts, sender) = (entry.seq, entry.ts, entry.sender.clone());
+        let Some(relation) = Relation::from_payload(&payload) else {
+            let kind = match &mut payload {
+                Payload::Text { reply_to, .. } | Payload::File { reply_to, .. } => {
+                    // A reply names an earlier message, or nothing (§21).
+                    if reply_to.is_some_and(|of| of >= seq) {
+                        *reply_to = None;
+                    }
+                    if matches!(payload, Payload::Text { .. }) {
+                        TargetKind::Text
+                    } else {
+                        TargetKind::File
+                    }
+                }
+                _ => unreachable!("not a relation, so a text or a file"),
+            };
+            let expires = self.expires_at(seq, ts);
+            self.targets.insert(
+                seq,
+                Target {
+                    sender: sender.clone(),
+                    kind,
+                    expires,
+                },
+            );
+            return Shown::Message {
+                seq,
+                ts,
+                sender,
+                device,
+                payload,
+                is_sender_verified,
+                is_late,
+                state: MessageState::default(),
+            };
+        };
+        let rejected = |reason: &str| Shown::Rejected {
+            seq,
+            ts,
+            sender: sender.clone(),
+            reason: reason.to_owned(),
+        };
+        let of = relation.of();
+        if of >= seq {
+            return rejected(&format!("refers to #{of}, which is not an earlier message"));
+        }
+        let now = super::relations::now_ms();
+        // A target the reader does not have (before its membership, not a
+        // message, expired): the relation applies to nothing.
+        let Some(target) = self
+            .targets
+            .get_mut(&of)
+            .filter(|t| t.expires.is_none_or(|at| at > now))
+        else {
+            return Shown::Quiet { seq };
+        };
+        let is_own = target.sender == sender;
+        match &relation {
+            Relation::Edit { .. } if !is_own => {
+                return rejected("an edit of someone else's message");
+            }
+            Relation::Delete { .. } if !is_own => {
+                return rejected("a delete of someone else's message");
+            }
+            Relation::Edit { .. } if target.kind != TargetKind::Text => {
+                return Shown::Quiet { seq };
+            }
+            Relation::React { .. }
+                if !matches!(target.kind, TargetKind::Text | TargetKind::File) =>
+            {
+                return Shown::Quiet { seq };
+            }
+            Relation::Delete { .. } => target.kind = TargetKind::Deleted,
+            _ => {}
+        }
+        Shown::Relation {
+            seq,
+            ts,
+            sender,
+            device,
+            relation,
+            is_sender_verified,
+            is_late,
         }
     }
 
@@ -434,6 +738,7 @@ impl Conversation {
         if entry.sender == self.me {
             self.own_latest
                 .insert(header.device, (header.epoch, header.recipients.clone()));
+            self.own_distributed_at.insert(header.device, entry.ts);
         }
         self.keys
             .insert((entry.sender.clone(), header.device, header.epoch), key);
@@ -527,9 +832,22 @@ impl Conversation {
             .iter()
             .map(|(username, identity)| Recipient { username, identity })
             .collect();
+        let now = super::relations::now_ms();
+        let ttl_ms = i64::from(self.ttl()) * 1000;
+        let is_aging = ttl_ms > 0
+            && self
+                .own_distributed_at
+                .get(&self.device)
+                .is_none_or(|at| now - at > ttl_ms / 2);
+        let rotation = self
+            .sending_state()
+            .rotation_needed(&recipient_refs)
+            .or(is_aging.then_some(RotationReason::DistributionAging));
+        if rotation.is_some() {
+            self.own_distributed_at.insert(self.device, now);
+        }
         let sending = self.sending_state();
         let mut bodies = Vec::new();
-        let rotation = sending.rotation_needed(&recipient_refs);
         if rotation.is_some() {
             bodies.push(
                 sending
@@ -537,11 +855,21 @@ impl Conversation {
                     .context("making a new sender key")?,
             );
         }
-        bodies.push(
-            sending
-                .seal(payload, &me.current)
-                .context("sealing the message")?,
-        );
+        let message = sending
+            .seal(payload, &me.current)
+            .context("sealing the message")?;
+        // Counted as used now, not only once read back from the log: a
+        // deleted or expired message comes back as a tombstone without its
+        // envelope, and a device that restarts must not seal that counter
+        // (or, if its distribution is gone too, that epoch) again.
+        if let Ok(header) = envelope::peek(&message) {
+            let highest = self
+                .own_counters
+                .entry((header.device, header.epoch))
+                .or_insert(header.counter);
+            *highest = (*highest).max(header.counter);
+        }
+        bodies.push(message);
         Ok(Outgoing {
             bodies,
             rotation,
@@ -605,6 +933,20 @@ pub struct SavedState {
     /// User, retired key (SPKI DER), seq of the `key` entry.
     retired: Vec<(String, Vec<u8>, i64)>,
     refetched: Vec<String>,
+    /// Senders of `targets`, each once.
+    #[serde(default)]
+    target_senders: Vec<String>,
+    /// Seq, index in `target_senders`, kind, expiry of every possible
+    /// target of a relation (§21). A few bytes per message: a store
+    /// written before relations existed has none, and relations to its
+    /// older messages apply to nothing.
+    #[serde(default)]
+    targets: Vec<(i64, u32, TargetKind, Option<i64>)>,
+    #[serde(default)]
+    timers: Vec<TimerChange>,
+    /// Own device (hex), when it last distributed a key here (Unix ms).
+    #[serde(default)]
+    own_distributed_at: Vec<(String, i64)>,
 }
 
 /// A recipient of a distribution: username and key fingerprint.
@@ -629,6 +971,19 @@ impl SavedState {
     pub fn last_seq(&self) -> i64 {
         self.last_seq
     }
+
+    /// When an entry at `seq` stored at `ts` expires (Unix ms), by the
+    /// timers read up to `last_seq`.
+    pub fn expires_at(&self, seq: i64, ts: i64) -> Option<i64> {
+        expires_at(&self.timers, seq, ts)
+    }
+}
+
+/// When an entry at `seq` stored at `ts` expires under `timers` (in log
+/// order): the latest change before `seq` decides.
+fn expires_at(timers: &[TimerChange], seq: i64, ts: i64) -> Option<i64> {
+    let ttl = timers.iter().rev().find(|t| t.seq < seq)?.ttl;
+    (ttl > 0).then(|| ts.saturating_add(i64::from(ttl) * 1000))
 }
 
 impl Conversation {
@@ -674,7 +1029,32 @@ impl Conversation {
         retired.sort();
         let mut refetched: Vec<String> = self.refetched.iter().cloned().collect();
         refetched.sort();
+        let mut target_senders: Vec<String> = Vec::new();
+        let mut sender_index: HashMap<&str, u32> = HashMap::new();
+        let targets = self
+            .targets
+            .iter()
+            .map(|(seq, target)| {
+                let index = *sender_index.entry(&target.sender).or_insert_with(|| {
+                    target_senders.push(target.sender.clone());
+                    (target_senders.len() - 1) as u32
+                });
+                (*seq, index, target.kind, target.expires)
+            })
+            .collect();
         SavedState {
+            target_senders,
+            targets,
+            timers: self.timers.clone(),
+            own_distributed_at: {
+                let mut at: Vec<_> = self
+                    .own_distributed_at
+                    .iter()
+                    .map(|(device, ts)| (device.to_hex(), *ts))
+                    .collect();
+                at.sort();
+                at
+            },
             last_seq: self.last_seq,
             keys,
             replay: self.replay.chains(),
@@ -726,6 +1106,21 @@ impl Conversation {
                 .push(RetiredKey { key, seq: *seq });
         }
         conversation.refetched = saved.refetched.iter().cloned().collect();
+        for (seq, index, kind, expires) in &saved.targets {
+            let sender = saved.target_senders.get(*index as usize).ok_or_else(bad)?;
+            conversation.targets.insert(
+                *seq,
+                Target {
+                    sender: sender.clone(),
+                    kind: *kind,
+                    expires: *expires,
+                },
+            );
+        }
+        conversation.timers = saved.timers.clone();
+        for (own, ts) in &saved.own_distributed_at {
+            conversation.own_distributed_at.insert(device_of(own)?, *ts);
+        }
         Ok(conversation)
     }
 }
@@ -737,6 +1132,11 @@ impl Conversation {
 pub fn mark_verified_now(items: &mut [Shown], me: &str, trust: &TrustStore) {
     for item in items {
         if let Shown::Message {
+            sender,
+            is_sender_verified,
+            ..
+        }
+        | Shown::Relation {
             sender,
             is_sender_verified,
             ..
@@ -799,4 +1199,64 @@ fn with_any_key<T>(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_before_an_entry_decides_its_expiry() {
+        let timers = [
+            TimerChange { seq: 10, ttl: 60 },
+            TimerChange { seq: 20, ttl: 0 },
+            TimerChange { seq: 30, ttl: 2 },
+        ];
+        assert_eq!(expires_at(&timers, 5, 1_000), None, "before any timer");
+        assert_eq!(
+            expires_at(&timers, 10, 1_000),
+            None,
+            "the timer entry itself"
+        );
+        assert_eq!(expires_at(&timers, 11, 1_000), Some(61_000));
+        assert_eq!(expires_at(&timers, 25, 1_000), None, "turned off");
+        assert_eq!(expires_at(&timers, 31, 1_000), Some(3_000));
+    }
+
+    #[test]
+    fn relation_targets_and_timers_survive_save_and_restore() -> anyhow::Result<()> {
+        let device = DeviceId::generate()?;
+        let mut conversation = Conversation::new(RoomId(7), "alice", device);
+        for (seq, sender, kind) in [
+            (3, "alice", TargetKind::Text),
+            (4, "bob", TargetKind::File),
+            (5, "alice", TargetKind::Deleted),
+            (6, "bob", TargetKind::Erased),
+        ] {
+            conversation.targets.insert(
+                seq,
+                Target {
+                    sender: sender.into(),
+                    kind,
+                    expires: (seq == 4).then_some(99),
+                },
+            );
+        }
+        conversation.timers.push(TimerChange { seq: 2, ttl: 300 });
+        conversation.own_distributed_at.insert(device, 1234);
+        let json = serde_json::to_vec(&conversation.save())?;
+        let restored =
+            Conversation::restore(RoomId(7), "alice", device, &serde_json::from_slice(&json)?)?;
+        let summary = |c: &Conversation| -> Vec<(i64, String, TargetKind, Option<i64>)> {
+            c.targets
+                .iter()
+                .map(|(seq, t)| (*seq, t.sender.clone(), t.kind, t.expires))
+                .collect()
+        };
+        assert!(summary(&restored) == summary(&conversation));
+        assert_eq!(restored.ttl(), 300);
+        assert_eq!(restored.expires_at(9, 0), Some(300_000));
+        assert_eq!(restored.own_distributed_at.get(&device), Some(&1234));
+        Ok(())
+    }
 }

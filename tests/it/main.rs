@@ -28,6 +28,7 @@ mod presence;
 mod protocol_errors;
 mod registration;
 mod registration_modes;
+mod relations;
 mod retention;
 mod storage_faults;
 mod sync;
