@@ -282,6 +282,15 @@ export class HushClient extends EventTarget {
     return this.store.after(roomId, seq, limit);
   }
 
+  /** One item of `roomId` (a reply's target): from memory, else the store. */
+  async itemOf(roomId, seq) {
+    const room = this.rooms.get(roomId);
+    if (!room) return null;
+    const inMemory = room.unsaved.find((i) => i.seq === seq);
+    if (inMemory) return inMemory;
+    return this.store ? this.store.item(roomId, seq) : null;
+  }
+
   title(room) {
     const info = room.info;
     return info.kind === "dm" ? info.members.find((m) => m !== this.me) ?? info.creator : info.name;
