@@ -248,15 +248,13 @@ export function decodePayload(bytes) {
 }
 
 /**
- * A member holding a seq, read from its digits as the Rust client reads a
- * u64 (so 1.0 or "1" is not one), and within what a page can count.
+ * A member holding a seq: a JSON number that is an integer from 1 to
+ * 2^53 − 1, however it is written (41, 41.0 and 4.1e1 are one number to
+ * every JSON reader; the Rust client reads them alike), else null.
  */
 function seqMember(text, value, name) {
-  if (typeof value[name] !== "number") return null;
-  const raw = topLevelValue(text, name);
-  if (!/^[0-9]+$/.test(raw)) return null;
-  const n = Number(raw);
-  return isSeq(n) ? n : null;
+  const n = value[name];
+  return typeof n === "number" && isSeq(n) ? n : null;
 }
 
 /** `reply_to`: anything but a positive integer is ignored like an unknown member (§21). */
@@ -619,11 +617,12 @@ export class SignalTracker {
   static id(h) {
     return `${h.roomId}\u0000${h.sender}\u0000${hex(h.device)}`;
   }
-  isFresh(h, now) {
+  /** Throws Replay (not above the last accepted) or Stale (too far from the clock). */
+  check(h, now) {
     const seen = this.highest.get(SignalTracker.id(h));
-    if (seen !== undefined && h.counter <= seen) return false;
+    if (seen !== undefined && h.counter <= seen) throw new CryptoError("Replay");
     const distance = h.counter > BigInt(now) ? h.counter - BigInt(now) : BigInt(now) - h.counter;
-    return distance <= BigInt(SIGNAL_FRESHNESS_MS);
+    if (distance > BigInt(SIGNAL_FRESHNESS_MS)) throw new CryptoError("Stale");
   }
   record(h) {
     this.highest.set(SignalTracker.id(h), h.counter);
@@ -644,7 +643,7 @@ export async function openSignal(body, context, key, tracker, now = Date.now()) 
   if (!(await verify(context.senderIdentity, body.subarray(0, parsed.signedLen), parsed.signature))) {
     throw new CryptoError("BadSignature");
   }
-  if (!tracker.isFresh(h, now)) throw new CryptoError("Stale");
+  tracker.check(h, now);
   if (!key || h.epoch !== key.epoch) throw new CryptoError("OpenFailed");
   let plain;
   try {
@@ -679,15 +678,16 @@ export function encodeSignalPayload(p) {
 export function decodeSignalPayload(bytes) {
   const { text, value } = parseJson(bytes);
   if (hasDuplicateKeys(text)) throw new CryptoError("OpenFailed");
-  const version = value.v === undefined ? 1n : payloadVersion(text);
-  if (version !== 1n) throw new CryptoError("OpenFailed");
+  // Unlike a message payload, "v" is required (as the Rust reader has it).
+  if (value.v === undefined || payloadVersion(text) !== 1n) throw new CryptoError("OpenFailed");
+  const count = (name) => (typeof value[name] === "number" && /^[0-9]+$/.test(topLevelValue(text, name)) ? Number(topLevelValue(text, name)) : null);
   if (value.t === "receipt") {
-    const delivered = typeof value.delivered === "number" && /^[0-9]+$/.test(topLevelValue(text, "delivered")) ? Number(topLevelValue(text, "delivered")) : null;
+    const delivered = count("delivered");
     if (delivered === null || !Number.isSafeInteger(delivered)) throw new CryptoError("OpenFailed");
-    if (value.read === undefined) return receiptPayload(delivered);
-    const read = seqMember(text, value, "read");
-    if (read === null) throw new CryptoError("OpenFailed");
-    return receiptPayload(delivered, read);
+    if (value.read === undefined || value.read === null) return receiptPayload(delivered);
+    const read = count("read");
+    if (read === null || !Number.isSafeInteger(read)) throw new CryptoError("OpenFailed");
+    return { t: "receipt", delivered, read };
   }
   if (value.t === "typing") {
     if (typeof value.typing !== "boolean") throw new CryptoError("OpenFailed");
