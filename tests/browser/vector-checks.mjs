@@ -86,6 +86,15 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
       const p = c.decodePayload(new TextEncoder().encode(x.payload_json));
       got = p === c.UNSUPPORTED ? "unsupported" : p.t;
       if (x.text !== undefined && p.text !== x.text) got = `text ${JSON.stringify(p.text)}`;
+      // §21: what a reader keeps of reply_to, and a relation's target and emoji.
+      if ((x.reply_to ?? null) !== (p.reply_to ?? null)) got = `reply_to ${p.reply_to}`;
+      if ((x.of ?? null) !== (p.of ?? null)) got = `of ${p.of}`;
+      if ((x.emoji ?? null) !== (p.emoji ?? null)) got = `emoji ${JSON.stringify(p.emoji)}`;
+      // What the page writes for it reads back the same.
+      if (p !== c.UNSUPPORTED && p.t !== "file") {
+        const again = c.decodePayload(c.encodePayload(p));
+        if (JSON.stringify(again) !== JSON.stringify(p)) got = `re-encoded ${JSON.stringify(again)}`;
+      }
     } catch (e) {
       got = e.code || String(e);
     }
@@ -160,6 +169,101 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
     ["..", "attachment"], ["bad\u0000na\nme", "bad_na_me"], ["", "attachment"]];
   for (const [given, expected] of names) check(`file name ${JSON.stringify(given)}`, c.safeFileName(given) === expected, c.safeFileName(given));
   check("file name cut at 255 bytes", new TextEncoder().encode(c.safeFileName("é".repeat(300))).length <= 255);
+
+  // Signal envelopes (§21, kind 0x03), when tests/vectors/signal.json is there.
+  if (vectors.signal) {
+    const sv = vectors.signal;
+    const device = unhex(sv.device_id_hex);
+    const sender = await c.publicIdentity(b64(sv.sender_spki_der_b64));
+    const signer = await privateOf(sv.sender_fixture);
+    const key = await c.senderKey(sv.epoch, unhex(sv.sender_key_hex));
+    const context = { roomId: sv.room_id, sender: sv.sender, senderIdentity: sender };
+    check("signal: freshness window", c.SIGNAL_FRESHNESS_MS === sv.max_skew_ms, c.SIGNAL_FRESHNESS_MS);
+    for (const x of sv.accept) {
+      const payload = c.decodeSignalPayload(new TextEncoder().encode(x.payload_json));
+      check(`signal ${x.name}: payload re-encodes identically`, new TextDecoder().decode(c.encodeSignalPayload(payload)) === x.payload_json,
+        new TextDecoder().decode(c.encodeSignalPayload(payload)));
+      check(`signal ${x.name}: frame kind`, payload.t === x.frame_kind);
+      const sealed = await c.sealSignal(sv.room_id, sv.sender, device, key, BigInt(x.counter), payload, signer, unhex(x.nonce_hex));
+      const expected = b64(x.signal_b64);
+      check(`signal ${x.name}: sealed bytes before the signature`, hex(sealed.subarray(0, x.signed_len)) === hex(expected.subarray(0, x.signed_len)));
+      check(`signal ${x.name}: AAD`, hex(expected.subarray(0, x.aad_hex.length / 2)) === x.aad_hex);
+      check(`signal ${x.name}: AES-GCM output`, hex(sealed).includes(hex(b64(x.ciphertext_and_tag_b64))));
+      const tracker = new c.SignalTracker();
+      for (const first of x.open_first_b64) await c.openSignal(b64(first), context, key, tracker, sv.now_ms);
+      let opened = null;
+      const error = await errorOf(async () => {
+        opened = await c.openSignal(expected, context, key, tracker, sv.now_ms);
+      });
+      check(`signal ${x.name}: opens`, error === "no error" && opened.header.counter === BigInt(x.counter)
+        && new TextDecoder().decode(c.encodeSignalPayload(opened.payload)) === x.payload_json, error);
+      // The page's own signal with a random nonce opens too.
+      check(`signal ${x.name}: own seal opens`, (await errorOf(() => c.openSignal(sealed, context, key, new c.SignalTracker(), sv.now_ms))) === "no error");
+    }
+    for (const x of sv.reject) {
+      const claimed = await c.publicIdentity(b64(x.sender_spki_der_b64));
+      const k = await c.senderKey(sv.epoch, unhex(x.sender_key_hex));
+      const ctx = { roomId: x.room_id, sender: x.sender, senderIdentity: claimed };
+      const tracker = new c.SignalTracker();
+      for (const first of x.open_first_b64) await c.openSignal(b64(first), { ...context }, key, tracker, x.now_ms);
+      const got = await errorOf(() => c.openSignal(b64(x.signal_b64), ctx, k, tracker, x.now_ms));
+      check(`signal reject ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+    }
+  }
+
+  // Timer statements (§21, kind 0x04), when tests/vectors/timer.json is there.
+  if (vectors.timer) {
+    const tv = vectors.timer;
+    for (const x of tv.accept ?? tv.cases ?? []) {
+      const body = b64(x.statement_b64 ?? x.body_b64);
+      const signerSpki = b64(x.sender_spki_der_b64 ?? tv.sender_spki_der_b64);
+      const context = { roomId: x.room_id ?? tv.room_id, sender: x.sender ?? tv.sender, senderIdentity: await c.publicIdentity(signerSpki) };
+      let opened = null;
+      const error = await errorOf(async () => {
+        opened = await c.openTimer(body, context);
+      });
+      const expect = x.expect ?? "ok";
+      if (expect === "ok" || expect === "accept") {
+        check(`timer ${x.name}: opens`, error === "no error" && opened.duration === (x.duration_secs ?? x.duration) && opened.after === x.after, error);
+        if (x.signed_len) {
+          const signer = await privateOf(x.sender_fixture ?? tv.sender_fixture);
+          const again = await c.sealTimer(context.roomId, context.sender, opened.duration, opened.after, signer);
+          check(`timer ${x.name}: signed bytes`, hex(again.subarray(0, x.signed_len)) === hex(body.subarray(0, x.signed_len)));
+        }
+      } else {
+        check(`timer ${x.name}`, error === expect, `expected ${expect}, got ${error}`);
+      }
+    }
+    for (const x of tv.reject ?? []) {
+      const context = { roomId: x.room_id ?? tv.room_id, sender: x.sender ?? tv.sender,
+        senderIdentity: await c.publicIdentity(b64(x.sender_spki_der_b64 ?? tv.sender_spki_der_b64)) };
+      const got = await errorOf(() => c.openTimer(b64(x.statement_b64 ?? x.body_b64), context));
+      check(`timer reject ${x.name}`, got === x.expect, `expected ${x.expect}, got ${got}`);
+    }
+  }
+
+  // A signal and a timer statement made in the page open again; neither passes for a message.
+  {
+    const alice = await privateOf("alice");
+    const key = await c.senderKey(1, new Uint8Array(32).fill(7));
+    const device = c.newDeviceId();
+    const now = 1795683333414;
+    const signal = await c.sealSignal(42, "alice", device, key, BigInt(now), c.typingPayload(true), alice);
+    const ctx = { roomId: 42, sender: "alice", senderIdentity: alice.public };
+    const tracker = new c.SignalTracker();
+    check("own signal opens", (await errorOf(() => c.openSignal(signal, ctx, key, tracker, now))) === "no error");
+    check("own signal twice is a replay", (await errorOf(() => c.openSignal(signal, ctx, key, tracker, now))) === "Replay");
+    check("own signal 11 minutes later is stale", (await errorOf(() => c.openSignal(signal, ctx, key, new c.SignalTracker(), now + 660_000))) === "Stale");
+    check("a signal is not a message", ["OpenFailed", "UnknownKind"].includes(await errorOf(() => c.openEnvelope(signal, ctx, key, new c.ReplayTracker()))));
+    check("a signal is an unknown kind in the log", (await errorOf(() => c.bodyVersionAndKind(signal))) === "UnknownKind");
+    const timer = await c.sealTimer(42, "alice", 86400, 41, alice);
+    const t = await c.openTimer(timer, ctx);
+    check("own timer statement opens", t.duration === 86400 && t.after === 41);
+    check("timer statement for another room", (await errorOf(() => c.openTimer(timer, { ...ctx, roomId: 43 }))) === "WrongRoom");
+    const flipped = timer.slice();
+    flipped[20] ^= 1;
+    check("timer statement with a flipped byte", (await errorOf(() => c.openTimer(flipped, ctx))) === "BadSignature");
+  }
 
   // The replay rule's counter set: ranges merge, any repeat is caught, lower counters open late.
   const tracker = new c.ReplayTracker();
