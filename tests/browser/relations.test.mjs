@@ -148,7 +148,7 @@ test("a reply, an edit and a reaction made in the page show in hush read --json,
   const dot = await openPage(browser, server);
   await registerInPage(dot, "dot");
   await roomWith(dot, "plans", { cal: null });
-  hush(server, keys, "cal", ["join", "plans"]);
+  hush(server, keys, "cal", ["room", "join", "plans"]);
   await dot.locator("#timeline .event", { hasText: "cal joined" }).waitFor(WAIT);
   hush(server, keys, "cal", ["send", "--room", "plans", "Meet at 10?"]);
   await message(dot, "Meet at 10?").waitFor(WAIT);
