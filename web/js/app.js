@@ -667,7 +667,7 @@ function onUpdated({ roomId, items }) {
       fresh.dataset.day = old.dataset.day;
       if (item.type !== "message") revokeBlob(roomId, item.seq);
       old.replaceWith(fresh);
-      if (focused !== null) (fresh.querySelector(`[data-action="${focused}"]`) ?? fresh.querySelector("[data-action=react]") ?? fresh).focus();
+      if (focused !== null) (fresh.querySelector(`[data-action="${CSS.escape(focused)}"]`) ?? fresh.querySelector("[data-action=react]") ?? fresh).focus();
     }
     for (const quote of $("timeline").querySelectorAll(`.quote[data-of="${item.seq}"]`)) fillQuote(quote, roomId, item.seq);
     if (compose?.seq === item.seq && item.type !== "message") endCompose();

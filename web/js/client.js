@@ -704,7 +704,14 @@ export class HushClient extends EventTarget {
   /** Seals and sends one signal; a new sender key goes into the log first if needed. */
   async sendSignal(room, kind, payload) {
     const info = room.info;
-    const { bodies, signal } = await room.conv.sealSignal(payload, info.members, info.kind === "dm", this.identity, this.directory);
+    let sealed;
+    try {
+      sealed = await room.conv.sealSignal(payload, info.members, info.kind === "dm", this.identity, this.directory);
+    } catch {
+      // Best effort (a DM whose peer's key is blocked, a key lookup offline): no signal, no alarm.
+      return;
+    }
+    const { bodies, signal } = sealed;
     for (const body of bodies) {
       this.wire.push({ room: info.id, client_id: newClientId(), body: b64encode(body), item: { state: "sealed" }, isMessage: false, state: "unsent" });
     }
