@@ -23,6 +23,7 @@ use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
 use super::link::Event;
 use super::outbox::{self, Outbox};
+use super::relations::{MessageState, Relation, Removal};
 use super::session::{self, LoggedOut};
 use super::store::{ClientStore, Window, search as store_search, sync};
 use super::transcript;
@@ -673,10 +674,13 @@ pub async fn search(opts: &ClientOpts, args: &SearchArgs) -> anyhow::Result<()> 
             continue;
         };
         let content = match payload {
-            Payload::Text { text } => text,
-            Payload::File { name, mime, data } => {
+            Payload::Text { text, .. } => text,
+            Payload::File {
+                name, mime, data, ..
+            } => {
                 format!("[file {name}, {mime}, {} bytes]", data.len())
             }
+            _ => continue,
         };
         let label = labels.get(&room).map_or("?", String::as_str);
         println!("{label} #{seq} {} {sender}: {content}", format_time(ts));
@@ -715,8 +719,17 @@ pub struct Printer {
     pub room: i64,
 }
 
+/// How a reply's target is shown: a short quote, or `None` when it cannot
+/// be ("message not available").
+pub type Quotes<'a> = &'a dyn Fn(i64) -> Option<String>;
+
 impl Printer {
     pub fn print(&self, item: &Shown) -> anyhow::Result<()> {
+        self.print_quoting(item, &|_| None)
+    }
+
+    /// Prints `item`; `quotes` gives the quote of a reply's target.
+    pub fn print_quoting(&self, item: &Shown, quotes: Quotes<'_>) -> anyhow::Result<()> {
         let line = match item {
             Shown::Quiet { .. } => return Ok(()),
             Shown::Unsupported {
@@ -746,18 +759,23 @@ impl Printer {
                 payload,
                 is_sender_verified,
                 is_late,
+                state,
             } => {
                 let (text, file) = match payload {
-                    Payload::Text { text } => (Some(text.clone()), None),
-                    Payload::File { name, mime, data } => {
+                    Payload::Text { text, .. } => (Some(text.clone()), None),
+                    Payload::File {
+                        name, mime, data, ..
+                    } => {
                         let path = self.save(*seq, name, data)?;
                         (None, Some((name.clone(), mime.clone(), data.len(), path)))
                     }
+                    _ => (None, None),
                 };
                 if self.json {
                     let mut obj = json!({
                         "room": self.room, "seq": seq, "ts": ts, "sender": sender, "kind": "message",
                         "verified": is_sender_verified, "late": is_late,
+                        "edited": state.is_edited, "deleted": false,
                     });
                     if let Some(device) = device {
                         obj["device"] = json!(device.short());
@@ -768,6 +786,12 @@ impl Printer {
                     if let Some((name, mime, size, path)) = file {
                         obj["file"] =
                             json!({ "name": name, "mime": mime, "size": size, "saved_to": path });
+                    }
+                    if let Some(target) = payload.reply_to() {
+                        obj["reply_to"] = json!(target);
+                    }
+                    if !state.reactions.is_empty() {
+                        obj["reactions"] = json!(state.grouped());
                     }
                     obj.to_string()
                 } else {
@@ -783,10 +807,82 @@ impl Printer {
                         (None, None) => String::new(),
                     };
                     let late = if *is_late { " (delivered late)" } else { "" };
-                    format!(
-                        "#{seq} {} {sender}{mark}: {content}{late}",
+                    let edited = if state.is_edited { " (edited)" } else { "" };
+                    let mut line = String::new();
+                    if let Some(target) = payload.reply_to() {
+                        let quote =
+                            quotes(target).unwrap_or_else(|| "message not available".to_owned());
+                        line.push_str(&format!("    ↪ {quote}\n"));
+                    }
+                    line.push_str(&format!(
+                        "#{seq} {} {sender}{mark}: {content}{edited}{late}",
                         format_time(*ts)
-                    )
+                    ));
+                    let reactions = reactions_line(state);
+                    if !reactions.is_empty() {
+                        line.push_str(&format!("\n    {reactions}"));
+                    }
+                    line
+                }
+            }
+            Shown::Relation {
+                seq,
+                ts,
+                sender,
+                device,
+                relation,
+                is_sender_verified,
+                is_late,
+            } => {
+                if self.json {
+                    let mut obj = json!({
+                        "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                        "kind": relation.kind(), "of": relation.of(),
+                        "verified": is_sender_verified, "late": is_late,
+                    });
+                    if let Some(device) = device {
+                        obj["device"] = json!(device.short());
+                    }
+                    match relation {
+                        Relation::Edit { text, .. } => obj["text"] = json!(text),
+                        Relation::React { emoji, .. } => obj["emoji"] = json!(emoji),
+                        Relation::Delete { .. } => {}
+                    }
+                    obj.to_string()
+                } else {
+                    let what = match relation {
+                        Relation::Edit { of, .. } => format!("edited #{of}"),
+                        Relation::Delete { of } => format!("deleted #{of}"),
+                        Relation::React { of, emoji } if emoji.is_empty() => {
+                            format!("took back their reaction to #{of}")
+                        }
+                        Relation::React { of, emoji } => format!("reacted {emoji} to #{of}"),
+                    };
+                    format!("#{seq} {} * {sender} {what}", format_time(*ts))
+                }
+            }
+            Shown::Removed {
+                seq,
+                ts,
+                sender,
+                why,
+            } => {
+                if self.json {
+                    match why {
+                        Removal::Deleted => json!({
+                            "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                            "kind": "message", "deleted": true, "edited": false,
+                        }),
+                        Removal::Expired | Removal::Removed => json!({
+                            "room": self.room, "seq": seq, "ts": ts, "sender": sender,
+                            "kind": "erased",
+                            "reason": if *why == Removal::Expired { "expired" } else { "removed" },
+                            "text": why.sentence(),
+                        }),
+                    }
+                    .to_string()
+                } else {
+                    format!("#{seq} {} {sender}: ({})", format_time(*ts), why.sentence())
                 }
             }
             Shown::Event { seq, ts, text } => {
@@ -832,6 +928,16 @@ impl Printer {
         std::fs::write(&path, data).with_context(|| format!("saving {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// `👍 2 (alice, bob)  ❤️ 1 (carol)`: reactions grouped with counts and who.
+pub fn reactions_line(state: &MessageState) -> String {
+    state
+        .grouped()
+        .iter()
+        .map(|(emoji, users)| format!("{emoji} {} ({})", users.len(), users.join(", ")))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// `2026-11-26 09:15:02` in UTC.

@@ -7,7 +7,7 @@
 //! keys (a new machine, an imported key) recovers the whole readable
 //! history and its own sending state just by reading the room from the start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use zeroize::Zeroize;
 
 use super::directory::{Directory, Peer};
 use super::keystore::Identity;
+use super::relations::{MessageState, Relation, Removal};
 use crate::crypto::CryptoError;
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
@@ -35,11 +36,34 @@ pub enum Shown {
         sender: String,
         /// The sending device; `None` for version-1 history.
         device: Option<DeviceId>,
+        /// A text's `text` is the latest valid edit's; `reply_to` is kept
+        /// only if it names an earlier seq.
         payload: Payload,
         is_sender_verified: bool,
         /// Stored after a later message of its chain (an honest resend
         /// usually; see PROTOCOL §19, the replay rule).
         is_late: bool,
+        /// Edited, reactions (§21).
+        state: MessageState,
+    },
+    /// A valid edit, delete or reaction of a message the reader has
+    /// (PROTOCOL §21); the target shows its effect.
+    Relation {
+        seq: i64,
+        ts: i64,
+        sender: String,
+        device: Option<DeviceId>,
+        relation: Relation,
+        is_sender_verified: bool,
+        is_late: bool,
+    },
+    /// A message that is no longer there: deleted by its sender, expired,
+    /// or erased by the server. Only who sent it is left.
+    Removed {
+        seq: i64,
+        ts: i64,
+        sender: String,
+        why: Removal,
     },
     /// A genuine message of a type or payload version this client does
     /// not know.
@@ -66,6 +90,8 @@ impl Shown {
     pub fn seq(&self) -> i64 {
         match self {
             Self::Message { seq, .. }
+            | Self::Relation { seq, .. }
+            | Self::Removed { seq, .. }
             | Self::Unsupported { seq, .. }
             | Self::Event { seq, .. }
             | Self::Rejected { seq, .. }
@@ -84,6 +110,37 @@ type ChainKey = (String, DeviceId, u32);
 struct RetiredKey {
     key: IdentityKey,
     seq: i64,
+}
+
+/// What a reader must know of an earlier message to judge a relation to
+/// it: who signed it, what it is now, and when it expires.
+#[derive(Clone, Serialize, Deserialize)]
+struct Target {
+    /// The envelope's signed sender (for a tombstone, the server's claim).
+    sender: String,
+    kind: TargetKind,
+    /// Unix ms, if a disappearing-messages timer was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetKind {
+    Text,
+    File,
+    /// A valid delete of it was read.
+    Deleted,
+    /// The server replaced it with a tombstone (`erased`), no delete read.
+    Erased,
+}
+
+/// A verified timer entry: from after `seq` on, messages expire `ttl`
+/// seconds after their `ts` (0: never).
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub struct TimerChange {
+    pub seq: i64,
+    pub ttl: u32,
 }
 
 /// The keys accepted from one sender at one position of the log.
@@ -116,6 +173,11 @@ pub struct Conversation {
     /// The last entry could not be judged for a reason that may pass (the
     /// sender's keys could not be fetched): it was not counted as read.
     is_unavailable: bool,
+    /// Every text and file message read (and tombstones), by seq: what a
+    /// later relation to it is judged against (§21).
+    targets: BTreeMap<i64, Target>,
+    /// Verified timer changes, in log order.
+    timers: Vec<TimerChange>,
 }
 
 impl Conversation {
@@ -133,7 +195,20 @@ impl Conversation {
             retired: HashMap::new(),
             refetched: HashSet::new(),
             is_unavailable: false,
+            targets: BTreeMap::new(),
+            timers: Vec::new(),
         }
+    }
+
+    /// When an entry at `seq` stored at `ts` expires (Unix ms), from the
+    /// timer in force at its position; `None` if no timer was on.
+    pub fn expires_at(&self, seq: i64, ts: i64) -> Option<i64> {
+        expires_at(&self.timers, seq, ts)
+    }
+
+    /// The disappearing-messages duration in force now (seconds, 0 = off).
+    pub fn ttl(&self) -> u32 {
+        self.timers.last().map_or(0, |t| t.ttl)
     }
 
     /// Whether the last entry given to `process` could not be judged for a
@@ -375,16 +450,15 @@ impl Conversation {
             Ok(BodyKind::Message) => {
                 let opened = self.open_message(&body, entry, &signers.accepted)?;
                 let device = (!opened.header.device.is_legacy()).then_some(opened.header.device);
+                let is_sender_verified = signers.is_verified && entry.sender != self.me;
                 Ok(match opened.content {
-                    Content::Payload(payload) => Shown::Message {
-                        seq,
-                        ts,
-                        sender,
+                    Content::Payload(payload) => self.judge_payload(
+                        entry,
                         device,
                         payload,
-                        is_sender_verified: signers.is_verified && entry.sender != self.me,
-                        is_late: opened.is_late,
-                    },
+                        is_sender_verified,
+                        opened.is_late,
+                    ),
                     Content::Unsupported => Shown::Unsupported {
                         seq,
                         ts,
@@ -400,6 +474,103 @@ impl Conversation {
                 device: None,
             }),
             Err(err) => Err(Failure::Reason(err.to_string())),
+        }
+    }
+
+    /// A message that opened (its sender is the envelope's signed one):
+    /// a text or a file becomes a possible target of later relations; a
+    /// relation is judged by §21's rules against its target.
+    fn judge_payload(
+        &mut self,
+        entry: &WireEntry,
+        device: Option<DeviceId>,
+        mut payload: Payload,
+        is_sender_verified: bool,
+        is_late: bool,
+    ) -> Shown {
+        let (seq, ts, sender) = (entry.seq, entry.ts, entry.sender.clone());
+        let Some(relation) = Relation::from_payload(&payload) else {
+            let kind = match &mut payload {
+                Payload::Text { reply_to, .. } | Payload::File { reply_to, .. } => {
+                    // A reply names an earlier message, or nothing (§21).
+                    if reply_to.is_some_and(|of| of >= seq) {
+                        *reply_to = None;
+                    }
+                    if matches!(payload, Payload::Text { .. }) {
+                        TargetKind::Text
+                    } else {
+                        TargetKind::File
+                    }
+                }
+                _ => unreachable!("not a relation, so a text or a file"),
+            };
+            let expires = self.expires_at(seq, ts);
+            self.targets.insert(
+                seq,
+                Target {
+                    sender: sender.clone(),
+                    kind,
+                    expires,
+                },
+            );
+            return Shown::Message {
+                seq,
+                ts,
+                sender,
+                device,
+                payload,
+                is_sender_verified,
+                is_late,
+                state: MessageState::default(),
+            };
+        };
+        let rejected = |reason: &str| Shown::Rejected {
+            seq,
+            ts,
+            sender: sender.clone(),
+            reason: reason.to_owned(),
+        };
+        let of = relation.of();
+        if of >= seq {
+            return rejected(&format!("refers to #{of}, which is not an earlier message"));
+        }
+        let now = super::relations::now_ms();
+        // A target the reader does not have (before its membership, not a
+        // message, expired): the relation applies to nothing.
+        let Some(target) = self
+            .targets
+            .get_mut(&of)
+            .filter(|t| t.expires.is_none_or(|at| at > now))
+        else {
+            return Shown::Quiet { seq };
+        };
+        let is_own = target.sender == sender;
+        match &relation {
+            Relation::Edit { .. } if !is_own => {
+                return rejected("an edit of someone else's message");
+            }
+            Relation::Delete { .. } if !is_own => {
+                return rejected("a delete of someone else's message");
+            }
+            Relation::Edit { .. } if target.kind != TargetKind::Text => {
+                return Shown::Quiet { seq };
+            }
+            Relation::React { .. }
+                if !matches!(target.kind, TargetKind::Text | TargetKind::File) =>
+            {
+                return Shown::Quiet { seq };
+            }
+            Relation::Delete { .. } => target.kind = TargetKind::Deleted,
+            _ => {}
+        }
+        Shown::Relation {
+            seq,
+            ts,
+            sender,
+            device,
+            relation,
+            is_sender_verified,
+            is_late,
         }
     }
 
@@ -601,6 +772,17 @@ pub struct SavedState {
     /// User, retired key (SPKI DER), seq of the `key` entry.
     retired: Vec<(String, Vec<u8>, i64)>,
     refetched: Vec<String>,
+    /// Senders of `targets`, each once.
+    #[serde(default)]
+    target_senders: Vec<String>,
+    /// Seq, index in `target_senders`, kind, expiry of every possible
+    /// target of a relation (§21). A few bytes per message: a store
+    /// written before relations existed has none, and relations to its
+    /// older messages apply to nothing.
+    #[serde(default)]
+    targets: Vec<(i64, u32, TargetKind, Option<i64>)>,
+    #[serde(default)]
+    timers: Vec<TimerChange>,
 }
 
 /// A recipient of a distribution: username and key fingerprint.
@@ -625,6 +807,19 @@ impl SavedState {
     pub fn last_seq(&self) -> i64 {
         self.last_seq
     }
+
+    /// When an entry at `seq` stored at `ts` expires (Unix ms), by the
+    /// timers read up to `last_seq`.
+    pub fn expires_at(&self, seq: i64, ts: i64) -> Option<i64> {
+        expires_at(&self.timers, seq, ts)
+    }
+}
+
+/// When an entry at `seq` stored at `ts` expires under `timers` (in log
+/// order): the latest change before `seq` decides.
+fn expires_at(timers: &[TimerChange], seq: i64, ts: i64) -> Option<i64> {
+    let ttl = timers.iter().rev().find(|t| t.seq < seq)?.ttl;
+    (ttl > 0).then(|| ts.saturating_add(i64::from(ttl) * 1000))
 }
 
 impl Conversation {
@@ -670,7 +865,23 @@ impl Conversation {
         retired.sort();
         let mut refetched: Vec<String> = self.refetched.iter().cloned().collect();
         refetched.sort();
+        let mut target_senders: Vec<String> = Vec::new();
+        let mut sender_index: HashMap<&str, u32> = HashMap::new();
+        let targets = self
+            .targets
+            .iter()
+            .map(|(seq, target)| {
+                let index = *sender_index.entry(&target.sender).or_insert_with(|| {
+                    target_senders.push(target.sender.clone());
+                    (target_senders.len() - 1) as u32
+                });
+                (*seq, index, target.kind, target.expires)
+            })
+            .collect();
         SavedState {
+            target_senders,
+            targets,
+            timers: self.timers.clone(),
             last_seq: self.last_seq,
             keys,
             replay: self.replay.chains(),
@@ -722,6 +933,18 @@ impl Conversation {
                 .push(RetiredKey { key, seq: *seq });
         }
         conversation.refetched = saved.refetched.iter().cloned().collect();
+        for (seq, index, kind, expires) in &saved.targets {
+            let sender = saved.target_senders.get(*index as usize).ok_or_else(bad)?;
+            conversation.targets.insert(
+                *seq,
+                Target {
+                    sender: sender.clone(),
+                    kind: *kind,
+                    expires: *expires,
+                },
+            );
+        }
+        conversation.timers = saved.timers.clone();
         Ok(conversation)
     }
 }
@@ -733,6 +956,11 @@ impl Conversation {
 pub fn mark_verified_now(items: &mut [Shown], me: &str, trust: &TrustStore) {
     for item in items {
         if let Shown::Message {
+            sender,
+            is_sender_verified,
+            ..
+        }
+        | Shown::Relation {
             sender,
             is_sender_verified,
             ..

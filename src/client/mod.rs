@@ -12,6 +12,7 @@ pub mod keystore;
 pub mod link;
 pub mod local_seal;
 pub mod outbox;
+pub mod relations;
 pub mod session;
 pub mod session_file;
 pub mod store;

@@ -441,8 +441,9 @@ mod tests {
         outbox
             .pending()
             .map(|q| match &q.payload {
-                Payload::Text { text } => text.clone(),
+                Payload::Text { text, .. } => text.clone(),
                 Payload::File { name, .. } => format!("file {name}"),
+                _ => "relation".to_owned(),
             })
             .collect()
     }

@@ -36,14 +36,51 @@ pub const TAG_LEN: usize = 16;
 /// The payload version this code writes and the highest it displays.
 pub const PAYLOAD_VERSION: u64 = 1;
 
-/// What a message carries once decrypted, serialized as compact JSON:
-/// `{"v":1,"t":"text","text":"…"}` or
-/// `{"v":1,"t":"file","name":"…","mime":"…","data":"<base64>"}`.
+/// The largest `seq` a payload may name (`of`, `reply_to`): 2^53 − 1, the
+/// largest integer every JSON reader (JavaScript's included) reads exactly.
+pub const MAX_PAYLOAD_SEQ: i64 = (1 << 53) - 1;
+
+/// The longest reaction, in bytes of UTF-8 (§21).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// What a message carries once decrypted, serialized as compact JSON
+/// (`docs/PROTOCOL.md` §19 and §21):
+/// `{"v":1,"t":"text","text":"…"}` (optionally `"reply_to":41`),
+/// `{"v":1,"t":"file","name":"…","mime":"…","data":"<base64>"}`,
+/// `{"v":1,"t":"edit","of":41,"text":"…"}`, `{"v":1,"t":"delete","of":41}`
+/// or `{"v":1,"t":"react","of":41,"emoji":"👍"}`.
 ///
-/// No `Debug`: it is plaintext.
+/// No `Debug`: it is plaintext. `Deserialize` is for the client's own
+/// store; what other clients wrote is read with `from_bytes`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "t", rename_all = "lowercase")]
 pub enum Payload {
+    Text {
+        text: String,
+        /// The earlier message of the room this one answers (§21).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<i64>,
+    },
+    File {
+        name: String,
+        mime: String,
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<i64>,
+    },
+    /// The whole new text of the sender's own text message `of`.
+    Edit { of: i64, text: String },
+    /// Deletes the sender's own message `of` for everyone.
+    Delete { of: i64 },
+    /// The sender's reaction to message `of`; `""` takes it back.
+    React { of: i64, emoji: String },
+}
+
+/// The exact shapes of version-1 payloads, read strictly.
+#[derive(Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase", deny_unknown_fields)]
+enum PayloadV1 {
     Text {
         text: String,
     },
@@ -66,7 +103,10 @@ pub enum Content {
 
 impl Payload {
     pub fn text(text: impl Into<String>) -> Self {
-        Payload::Text { text: text.into() }
+        Payload::Text {
+            text: text.into(),
+            reply_to: None,
+        }
     }
 
     pub fn file(name: impl Into<String>, mime: impl Into<String>, data: Vec<u8>) -> Self {
@@ -74,6 +114,35 @@ impl Payload {
             name: name.into(),
             mime: mime.into(),
             data,
+            reply_to: None,
+        }
+    }
+
+    /// This payload (a text or a file) as a reply to `seq`; other payloads
+    /// are returned as they are.
+    pub fn replying_to(mut self, seq: i64) -> Self {
+        if let Payload::Text { reply_to, .. } | Payload::File { reply_to, .. } = &mut self {
+            *reply_to = Some(seq);
+        }
+        self
+    }
+
+    /// The message a relation (edit, delete, react) refers to.
+    pub fn relation_target(&self) -> Option<i64> {
+        match self {
+            Payload::Edit { of, .. } | Payload::Delete { of } | Payload::React { of, .. } => {
+                Some(*of)
+            }
+            Payload::Text { .. } | Payload::File { .. } => None,
+        }
+    }
+
+    /// The message a text or file answers, as written by its sender (not
+    /// checked against the reply's position: the reader does that).
+    pub fn reply_to(&self) -> Option<i64> {
+        match self {
+            Payload::Text { reply_to, .. } | Payload::File { reply_to, .. } => *reply_to,
+            _ => None,
         }
     }
 
@@ -92,19 +161,25 @@ impl Payload {
         Zeroizing::new(serde_json::to_vec(&versioned).expect("payload always serializes"))
     }
 
-    /// The plaintext of a version-1 envelope: exactly the old shape.
+    /// The plaintext of a version-1 envelope: exactly the old shape (only
+    /// meaningful for a text or a file without `reply_to`).
     pub fn to_bytes_v1(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(serde_json::to_vec(self).expect("payload always serializes"))
     }
 
     /// Reads a version-1 envelope's plaintext: unknown types and members fail.
     pub fn from_bytes_v1(bytes: &[u8]) -> Result<Self, CryptoError> {
-        serde_json::from_slice(bytes).map_err(|_| CryptoError::OpenFailed)
+        match serde_json::from_slice(bytes).map_err(|_| CryptoError::OpenFailed)? {
+            PayloadV1::Text { text } => Ok(Payload::text(text)),
+            PayloadV1::File { name, mime, data } => Ok(Payload::file(name, mime, data)),
+        }
     }
 
-    /// Reads a version-2 envelope's plaintext by §19's rules: duplicate
-    /// member names fail; unknown members are ignored; an unknown type or a
-    /// newer payload version is `Unsupported`, not an error.
+    /// Reads a version-2 envelope's plaintext by §19's and §21's rules:
+    /// duplicate member names fail; unknown members are ignored; missing or
+    /// mistyped known members fail, except `reply_to`, which is ignored
+    /// unless it is a usable seq; an unknown type or a newer payload version
+    /// is `Unsupported`, not an error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Content, CryptoError> {
         if has_duplicate_keys(bytes) {
             return Err(CryptoError::OpenFailed);
@@ -126,10 +201,20 @@ impl Payload {
         if version > PAYLOAD_VERSION {
             return Ok(Content::Unsupported);
         }
-        #[derive(Deserialize)]
-        struct Text {
-            text: String,
-        }
+        let string = |name: &str| -> Result<String, CryptoError> {
+            object
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or(CryptoError::OpenFailed)
+        };
+        let of = || {
+            object
+                .get("of")
+                .and_then(payload_seq)
+                .ok_or(CryptoError::OpenFailed)
+        };
+        let reply_to = object.get("reply_to").and_then(payload_seq);
         #[derive(Deserialize)]
         struct File {
             name: String,
@@ -138,20 +223,55 @@ impl Payload {
             data: Vec<u8>,
         }
         let payload = match kind {
-            "text" => {
-                let Text { text } =
-                    serde_json::from_value(value).map_err(|_| CryptoError::OpenFailed)?;
-                Payload::Text { text }
-            }
+            "text" => Payload::Text {
+                text: string("text")?,
+                reply_to,
+            },
             "file" => {
                 let File { name, mime, data } =
-                    serde_json::from_value(value).map_err(|_| CryptoError::OpenFailed)?;
-                Payload::File { name, mime, data }
+                    serde_json::from_value(value.clone()).map_err(|_| CryptoError::OpenFailed)?;
+                Payload::File {
+                    name,
+                    mime,
+                    data,
+                    reply_to,
+                }
+            }
+            "edit" => Payload::Edit {
+                of: of()?,
+                text: string("text")?,
+            },
+            "delete" => Payload::Delete { of: of()? },
+            "react" => {
+                let emoji = string("emoji")?;
+                if !is_valid_reaction(&emoji) {
+                    return Err(CryptoError::OpenFailed);
+                }
+                Payload::React { of: of()?, emoji }
             }
             _ => return Ok(Content::Unsupported),
         };
         Ok(Content::Payload(payload))
     }
+}
+
+/// A seq named in a payload (`of`, `reply_to`): a JSON number that is an
+/// integer from 1 to 2^53 − 1, however it is written (`41`, `41.0` and
+/// `4.1e1` are the same number to every JSON reader).
+fn payload_seq(value: &serde_json::Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return (1..=MAX_PAYLOAD_SEQ).contains(&n).then_some(n);
+    }
+    let n = value.as_f64()?;
+    let is_seq = n.fract() == 0.0 && n >= 1.0 && n <= MAX_PAYLOAD_SEQ as f64;
+    is_seq.then_some(n as i64)
+}
+
+/// Whether `emoji` may be a reaction: `""` (taking one back), or 1 to 64
+/// bytes of UTF-8 with no control character (Unicode category Cc). Any
+/// other string is accepted: hush does not keep a list of emoji.
+pub fn is_valid_reaction(emoji: &str) -> bool {
+    emoji.len() <= MAX_EMOJI_BYTES && !emoji.chars().any(char::is_control)
 }
 
 /// Whether any JSON object in `bytes` names a member twice. `serde_json`
@@ -778,7 +898,8 @@ mod tests {
         }
         // Unknown members of a known type are ignored; v defaults to 1.
         for fine in [
-            r#"{"v":1,"t":"text","text":"x","reply_to":7}"#,
+            r#"{"v":1,"t":"text","text":"x","mood":7}"#,
+            r#"{"v":1,"t":"text","text":"x","reply_to":"7"}"#,
             r#"{"t":"text","text":"x"}"#,
         ] {
             assert!(

@@ -626,10 +626,22 @@ struct PayloadVectors {
 struct PayloadCase {
     name: String,
     payload_json: String,
-    /// `text` (then `text` holds it), `file`, `unsupported` or `OpenFailed`.
+    /// `text` (then `text` holds it), `file`, `edit`, `delete`, `react`,
+    /// `unsupported` or `OpenFailed`.
     expect: String,
+    /// The text of a `text` or an `edit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
+    /// For `text` and `file`: the `reply_to` a reader keeps (absent: none,
+    /// the member was missing or ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<i64>,
+    /// For `edit`, `delete`, `react`: the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    of: Option<i64>,
+    /// For `react`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emoji: Option<String>,
 }
 
 fn build_payload_vectors() -> PayloadVectors {
@@ -638,7 +650,17 @@ fn build_payload_vectors() -> PayloadVectors {
         payload_json: json.into(),
         expect: expect.into(),
         text: text.map(str::to_owned),
+        reply_to: None,
+        of: None,
+        emoji: None,
     };
+    let with =
+        |mut case: PayloadCase, reply_to: Option<i64>, of: Option<i64>, emoji: Option<&str>| {
+            case.reply_to = reply_to;
+            case.of = of;
+            case.emoji = emoji.map(str::to_owned);
+            case
+        };
     PayloadVectors {
         description: "Plaintext payload rules for format version 2 envelopes \
                       (docs/PROTOCOL.md §19, Plaintext payload): what a reader makes of each \
@@ -659,9 +681,228 @@ fn build_payload_vectors() -> PayloadVectors {
             ),
             case(
                 "unknown member ignored",
-                r#"{"v":1,"t":"text","text":"hi","reply_to":12}"#,
+                r#"{"v":1,"t":"text","text":"hi","later":{"x":12}}"#,
                 "text",
                 Some("hi"),
+            ),
+            with(
+                case(
+                    "reply",
+                    r#"{"v":1,"t":"text","text":"Yes, Friday.","reply_to":41}"#,
+                    "text",
+                    Some("Yes, Friday."),
+                ),
+                Some(41),
+                None,
+                None,
+            ),
+            with(
+                case(
+                    "reply with an integer written as a float",
+                    r#"{"v":1,"t":"text","text":"ok","reply_to":41.0}"#,
+                    "text",
+                    Some("ok"),
+                ),
+                Some(41),
+                None,
+                None,
+            ),
+            with(
+                case(
+                    "file reply",
+                    r#"{"v":1,"t":"file","name":"a.txt","mime":"text/plain","data":"aGk=","reply_to":7}"#,
+                    "file",
+                    None,
+                ),
+                Some(7),
+                None,
+                None,
+            ),
+            case(
+                "reply_to a string, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":"41"}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "reply_to zero, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":0}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "reply_to negative, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":-3}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "reply_to a fraction, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":4.5}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "reply_to above 2^53-1, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":9007199254740993}"#,
+                "text",
+                Some("hi"),
+            ),
+            case(
+                "reply_to null, ignored",
+                r#"{"v":1,"t":"text","text":"hi","reply_to":null}"#,
+                "text",
+                Some("hi"),
+            ),
+            with(
+                case(
+                    "edit",
+                    r#"{"v":1,"t":"edit","of":41,"text":"Friday 10:00, room 2"}"#,
+                    "edit",
+                    Some("Friday 10:00, room 2"),
+                ),
+                None,
+                Some(41),
+                None,
+            ),
+            with(
+                case(
+                    "edit with an unknown member",
+                    r#"{"v":1,"t":"edit","of":2,"text":"x","why":"typo"}"#,
+                    "edit",
+                    Some("x"),
+                ),
+                None,
+                Some(2),
+                None,
+            ),
+            case(
+                "edit without text",
+                r#"{"v":1,"t":"edit","of":41}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "edit without of",
+                r#"{"v":1,"t":"edit","text":"x"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "edit of zero",
+                r#"{"v":1,"t":"edit","of":0,"text":"x"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "edit of a string",
+                r#"{"v":1,"t":"edit","of":"41","text":"x"}"#,
+                "OpenFailed",
+                None,
+            ),
+            with(
+                case("delete", r#"{"v":1,"t":"delete","of":41}"#, "delete", None),
+                None,
+                Some(41),
+                None,
+            ),
+            case(
+                "delete of a negative seq",
+                r#"{"v":1,"t":"delete","of":-1}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "delete of a fraction",
+                r#"{"v":1,"t":"delete","of":1.5}"#,
+                "OpenFailed",
+                None,
+            ),
+            with(
+                case(
+                    "react",
+                    r#"{"v":1,"t":"react","of":41,"emoji":"👍"}"#,
+                    "react",
+                    None,
+                ),
+                None,
+                Some(41),
+                Some("👍"),
+            ),
+            with(
+                case(
+                    "react with a joined emoji",
+                    r#"{"v":1,"t":"react","of":41,"emoji":"👩‍👩‍👧"}"#,
+                    "react",
+                    None,
+                ),
+                None,
+                Some(41),
+                Some("👩‍👩‍👧"),
+            ),
+            with(
+                case(
+                    "react taken back",
+                    r#"{"v":1,"t":"react","of":41,"emoji":""}"#,
+                    "react",
+                    None,
+                ),
+                None,
+                Some(41),
+                Some(""),
+            ),
+            with(
+                case(
+                    "react of 64 bytes",
+                    &format!(
+                        r#"{{"v":1,"t":"react","of":41,"emoji":"{}"}}"#,
+                        "é".repeat(32)
+                    ),
+                    "react",
+                    None,
+                ),
+                None,
+                Some(41),
+                Some(&"é".repeat(32)),
+            ),
+            case(
+                "react of 65 bytes",
+                &format!(
+                    r#"{{"v":1,"t":"react","of":41,"emoji":"{}x"}}"#,
+                    "é".repeat(32)
+                ),
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "react with a control character",
+                r#"{"v":1,"t":"react","of":41,"emoji":"👍\n"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "react with a C1 control character",
+                r#"{"v":1,"t":"react","of":41,"emoji":"\u0085"}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "react without emoji",
+                r#"{"v":1,"t":"react","of":41}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "react emoji not a string",
+                r#"{"v":1,"t":"react","of":41,"emoji":1}"#,
+                "OpenFailed",
+                None,
+            ),
+            case(
+                "unknown type poll",
+                r#"{"v":1,"t":"poll","q":"lunch?","options":["a","b"]}"#,
+                "unsupported",
+                None,
             ),
             case(
                 "empty text",
@@ -751,13 +992,31 @@ fn payload_vectors_hold() {
         let got = match &result {
             Ok(Content::Payload(Payload::Text { .. })) => "text",
             Ok(Content::Payload(Payload::File { .. })) => "file",
+            Ok(Content::Payload(Payload::Edit { .. })) => "edit",
+            Ok(Content::Payload(Payload::Delete { .. })) => "delete",
+            Ok(Content::Payload(Payload::React { .. })) => "react",
             Ok(Content::Unsupported) => "unsupported",
             Err(error) => error_name(error),
         };
         assert_eq!(got, case.expect, "{}", case.name);
-        if let (Some(want), Ok(Content::Payload(Payload::Text { text }))) = (&case.text, &result) {
-            assert_eq!(text, want, "{}", case.name);
-        }
+        let Ok(Content::Payload(payload)) = &result else {
+            continue;
+        };
+        let text = match payload {
+            Payload::Text { text, .. } | Payload::Edit { text, .. } => Some(text),
+            _ => None,
+        };
+        assert_eq!(text, case.text.as_ref(), "{}", case.name);
+        assert_eq!(payload.reply_to(), case.reply_to, "{}", case.name);
+        assert_eq!(payload.relation_target(), case.of, "{}", case.name);
+        let emoji = match payload {
+            Payload::React { emoji, .. } => Some(emoji),
+            _ => None,
+        };
+        assert_eq!(emoji, case.emoji.as_ref(), "{}", case.name);
+        // What a reader keeps writes back to the same meaning.
+        let again = Payload::from_bytes(&payload.to_bytes()).unwrap();
+        assert!(again == Content::Payload(payload.clone()), "{}", case.name);
     }
 }
 

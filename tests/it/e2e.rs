@@ -110,7 +110,7 @@ fn texts(shown: &[Shown]) -> Vec<(String, String)> {
         .filter_map(|s| match s {
             Shown::Message {
                 sender,
-                payload: Payload::Text { text },
+                payload: Payload::Text { text, .. },
                 ..
             } => Some((sender.clone(), text.clone())),
             _ => None,
@@ -521,7 +521,9 @@ async fn an_attachment_round_trips_byte_for_byte() -> Result<()> {
     let shown = bob.read(dm).await?;
     let received = shown.iter().find_map(|s| match s {
         Shown::Message {
-            payload: Payload::File { name, mime, data },
+            payload: Payload::File {
+                name, mime, data, ..
+            },
             ..
         } => Some((name.clone(), mime.clone(), data.clone())),
         _ => None,

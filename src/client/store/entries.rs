@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::ClientStore;
 use crate::client::conversation::{SavedState, Shown};
+use crate::client::relations::{self, Applied, MessageState, Relation, Removal};
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::Payload;
 use crate::store::RoomId;
@@ -35,6 +36,19 @@ enum Item {
         payload: Payload,
         verified: bool,
         late: bool,
+        #[serde(default)]
+        state: MessageState,
+    },
+    Relation {
+        sender: String,
+        device: Option<String>,
+        relation: Relation,
+        verified: bool,
+        late: bool,
+    },
+    Removed {
+        sender: String,
+        why: Removal,
     },
     Unsupported {
         sender: String,
@@ -65,10 +79,11 @@ fn to_row(shown: &Shown) -> anyhow::Result<Option<PlainRow>> {
             payload,
             is_sender_verified,
             is_late,
+            state,
         } => {
             let size = match payload {
                 Payload::File { data, .. } => Some(data.len() as i64),
-                Payload::Text { .. } => None,
+                _ => None,
             };
             let item = Item::Message {
                 sender: sender.clone(),
@@ -76,8 +91,39 @@ fn to_row(shown: &Shown) -> anyhow::Result<Option<PlainRow>> {
                 payload: payload.clone(),
                 verified: *is_sender_verified,
                 late: *is_late,
+                state: state.clone(),
             };
             (*seq, *ts, "message", size, item)
+        }
+        Shown::Relation {
+            seq,
+            ts,
+            sender,
+            device,
+            relation,
+            is_sender_verified,
+            is_late,
+        } => {
+            let item = Item::Relation {
+                sender: sender.clone(),
+                device: device.map(|d| d.to_hex()),
+                relation: relation.clone(),
+                verified: *is_sender_verified,
+                late: *is_late,
+            };
+            (*seq, *ts, relation.kind(), None, item)
+        }
+        Shown::Removed {
+            seq,
+            ts,
+            sender,
+            why,
+        } => {
+            let item = Item::Removed {
+                sender: sender.clone(),
+                why: *why,
+            };
+            (*seq, *ts, "removed", None, item)
         }
         Shown::Unsupported {
             seq,
@@ -111,6 +157,19 @@ fn to_row(shown: &Shown) -> anyhow::Result<Option<PlainRow>> {
     Ok(Some((seq, ts, kind, size, plaintext)))
 }
 
+/// Whether an entry expires with a disappearing-messages timer: what was
+/// a message of the log (text, file, relation, unsupported, or what is
+/// left of a deleted one).
+fn expires_with_row(shown: &Shown) -> bool {
+    matches!(
+        shown,
+        Shown::Message { .. }
+            | Shown::Relation { .. }
+            | Shown::Unsupported { .. }
+            | Shown::Removed { .. }
+    )
+}
+
 fn from_item(seq: i64, ts: i64, item: Item) -> anyhow::Result<Shown> {
     let device = |hex: Option<String>| -> anyhow::Result<Option<DeviceId>> {
         hex.map(|h| DeviceId::from_hex(&h).context("a stored device id is malformed"))
@@ -123,6 +182,7 @@ fn from_item(seq: i64, ts: i64, item: Item) -> anyhow::Result<Shown> {
             payload,
             verified,
             late,
+            state,
         } => Shown::Message {
             seq,
             ts,
@@ -131,6 +191,28 @@ fn from_item(seq: i64, ts: i64, item: Item) -> anyhow::Result<Shown> {
             payload,
             is_sender_verified: verified,
             is_late: late,
+            state,
+        },
+        Item::Relation {
+            sender,
+            device: d,
+            relation,
+            verified,
+            late,
+        } => Shown::Relation {
+            seq,
+            ts,
+            sender,
+            device: device(d)?,
+            relation,
+            is_sender_verified: verified,
+            is_late: late,
+        },
+        Item::Removed { sender, why } => Shown::Removed {
+            seq,
+            ts,
+            sender,
+            why,
         },
         Item::Unsupported { sender, device: d } => Shown::Unsupported {
             seq,
@@ -205,7 +287,10 @@ impl ClientStore {
                 let sealed = self
                     .seal
                     .seal_bound(&plaintext, &self.entry_context(room, seq, ts))?;
-                rows.push((seq, ts, kind, size, sealed));
+                let expires = expires_with_row(shown)
+                    .then(|| state.expires_at(seq, ts))
+                    .flatten();
+                rows.push((shown, seq, ts, kind, size, expires, sealed));
             }
         }
         let mut tx = self
@@ -213,10 +298,12 @@ impl ClientStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .context("writing to the local store")?;
-        for (seq, ts, kind, size, sealed) in rows {
-            sqlx::query(
-                "INSERT OR IGNORE INTO entries (server, room, seq, ts, kind, file_size, sealed)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+        let mut is_erasing = false;
+        for (shown, seq, ts, kind, size, expires, sealed) in rows {
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO entries
+                     (server, room, seq, ts, kind, file_size, sealed, expires)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(self.server)
             .bind(room.0)
@@ -225,8 +312,20 @@ impl ClientStore {
             .bind(kind)
             .bind(size)
             .bind(sealed)
+            .bind(expires)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            // A relation already stored was applied by whoever stored it.
+            if let (
+                1,
+                Shown::Relation {
+                    relation, sender, ..
+                },
+            ) = (inserted, shown)
+            {
+                is_erasing |= self.apply_relation(&mut tx, room, relation, sender).await?;
+            }
         }
         sqlx::query(
             "INSERT INTO rooms (server, room, last_seq, sealed_state, sealed_label)
@@ -245,11 +344,180 @@ impl ClientStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await.context("writing to the local store")?;
+        if is_erasing {
+            self.push_out_erased().await;
+        }
         Ok(())
+    }
+
+    /// Applies a valid relation, just stored, to its target's row (§21):
+    /// an edit replaces the text, a reaction sets the sender's, a delete
+    /// replaces the target's row with one that holds only its sender and
+    /// drops the edits and reactions of it. Returns whether plaintext was
+    /// erased.
+    async fn apply_relation(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        room: RoomId,
+        relation: &Relation,
+        by: &str,
+    ) -> anyhow::Result<bool> {
+        let of = relation.of();
+        let row = sqlx::query(
+            "SELECT seq, ts, sealed FROM entries
+             WHERE server = ? AND room = ? AND seq = ? AND kind IN ('message', 'removed')",
+        )
+        .bind(self.server)
+        .bind(room.0)
+        .bind(of)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let mut target = self.open_row(room, &row)?;
+        if let Applied::Nothing = relations::apply(&mut target, relation, by) {
+            return Ok(false);
+        }
+        self.rewrite(tx, room, &target).await?;
+        let Relation::Delete { .. } = relation else {
+            return Ok(false);
+        };
+        // The edits and reactions of a deleted message go too.
+        let later = sqlx::query(
+            "SELECT seq, ts, sealed FROM entries
+             WHERE server = ? AND room = ? AND seq > ? AND kind IN ('edit', 'react')",
+        )
+        .bind(self.server)
+        .bind(room.0)
+        .bind(of)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &later {
+            if let Shown::Relation { seq, relation, .. } = self.open_row(room, row)?
+                && relation.of() == of
+            {
+                sqlx::query("DELETE FROM entries WHERE server = ? AND room = ? AND seq = ?")
+                    .bind(self.server)
+                    .bind(room.0)
+                    .bind(seq)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `shown` over the row at its seq (same time), with its new
+    /// kind and attachment size.
+    async fn rewrite(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        room: RoomId,
+        shown: &Shown,
+    ) -> anyhow::Result<()> {
+        let Some((seq, ts, kind, size, plaintext)) = to_row(shown)? else {
+            return Ok(());
+        };
+        let sealed = self
+            .seal
+            .seal_bound(&plaintext, &self.entry_context(room, seq, ts))?;
+        let is_gone = matches!(shown, Shown::Removed { .. });
+        sqlx::query(
+            "UPDATE entries SET kind = ?, file_size = ?, sealed = ?,
+                 expires = CASE WHEN ? THEN NULL ELSE expires END
+             WHERE server = ? AND room = ? AND seq = ?",
+        )
+        .bind(kind)
+        .bind(size)
+        .bind(sealed)
+        .bind(is_gone)
+        .bind(self.server)
+        .bind(room.0)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces every stored entry whose disappearing-messages time has
+    /// come (in `room`, or everywhere) with "message expired", keeping
+    /// who sent it, so a read shows no gap. Done before anything is read
+    /// back from the store.
+    pub async fn expire(&self, room: Option<RoomId>) -> anyhow::Result<()> {
+        let now = relations::now_ms();
+        let rows = sqlx::query(
+            "SELECT room, seq, ts, sealed FROM entries
+             WHERE server = ? AND expires <= ? AND (? IS NULL OR room = ?)",
+        )
+        .bind(self.server)
+        .bind(now)
+        .bind(room.map(|r| r.0))
+        .bind(room.map(|r| r.0))
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the local store")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .context("writing to the local store")?;
+        for row in &rows {
+            let room = RoomId(row.try_get("room")?);
+            let mut items = [self.open_row(room, row)?];
+            relations::expire(&mut items, |_, _| Some(now), now);
+            if let Shown::Removed { .. } = &items[0] {
+                self.rewrite(&mut tx, room, &items[0]).await?;
+            } else {
+                // Nothing of it is kept (an event, a rejection).
+                sqlx::query(
+                    "UPDATE entries SET expires = NULL WHERE server = ? AND room = ? AND seq = ?",
+                )
+                .bind(self.server)
+                .bind(room.0)
+                .bind(items[0].seq())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await.context("writing to the local store")?;
+        self.push_out_erased().await;
+        Ok(())
+    }
+
+    /// After plaintext was erased: moves the write-ahead log's copies of
+    /// the old rows into the database file (where `secure_delete` zeroes
+    /// freed space) and truncates it. Best effort: another process of
+    /// this identity reading at that moment keeps the log until its next
+    /// checkpoint.
+    async fn push_out_erased(&self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
+    }
+
+    /// The stored entry at `seq` of `room`, if any (expired ones already
+    /// replaced).
+    pub async fn entry(&self, room: RoomId, seq: i64) -> anyhow::Result<Option<Shown>> {
+        self.expire(Some(room)).await?;
+        let row = sqlx::query(
+            "SELECT seq, ts, sealed FROM entries WHERE server = ? AND room = ? AND seq = ?",
+        )
+        .bind(self.server)
+        .bind(room.0)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading the local store")?;
+        row.map(|row| self.open_row(room, &row)).transpose()
     }
 
     /// The stored entries of `room` in `window`, oldest first.
     pub async fn shown(&self, room: RoomId, window: Window) -> anyhow::Result<Vec<Shown>> {
+        self.expire(Some(room)).await?;
         let limit = window
             .last
             .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -279,6 +547,7 @@ impl ClientStore {
         &self,
         room: Option<RoomId>,
     ) -> anyhow::Result<Vec<(RoomId, Shown)>> {
+        self.expire(room).await?;
         let rows = sqlx::query(
             "SELECT room, seq, ts, sealed FROM entries
              WHERE server = ? AND kind = 'message' AND (? IS NULL OR room = ?)

@@ -133,6 +133,9 @@ impl ClientStore {
             // power cut costs a re-read, not a message.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            // Deleted and expired messages (§21): freed pages are zeroed,
+            // not left holding their sealed rows.
+            .pragma("secure_delete", "on")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)

@@ -76,7 +76,7 @@ pub async fn search(
 fn searchable_text(shown: &Shown) -> String {
     match shown {
         Shown::Message {
-            payload: Payload::Text { text },
+            payload: Payload::Text { text, .. },
             ..
         } => text.clone(),
         Shown::Message {
