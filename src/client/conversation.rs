@@ -467,6 +467,9 @@ impl Conversation {
                     },
                 })
             }
+            Ok(BodyKind::Signal) => Err(Failure::Reason(
+                "a signal (receipt or typing) stored in the log, where signals never belong".into(),
+            )),
             Err(CryptoError::UnknownVersion { .. }) => Ok(Shown::Unsupported {
                 seq,
                 ts,
@@ -995,7 +998,7 @@ fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
     match body_kind(body) {
         Ok(BodyKind::Message) => envelope::is_signed_by(body, key),
         Ok(BodyKind::SenderKeyDistribution) => sender_keys::is_signed_by(body, key),
-        Err(_) => false,
+        Ok(BodyKind::Signal) | Err(_) => false,
     }
 }
 

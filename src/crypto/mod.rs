@@ -15,6 +15,7 @@ pub mod keys;
 pub mod private_file;
 pub mod safety;
 pub mod sender_keys;
+pub mod signal;
 pub mod statements;
 pub mod trust;
 pub mod wire;
@@ -62,6 +63,8 @@ pub enum CryptoError {
     WrongSender,
     #[error("the envelope repeats one already opened (replay)")]
     Replay,
+    #[error("the signal is more than ten minutes away from this clock")]
+    Stale,
     #[error("this sender-key distribution holds no key for us")]
     NotARecipient,
     #[error("invalid username")]

@@ -28,6 +28,9 @@ pub enum BodyKind {
     Message,
     /// A sender key wrapped for each room member (`sender_keys`).
     SenderKeyDistribution,
+    /// An ephemeral signal (receipt, typing) in the message envelope's
+    /// layout (`signal`); never stored in a log.
+    Signal,
 }
 
 impl BodyKind {
@@ -35,6 +38,7 @@ impl BodyKind {
         match self {
             BodyKind::Message => 0x01,
             BodyKind::SenderKeyDistribution => 0x02,
+            BodyKind::Signal => 0x03,
         }
     }
 
@@ -42,6 +46,7 @@ impl BodyKind {
         match byte {
             0x01 => Some(BodyKind::Message),
             0x02 => Some(BodyKind::SenderKeyDistribution),
+            0x03 => Some(BodyKind::Signal),
             _ => None,
         }
     }
