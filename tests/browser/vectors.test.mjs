@@ -33,6 +33,11 @@ test("every test vector passes through the page's crypto module in Chromium", as
     + vectors.sender_key.reject.length + vectors.sender_key_v1.reject.length + vectors.payload.cases.length
     + vectors.fingerprint.cases.length + vectors.safety_number.cases.length;
   assert.ok(results.length >= cases, `${results.length} checks for ${cases} vector cases`);
+  if (vectors.signal) {
+    const signalCases = vectors.signal.accept.length + vectors.signal.reject.length;
+    assert.ok(results.filter((r) => r.name.startsWith("signal")).length >= signalCases, "every signal vector was checked");
+  }
+  if (vectors.timer) assert.ok(results.some((r) => r.name.startsWith("timer ")), "the timer vectors were checked");
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
