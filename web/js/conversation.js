@@ -171,8 +171,11 @@ export class Conversation {
     }
     const of = payload.of;
     const reject = (reason) => ({ type: "rejected", seq, ts: shown.ts, sender, reason });
-    if (of >= seq) return reject(`a ${payload.t} of a message that comes after it`);
-    const target = this.targets.get(of);
+    if (of >= seq) return reject(`refers to #${of}, which is not an earlier message`);
+    // A target that expired counts as gone, even before the sweep took it.
+    const known = this.targets.get(of);
+    const expires = this.expiring.find(([s]) => s === of)?.[1];
+    const target = known && !(expires !== undefined && expires <= Date.now()) ? known : null;
     if (payload.t === "edit" && target && target.sender !== sender) return reject("an edit of someone else's message");
     if (payload.t === "delete" && target && target.sender !== sender) return reject("a delete of someone else's message");
     const quiet = { type: "quiet", seq, ts: shown.ts, sender };
@@ -183,7 +186,7 @@ export class Conversation {
       return { ...shown, type: "relation" };
     }
     if (target.isDeleted || target.t === "erased") return quiet;
-    if (payload.t === "edit" && target.t !== "text") return reject("an edit of a message that is not text");
+    if (payload.t === "edit" && target.t !== "text") return quiet; // as the terminal client does
     return { ...shown, type: "relation" };
   }
 
