@@ -176,6 +176,18 @@ test("a reply, an edit and a reaction made in the page show in hush read --json,
   assert.ok(lines.some((l) => l.kind === "edit" && l.of === answer.seq && l.text === "10:30 is better"));
   assert.ok(lines.some((l) => l.kind === "react" && l.of === question.seq && l.emoji === "🎉" && l.sender === "dot"));
 
+  // A delete in the page: the terminal shows the message as deleted, its text gone.
+  await sendText(dot, "temporary note");
+  await message(dot, "temporary note").waitFor(WAIT);
+  await message(dot, "temporary note").getByRole("button", { name: "Delete" }).click();
+  await dot.getByRole("button", { name: "Delete for everyone" }).click();
+  await dot.locator("#timeline li.msg.deleted").waitFor(WAIT);
+  const afterDelete = readJson(server, keys, "cal", "plans");
+  assert.ok(!afterDelete.some((l) => l.text === "temporary note"), "the terminal no longer has the text");
+  const deletedLine = afterDelete.find((l) => l.kind === "message" && l.deleted === true && l.sender === "dot");
+  assert.ok(deletedLine, JSON.stringify(afterDelete));
+  assert.ok(afterDelete.some((l) => l.kind === "delete" && l.of === deletedLine.seq));
+
   // The CLI replies, edits and reacts; the page shows it.
   hush(server, keys, "cal", ["send", "--room", "plans", "--reply", String(answer.seq), "Ok, 10:30"]);
   const calReply = message(dot, "Ok, 10:30");
