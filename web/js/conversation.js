@@ -80,6 +80,7 @@ export class Conversation {
     this.expiring = []; // [seq, expires at (Unix ms)] of items this reader must remove
     this.signals = new SignalTracker(); // not kept across reloads: signals are best effort
     this.lastSignalMs = 0n;
+    this.keyMadeAt = 0; // when this device's current sender key was distributed (ms)
   }
 
   /**
@@ -420,6 +421,7 @@ export class Conversation {
       ownDevices: [...this.ownDevices],
       timer: this.timer,
       expiring: this.expiring,
+      keyMadeAt: this.keyMadeAt,
     };
     // Who sent which message (what relations may name) is kept sealed with the keys.
     return { open, secret: JSON.stringify({ keys, targets }) };
@@ -436,6 +438,7 @@ export class Conversation {
     this.targets = new Map((Array.isArray(sealed) ? [] : sealed.targets).map(([seq, sender, t, isDeleted]) => [seq, { sender, t, isDeleted }]));
     this.timer = open.timer ?? { ttl: 0, seq: 0 };
     this.expiring = open.expiring ?? [];
+    this.keyMadeAt = open.keyMadeAt ?? 0;
     this.replay = new ReplayTracker();
     for (const [id, ranges] of open.replay) {
       const set = new CounterSet();
@@ -469,6 +472,7 @@ export class Conversation {
       openDistribution(body, { roomId: this.roomId, sender: entry.sender, senderIdentity }, identity.username, mine));
     this.noteOwnDevice(entry.sender, header.device, entry.ts);
     if (entry.sender === this.me) this.mineOf(hex(header.device)).latest = { epoch: header.epoch, recipients: header.recipients };
+    if (entry.sender === this.me && hex(header.device) === this.deviceHex) this.keyMadeAt = Math.max(this.keyMadeAt, entry.ts);
     this.keys.set(chainId(entry.sender, header.device, header.epoch), key);
   }
 
@@ -506,8 +510,15 @@ export class Conversation {
     const { recipients, leftOut } = await this.recipientsOf(members, isDm, identity, directory);
     const sending = this.sendingState();
     const bodies = [];
-    const rotation = sending.rotationNeeded(recipients);
-    if (rotation) bodies.push(await sending.rotate(recipients, identity.current));
+    let rotation = sending.rotationNeeded(recipients);
+    // A distribution expires like any message: under a timer, a key whose
+    // distribution is older than half the duration is replaced (§21), so
+    // a later reader can still read what it seals.
+    if (!rotation && this.timer.ttl > 0 && Date.now() - this.keyMadeAt > this.timer.ttl * 500) rotation = { reason: "key_expiring" };
+    if (rotation) {
+      bodies.push(await sending.rotate(recipients, identity.current));
+      this.keyMadeAt = Date.now();
+    }
     bodies.push(await sending.seal(payload, identity.current));
     return { bodies, rotation, leftOut };
   }
