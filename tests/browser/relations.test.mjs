@@ -204,3 +204,47 @@ test("a reply, an edit and a reaction made in the page show in hush read --json,
   assert.equal(await message(dot, "Meet at 10?").count(), 0);
   assert.deepEqual(dot.errors, []);
 });
+
+test("an edit or a delete of someone else's message is rejected and changes nothing; a relation to a later message too", async (t) => {
+  const { RawUser, c, fixtureIdentity } = await import("./raw.mjs");
+  const server = await ownServer(t);
+  const uma = await openPage(browser, server);
+  await registerInPage(uma, "uma");
+  const carol = await fixtureIdentity("carol");
+  const vic = await RawUser.register(server, "vic", carol);
+  const wire = await openPage(browser, server); // a page of the origin, for the raw WebSocket
+  await roomWith(uma, "notes", { vic: null });
+  const room = (await vic.api("GET", "/invitations"))[0].room;
+  await vic.api("POST", `/rooms/${room}/join`);
+  await uma.locator("#timeline .event", { hasText: "vic joined" }).waitFor(WAIT);
+  await sendText(uma, "The original words");
+  const original = message(uma, "The original words");
+  await original.waitFor(WAIT);
+  const target = Number(await original.getAttribute("data-seq"));
+
+  const device = c.newDeviceId();
+  const key = await c.senderKey(1, c.randomBytes(32));
+  const recipients = [{ username: "vic", identity: carol.public }, { username: "uma", identity: await vic.publicKeyOf("uma") }];
+  const distribution = await c.sealDistribution(room, "vic", device, key, recipients, carol);
+  const seal = (counter, payload) => c.sealEnvelope(room, "vic", device, key, BigInt(counter), payload, carol);
+  const bodies = [
+    distribution,
+    await seal(0, c.editPayload(target, "words vic put in uma's mouth")),
+    await seal(1, c.deletePayload(target)),
+    await seal(2, c.reactPayload(target, "🙃")),
+    await seal(3, c.reactPayload(target + 1000, "🙃")),
+    await seal(4, c.textPayload("after the forgeries")),
+  ];
+  const { replies } = await vic.exchange(wire, { sends: bodies.map((body) => ({ room, body })) });
+  assert.deepEqual(replies.map((r) => r.type), bodies.map(() => "ack"), JSON.stringify(replies));
+  await message(uma, "after the forgeries").waitFor(WAIT);
+  const rejected = await uma.locator("#timeline li.msg.rejected").allTextContents();
+  assert.equal(rejected.length, 3, JSON.stringify(rejected));
+  assert.match(rejected[0], /an edit of someone else's message/);
+  assert.match(rejected[1], /a delete of someone else's message/);
+  assert.match(rejected[2], /not an earlier message/);
+  assert.equal(await original.count(), 1, "uma's message is unchanged");
+  assert.equal(await original.locator(".edited").count(), 0);
+  await original.getByRole("button", { name: "🙃 by vic" }).waitFor(WAIT);
+  assert.deepEqual(uma.errors, []);
+});
