@@ -148,6 +148,7 @@ test("a reply, an edit and a reaction made in the page show in hush read --json,
   const dot = await openPage(browser, server);
   await registerInPage(dot, "dot");
   await roomWith(dot, "plans", { cal: null });
+  await dot.locator("#timeline .event", { hasText: "dot invited cal" }).waitFor(WAIT);
   hush(server, keys, "cal", ["room", "join", "plans"]);
   await dot.locator("#timeline .event", { hasText: "cal joined" }).waitFor(WAIT);
   hush(server, keys, "cal", ["send", "--room", "plans", "Meet at 10?"]);
@@ -214,6 +215,7 @@ test("an edit or a delete of someone else's message is rejected and changes noth
   const vic = await RawUser.register(server, "vic", carol);
   const wire = await openPage(browser, server); // a page of the origin, for the raw WebSocket
   await roomWith(uma, "notes", { vic: null });
+  await uma.locator("#timeline .event", { hasText: "uma invited vic" }).waitFor(WAIT);
   const room = (await vic.api("GET", "/invitations"))[0].room;
   await vic.api("POST", `/rooms/${room}/join`);
   await uma.locator("#timeline .event", { hasText: "vic joined" }).waitFor(WAIT);
