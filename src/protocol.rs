@@ -150,6 +150,13 @@ pub enum ClientFrame {
         client_id: String,
         body: String,
     },
+    /// An ephemeral signal (receipt or typing) relayed to the room's other
+    /// connections and never stored (§21).
+    Signal {
+        room: RoomId,
+        kind: SignalKind,
+        body: String,
+    },
     Sync {
         rooms: Vec<Cursor>,
     },
@@ -162,6 +169,15 @@ pub enum ClientFrame {
         room: Option<RoomId>,
     },
     Ping,
+}
+
+/// What a `signal` carries; the server keeps the latest receipt per
+/// (room, sender) in memory, never a typing signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    Receipt,
+    Typing,
 }
 
 /// A log entry on the wire.
@@ -250,6 +266,18 @@ pub enum ServerFrame {
         users: Vec<String>,
     },
     Invited {
+        room: RoomId,
+        by: String,
+    },
+    /// A signal relayed from another connection (§21).
+    Signal {
+        room: RoomId,
+        sender: String,
+        kind: SignalKind,
+        body: String,
+    },
+    /// A new direct conversation is a request for this user (§21).
+    Request {
         room: RoomId,
         by: String,
     },

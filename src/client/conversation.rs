@@ -26,6 +26,9 @@ use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
 use crate::store::RoomId;
 
+mod signals;
+pub use signals::SealedSignal;
+
 /// What a log entry means to the user.
 #[derive(Clone)]
 pub enum Shown {
@@ -228,6 +231,13 @@ impl Conversation {
         self.last_seq
     }
 
+    /// Moves past an entry without reading it (a message from a user this
+    /// account blocks: PROTOCOL §21 keeps it undecrypted).
+    pub fn pass_over(&mut self, entry: &WireEntry) -> Shown {
+        self.last_seq = self.last_seq.max(entry.seq);
+        Shown::Quiet { seq: entry.seq }
+    }
+
     /// Reads one entry (in seq order). Never fails: what cannot be believed
     /// comes back as `Rejected` with the reason.
     pub async fn process(
@@ -281,6 +291,7 @@ impl Conversation {
                     entry.fingerprint.as_deref().unwrap_or("?")
                 )
             }
+            "promote" | "demote" | "decline" => super::social::event_sentence(entry),
             other => format!("({other} event)"),
         };
         Shown::Event { seq, ts, text }
@@ -671,6 +682,25 @@ impl Conversation {
         me: &Identity,
         directory: &mut Directory,
     ) -> anyhow::Result<Outgoing> {
+        let mut outgoing = self.prepare_key(members, is_dm, me, directory).await?;
+        outgoing.bodies.push(
+            self.sending_state()
+                .seal(payload, &me.current)
+                .context("sealing the message")?,
+        );
+        Ok(outgoing)
+    }
+
+    /// Makes sure this device holds a sender key for the room's current
+    /// `members` and their keys: returns the distribution to post first
+    /// when a new key was needed (in `bodies`), or nothing.
+    async fn prepare_key(
+        &mut self,
+        members: &[String],
+        is_dm: bool,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> anyhow::Result<Outgoing> {
         let mut recipients: Vec<(String, IdentityKey)> = Vec::new();
         let mut left_out = Vec::new();
         for member in members {
@@ -707,11 +737,6 @@ impl Conversation {
                     .context("making a new sender key")?,
             );
         }
-        bodies.push(
-            sending
-                .seal(payload, &me.current)
-                .context("sealing the message")?,
-        );
         Ok(Outgoing {
             bodies,
             rotation,
