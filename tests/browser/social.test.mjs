@@ -142,7 +142,11 @@ test("a disappearing message leaves the page and the browser's store", async (t)
   for (const page of [quy, rae]) await page.locator("#timeline .event", { hasText: "quy set messages to disappear after 3 seconds" }).waitFor(WAIT);
   await sendText(quy, "gone in three");
   for (const page of [quy, rae]) await message(page, "gone in three").waitFor(WAIT);
-  for (const page of [quy, rae]) await message(page, "gone in three").waitFor({ state: "detached", timeout: 15_000 });
+  for (const page of [quy, rae]) {
+    await message(page, "gone in three").waitFor({ state: "detached", timeout: 15_000 });
+    // Replaced, never a gap (§21): the sender stays, the words go.
+    await page.locator("#timeline li.msg.erased", { hasText: "message expired" }).filter({ hasText: "quy" }).waitFor(WAIT);
+  }
   assert.equal(await message(rae, "this one stays").count(), 1, "a message from before the timer stays");
   const stored = await storedTexts(rae, "rae");
   assert.ok(stored.includes("this one stays"), JSON.stringify(stored));

@@ -6,7 +6,7 @@
 import { Api, ApiError } from "./api.js";
 import { b64decode, b64encode } from "./bytes.js";
 import * as c from "./crypto.js";
-import { HushClient } from "./client.js";
+import { HushClient, expire } from "./client.js";
 import { claimDevice, devicePool } from "./devices.js";
 import { Directory } from "./directory.js";
 import * as idb from "./idb.js";
@@ -216,7 +216,6 @@ async function enter(username, token, record) {
   client.addEventListener("synced", (e) => e.detail.roomId === activeRoom && client.markRead(activeRoom));
   client.addEventListener("problem", (e) => showProblem(e.detail.message));
   client.addEventListener("updated", (e) => onUpdated(e.detail));
-  client.addEventListener("expired", (e) => onExpired(e.detail));
   client.addEventListener("receipts", (e) => e.detail.roomId === activeRoom && renderSeenBy());
   client.addEventListener("typing", (e) => e.detail.roomId === activeRoom && renderTyping());
   client.addEventListener("blocks", renderBlocked);
@@ -448,9 +447,9 @@ async function openRoom(id, { focus = true, aroundSeq = null } = {}) {
     const items = await client.itemsOf(id, "latest", 0, WINDOW);
     if (activeRoom !== id) return;
     const now = Date.now();
-    timeline.show(id, items.filter((i) => !(i.expiresAt && i.expiresAt <= now)), WINDOW);
+    timeline.show(id, items.map((i) => shownNow(i, now)), WINDOW);
     // Entries processed while the store was read are not in it yet.
-    timeline.append((client.rooms.get(id)?.unsaved ?? []).filter((i) => !(i.expiresAt && i.expiresAt <= now)));
+    timeline.append((client.rooms.get(id)?.unsaved ?? []).map((i) => shownNow(i, now)));
   }
   renderSeenBy();
   renderPending();
@@ -681,15 +680,9 @@ function revokeBlob(roomId, seq) {
   blobUrls.delete(key);
 }
 
-/** Messages that disappeared leave the screen. */
-function onExpired({ roomId, seqs }) {
-  if (roomId !== activeRoom) return;
-  for (const seq of seqs) {
-    $("timeline").querySelector(`:scope > li[data-seq="${seq}"]`)?.remove();
-    revokeBlob(roomId, seq);
-    for (const quote of $("timeline").querySelectorAll(`.quote[data-of="${seq}"]`)) fillQuote(quote, roomId, seq);
-  }
-  renderSeenBy();
+/** An item as it is to be shown now: one whose time ran out (the sweep comes within a second) shows as expired already. */
+function shownNow(item, now) {
+  return item.expiresAt && item.expiresAt <= now ? expire({ ...item }) : item;
 }
 
 /** "seen by alice, bob" under the newest message each other member has read. */
@@ -890,7 +883,7 @@ function onEntries({ roomId, items, isLive }) {
   const room = client.rooms.get(roomId);
   if (!room) return;
   if (roomId === activeRoom && timeline.roomId === roomId) {
-    timeline.append(items.filter((i) => !(i.expiresAt && i.expiresAt <= Date.now())));
+    timeline.append(items.map((i) => shownNow(i, Date.now())));
     if (items.some((i) => i.sender === client.me)) timeline.follow();
     renderSeenBy();
     if (!document.hidden) {

@@ -14,7 +14,7 @@
 // showed is saved with the snapshot in one transaction. Entries are
 // handed to the page in batches ("entries"), one per sync page.
 
-import { Conversation, DELETED_TEXT } from "./conversation.js";
+import { Conversation, DELETED_TEXT, EXPIRED_TEXT } from "./conversation.js";
 import { receiptPayload, sealTimer, typingPayload } from "./crypto.js";
 import { Link } from "./link.js";
 import { b64decode, b64encode } from "./bytes.js";
@@ -599,17 +599,29 @@ export class HushClient extends EventTarget {
     this.emit("updated", { roomId, items: [item] });
   }
 
-  /** Removes what expired from memory and store, and tells the page. */
+  /**
+   * Replaces what expired with "message expired" (§21: never a gap, the
+   * sender kept), in memory and in the store, so its text and file leave
+   * both; tells the page.
+   */
   async sweepExpired() {
     const now = Date.now();
     for (const room of this.rooms.values()) {
       const seqs = room.conv.takeExpired(now);
       if (!seqs.length) continue;
-      const gone = new Set(seqs);
-      room.unsaved = room.unsaved.filter((i) => !gone.has(i.seq));
-      await this.store?.deleteItems(room.info.id, seqs).catch(() => {});
+      const roomId = room.info.id;
+      const changed = [];
+      for (const seq of seqs) {
+        let item = room.unsaved.find((i) => i.seq === seq);
+        const isInMemory = Boolean(item);
+        if (!item && this.store) item = await this.store.item(roomId, seq).catch(() => null);
+        if (!item) continue;
+        expire(item);
+        if (!isInMemory) await this.store?.putItem(roomId, item).catch(() => {});
+        changed.push(item);
+      }
       this.saveSoon(room);
-      this.emit("expired", { roomId: room.info.id, seqs });
+      if (changed.length) this.emit("updated", { roomId, items: changed });
     }
   }
 
@@ -878,5 +890,14 @@ export function relate(item, rel) {
     if (Object.keys(reactions).length) item.reactions = reactions;
     else delete item.reactions;
   }
+  return item;
+}
+
+/** What is left of an item whose disappearing-messages time came: its position and sender. */
+export function expire(item) {
+  for (const k of Object.keys(item)) if (!["seq", "ts", "sender", "type"].includes(k)) delete item[k];
+  item.type = "erased";
+  item.reason = "expired";
+  item.text = EXPIRED_TEXT;
   return item;
 }

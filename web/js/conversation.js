@@ -10,7 +10,7 @@ import { b64decode, b64encode, hex } from "./bytes.js";
 import {
   CounterSet, CryptoError, KIND_DISTRIBUTION, KIND_MESSAGE, RELATION_TYPES, ReplayTracker, SenderKeyState, SignalTracker, UNSUPPORTED,
   bodyVersionAndKind, isLegacyDevice, openDistribution, openEnvelope, openSignal, openTimer, peekDistribution, peekEnvelope, peekSignal,
-  publicIdentity, sealSignal, senderKey, signedBy,
+  publicIdentity, sealSignal, senderKey, signedBy, MAX_TIMER_SECS,
 } from "./crypto.js";
 
 const REASONS = {
@@ -207,7 +207,7 @@ export class Conversation {
    */
   async processTimer(entry, directory) {
     const { seq, ts, sender } = entry;
-    const reject = (why) => ({ type: "rejected", seq, ts, sender, reason: `a change of the disappearing-messages timer was rejected: ${why}` });
+    const reject = (why) => ({ type: "rejected", seq, ts, sender, reason: `a timer change was rejected: ${why}` });
     let body;
     try {
       body = b64decode(entry.body ?? "");
@@ -222,6 +222,7 @@ export class Conversation {
       return reject(e instanceof CryptoError ? reasonOf(e) : e.message);
     }
     if (statement.after >= seq || statement.after < this.timer.seq) return reject("it names a position out of order");
+    if (statement.duration > MAX_TIMER_SECS) return reject("a duration above 4 weeks");
     this.timer = { ttl: statement.duration, seq };
     const text = statement.duration
       ? `${sender} set messages to disappear after ${durationText(statement.duration)}`
