@@ -125,7 +125,7 @@ export class Conversation {
         text = `${sender} made ${who} an admin`;
         break;
       case "demote":
-        text = `${sender} removed ${who} as admin`;
+        text = `${sender} removed ${who} as an admin`;
         break;
       case "decline":
         text = `${sender} declined the invitation`;
