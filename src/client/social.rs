@@ -270,8 +270,9 @@ pub fn hides(item: &Shown, blocked: &HashSet<String>) -> bool {
     match item {
         Shown::Message { sender, .. }
         | Shown::Unsupported { sender, .. }
-        | Shown::Rejected { sender, .. } => blocked.contains(sender),
-        Shown::Event { .. } | Shown::Quiet { .. } => false,
+        | Shown::Rejected { sender, .. }
+        | Shown::Relation { sender, .. } => blocked.contains(sender),
+        Shown::Event { .. } | Shown::Quiet { .. } | Shown::Removed { .. } => false,
     }
 }
 
