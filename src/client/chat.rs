@@ -249,6 +249,15 @@ impl Chat {
                 (conversation, Vec::new())
             }
         };
+        // The newest message known, so a kept receipt can say who saw it.
+        if let Some(seq) = shown
+            .iter()
+            .rev()
+            .find(|s| matches!(s, Shown::Message { .. } | Shown::Unsupported { .. }))
+            .map(Shown::seq)
+        {
+            self.signals.stored(room.id, seq, false);
+        }
         self.link.follow(room.id, conversation.last_seq()).await;
         self.rooms.insert(
             room.id,
@@ -363,6 +372,7 @@ impl Chat {
                 self.is_online = false;
             }
             Event::Acked { client_id, .. } => {
+                self.signals.answered(&client_id, true, &self.link).await;
                 self.answered(&client_id);
                 self.pump().await;
             }
@@ -372,6 +382,7 @@ impl Chat {
                 message,
             } => {
                 println!("! not sent: {message} ({code})");
+                self.signals.answered(&client_id, false, &self.link).await;
                 self.answered(&client_id);
                 self.pump().await;
             }

@@ -72,6 +72,11 @@ pub struct Signals {
     clock: SignalClock,
     freshness: Freshness,
     rooms: HashMap<RoomId, RoomSignals>,
+    /// Signals sealed under a new sender key, held until its distribution
+    /// is stored (acknowledged): sent before it, a signal would reach
+    /// readers who cannot open it yet. Keyed by the distribution's
+    /// client id.
+    held: HashMap<String, (RoomId, SignalKind, String)>,
 }
 
 impl Signals {
@@ -82,6 +87,7 @@ impl Signals {
             clock: SignalClock::new(),
             freshness: Freshness::new(),
             rooms: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -234,16 +240,31 @@ impl Signals {
                 &mut account.directory,
             )
             .await?;
-        if let Some(distribution) = sealed.distribution {
-            link.send(room.id, new_client_id(), b64::encode(&distribution))
-                .await;
-        }
         let kind = match signal {
             Signal::Receipt { .. } => SignalKind::Receipt,
             Signal::Typing { .. } => SignalKind::Typing,
         };
-        link.signal(room.id, kind, b64::encode(&sealed.body)).await;
+        let body = b64::encode(&sealed.body);
+        match sealed.distribution {
+            Some(distribution) => {
+                let client_id = new_client_id();
+                link.send(room.id, client_id.clone(), b64::encode(&distribution))
+                    .await;
+                self.held.insert(client_id, (room.id, kind, body));
+            }
+            None => link.signal(room.id, kind, body).await,
+        }
         Ok(())
+    }
+
+    /// A send was acknowledged (or refused for good: `is_stored` false):
+    /// a signal held for it goes now, or is dropped with it.
+    pub async fn answered(&mut self, client_id: &str, is_stored: bool, link: &Link) {
+        if let Some((room, kind, body)) = self.held.remove(client_id)
+            && is_stored
+        {
+            link.signal(room, kind, body).await;
+        }
     }
 
     /// A signal from `sender` in `room`: opened and taken in. Returns the

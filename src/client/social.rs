@@ -22,7 +22,7 @@ use super::account::{Account, find_room, require_user};
 use super::api::{Api, Room};
 use super::conversation::Shown;
 use super::keystore::KeyStore;
-use super::settings::{self, Settings};
+use super::settings::Settings;
 use crate::cli::{OnOff, RoomCommand, Setting, SocialCommand, Target};
 use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
@@ -151,7 +151,6 @@ fn settings_command(
             );
         }
     }
-    let _ = settings::path;
     Ok(())
 }
 

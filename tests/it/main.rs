@@ -28,6 +28,7 @@ mod protocol_errors;
 mod registration;
 mod registration_modes;
 mod retention;
+mod social;
 mod storage_faults;
 mod sync;
 mod tls;
