@@ -439,6 +439,7 @@ export class HushClient extends EventTarget {
     if (!sent) return;
     this.wire.splice(this.wire.indexOf(sent), 1);
     if (sent.state === "inflight") this.window = Math.min(WINDOW_MAX, this.window + 1);
+    if (sent.thenSignal) this.link.send(sent.thenSignal);
     if (sent.isMessage) {
       const item = sent.item;
       item.state = "acked";
@@ -516,6 +517,8 @@ export class HushClient extends EventTarget {
     if (entry.kind === "message" && entry.sender === this.me && entry.client_id) this.stored(room, entry.client_id);
     for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
     if (MEMBERSHIP_KINDS.has(entry.kind) && !room.syncing) await this.refreshRoom(room);
+    // Receipts speak only of others' messages that reached this run (§21).
+    if (entry.kind === "message" && entry.sender !== this.me && shown.type !== "quiet") room.heardInRun = true;
     if (shown.type === "quiet") return null;
     if (shown.type === "relation") {
       await this.applyRelation(room, shown);
@@ -690,7 +693,7 @@ export class HushClient extends EventTarget {
   }
 
   async sendReceipt(room) {
-    if (!this.rooms.has(room.info.id) || this.isRequest(room) || !room.synced || room.syncing || !this.link.isReady) return;
+    if (!this.rooms.has(room.info.id) || this.isRequest(room) || !room.synced || room.syncing || !this.link.isReady || !room.heardInRun) return;
     const delivered = room.conv.lastSeq;
     const read = this.settings.readReceipts ? Math.min(room.readSeq, delivered) : 0;
     if (!delivered || (delivered === room.sentReceipt.delivered && read === room.sentReceipt.read)) return;
@@ -724,11 +727,18 @@ export class HushClient extends EventTarget {
       return;
     }
     const { bodies, signal } = sealed;
-    for (const body of bodies) {
-      this.wire.push({ room: info.id, client_id: newClientId(), body: b64encode(body), item: { state: "sealed" }, isMessage: false, state: "unsent" });
+    const frame = { type: "signal", room: info.id, kind, body: b64encode(signal) };
+    if (!bodies.length) {
+      this.link.send(frame);
+      return;
     }
-    if (bodies.length) this.flush();
-    this.link.send({ type: "signal", room: info.id, kind, body: b64encode(signal) });
+    // A new key: readers cannot open the signal before its distribution
+    // is stored, so the signal waits for that ack.
+    bodies.forEach((body, i) => this.wire.push({
+      room: info.id, client_id: newClientId(), body: b64encode(body), item: { state: "sealed" }, isMessage: false, state: "unsent",
+      thenSignal: i === bodies.length - 1 ? frame : null,
+    }));
+    this.flush();
   }
 
   /** A receipt or typing signal from another member (or a receipt the server kept). */

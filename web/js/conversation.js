@@ -268,15 +268,21 @@ export class Conversation {
 
   /**
    * Seals a receipt or typing `payload` as a signal: under this device's
-   * current sender key, a new one first (its distribution in `bodies`,
-   * to be sent before) if needed. The counter is the clock in ms, kept
+   * current sender key, or a new one if it has none (its distribution in
+   * `bodies`: the signal goes once the server has stored it). The counter is the clock in ms, kept
    * strictly increasing.
    */
   async sealSignal(payload, members, isDm, identity, directory) {
-    const { recipients } = await this.recipientsOf(members, isDm, identity, directory);
     const sending = this.sendingState();
     const bodies = [];
-    if (sending.rotationNeeded(recipients)) bodies.push(await sending.rotate(recipients, identity.current));
+    // Signals never rotate (§21): a current key is used even if members
+    // changed since (the next message makes the new one); only a device
+    // with no key yet makes and distributes one first.
+    if (!sending.current) {
+      const { recipients } = await this.recipientsOf(members, isDm, identity, directory);
+      bodies.push(await sending.rotate(recipients, identity.current));
+      this.keyMadeAt = Date.now();
+    }
     let counter = BigInt(Date.now());
     if (counter <= this.lastSignalMs) counter = this.lastSignalMs + 1n;
     this.lastSignalMs = counter;
