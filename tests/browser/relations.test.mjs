@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import {
-  hush, launchBrowser, openConversation, openPage, registerInPage, removeDir, roomWith, sendText, ownServer, tempDir,
+  hush, launchBrowser, openConversation, openPage, registerInPage, removeDir, roomWith, screenshot, sendText, ownServer, tempDir,
 } from "./harness.mjs";
 
 const WAIT = { timeout: 20_000 };
@@ -112,6 +112,11 @@ test("reply and react with the keyboard alone, edit and delete for everyone betw
     assert.match(await edited.locator(".meta").textContent(), /\(edited\)/);
     await page.locator(".quote", { hasText: "ann: Lunch on Friday at 12?" }).waitFor(WAIT);
   }
+
+  await message(ben, "Lunch on Friday at 12?").getByRole("button", { name: "React" }).click();
+  await ben.getByRole("button", { name: "React 🎉" }).click();
+  await message(ann, "Lunch on Friday at 12?").getByRole("button", { name: "🎉 by ben" }).waitFor(WAIT);
+  await screenshot(ann, "21-reply-edit-reaction");
 
   // ann deletes a message for everyone: gone from ben's page, and its ciphertext from the server's database.
   await sendText(ann, "Oops, wrong room");

@@ -327,7 +327,7 @@ function renderRooms() {
     button.replaceChildren(
       el("span", { class: "room-kind", "aria-hidden": "true" }, room.info.kind === "dm" ? "@" : "#"),
       el("span", { class: "room-name" }, name),
-      unread ? el("span", { class: "badge", "aria-hidden": "true" }, String(unread)) : null);
+      ...(unread ? [el("span", { class: "badge", "aria-hidden": "true" }, String(unread))] : []));
     // Moving the focused node would blur it: only move what is out of place.
     if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
   });
