@@ -56,6 +56,34 @@ pub enum Command {
         #[command(flatten)]
         args: SendArgs,
     },
+    /// Change the text of one of your messages (by its #seq), for everyone.
+    Edit {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: EditArgs,
+    },
+    /// Delete one of your messages (by its #seq) for everyone.
+    Delete {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: SeqArgs,
+    },
+    /// React to a message (by its #seq) with an emoji; the same emoji again takes it back.
+    React {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: ReactArgs,
+    },
+    /// Make new messages of a conversation disappear after a while, or stop it.
+    Timer {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: TimerArgs,
+    },
     /// Print a conversation, decrypted and checked.
     Read {
         #[command(flatten)]
@@ -466,6 +494,46 @@ pub struct SendArgs {
     /// Send this file (image, audio, anything) instead of text.
     #[arg(long, conflicts_with = "text")]
     pub file: Option<PathBuf>,
+    /// Reply to the message with this #seq (as `hush read` shows it).
+    #[arg(long, value_name = "SEQ")]
+    pub reply: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The #seq of your message to change.
+    pub seq: i64,
+    /// Its whole new text; `-` reads it from standard input.
+    pub text: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SeqArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The #seq of the message.
+    pub seq: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReactArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The #seq of the message.
+    pub seq: i64,
+    /// The emoji (any text of 1 to 64 bytes without control characters).
+    pub emoji: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TimerArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// `off`, `5m`, `1h`, `8h`, `1d`, `1w`, `4w`, or any `<N>s` (the server
+    /// has a minimum, 5 minutes unless its operator changed it).
+    pub duration: String,
 }
 
 #[derive(Debug, Args)]

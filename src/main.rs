@@ -33,6 +33,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register { opts, invite } => commands::register(&opts, invite.as_deref()).await,
         Command::Room { opts, command } => commands::room(&opts, &command).await,
         Command::Send { opts, args } => commands::send(&opts, &args).await,
+        Command::Edit { opts, args } => commands::edit(&opts, &args).await,
+        Command::Delete { opts, args } => commands::delete(&opts, &args).await,
+        Command::React { opts, args } => commands::react(&opts, &args).await,
+        Command::Timer { opts, args } => commands::timer(&opts, &args).await,
         Command::Read { opts, args } => commands::read(&opts, &args).await,
         Command::Search { opts, args } => commands::search(&opts, &args).await,
         Command::Chat { opts } => hush::client::chat::run(&opts).await,
@@ -48,6 +52,10 @@ fn client_opts(command: &Command) -> Option<&ClientOpts> {
         | Command::Register { opts, .. }
         | Command::Room { opts, .. }
         | Command::Send { opts, .. }
+        | Command::Edit { opts, .. }
+        | Command::Delete { opts, .. }
+        | Command::React { opts, .. }
+        | Command::Timer { opts, .. }
         | Command::Read { opts, .. }
         | Command::Search { opts, .. }
         | Command::Chat { opts }

@@ -102,6 +102,10 @@ pub struct Room {
     /// Admins other than the creator.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Disappearing messages: the room's current duration in seconds
+    /// (0 = off), as the server applies it (§21).
+    #[serde(default)]
+    pub ttl: u32,
 }
 
 impl Room {
@@ -226,6 +230,22 @@ impl Api {
 
     pub async fn room(&self, room: RoomId) -> Result<Room> {
         self.get(&format!("/api/v1/rooms/{}", room.0)).await
+    }
+
+    /// `POST /api/v1/rooms/{id}/timer`: posts a signed timer statement
+    /// (disappearing messages, §21); the server appends a `timer` entry.
+    pub async fn set_timer(&self, room: RoomId, statement: &[u8]) -> Result<Room> {
+        #[derive(Serialize)]
+        struct TimerRequest {
+            body: String,
+        }
+        self.post(
+            &format!("/api/v1/rooms/{}/timer", room.0),
+            &TimerRequest {
+                body: crate::protocol::b64::encode(statement),
+            },
+        )
+        .await
     }
 
     pub async fn create_room(&self, name: &str) -> Result<Room> {

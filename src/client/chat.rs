@@ -24,15 +24,16 @@ use anyhow::Context;
 
 use super::account::Account;
 use super::api::Room;
-use super::commands::{Printer, file_payload};
+use super::commands::{self, Printer, file_payload};
 use super::conversation::{Conversation, Shown, mark_verified_now};
 use super::link::{Event, Link};
 use super::outbox::{self, Outbox};
 use super::signals::{Signals, Typed, TypedInput};
+use super::relations::{self, Relation};
 use super::store::{ClientStore, Window, sync};
 use super::transcript;
 use crate::cli::ClientOpts;
-use crate::crypto::envelope::Payload;
+use crate::crypto::envelope::{Payload, is_valid_reaction};
 use crate::crypto::safety::SafetyNumber;
 use crate::store::RoomId;
 
@@ -49,6 +50,10 @@ commands:
   /history [N]         show the last N messages here (default 20)
   /verify USER         show the safety number with USER
   /file PATH           send a file
+  /reply SEQ TEXT      reply to message #SEQ
+  /edit SEQ TEXT       change the text of your message #SEQ
+  /delete SEQ          delete your message #SEQ for everyone
+  /react SEQ EMOJI     react to #SEQ (the same emoji again takes it back)
   /quit                leave hush chat once everything typed is sent
                        (/quit again or Ctrl-C: leave now, keep the rest
                        in the outbox for next time)
@@ -201,6 +206,7 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
             _ = status_tick.tick() => {
                 chat.show_status();
                 chat.flush_signals().await;
+                chat.expire().await;
             }
         }
         if chat.is_leaving && chat.outbox.is_empty() {
@@ -316,7 +322,8 @@ impl Chat {
                     .message(&shown, entry.room, self.account.username());
                 if view.is_synced && !matches!(shown, Shown::Quiet { .. }) {
                     if is_current {
-                        let _ = self.printer.print(&shown);
+                        let quote = quote_in(&view.shown, &shown);
+                        let _ = self.printer.print_quoting(&shown, &|_| quote.clone());
                         if let Some(seq) = from_other {
                             self.signals.seen(entry.room, seq);
                         }
@@ -333,6 +340,15 @@ impl Chat {
                     && let Some(line) = self.signals.seen_line(entry.room)
                 {
                     println!("* {line}");
+                }
+                if let Shown::Relation {
+                    relation, sender, ..
+                } = &shown
+                {
+                    let changed = apply_in_view(&mut view.shown, relation, sender);
+                    if let (true, Some(target)) = (view.is_synced && is_current, changed) {
+                        let _ = self.printer.print(&target);
+                    }
                 }
                 view.unsaved.push(shown.clone());
                 view.shown.push(shown);
@@ -452,7 +468,8 @@ impl Chat {
             .filter(|s| !super::social::hides(s, &self.account.blocked))
             .collect();
         for shown in &new[new.len().saturating_sub(20)..] {
-            let _ = self.printer.print(shown);
+            let quote = quote_in(&view.shown, shown);
+            let _ = self.printer.print_quoting(shown, &|_| quote.clone());
         }
     }
 
@@ -468,7 +485,8 @@ impl Chat {
             .filter(|s| !super::social::hides(s, &self.account.blocked))
             .collect();
         for shown in &visible[visible.len().saturating_sub(count)..] {
-            let _ = self.printer.print(shown);
+            let quote = quote_in(&view.shown, shown);
+            let _ = self.printer.print_quoting(shown, &|_| quote.clone());
         }
     }
 
@@ -669,6 +687,50 @@ impl Chat {
         }
     }
 
+    /// Disappearing messages: replaces what expired in every room with
+    /// "message expired" (saying so for the room on screen) and removes
+    /// it from the store too.
+    async fn expire(&mut self) {
+        let now = relations::now_ms();
+        let mut any = false;
+        for (id, view) in &mut self.rooms {
+            let conversation = &view.conversation;
+            let expired = relations::expire(
+                &mut view.shown,
+                |seq, ts| conversation.expires_at(seq, ts),
+                now,
+            );
+            any |= !expired.is_empty();
+            if Some(*id) == self.current && view.is_synced {
+                for seq in expired {
+                    println!("* #{seq} expired");
+                }
+            }
+        }
+        if any && let Err(err) = self.store.expire(None).await {
+            println!("! {err:#}");
+        }
+    }
+
+    /// `/edit`, `/delete`, `/react`: checked against what this room shows
+    /// (or the store, for older messages), then sent like any message.
+    async fn send_relation(&mut self, payload: Payload) -> anyhow::Result<()> {
+        let room = self.current.context("no conversation selected")?;
+        let of = payload.relation_target().expect("a relation");
+        let in_view = self
+            .rooms
+            .get(&room)
+            .and_then(|view| view.shown.iter().rev().find(|s| s.seq() == of).cloned());
+        let target = match in_view {
+            Some(target) => Some(target),
+            None => self.store.entry(room, of).await?,
+        };
+        let payload =
+            commands::prepare_relation(self.account.username(), target.as_ref(), payload)?;
+        self.send(payload).await;
+        Ok(())
+    }
+
     /// Leaving: says plainly what was not sent and where it is.
     fn say_what_is_left(&mut self) {
         let left = self.outbox.len();
@@ -795,6 +857,33 @@ impl Chat {
                     let payload = file_payload(std::path::Path::new(arg))?;
                     self.send(payload).await;
                 }
+                "reply" => {
+                    let (seq, text) = seq_and_rest(arg)?;
+                    if text.is_empty() {
+                        anyhow::bail!("/reply SEQ TEXT");
+                    }
+                    self.send(Payload::text(text).replying_to(seq)).await;
+                }
+                "edit" => {
+                    let (of, text) = seq_and_rest(arg)?;
+                    if text.is_empty() {
+                        anyhow::bail!("/edit SEQ TEXT (to remove a message: /delete SEQ)");
+                    }
+                    let text = text.to_owned();
+                    self.send_relation(Payload::Edit { of, text }).await?;
+                }
+                "delete" => {
+                    let (of, _) = seq_and_rest(arg)?;
+                    self.send_relation(Payload::Delete { of }).await?;
+                }
+                "react" => {
+                    let (of, emoji) = seq_and_rest(arg)?;
+                    if emoji.is_empty() || !is_valid_reaction(emoji) {
+                        anyhow::bail!("/react SEQ EMOJI (1 to 64 bytes, no control characters)");
+                    }
+                    let emoji = emoji.to_owned();
+                    self.send_relation(Payload::React { of, emoji }).await?;
+                }
                 other => println!("! unknown command /{other}; /help lists them"),
             }
             Ok(())
@@ -916,4 +1005,44 @@ impl Chat {
             }
         }
     }
+}
+
+/// `SEQ rest…` of a `/`-command (`#41` or `41`).
+fn seq_and_rest(arg: &str) -> anyhow::Result<(i64, &str)> {
+    let (seq, rest) = arg.split_once(' ').unwrap_or((arg, ""));
+    let seq: i64 = seq
+        .trim_start_matches('#')
+        .parse()
+        .ok()
+        .filter(|seq| *seq > 0)
+        .with_context(|| format!("{seq:?} is not a message number (as #SEQ shows it)"))?;
+    Ok((seq, rest.trim()))
+}
+
+/// Applies a relation read live to its target among `shown` (what this
+/// room shows), as the store does to its row: returns the target's new
+/// state to show, if it changed. A delete also drops the edits and
+/// reactions of the target.
+fn apply_in_view(shown: &mut Vec<Shown>, relation: &Relation, by: &str) -> Option<Shown> {
+    let of = relation.of();
+    let target = shown.iter_mut().rev().find(|s| s.seq() == of)?;
+    if let relations::Applied::Nothing = relations::apply(target, relation, by) {
+        return None;
+    }
+    let changed = target.clone();
+    if let Relation::Delete { .. } = relation {
+        shown.retain(|s| {
+            !matches!(s, Shown::Relation { relation: Relation::Edit { of: o, .. } | Relation::React { of: o, .. }, .. } if *o == of)
+        });
+    }
+    Some(changed)
+}
+
+/// The quote of the message `item` replies to, from what its room shows.
+fn quote_in(shown: &[Shown], item: &Shown) -> Option<String> {
+    let Shown::Message { payload, .. } = item else {
+        return None;
+    };
+    let of = payload.reply_to()?;
+    relations::quote(shown.iter().rev().find(|s| s.seq() == of)?)
 }

@@ -27,9 +27,12 @@ use super::relations::{MessageState, Relation, Removal};
 use super::session::{self, LoggedOut};
 use super::store::{ClientStore, Window, search as store_search, sync};
 use super::transcript;
-use crate::cli::{ClientOpts, KeysCommand, ReadArgs, RoomCommand, SearchArgs, SendArgs};
+use crate::cli::{
+    ClientOpts, EditArgs, KeysCommand, ReactArgs, ReadArgs, RoomCommand, SearchArgs, SendArgs,
+    SeqArgs, Target, TimerArgs,
+};
 use crate::crypto::device::DeviceId;
-use crate::crypto::envelope::{Payload, safe_file_name};
+use crate::crypto::envelope::{MAX_EMOJI_BYTES, Payload, is_valid_reaction, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
 use crate::crypto::safety::SafetyNumber;
 use crate::crypto::statements;
@@ -404,8 +407,114 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
         (None, Some(text)) => Payload::text(text),
         (None, None) => bail!("give the text to send, `-` for standard input, or --file PATH"),
     };
+    let payload = match args.reply {
+        Some(seq) if seq < 1 => bail!("--reply takes a message's #seq (1 or more)"),
+        Some(seq) => payload.replying_to(seq),
+        None => payload,
+    };
+    deliver(opts, &args.target, payload).await
+}
+
+/// `hush edit SEQ TEXT`: the whole new text of one of the user's own text
+/// messages.
+pub async fn edit(opts: &ClientOpts, args: &EditArgs) -> anyhow::Result<()> {
+    let text = if args.text == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        text.trim_end_matches('\n').to_owned()
+    } else {
+        args.text.clone()
+    };
+    if text.trim().is_empty() {
+        bail!(
+            "the new text is empty; to remove the message, use `hush delete {}`",
+            args.seq
+        );
+    }
+    let payload = Payload::Edit { of: args.seq, text };
+    deliver(opts, &args.target, payload).await
+}
+
+/// `hush delete SEQ`: deletes one of the user's own messages for everyone
+/// (the server erases it in the same `send`).
+pub async fn delete(opts: &ClientOpts, args: &SeqArgs) -> anyhow::Result<()> {
+    deliver(opts, &args.target, Payload::Delete { of: args.seq }).await
+}
+
+/// `hush react SEQ EMOJI`: sets the user's reaction, or takes it back if it
+/// is already that emoji.
+pub async fn react(opts: &ClientOpts, args: &ReactArgs) -> anyhow::Result<()> {
+    if args.emoji.is_empty() || !is_valid_reaction(&args.emoji) {
+        bail!("a reaction is 1 to {MAX_EMOJI_BYTES} bytes of text without control characters");
+    }
+    let payload = Payload::React {
+        of: args.seq,
+        emoji: args.emoji.clone(),
+    };
+    deliver(opts, &args.target, payload).await
+}
+
+/// Checks a relation against the room as this machine has read it (after
+/// a sync): the target must be a message, the user's own for an edit
+/// (a text) or a delete; a reaction the user already has is taken back.
+/// The readers check all of it again: this only spares sending what they
+/// would reject or ignore.
+pub fn prepare_relation(
+    me: &str,
+    target: Option<&Shown>,
+    payload: Payload,
+) -> anyhow::Result<Payload> {
+    let Some(of) = payload.relation_target() else {
+        return Ok(payload);
+    };
+    let Some(Shown::Message {
+        sender,
+        payload: target_payload,
+        state,
+        ..
+    }) = target
+    else {
+        bail!("#{of} is not a message you can see here (deleted, expired, or not a message)");
+    };
+    match payload {
+        Payload::Edit { .. } if sender != me => {
+            bail!("#{of} is {sender}'s message: you can only edit your own")
+        }
+        Payload::Edit { .. } if !matches!(target_payload, Payload::Text { .. }) => {
+            bail!("#{of} is a file: only text can be edited")
+        }
+        Payload::Delete { .. } if sender != me => {
+            bail!("#{of} is {sender}'s message: you can only delete your own")
+        }
+        Payload::React { of, emoji } if state.reactions.get(me) == Some(&emoji) => {
+            Ok(Payload::React {
+                of,
+                emoji: String::new(),
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+/// Sends `payload` to the conversation `target` names, through the outbox
+/// (what an earlier run left there goes first), and says its #seq.
+async fn deliver(opts: &ClientOpts, target: &Target, payload: Payload) -> anyhow::Result<()> {
     let mut account = Account::open(opts).await?;
-    let room = account.resolve(&args.target).await?;
+    let room = account.resolve(target).await?;
+    let payload = match payload.relation_target() {
+        None => payload,
+        Some(of) => {
+            let store = open_store(&account).await?;
+            let (link, _) = sync::sync_room(&mut account, &store, &room).await?;
+            drop(link);
+            let shown = store.entry(room.id, of).await?;
+            let prepared = prepare_relation(account.username(), shown.as_ref(), payload);
+            store.close().await;
+            prepared?
+        }
+    };
     let user = account.username().to_owned();
     let mut outbox = outbox::open_for(&account)?;
     if !outbox.is_durable() {
@@ -421,6 +530,7 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
         );
     }
     let left = outbox.len();
+    let payload_kind = payload.clone();
     let client_id = outbox
         .add(room.id, payload)
         .context("keeping the message in the outbox")?;
@@ -449,11 +559,34 @@ pub async fn send(opts: &ClientOpts, args: &SendArgs) -> anyhow::Result<()> {
     }
     match answers.get(&client_id) {
         Some(Ok(seq)) => {
-            println!("sent to {} as #{seq}", room.label(&user));
+            println!(
+                "{} {} as #{seq}",
+                what_was_sent(&payload_kind),
+                room.label(&user)
+            );
             Ok(())
         }
         Some(Err(reason)) => bail!("the server refused the message: {reason}"),
         None => bail!("the server did not acknowledge the message"),
+    }
+}
+
+/// `hush timer`: needs the server's timer statements (branch f17-server),
+/// not merged yet.
+pub async fn timer(_: &ClientOpts, _: &TimerArgs) -> anyhow::Result<()> {
+    bail!("hush timer is not available in this build yet")
+}
+
+/// How `hush send`, `edit`, `delete` and `react` say what they did.
+fn what_was_sent(payload: &Payload) -> String {
+    match payload {
+        Payload::Edit { of, .. } => format!("edited #{of} in"),
+        Payload::Delete { of } => format!("deleted #{of} in"),
+        Payload::React { of, emoji } if emoji.is_empty() => {
+            format!("took back your reaction to #{of} in")
+        }
+        Payload::React { of, emoji } => format!("reacted {emoji} to #{of} in"),
+        Payload::Text { .. } | Payload::File { .. } => "sent to".to_owned(),
     }
 }
 
@@ -598,8 +731,9 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
         save_dir: args.save_dir.clone(),
         room: room.id.0,
     };
+    let quotes = quotes_for(&store, room.id, &shown).await?;
     for item in &shown {
-        printer.print(item)?;
+        printer.print_quoting(item, &|seq| quotes.get(&seq).cloned())?;
     }
     account.finish()?;
     if !args.follow {
@@ -629,7 +763,8 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
                         )
                         .await?;
                 }
-                printer.print(&item)?;
+                let quotes = quotes_for(&store, room.id, std::slice::from_ref(&item)).await?;
+                printer.print_quoting(&item, &|seq| quotes.get(&seq).cloned())?;
             }
             Event::Disconnected { reason } => {
                 eprintln!("hush: disconnected ({reason}); reconnecting")
@@ -639,6 +774,35 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
+}
+
+/// The quotes of the messages `items` reply to: from `items` when the
+/// target is among them, else from the store.
+async fn quotes_for(
+    store: &ClientStore,
+    room: RoomId,
+    items: &[Shown],
+) -> anyhow::Result<HashMap<i64, String>> {
+    let mut quotes = HashMap::new();
+    for item in items {
+        let Shown::Message { payload, .. } = item else {
+            continue;
+        };
+        let Some(of) = payload.reply_to() else {
+            continue;
+        };
+        if quotes.contains_key(&of) {
+            continue;
+        }
+        let target = match items.iter().find(|s| s.seq() == of) {
+            Some(target) => Some(target.clone()),
+            None => store.entry(room, of).await?,
+        };
+        if let Some(quote) = target.as_ref().and_then(super::relations::quote) {
+            quotes.insert(of, quote);
+        }
+    }
+    Ok(quotes)
 }
 
 /// Opens the account's store for the server it talks to.

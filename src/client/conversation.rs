@@ -181,6 +181,11 @@ pub struct Conversation {
     targets: BTreeMap<i64, Target>,
     /// Verified timer changes, in log order.
     timers: Vec<TimerChange>,
+    /// When each of this user's devices last distributed a sender key
+    /// here (the entry's `ts`, or the time this run made one): with
+    /// disappearing messages, a distribution must not expire before the
+    /// messages sealed under it (§21).
+    own_distributed_at: HashMap<DeviceId, i64>,
 }
 
 impl Conversation {
@@ -200,6 +205,7 @@ impl Conversation {
             is_unavailable: false,
             targets: BTreeMap::new(),
             timers: Vec::new(),
+            own_distributed_at: HashMap::new(),
         }
     }
 
@@ -615,6 +621,7 @@ impl Conversation {
         if entry.sender == self.me {
             self.own_latest
                 .insert(header.device, (header.epoch, header.recipients.clone()));
+            self.own_distributed_at.insert(header.device, entry.ts);
         }
         self.keys
             .insert((entry.sender.clone(), header.device, header.epoch), key);
@@ -727,9 +734,22 @@ impl Conversation {
             .iter()
             .map(|(username, identity)| Recipient { username, identity })
             .collect();
+        let now = super::relations::now_ms();
+        let ttl_ms = i64::from(self.ttl()) * 1000;
+        let is_aging = ttl_ms > 0
+            && self
+                .own_distributed_at
+                .get(&self.device)
+                .is_none_or(|at| now - at > ttl_ms / 2);
+        let rotation = self
+            .sending_state()
+            .rotation_needed(&recipient_refs)
+            .or(is_aging.then_some(RotationReason::DistributionAging));
+        if rotation.is_some() {
+            self.own_distributed_at.insert(self.device, now);
+        }
         let sending = self.sending_state();
         let mut bodies = Vec::new();
-        let rotation = sending.rotation_needed(&recipient_refs);
         if rotation.is_some() {
             bodies.push(
                 sending
@@ -811,6 +831,9 @@ pub struct SavedState {
     targets: Vec<(i64, u32, TargetKind, Option<i64>)>,
     #[serde(default)]
     timers: Vec<TimerChange>,
+    /// Own device (hex), when it last distributed a key here (Unix ms).
+    #[serde(default)]
+    own_distributed_at: Vec<(String, i64)>,
 }
 
 /// A recipient of a distribution: username and key fingerprint.
@@ -910,6 +933,15 @@ impl Conversation {
             target_senders,
             targets,
             timers: self.timers.clone(),
+            own_distributed_at: {
+                let mut at: Vec<_> = self
+                    .own_distributed_at
+                    .iter()
+                    .map(|(device, ts)| (device.to_hex(), *ts))
+                    .collect();
+                at.sort();
+                at
+            },
             last_seq: self.last_seq,
             keys,
             replay: self.replay.chains(),
@@ -973,6 +1005,9 @@ impl Conversation {
             );
         }
         conversation.timers = saved.timers.clone();
+        for (own, ts) in &saved.own_distributed_at {
+            conversation.own_distributed_at.insert(device_of(own)?, *ts);
+        }
         Ok(conversation)
     }
 }

@@ -117,6 +117,7 @@ enum Command {
         room: RoomId,
         client_id: String,
         body: String,
+        erase: Option<i64>,
     },
     Who(Option<RoomId>),
     History {
@@ -141,6 +142,9 @@ struct Pending {
     room: RoomId,
     client_id: String,
     body: String,
+    /// The sender's own earlier message the server erases with this one
+    /// (a delete for everyone, §21).
+    erase: Option<i64>,
     /// Written on this connection and not answered yet.
     is_sent: bool,
 }
@@ -152,6 +156,9 @@ impl Pending {
             client_id: self.client_id.clone(),
             body: self.body.clone(),
         };
+        // `erase` goes on the frame once the server's protocol has it
+        // (branch f17-server).
+        let _ = self.erase;
         frame(Some(self.client_id.clone()), send)
     }
 }
@@ -176,12 +183,25 @@ impl Link {
 
     /// Queues a message body (already base64) until the server acknowledges it.
     pub async fn send(&self, room: RoomId, client_id: String, body: String) {
+        self.send_erasing(room, client_id, body, None).await;
+    }
+
+    /// Like `send`, asking the server to erase the sender's own message
+    /// at seq `erase` in the same transaction (PROTOCOL §21).
+    pub async fn send_erasing(
+        &self,
+        room: RoomId,
+        client_id: String,
+        body: String,
+        erase: Option<i64>,
+    ) {
         let _ = self
             .commands
             .send(Command::Send {
                 room,
                 client_id,
                 body,
+                erase,
             })
             .await;
     }
@@ -318,10 +338,12 @@ impl State {
                 room,
                 client_id,
                 body,
+                erase,
             } => self.outbox.push_back(Pending {
                 room,
                 client_id,
                 body,
+                erase,
                 is_sent: false,
             }),
             Command::Who(_) | Command::History { .. } | Command::Signal { .. } => {}
@@ -463,8 +485,8 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                     }
                     // Queued behind every earlier send; `pump` below sends it
                     // when its turn and the window allow.
-                    Command::Send { room, client_id, body } => {
-                        state.outbox.push_back(Pending { room, client_id, body, is_sent: false });
+                    Command::Send { room, client_id, body, erase } => {
+                        state.outbox.push_back(Pending { room, client_id, body, erase, is_sent: false });
                         None
                     }
                     Command::Who(room) => Some(frame(None, ClientFrame::Who { room })),

@@ -255,7 +255,7 @@ pub fn duration_words(secs: u32) -> String {
         (1, "second"),
     ];
     for (size, name) in units {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             let n = secs / size;
             return format!("{n} {name}{}", if n == 1 { "" } else { "s" });
         }

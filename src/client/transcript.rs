@@ -92,12 +92,19 @@ pub async fn post(
     let mut ids = Vec::new();
     let count = outgoing.bodies.len();
     for (i, body) in outgoing.bodies.into_iter().enumerate() {
-        let id = if i + 1 == count {
+        let is_message = i + 1 == count;
+        let id = if is_message {
             client_id.to_owned()
         } else {
             new_client_id()
         };
-        link.send(room.id, id.clone(), b64::encode(&body)).await;
+        // A delete asks the server to erase its target with it (§21).
+        let erase = match payload {
+            Payload::Delete { of } if is_message => Some(*of),
+            _ => None,
+        };
+        link.send_erasing(room.id, id.clone(), b64::encode(&body), erase)
+            .await;
         ids.push(id);
     }
     Ok(ids)

@@ -315,6 +315,10 @@ pub enum RotationReason {
     MemberKeyChanged { username: String },
     /// The current key has sealed `MAX_MESSAGES_PER_KEY` messages.
     KeyWornOut,
+    /// The room's messages disappear and the current key's distribution is
+    /// older than half the duration: it will expire soon, and a reader who
+    /// syncs after that could not read what follows under this key (§21).
+    DistributionAging,
 }
 
 /// The sending side of one room for one device of a user: the current

@@ -269,6 +269,45 @@ async fn a_marker_sent_in_messages_appears_nowhere_on_the_server() -> Result<()>
             file.to_str().context("utf-8 path")?,
         ],
     )?)?;
+    // Replies, edits and reactions are encrypted like messages (§21): an
+    // edit and a reply by alice, and a reaction by bob, carry it too.
+    let sent = ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["send", "--to", "bob", "short"],
+    )?)?;
+    let seq = sent
+        .rsplit('#')
+        .next()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .context("a #seq")?
+        .to_string();
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &["edit", "--to", "bob", &seq, &format!("edited {marker}")],
+    )?)?;
+    ok(hush(
+        &url,
+        &keys,
+        "alice",
+        &[
+            "send",
+            "--to",
+            "bob",
+            "--reply",
+            &seq,
+            &format!("reply {marker}"),
+        ],
+    )?)?;
+    ok(hush(
+        &url,
+        &keys,
+        "bob",
+        &["react", "--to", "alice", &seq, marker],
+    )?)?;
     let read = ok(hush(
         &url,
         &keys,
@@ -282,6 +321,11 @@ async fn a_marker_sent_in_messages_appears_nowhere_on_the_server() -> Result<()>
         ],
     )?)?;
     assert!(read.contains(marker), "bob can read it: {read}");
+    assert!(
+        read.contains(&format!("edited {marker} (edited)")),
+        "{read}"
+    );
+    assert!(read.contains(&format!("{marker} 1 (bob)")), "{read}");
 
     let mut looked_at = 0;
     let mut check = |path: PathBuf| -> Result<()> {

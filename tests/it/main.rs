@@ -27,6 +27,7 @@ mod presence;
 mod protocol_errors;
 mod registration;
 mod registration_modes;
+mod relations;
 mod retention;
 mod social;
 mod storage_faults;
