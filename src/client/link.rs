@@ -155,6 +155,7 @@ impl Pending {
             room: self.room,
             client_id: self.client_id.clone(),
             body: self.body.clone(),
+            erase: None,
         };
         // `erase` goes on the frame once the server's protocol has it
         // (branch f17-server).
