@@ -652,8 +652,6 @@ impl Session {
             } => Box::pin(self.handle_history(id, room, before, limit)).await,
             ClientFrame::Who { room } => Box::pin(self.handle_who(id, room)).await,
             ClientFrame::Ping => self.send(id, ServerFrame::Pong).await,
-            // Placeholder until f17-server (which relays signals) is merged.
-            ClientFrame::Signal { .. } => true,
         }
     }
 
