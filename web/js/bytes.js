@@ -155,7 +155,9 @@ export class Reader {
     let version;
     if (kind === KIND_SIGNAL || kind === KIND_TIMER) {
       if (body.length < 6 || !equalBytes(body.subarray(0, 4), MAGIC)) throw new CryptoError("NotHush");
-      if (body[4] !== FORMAT_VERSION) throw new CryptoError("UnknownVersion", `format version ${body[4]}`);
+      // Newer than this client reads: UnknownVersion; older: there never was one.
+      if (body[4] > FORMAT_VERSION) throw new CryptoError("UnknownVersion", `format version ${body[4]}`);
+      if (body[4] !== FORMAT_VERSION) throw new CryptoError("OpenFailed");
       if (body[5] !== kind) throw new CryptoError("OpenFailed");
       version = FORMAT_VERSION;
     } else {
