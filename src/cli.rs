@@ -213,6 +213,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HUSH_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
 
+    /// Shortest disappearing-messages duration members may set, in seconds
+    /// (the longest is 4 weeks).
+    #[arg(long, env = "HUSH_MIN_DISAPPEARING_SECS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=2_419_200))]
+    pub min_disappearing_secs: u32,
+
+    /// How often messages past their disappearing time are erased.
+    #[arg(long, env = "HUSH_EXPIRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub expiry_interval: Duration,
+
     /// How often open sockets are checked against the database, so that
     /// `hush admin` revocations and disabled accounts take effect.
     #[arg(long, env = "HUSH_SESSION_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -339,6 +348,8 @@ impl ServeArgs {
                 .retention_days
                 .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
             session_check_interval: self.session_check_interval,
+            min_disappearing_secs: self.min_disappearing_secs,
+            expiry_interval: self.expiry_interval.max(Duration::from_millis(100)),
             metrics_token: self.metrics_token.clone().map(Secret),
             tls,
             ..ServerConfig::default()

@@ -63,6 +63,14 @@ pub struct ServerConfig {
     pub retention: Option<Duration>,
     /// How often retention runs (it also runs at start).
     pub retention_interval: Duration,
+    /// Shortest disappearing-messages duration a timer statement may set
+    /// (seconds; the longest is 4 weeks).
+    pub min_disappearing_secs: u32,
+    /// How often expired messages are turned into tombstones.
+    pub expiry_interval: Duration,
+    /// How long after an erasure the write-ahead log is checkpointed, so
+    /// that erasures close together share one checkpoint.
+    pub erase_checkpoint_delay: Duration,
     /// Bearer token that `GET /metrics` requires; without one the route is off.
     pub metrics_token: Option<Secret>,
     /// Serve HTTPS/WSS with this certificate (reloadable) instead of plain HTTP.
@@ -121,6 +129,9 @@ pub struct Limits {
     pub messages_per_connection: Rate,
     /// `send` frames per user, over all their connections.
     pub messages_per_user: Rate,
+    /// `signal` frames per WebSocket connection (§21); past it a signal is
+    /// dropped with `rate_limited`.
+    pub signals_per_connection: Rate,
     /// Open WebSocket connections per client address (authenticated or not).
     pub connections_per_ip: usize,
     /// Authenticated WebSocket connections per user; a new one past this is refused.
@@ -150,6 +161,7 @@ impl Default for Limits {
             frames_per_connection: Rate::new(100.0, 200),
             messages_per_connection: Rate::new(20.0, 100),
             messages_per_user: Rate::new(40.0, 200),
+            signals_per_connection: Rate::new(5.0, 20),
             connections_per_ip: 64,
             sessions_per_user: 16,
             registrations_per_ip: Rate::new(12.0 / 60.0, 20),
@@ -172,6 +184,7 @@ impl Limits {
             frames_per_connection: lots,
             messages_per_connection: lots,
             messages_per_user: lots,
+            signals_per_connection: lots,
             connections_per_ip: usize::MAX,
             sessions_per_user: usize::MAX,
             registrations_per_ip: lots,
@@ -204,6 +217,9 @@ impl Default for ServerConfig {
             session_check_interval: Duration::from_secs(5),
             retention: None,
             retention_interval: Duration::from_secs(3600),
+            min_disappearing_secs: 300,
+            expiry_interval: Duration::from_secs(5),
+            erase_checkpoint_delay: Duration::from_millis(500),
             metrics_token: None,
             tls: None,
         }

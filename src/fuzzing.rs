@@ -52,7 +52,7 @@ pub fn log_body(data: &[u8]) {
                 assert!(wire::is_valid_username(&header.sender));
             }
         }
-        Err(_) => {}
+        Ok(BodyKind::Timer) | Err(_) => {}
     }
     let _ = envelope::peek(data);
     let _ = sender_keys::peek_distribution(data);

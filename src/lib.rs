@@ -8,6 +8,10 @@
 //! - `config`, `cli`: settings and the command line.
 //! - `fuzzing`: the fuzz targets' entry points (see `fuzz/`).
 
+// The API's filter (`server::routes::api`) is a long chain of warp `or`s;
+// checking its future's auto traits needs more than the default depth.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod cli;
 pub mod client;

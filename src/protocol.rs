@@ -101,6 +101,12 @@ pub struct CreateRoomRequest {
     pub name: String,
 }
 
+/// `POST /api/v1/rooms/{id}/timer`: a timer statement (§21), base64.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimerRequest {
+    pub body: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UserRequest {
     pub username: String,
@@ -149,6 +155,10 @@ pub enum ClientFrame {
         room: RoomId,
         client_id: String,
         body: String,
+        /// A seq of the sender's own message to erase in the same
+        /// transaction (§21, deleting for everyone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        erase: Option<i64>,
     },
     /// An ephemeral signal (receipt or typing) relayed to the room's other
     /// connections and never stored (§21).
@@ -196,6 +206,15 @@ pub struct WireEntry {
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// A message under a disappearing-messages timer: when it expires (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    /// A `timer` entry's duration in seconds (0 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// Why an `erased` entry lost its body: `deleted` or `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&Entry> for WireEntry {
@@ -207,13 +226,20 @@ impl From<&Entry> for WireEntry {
             kind: e.kind.as_str().to_owned(),
             sender: e.sender.clone(),
             subject: e.subject.clone(),
-            client_id: e.client_id.clone(),
+            client_id: e.client_id.clone().filter(|_| e.kind != EntryKind::Erased),
             body: e.body.as_deref().map(b64::encode),
             fingerprint: if e.kind == EntryKind::Key {
                 e.detail.clone()
             } else {
                 None
             },
+            expires: e.expires,
+            ttl: e
+                .detail
+                .as_deref()
+                .filter(|_| e.kind == EntryKind::Timer)
+                .and_then(|d| d.parse().ok()),
+            reason: e.detail.clone().filter(|_| e.kind == EntryKind::Erased),
         }
     }
 }

@@ -31,11 +31,14 @@ fn username() -> impl Strategy<Value = String> {
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
         ".{0,64}".prop_map(|token| ClientFrame::Auth { token }),
-        (room(), ".{0,40}", ".{0,200}").prop_map(|(room, client_id, body)| ClientFrame::Send {
-            room,
-            client_id,
-            body
-        }),
+        (room(), ".{0,40}", ".{0,200}", any::<Option<i64>>()).prop_map(
+            |(room, client_id, body, erase)| ClientFrame::Send {
+                room,
+                client_id,
+                body,
+                erase,
+            }
+        ),
         prop::collection::vec((room(), any::<i64>()), 0..8).prop_map(|rooms| ClientFrame::Sync {
             rooms: rooms
                 .into_iter()
@@ -77,6 +80,9 @@ fn wire_entry() -> impl Strategy<Value = WireEntry> {
                 client_id,
                 body: body.as_deref().map(b64::encode),
                 fingerprint,
+                expires: None,
+                ttl: None,
+                reason: None,
             },
         )
 }

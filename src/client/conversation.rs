@@ -413,6 +413,10 @@ impl Conversation {
                 sender,
                 device: None,
             }),
+            // A timer statement belongs in a `timer` entry, never a message.
+            Ok(BodyKind::Timer) => Err(Failure::Reason(
+                "a timer statement sent as a message".to_owned(),
+            )),
             Err(err) => Err(Failure::Reason(err.to_string())),
         }
     }
@@ -795,7 +799,7 @@ fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
     match body_kind(body) {
         Ok(BodyKind::Message) => envelope::is_signed_by(body, key),
         Ok(BodyKind::SenderKeyDistribution) => sender_keys::is_signed_by(body, key),
-        Ok(BodyKind::Signal) | Err(_) => false,
+        Ok(BodyKind::Signal | BodyKind::Timer) | Err(_) => false,
     }
 }
 

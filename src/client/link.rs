@@ -151,6 +151,7 @@ impl Pending {
             room: self.room,
             client_id: self.client_id.clone(),
             body: self.body.clone(),
+            erase: None,
         };
         frame(Some(self.client_id.clone()), send)
     }

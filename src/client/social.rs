@@ -327,6 +327,9 @@ mod tests {
             client_id: None,
             body: None,
             fingerprint: None,
+            expires: None,
+            ttl: None,
+            reason: None,
         }
     }
 

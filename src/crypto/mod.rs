@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod identity;
 pub mod keys;
 pub mod private_file;
+pub mod room_timer;
 pub mod safety;
 pub mod sender_keys;
 pub mod signal;

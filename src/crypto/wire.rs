@@ -31,6 +31,8 @@ pub enum BodyKind {
     /// An ephemeral signal (receipt, typing) in the message envelope's
     /// layout (`signal`); never stored in a log.
     Signal,
+    /// A signed disappearing-messages statement (`room_timer`).
+    Timer,
 }
 
 impl BodyKind {
@@ -39,6 +41,7 @@ impl BodyKind {
             BodyKind::Message => 0x01,
             BodyKind::SenderKeyDistribution => 0x02,
             BodyKind::Signal => 0x03,
+            BodyKind::Timer => 0x04,
         }
     }
 
@@ -47,6 +50,7 @@ impl BodyKind {
             0x01 => Some(BodyKind::Message),
             0x02 => Some(BodyKind::SenderKeyDistribution),
             0x03 => Some(BodyKind::Signal),
+            0x04 => Some(BodyKind::Timer),
             _ => None,
         }
     }

@@ -135,6 +135,12 @@ struct EntryOut<'a> {
     body: Option<Base64<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 impl<'a> From<&'a Entry> for EntryOut<'a> {
@@ -146,9 +152,21 @@ impl<'a> From<&'a Entry> for EntryOut<'a> {
             kind: e.kind.as_str(),
             sender: &e.sender,
             subject: e.subject.as_deref(),
-            client_id: e.client_id.as_deref(),
+            // A tombstone keeps its client id in the store (so a resend
+            // is still a duplicate) but does not show it.
+            client_id: e
+                .client_id
+                .as_deref()
+                .filter(|_| e.kind != EntryKind::Erased),
             body: e.body.as_deref().map(Base64),
             fingerprint: e.detail.as_deref().filter(|_| e.kind == EntryKind::Key),
+            expires: e.expires,
+            ttl: e
+                .detail
+                .as_deref()
+                .filter(|_| e.kind == EntryKind::Timer)
+                .and_then(|d| d.parse().ok()),
+            reason: e.detail.as_deref().filter(|_| e.kind == EntryKind::Erased),
         }
     }
 }
@@ -185,6 +203,7 @@ mod tests {
             client_id: None,
             body: None,
             detail: None,
+            expires: None,
         }
     }
 
@@ -211,9 +230,25 @@ mod tests {
             EntryKind::Join,
             EntryKind::Leave,
             EntryKind::Remove,
+            EntryKind::Decline,
         ] {
             all.push(entry(all.len() as i64 + 30, kind));
         }
+        let mut erased = entry(40, EntryKind::Erased);
+        erased.client_id = Some("kept but not shown".into());
+        erased.detail = Some("expired".into());
+        all.push(erased);
+        let mut timer = entry(41, EntryKind::Timer);
+        timer.body = Some(b"HUSH\x02\x04".to_vec());
+        timer.detail = Some("86400".into());
+        all.push(timer);
+        let mut promote = entry(42, EntryKind::Promote);
+        promote.subject = Some("bob".into());
+        all.push(promote);
+        let mut expiring = entry(43, EntryKind::Message);
+        expiring.body = Some(vec![1, 2, 3]);
+        expiring.expires = Some(1_800_000_000_000);
+        all.push(expiring);
         all
     }
 

@@ -110,6 +110,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::not_found(),
             StoreError::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
             StoreError::Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why),
+            StoreError::Blocked => {
+                Self::new(StatusCode::FORBIDDEN, "blocked", "this user blocks you")
+            }
+            StoreError::Invalid(why) => Self::bad_request("bad_request", why),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -7,7 +7,13 @@
 //!   closed with 4001;
 //! - retention: with `retention` set, messages older than that are deleted
 //!   at start and then every `retention_interval`, in small chunks so the
-//!   log writer is never held up for long.
+//!   log writer is never held up for long;
+//! - expiry: every `expiry_interval`, messages whose disappearing time has
+//!   passed become `expired` tombstones, in chunks like retention;
+//! - scrubbing: after any erasure (a `send` with `erase`, or expiry) the
+//!   write-ahead log is checkpointed and truncated, so that with
+//!   `secure_delete` the erased ciphertext leaves both the database file
+//!   and the WAL within about a second.
 
 use std::time::Duration;
 
@@ -16,6 +22,15 @@ use tokio::sync::watch;
 use super::hub::Hub;
 use crate::config::ServerConfig;
 use crate::store::{Store, now_ms};
+
+/// Messages turned into tombstones per statement, and statements per run.
+const EXPIRE_CHUNK: u32 = 2000;
+/// A checkpoint that could not finish (a long read held the old pages) is
+/// tried again after this long.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(250);
+/// Give up scrubbing one erasure after this many tries; the next erasure,
+/// or SQLite's own checkpoints, carry on.
+const CHECKPOINT_TRIES: usize = 40;
 
 /// Messages deleted per statement, and statements per retention run.
 const PRUNE_CHUNK: u32 = 2000;
@@ -91,6 +106,78 @@ pub async fn retention(
         }
         if pruned > 0 {
             tracing::info!(pruned, cutoff, "retention deleted old messages");
+        }
+    }
+}
+
+pub async fn expire(store: Store, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let mut expired = 0u64;
+        for _ in 0..MAX_CHUNKS_PER_RUN {
+            if *stop.borrow() {
+                return;
+            }
+            match store.expire_messages(now, EXPIRE_CHUNK).await {
+                Ok(n) => {
+                    expired += n;
+                    if n < u64::from(EXPIRE_CHUNK) {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not expire messages; retrying at the next run");
+                    break;
+                }
+            }
+        }
+        if expired > 0 {
+            tracing::debug!(expired, "disappearing messages expired");
+            store.erased();
+        }
+    }
+}
+
+/// Checkpoints (TRUNCATE) the write-ahead log a short `delay` after each
+/// erasure, so that erased ciphertext leaves the WAL and the database file.
+/// Costs one copy of the WAL's pages into the database: measured ~1-3 ms
+/// with a small WAL, up to ~100 ms for a full one (10,000 pages).
+pub async fn scrub(store: Store, delay: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = store.next_erasure() => {}
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        for _ in 0..CHECKPOINT_TRIES {
+            let started = std::time::Instant::now();
+            match store.checkpoint_truncate().await {
+                Ok(true) => {
+                    tracing::debug!(
+                        micros = started.elapsed().as_micros() as u64,
+                        "write-ahead log checkpointed after an erasure"
+                    );
+                    break;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "checkpoint after an erasure failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stopping| *stopping) => return,
+                _ = tokio::time::sleep(CHECKPOINT_RETRY) => {}
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod argon_memory;
 mod auth;
+mod conversation;
 mod error;
 mod hub;
 pub mod limits;
@@ -15,6 +16,7 @@ mod presence;
 mod routes;
 mod send_hold;
 mod session;
+mod signals;
 pub mod tls;
 pub mod upgrade;
 pub mod username;
@@ -47,6 +49,8 @@ pub struct AppState {
     passwords: auth::Passwords,
     login_throttle: Arc<auth::LoginThrottle>,
     limits: Arc<limits::Limiter>,
+    /// The latest receipt signal per (room, sender), in memory only.
+    receipts: Arc<signals::KeptReceipts>,
     /// Flips to true when the server starts shutting down.
     shutdown: watch::Receiver<bool>,
     sessions: TaskTracker,
@@ -79,20 +83,29 @@ pub async fn run(
 ) {
     let hub = hub::Hub::new(config.outbound_queue);
     let publish_hub = hub.clone();
+    let receipts = Arc::new(signals::KeptReceipts::default());
+    let kept = receipts.clone();
     let (writer, writer_task) = store.spawn_writer(Box::new(move |committed| {
-        metrics::entry_committed(&committed.entry);
-        publish_hub.deliver(
-            &committed.recipients,
-            &session::entry_outbound(&committed.entry),
-        );
-        if let Some(invitee) = committed
-            .notify
-            .filter(|_| committed.entry.kind == crate::store::EntryKind::Invite)
-        {
-            publish_hub.deliver(
+        use crate::store::EntryKind;
+        let entry = &committed.entry;
+        metrics::entry_committed(entry);
+        publish_hub.deliver(&committed.recipients, &session::entry_outbound(entry));
+        match (entry.kind, committed.notify) {
+            (EntryKind::Invite, Some(invitee)) => publish_hub.deliver(
                 &[invitee],
-                &session::invited_outbound(committed.entry.room, &committed.entry.sender),
-            );
+                &session::invited_outbound(entry.room, &entry.sender),
+            ),
+            (EntryKind::Create, Some(peer)) => publish_hub.deliver(
+                &[peer],
+                &session::request_outbound(entry.room, &entry.sender),
+            ),
+            (EntryKind::Leave, _) => kept.forget(entry.room, &entry.sender),
+            (EntryKind::Remove, _) => {
+                if let Some(subject) = &entry.subject {
+                    kept.forget(entry.room, subject);
+                }
+            }
+            _ => {}
         }
     }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -104,6 +117,7 @@ pub async fn run(
         passwords: auth::Passwords::new(config.hashing_slots, config.limits.hashing_queue),
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
         limits: Arc::new(limits::Limiter::new(config.limits.clone())),
+        receipts,
         config: Arc::new(config),
         shutdown: shutdown_rx,
         sessions: TaskTracker::new(),
@@ -120,6 +134,16 @@ pub async fn run(
     background.spawn(maintenance::retention(
         store.clone(),
         state.config.clone(),
+        state.shutdown.clone(),
+    ));
+    background.spawn(maintenance::expire(
+        store.clone(),
+        state.config.expiry_interval,
+        state.shutdown.clone(),
+    ));
+    background.spawn(maintenance::scrub(
+        store.clone(),
+        state.config.erase_checkpoint_delay,
         state.shutdown.clone(),
     ));
     background.spawn(state.presence.clone().run(

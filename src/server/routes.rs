@@ -27,9 +27,10 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 type Resp = Result<warp::reply::Response, Rejection>;
 
 /// Every `/healthz` and `/api/v1/…` route.
-pub fn api(
-    state: AppState,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+///
+/// Boxed: the chain of `or`s is deep enough that leaving its type open
+/// overflows the compiler's recursion limit where the server is built.
+pub fn api(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with_state(&state))
@@ -148,19 +149,21 @@ pub fn api(
             .or(dm)
             .unify()
             .or(invitations)
+            .unify()
+            .or(super::conversation::routes(&state))
             .unify(),
     );
-    healthz.or(api).unify()
+    healthz.or(api).unify().boxed()
 }
 
-fn with_state(
+pub(super) fn with_state(
     state: &AppState,
 ) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone + use<> {
     let state = state.clone();
     warp::any().map(move || state.clone())
 }
 
-fn json<T: serde::de::DeserializeOwned + Send>()
+pub(super) fn json<T: serde::de::DeserializeOwned + Send>()
 -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_JSON_BODY).and(warp::body::json())
 }
@@ -172,7 +175,9 @@ pub struct Caller {
     pub token_hash: [u8; 32],
 }
 
-fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
+pub(super) fn authed(
+    state: &AppState,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
     // Read as raw bytes: a header that is not visible ASCII is simply not
     // a valid token (401), not a malformed request.
     with_state(state)
@@ -197,7 +202,7 @@ fn authed(state: &AppState) -> impl Filter<Extract = (Caller,), Error = Rejectio
         )
 }
 
-fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+pub(super) fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
     Ok(warp::reply::with_status(warp::reply::json(body), status).into_response())
 }
 
@@ -562,7 +567,12 @@ async fn create_room(state: AppState, caller: Caller, req: CreateRoomRequest) ->
     room_reply(&state, &caller, applied.room, StatusCode::CREATED).await
 }
 
-async fn room_reply(state: &AppState, caller: &Caller, room: RoomId, status: StatusCode) -> Resp {
+pub(super) async fn room_reply(
+    state: &AppState,
+    caller: &Caller,
+    room: RoomId,
+    status: StatusCode,
+) -> Resp {
     let info = state
         .store
         .room_for_member(room, caller.user.id)

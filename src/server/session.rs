@@ -31,8 +31,8 @@ use super::pacing::ReadPacer;
 use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
-    ClientFrame, Cursor, EntriesJson, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame, b64,
-    close, entry_frame, history_frame, history_start,
+    ClientFrame, Cursor, EntriesJson, Incoming, Outgoing, PROTOCOL_VERSION, ServerFrame,
+    SignalKind, b64, close, entry_frame, history_frame, history_start,
 };
 use crate::store::writer::{Applied, QueueSlot};
 use crate::store::{Page, RoomId, StoreError, UserRecord, now_ms};
@@ -79,6 +79,10 @@ struct Session {
     blocked: Option<BlockedSend>,
     /// This connection's allowance of `send` frames.
     send_rate: super::limits::TokenBucket,
+    /// This connection's allowance of `signal` frames.
+    signal_rate: super::limits::TokenBucket,
+    /// This connection's id in the hub: its own signals skip it.
+    conn_id: u64,
     /// A send refused for now that later sends must wait behind (boxed:
     /// rare, and an idle connection should not pay for it).
     held_behind: Option<Box<HeldBehind>>,
@@ -92,6 +96,7 @@ struct BlockedSend {
     room: RoomId,
     client_id: String,
     body: Vec<u8>,
+    erase: Option<i64>,
 }
 
 /// The first send of this connection refused for now. Until it comes again
@@ -226,6 +231,11 @@ async fn run_split(parts: Box<Parts>) {
     };
     let mut session = Session {
         send_rate: state.limits.connection_bucket(),
+        signal_rate: super::limits::TokenBucket::new(
+            state.limits.config.signals_per_connection,
+            Instant::now(),
+        ),
+        conn_id,
         held_behind: None,
         state,
         user,
@@ -339,6 +349,8 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
         StoreError::NotFound => error_frame("not_found", "no such room, or you are not a member"),
         StoreError::Forbidden(why) => error_frame("forbidden", *why),
         StoreError::Conflict(why) => error_frame("conflict", *why),
+        StoreError::Blocked => error_frame("blocked", "the other member blocks you"),
+        StoreError::Invalid(why) => error_frame("bad_frame", *why),
         StoreError::UsernameTaken | StoreError::UsernameConfusable => {
             error_frame("conflict", "username taken")
         }
@@ -622,7 +634,11 @@ impl Session {
                 room,
                 client_id,
                 body,
-            } => self.handle_send(id, room, client_id, body).await,
+                erase,
+            } => self.handle_send(id, room, client_id, body, erase).await,
+            ClientFrame::Signal { room, kind, body } => {
+                Box::pin(self.handle_signal(id, room, kind, body)).await
+            }
             ClientFrame::Sync { rooms } => {
                 for cursor in rooms {
                     self.start_sync(cursor);
@@ -636,8 +652,6 @@ impl Session {
             } => Box::pin(self.handle_history(id, room, before, limit)).await,
             ClientFrame::Who { room } => Box::pin(self.handle_who(id, room)).await,
             ClientFrame::Ping => self.send(id, ServerFrame::Pong).await,
-            // Placeholder until f17-server (which relays signals) is merged.
-            ClientFrame::Signal { .. } => true,
         }
     }
 
@@ -647,6 +661,7 @@ impl Session {
         room: RoomId,
         client_id: String,
         body: String,
+        erase: Option<i64>,
     ) -> bool {
         if let Some(wait) = self.is_held(room, &client_id) {
             super::metrics::rate_limited("held_sends");
@@ -700,6 +715,7 @@ impl Session {
             room,
             client_id,
             body,
+            erase,
         };
         // Most recipients behind, or this room's quota of messages on
         // their way: wait (`send_hold`).
@@ -774,8 +790,9 @@ impl Session {
             room,
             client_id,
             body,
+            erase,
         } = send;
-        let reply = slot.enqueue_message(room, self.user.as_ref(), client_id, body);
+        let reply = slot.enqueue_message(room, self.user.as_ref(), client_id, body, erase);
         self.acks.push_back(Box::pin(async move {
             let result = reply.await.unwrap_or(Err(StoreError::Closed));
             // The hub has the entry now (the writer answers after that).
@@ -927,12 +944,101 @@ impl Session {
         {
             return false;
         }
+        if !Box::pin(self.feed_kept_receipts(room)).await {
+            return false;
+        }
         for out in stashed {
             if self.wants(&out) && !self.feed(Message::Text(out.json.clone())).await {
                 return false;
             }
         }
         self.flush().await
+    }
+
+    /// After a room's `synced`: the latest receipt of each other member
+    /// (and of the caller's other devices) that the server keeps in
+    /// memory, but not of users the caller blocks.
+    async fn feed_kept_receipts(&mut self, room: RoomId) -> bool {
+        let kept = self.state.receipts.of_room(room, self.conn_id);
+        if kept.is_empty() {
+            return true;
+        }
+        let blocked = match self.state.store.blocked_names(self.user.id).await {
+            Ok(blocked) => blocked,
+            // Receipts are hints: without the block list, send none.
+            Err(_) => return true,
+        };
+        for (sender, frame) in kept {
+            if !blocked.contains(&sender) && !self.feed(Message::Text(frame.json.clone())).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `signal`: relayed at once to every other connection of the room's
+    /// members (but those who block the sender), never stored; a receipt
+    /// is also kept in memory (`signals`).
+    async fn handle_signal(
+        &mut self,
+        id: Option<String>,
+        room: RoomId,
+        kind: SignalKind,
+        body: String,
+    ) -> bool {
+        if let Err(wait) = self.signal_rate.take(Instant::now()) {
+            super::metrics::rate_limited("signals");
+            let frame = ServerFrame::Error {
+                code: "rate_limited".to_owned(),
+                message: "too many signals; this one was dropped".to_owned(),
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            return self.send(id, frame).await;
+        }
+        let max = super::signals::MAX_SIGNAL_BYTES;
+        let too_large =
+            || error_frame("too_large", format!("a signal body is at most {max} bytes"));
+        if body.len() > max.div_ceil(3) * 4 {
+            return self.send(id, too_large()).await;
+        }
+        let decoded_len = match b64::decode(&body) {
+            Ok(decoded) if decoded.is_empty() => {
+                return self
+                    .send(id, error_frame("bad_body", "signal body is empty"))
+                    .await;
+            }
+            Ok(decoded) => decoded.len(),
+            Err(_) => {
+                return self
+                    .send(id, error_frame("bad_body", "body is not valid base64"))
+                    .await;
+            }
+        };
+        if decoded_len > max {
+            return self.send(id, too_large()).await;
+        }
+        let audience = match self.state.store.signal_audience(room, self.user.id).await {
+            Ok(audience) => audience,
+            Err(err) => return self.send(id, store_error_frame(&err)).await,
+        };
+        let frame = ServerFrame::Signal {
+            room,
+            sender: self.user.username.clone(),
+            kind,
+            body,
+        };
+        let out = Arc::new(Outbound {
+            position: None,
+            json: Outgoing::new(None, frame).to_json().into(),
+        });
+        let me = self.conn_id;
+        self.state
+            .hub
+            .deliver_with(&audience, |conn| (conn != me).then(|| out.clone()));
+        if kind == SignalKind::Receipt {
+            self.state.receipts.keep(room, &self.user.username, me, out);
+        }
+        true
     }
 
     async fn handle_history(
@@ -993,6 +1099,18 @@ pub fn entry_outbound(entry: &crate::store::Entry) -> Outbound {
     Outbound {
         position: Some((entry.room, entry.seq)),
         json: entry_frame(entry).into(),
+    }
+}
+
+/// Frame telling a user that a new direct conversation is a request.
+pub fn request_outbound(room: RoomId, by: &str) -> Outbound {
+    let frame = ServerFrame::Request {
+        room,
+        by: by.to_owned(),
+    };
+    Outbound {
+        position: None,
+        json: Outgoing::new(None, frame).to_json().into(),
     }
 }
 

@@ -327,6 +327,22 @@ impl Store {
         .rows_affected())
     }
 
+    /// Turns up to `limit` messages whose disappearing time is at or before
+    /// `now` (unix ms) into `expired` tombstones; returns how many.
+    pub async fn expire_messages(&self, now: i64, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE entries SET kind = 'erased', body = NULL, detail = 'expired', expires_at = NULL
+             WHERE (room_id, seq) IN
+                (SELECT room_id, seq FROM entries
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Of the given session token hashes, those that still belong to an
     /// unexpired session of an enabled account.
     pub async fn live_tokens(&self, hashes: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>> {

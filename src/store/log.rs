@@ -22,6 +22,14 @@ pub enum EntryKind {
     Leave,
     Remove,
     Key,
+    /// A message whose ciphertext is gone for good (`detail`: the reason).
+    Erased,
+    /// A signed disappearing-messages statement (`detail`: the duration).
+    Timer,
+    Promote,
+    Demote,
+    /// An invitee turned the invitation down.
+    Decline,
 }
 
 impl EntryKind {
@@ -34,6 +42,11 @@ impl EntryKind {
             Self::Leave => "leave",
             Self::Remove => "remove",
             Self::Key => "key",
+            Self::Erased => "erased",
+            Self::Timer => "timer",
+            Self::Promote => "promote",
+            Self::Demote => "demote",
+            Self::Decline => "decline",
         }
     }
 
@@ -46,6 +59,11 @@ impl EntryKind {
             "leave" => Self::Leave,
             "remove" => Self::Remove,
             "key" => Self::Key,
+            "erased" => Self::Erased,
+            "timer" => Self::Timer,
+            "promote" => Self::Promote,
+            "demote" => Self::Demote,
+            "decline" => Self::Decline,
             _ => return None,
         })
     }
@@ -63,6 +81,9 @@ pub struct Entry {
     pub client_id: Option<String>,
     pub body: Option<Vec<u8>>,
     pub detail: Option<String>,
+    /// For a message under a disappearing-messages timer: when it expires
+    /// (unix ms).
+    pub expires: Option<i64>,
 }
 
 /// A bounded slice of a room's log, in ascending order.
@@ -91,13 +112,14 @@ fn entry_from_row(room: RoomId, row: &SqliteRow) -> Result<Entry> {
         client_id: row.try_get(5)?,
         body: row.try_get(6)?,
         detail: row.try_get(7)?,
+        expires: row.try_get(8)?,
     })
 }
 
 /// A room's entries (?1) that fall inside one of the reader's (?2)
 /// membership periods, with names resolved. Callers add the range and order.
 const VISIBLE_ENTRIES: &str = "SELECT e.seq, e.ts, e.kind, s.username AS sender,
-        sub.username AS subject, e.client_id, e.body, e.detail
+        sub.username AS subject, e.client_id, e.body, e.detail, e.expires_at
      FROM entries e
      JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
           AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)

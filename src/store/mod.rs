@@ -61,6 +61,13 @@ pub enum StoreError {
     Forbidden(&'static str),
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The other party blocks the caller (§21, blocking).
+    #[error("blocked")]
+    Blocked,
+    /// A request that breaks a rule the caller can see (a timer statement
+    /// that no longer fits the room, blocking oneself).
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
     #[error("the store is shutting down")]
     Closed,
     /// Nothing was stored because of the environment (locked, full,
@@ -90,6 +97,9 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Woken after ciphertext was erased, so that maintenance checkpoints
+    /// the write-ahead log (and the erased bytes leave it) soon.
+    erasures: Arc<tokio::sync::Notify>,
     /// How every connection is opened; the writer opens its own from these.
     /// Shared: every session holds a clone of the `Store`, and the options
     /// (a map of pragmas) would otherwise cost ~2 KiB per connection.
@@ -117,6 +127,9 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
+            // Deleted and overwritten content is zeroed, not left in free
+            // space: erased and expired ciphertext must leave the file.
+            .pragma("secure_delete", "ON")
             // SQLite's default (1,000 pages) made the writer copy the WAL
             // into the database after almost every large batch; rarer
             // checkpoints write each repeatedly changed page once.
@@ -131,6 +144,7 @@ impl Store {
         sqlx::migrate!().run(&pool).await?;
         Ok(Self {
             pool,
+            erasures: Arc::default(),
             options: Arc::new(options),
         })
     }
@@ -170,6 +184,28 @@ impl Store {
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .pragma("temp_store", "MEMORY");
         Ok(options.connect().await?)
+    }
+}
+
+impl Store {
+    /// Records that ciphertext was erased (see `erasures`).
+    pub fn erased(&self) {
+        self.erasures.notify_one();
+    }
+
+    /// Resolves after the next (or a pending) `erased`.
+    pub async fn next_erasure(&self) {
+        self.erasures.notified().await;
+    }
+
+    /// Copies the write-ahead log into the database file and truncates it,
+    /// so that overwritten pages leave both files. Returns whether it
+    /// completed (a long read can keep it from it; then try again later).
+    pub async fn checkpoint_truncate(&self) -> Result<bool> {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(busy == 0)
     }
 }
 

@@ -23,6 +23,13 @@ pub struct RoomInfo {
     pub last_seq: i64,
     /// First entry of the caller's current membership.
     pub joined_seq: i64,
+    /// Admins other than the creator, sorted (empty for a DM).
+    pub admins: Vec<String>,
+    /// The disappearing-messages duration in seconds (0 = off).
+    pub ttl: i64,
+    /// A direct conversation the caller has not accepted yet (§21).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub request: bool,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -41,19 +48,27 @@ struct RoomRow {
     creator: String,
     last_seq: i64,
     start_seq: i64,
+    ttl: i64,
+    request_state: Option<String>,
 }
 
 const ROOM_SELECT: &str =
-    "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq
+    "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq, r.ttl,
+            (SELECT d.state FROM dm_requests d WHERE d.room_id = r.id AND d.user_id = m.user_id)
+                AS request_state
      FROM rooms r
      JOIN memberships m ON m.room_id = r.id AND m.end_seq IS NULL
      JOIN users c ON c.id = r.creator_id";
 
 impl Store {
-    /// The rooms and DMs `user` is currently a member of.
+    /// The rooms and DMs `user` is currently a member of, but for direct
+    /// conversations they declined.
     pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomInfo>> {
         let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ROOM_SELECT} WHERE m.user_id = ? ORDER BY r.id"
+            "{ROOM_SELECT} WHERE m.user_id = ? AND NOT EXISTS (
+                 SELECT 1 FROM dm_requests d
+                 WHERE d.room_id = r.id AND d.user_id = m.user_id AND d.state = 'declined')
+             ORDER BY r.id"
         )))
         .bind(user)
         .fetch_all(&self.pool)
@@ -80,6 +95,7 @@ impl Store {
 
     async fn room_info_from(&self, row: RoomRow) -> Result<RoomInfo> {
         let members = self.member_names(row.id).await?;
+        let admins = self.admin_names(row.id).await?;
         Ok(RoomInfo {
             id: row.id,
             kind: if row.kind == "dm" {
@@ -92,7 +108,68 @@ impl Store {
             members,
             last_seq: row.last_seq,
             joined_seq: row.start_seq,
+            admins,
+            ttl: row.ttl,
+            request: row.request_state.is_some_and(|state| state != "accepted"),
         })
+    }
+
+    async fn admin_names(&self, room: RoomId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.username FROM room_admins a JOIN users u ON u.id = a.user_id
+             WHERE a.room_id = ? ORDER BY u.username",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Where a room stands for a timer statement: its newest seq and the
+    /// seq of its latest timer entry. `NotFound` unless `user` is a member.
+    pub async fn timer_position(&self, room: RoomId, user: UserId) -> Result<(i64, i64)> {
+        self.require_member(room, user).await?;
+        Ok(
+            sqlx::query_as("SELECT last_seq, timer_seq FROM rooms WHERE id = ?")
+                .bind(room)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Usernames `user` blocks, sorted.
+    pub async fn blocked_names(&self, user: UserId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.username FROM blocks b JOIN users u ON u.id = b.blocked_id
+             WHERE b.blocker_id = ? ORDER BY u.username",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Who a signal of `sender` in `room` goes to: every current member
+    /// but those who block the sender or declined the conversation.
+    /// `NotFound` unless the sender is a current member.
+    pub async fn signal_audience(&self, room: RoomId, sender: UserId) -> Result<Vec<UserId>> {
+        let rows: Vec<(UserId, bool)> = sqlx::query_as(
+            "SELECT m.user_id,
+                    EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = m.user_id AND b.blocked_id = ?2)
+                    OR EXISTS (SELECT 1 FROM dm_requests d WHERE d.room_id = ?1
+                               AND d.user_id = m.user_id AND d.state = 'declined')
+             FROM memberships m WHERE m.room_id = ?1 AND m.end_seq IS NULL",
+        )
+        .bind(room)
+        .bind(sender)
+        .fetch_all(&self.pool)
+        .await?;
+        if !rows.iter().any(|(user, _)| *user == sender) {
+            return Err(StoreError::NotFound);
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|(_, excluded)| !excluded)
+            .map(|(user, _)| user)
+            .collect())
     }
 
     async fn member_names(&self, room: RoomId) -> Result<Vec<String>> {

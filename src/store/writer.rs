@@ -9,6 +9,7 @@
 //! without gaps: an entry is never announced before it can be read back,
 //! and never announced out of order.
 
+mod relations;
 mod sends;
 
 use std::sync::Arc;
@@ -63,6 +64,9 @@ enum Op {
         sender: UserRef,
         client_id: String,
         body: Vec<u8>,
+        /// A seq of the sender's to turn into a tombstone in the same
+        /// transaction (§21, `erase`).
+        erase: Option<i64>,
     },
     Change(Change),
 }
@@ -100,6 +104,46 @@ enum Change {
         old_fingerprint: String,
         new_key: NewKey,
     },
+    Block {
+        user: UserRef,
+        blocked: UserRef,
+    },
+    Unblock {
+        user: UserRef,
+        blocked: UserRef,
+    },
+    Accept {
+        room: RoomId,
+        user: UserRef,
+    },
+    Decline {
+        room: RoomId,
+        user: UserRef,
+    },
+    Promote {
+        room: RoomId,
+        by: UserRef,
+        user: UserRef,
+    },
+    Demote {
+        room: RoomId,
+        by: UserRef,
+        user: UserRef,
+    },
+    SetTimer {
+        room: RoomId,
+        user: UserRef,
+        timer: NewTimer,
+    },
+}
+
+/// A timer statement whose framing, fields and signature the caller checked.
+#[derive(Debug, Clone)]
+pub struct NewTimer {
+    pub ttl_secs: u32,
+    /// The `after` of the statement: the newest seq its setter had seen.
+    pub after: i64,
+    pub statement: Vec<u8>,
 }
 
 /// A replacement identity key, already verified by the caller.
@@ -196,8 +240,47 @@ impl Writer {
             sender,
             client_id,
             body,
+            erase: None,
         })
         .await
+    }
+
+    /// `user` blocks `blocked` (idempotent); declines `user`'s pending
+    /// request from `blocked`, if any.
+    pub async fn block(&self, user: UserRef, blocked: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Block { user, blocked }))
+            .await
+    }
+
+    pub async fn unblock(&self, user: UserRef, blocked: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Unblock { user, blocked }))
+            .await
+    }
+
+    /// Accepts a direct-conversation request (or joins on an invitation).
+    pub async fn accept(&self, room: RoomId, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Accept { room, user })).await
+    }
+
+    /// Declines a direct-conversation request or a group invitation.
+    pub async fn decline(&self, room: RoomId, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Decline { room, user })).await
+    }
+
+    pub async fn promote(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Promote { room, by, user }))
+            .await
+    }
+
+    pub async fn demote(&self, room: RoomId, by: UserRef, user: UserRef) -> Result<Applied> {
+        self.apply(Op::Change(Change::Demote { room, by, user }))
+            .await
+    }
+
+    /// Appends a `timer` entry and makes its duration the room's.
+    pub async fn set_timer(&self, room: RoomId, user: UserRef, timer: NewTimer) -> Result<Applied> {
+        self.apply(Op::Change(Change::SetTimer { room, user, timer }))
+            .await
     }
 
     pub async fn create_group(&self, creator: UserRef, name: String) -> Result<Applied> {
@@ -258,6 +341,7 @@ impl QueueSlot {
         sender: UserRef,
         client_id: String,
         body: Vec<u8>,
+        erase: Option<i64>,
     ) -> oneshot::Receiver<Result<Applied>> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let op = Op::Send {
@@ -265,6 +349,7 @@ impl QueueSlot {
             sender,
             client_id,
             body,
+            erase,
         };
         self.0.send(Command::Apply(op, reply_tx));
         reply_rx
@@ -371,6 +456,7 @@ async fn commit_batch(
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
 ) -> Outcomes {
     let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
+    let mut erased = false;
     let outcome: Result<()> = async {
         // IMMEDIATE takes the write lock up front, waiting out the busy
         // timeout: a deferred transaction that read first would fail at
@@ -385,6 +471,29 @@ async fn commit_batch(
                     sender,
                     client_id,
                     body,
+                    erase: Some(target),
+                } => {
+                    if !run.is_empty() {
+                        results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                        run.clear();
+                    }
+                    let message = sends::NewMessage {
+                        room: *room,
+                        sender,
+                        client_id,
+                        body,
+                    };
+                    let done = sends::store_erasing(&mut tx, cache, &message, *target).await?;
+                    erased |= matches!(&done, Ok((applied, _)) if !applied.duplicate);
+                    results.push(done);
+                    continue;
+                }
+                Op::Send {
+                    room,
+                    sender,
+                    client_id,
+                    body,
+                    erase: None,
                 } => {
                     run.push(sends::NewMessage {
                         room: *room,
@@ -426,6 +535,9 @@ async fn commit_batch(
         Ok(())
     }
     .await;
+    if erased && outcome.is_ok() {
+        store.erased();
+    }
 
     if let Err(err) = outcome {
         // The cached positions include sequence numbers that were never stored.
@@ -451,7 +563,12 @@ fn forget_touched(cache: &mut sends::RoomCache, change: &Change, done: &Done) {
         Change::Invite { room, .. }
         | Change::Join { room, .. }
         | Change::Leave { room, .. }
-        | Change::Remove { room, .. } => cache.forget(*room),
+        | Change::Remove { room, .. }
+        | Change::Accept { room, .. }
+        | Change::Decline { room, .. }
+        | Change::SetTimer { room, .. } => cache.forget(*room),
+        // Who may send to whom changed in some direct conversation.
+        Change::Block { .. } | Change::Unblock { .. } => cache.forget_all(),
         _ => {}
     }
     cache.forget(done.0.room);
@@ -476,6 +593,15 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<Done
             old_fingerprint,
             new_key,
         } => rotate_key(conn, user, old_fingerprint, new_key).await,
+        Change::Block { user, blocked } => relations::block(conn, user, blocked).await,
+        Change::Unblock { user, blocked } => relations::unblock(conn, user, blocked).await,
+        Change::Accept { room, user } => relations::accept(conn, *room, user).await,
+        Change::Decline { room, user } => relations::decline(conn, *room, user).await,
+        Change::Promote { room, by, user } => relations::promote(conn, *room, by, user).await,
+        Change::Demote { room, by, user } => relations::demote(conn, *room, by, user).await,
+        Change::SetTimer { room, user, timer } => {
+            relations::set_timer(conn, *room, user, timer).await
+        }
     }
 }
 
@@ -504,12 +630,17 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
             "a direct conversation needs two different users",
         ));
     }
+    if relations::blocks(conn, peer.id, me.id).await? {
+        return Err(StoreError::Blocked);
+    }
     let pair = format!("{}:{}", me.id.0.min(peer.id.0), me.id.0.max(peer.id.0));
     let existing: Option<RoomId> = sqlx::query_scalar("SELECT id FROM rooms WHERE dm_pair = ?")
         .bind(&pair)
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(room) = existing {
+        // The peer of a request opening the conversation themself accepts it.
+        relations::settle_request(conn, room, me.id, "accepted").await?;
         return Ok((
             Applied {
                 room,
@@ -519,6 +650,7 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
             vec![],
         ));
     }
+    let is_request = !relations::share_a_group(conn, me.id, peer.id).await?;
     let now = now_ms();
     let room: RoomId =
         sqlx::query_scalar("INSERT INTO rooms (kind, creator_id, dm_pair, created_at) VALUES ('dm', ?, ?, ?) RETURNING id")
@@ -536,7 +668,14 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
     .await?;
     start_membership(conn, room, me.id, entry.seq).await?;
     start_membership(conn, room, peer.id, entry.seq).await?;
-    Ok(appended(entry, vec![me.id, peer.id], None))
+    if is_request {
+        relations::open_request(conn, room, peer.id).await?;
+    }
+    Ok(appended(
+        entry,
+        vec![me.id, peer.id],
+        is_request.then_some(peer.id),
+    ))
 }
 
 async fn invite(
@@ -547,6 +686,9 @@ async fn invite(
 ) -> Result<Done> {
     require_member(conn, room, by.id).await?;
     require_group(conn, room).await?;
+    if relations::blocks(conn, user.id, by.id).await? {
+        return Err(StoreError::Blocked);
+    }
     if is_member(conn, room, user.id).await? {
         return Err(StoreError::Conflict("already a member"));
     }
@@ -606,6 +748,7 @@ async fn leave(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Res
     .await?;
     let recipients = member_ids(conn, room).await?;
     end_membership(conn, room, user.id, entry.seq).await?;
+    relations::drop_admin(conn, room, user.id).await?;
     Ok(appended(entry, recipients, None))
 }
 
@@ -621,13 +764,18 @@ async fn remove(
         .bind(room)
         .fetch_one(&mut *conn)
         .await?;
-    if creator != by.id {
+    if creator != by.id && !relations::is_admin(conn, room, by.id).await? {
         return Err(StoreError::Forbidden(
-            "only the room's creator can remove members",
+            "only the room's creator and admins can remove members",
         ));
     }
     if by.id == user.id {
         return Err(StoreError::Conflict("use leave to leave a room"));
+    }
+    if creator != by.id && (user.id == creator || relations::is_admin(conn, room, user.id).await?) {
+        return Err(StoreError::Forbidden(
+            "an admin cannot remove the creator or another admin",
+        ));
     }
     if !is_member(conn, room, user.id).await? {
         return Err(StoreError::Conflict("not a member"));
@@ -641,6 +789,7 @@ async fn remove(
     .await?;
     let recipients = member_ids(conn, room).await?;
     end_membership(conn, room, user.id, entry.seq).await?;
+    relations::drop_admin(conn, room, user.id).await?;
     Ok(appended(entry, recipients, None))
 }
 
@@ -682,7 +831,7 @@ async fn rotate_key(
         let mut entry = new_entry(room, 0, now, EntryKind::Key, user, None);
         entry.detail = Some(new_key.fingerprint.clone());
         let entry = append(conn, entry, user.id, None).await?;
-        let recipients = member_ids(conn, room).await?;
+        let recipients = recipient_ids(conn, room).await?;
         committed.push(Committed {
             entry,
             recipients: recipients.into(),
@@ -717,6 +866,7 @@ fn new_entry(
         client_id: None,
         body: None,
         detail: None,
+        expires: None,
     }
 }
 
@@ -810,6 +960,34 @@ async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<Use
             .fetch_all(&mut *conn)
             .await?,
     )
+}
+
+/// Members who get a room's entries live: all but a direct conversation's
+/// peer who declined it.
+async fn recipient_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT m.user_id FROM memberships m WHERE m.room_id = ?1 AND m.end_seq IS NULL
+         AND NOT EXISTS (SELECT 1 FROM dm_requests d
+                         WHERE d.room_id = ?1 AND d.user_id = m.user_id AND d.state = 'declined')",
+    )
+    .bind(room)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Members of a direct conversation whose messages the other member
+/// refuses (blocks); always empty for a group.
+async fn refused_senders(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT b.blocked_id FROM rooms r
+         JOIN memberships s ON s.room_id = r.id AND s.end_seq IS NULL
+         JOIN memberships o ON o.room_id = r.id AND o.end_seq IS NULL AND o.user_id != s.user_id
+         JOIN blocks b ON b.blocker_id = o.user_id AND b.blocked_id = s.user_id
+         WHERE r.id = ? AND r.kind = 'dm'",
+    )
+    .bind(room)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 async fn start_membership(

@@ -701,6 +701,9 @@ async fn entries_from_db(db: &Path, room: RoomId) -> Result<Vec<WireEntry>> {
                 .get::<Option<Vec<u8>>, _>(4)
                 .map(|b| hush::protocol::b64::encode(&b)),
             fingerprint: None,
+            expires: None,
+            ttl: None,
+            reason: None,
         })
         .collect())
 }

@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod cli_sessions;
 mod client_store;
+mod conversation;
 mod crash;
 mod delivery;
 mod direct;

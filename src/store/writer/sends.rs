@@ -20,7 +20,7 @@ use sqlx::SqliteConnection;
 use super::{Applied, Committed, Done};
 use crate::store::{Entry, EntryKind, Result, RoomId, StoreError, UserId, UserRef, now_ms};
 
-/// Messages per multi-row statement (7 bound values each, far below
+/// Messages per multi-row statement (8 bound values each, far below
 /// SQLite's 32766-variable limit).
 pub const CHUNK: usize = 128;
 /// Rooms remembered before the view is dropped and rebuilt on demand.
@@ -29,6 +29,14 @@ const MAX_CACHED_ROOMS: usize = 100_000;
 struct RoomState {
     last_seq: i64,
     members: Arc<[UserId]>,
+    /// Members who get the room's entries live: all of them but a direct
+    /// conversation's peer who declined it (§21, message requests).
+    recipients: Arc<[UserId]>,
+    /// Members whose messages are refused: in a direct conversation, the
+    /// one the other member blocks.
+    refused: Vec<UserId>,
+    /// The disappearing-messages duration in milliseconds (0: off).
+    ttl_ms: i64,
 }
 
 /// The writer's view of the rooms it has touched.
@@ -54,12 +62,12 @@ impl RoomCache {
         room: RoomId,
     ) -> Result<Option<&mut RoomState>> {
         if !self.rooms.contains_key(&room) {
-            let last_seq: Option<i64> =
-                sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ?")
+            let found: Option<(i64, i64)> =
+                sqlx::query_as("SELECT last_seq, ttl FROM rooms WHERE id = ?")
                     .bind(room)
                     .fetch_optional(&mut *conn)
                     .await?;
-            let Some(last_seq) = last_seq else {
+            let Some((last_seq, ttl)) = found else {
                 return Ok(None);
             };
             let members: Vec<UserId> = sqlx::query_scalar(
@@ -68,6 +76,8 @@ impl RoomCache {
             .bind(room)
             .fetch_all(&mut *conn)
             .await?;
+            let recipients = super::recipient_ids(conn, room).await?;
+            let refused = super::refused_senders(conn, room).await?;
             if self.rooms.len() >= MAX_CACHED_ROOMS {
                 self.rooms.clear();
             }
@@ -76,6 +86,9 @@ impl RoomCache {
                 RoomState {
                     last_seq,
                     members: members.into(),
+                    recipients: recipients.into(),
+                    refused,
+                    ttl_ms: ttl.saturating_mul(1000),
                 },
             );
         }
@@ -140,6 +153,7 @@ pub async fn store_messages(
             client_id: Some(m.client_id.to_owned()),
             body: None,
             detail: None,
+            expires: None,
         };
         if let Some(&(seq, ts)) = stored.get(&key) {
             entry.seq = seq;
@@ -156,12 +170,17 @@ pub async fn store_messages(
             .rooms
             .get_mut(&m.room)
             .expect("rooms of allowed messages were loaded above");
+        if state.refused.contains(&m.sender.id) {
+            outcomes.push(Err(StoreError::Blocked));
+            continue;
+        }
         state.last_seq += 1;
+        entry.expires = (state.ttl_ms > 0).then(|| now.saturating_add(state.ttl_ms));
         entry.seq = state.last_seq;
         positions.insert(m.room, state.last_seq);
         stored.insert(key, (entry.seq, now));
         rows.push(m);
-        seqs.push(entry.seq);
+        seqs.push((entry.seq, entry.expires));
         let applied = Applied {
             room: m.room,
             entry: Some(entry.clone()),
@@ -170,7 +189,7 @@ pub async fn store_messages(
         entry.body = Some(m.body.to_vec());
         let committed = Committed {
             entry,
-            recipients: state.members.clone(),
+            recipients: state.recipients.clone(),
             notify: None,
         };
         outcomes.push(Ok((applied, vec![committed])));
@@ -178,6 +197,68 @@ pub async fn store_messages(
     insert_rows(conn, &rows, &seqs, now).await?;
     update_positions(conn, &positions).await?;
     Ok(outcomes)
+}
+
+/// Stores one message that also erases an earlier one of its sender
+/// (`erase`, §21): the target becomes a tombstone in the same transaction,
+/// or, if it may not be erased, nothing is written at all. A resend of a
+/// message already stored is a duplicate and erases nothing again.
+pub async fn store_erasing(
+    conn: &mut SqliteConnection,
+    cache: &mut RoomCache,
+    message: &NewMessage<'_>,
+    target: i64,
+) -> Result<Result<Done>> {
+    let refusal = match cache.load(conn, message.room).await? {
+        Some(state) if !state.members.contains(&message.sender.id) => Some(StoreError::NotFound),
+        Some(state) if state.refused.contains(&message.sender.id) => Some(StoreError::Blocked),
+        Some(_) => None,
+        None => Some(StoreError::NotFound),
+    };
+    if let Some(refusal) = refusal {
+        return Ok(Err(refusal));
+    }
+    let key = (message.room, message.sender.id, message.client_id);
+    if stored_client_ids(conn, &[key]).await?.is_empty() {
+        if let Err(refusal) = erase(conn, message.room, message.sender.id, target).await? {
+            return Ok(Err(refusal));
+        }
+    }
+    let mut outcomes = store_messages(conn, cache, std::slice::from_ref(message)).await?;
+    Ok(outcomes.pop().expect("one outcome per message"))
+}
+
+/// Turns the sender's message at `seq` into a `deleted` tombstone; an
+/// existing tombstone stays as it is.
+async fn erase(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    sender: UserId,
+    seq: i64,
+) -> Result<Result<()>> {
+    let target: Option<(String, UserId)> =
+        sqlx::query_as("SELECT kind, sender_id FROM entries WHERE room_id = ? AND seq = ?")
+            .bind(room)
+            .bind(seq)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((kind, owner)) = target else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    if owner != sender || !(kind == "message" || kind == "erased") {
+        return Ok(Err(StoreError::Forbidden(
+            "only your own messages can be erased",
+        )));
+    }
+    sqlx::query(
+        "UPDATE entries SET kind = 'erased', body = NULL, detail = 'deleted', expires_at = NULL
+         WHERE room_id = ? AND seq = ? AND kind = 'message'",
+    )
+    .bind(room)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(()))
 }
 
 /// Positions of messages already stored under these client ids.
@@ -219,25 +300,26 @@ async fn stored_client_ids<'a>(
 async fn insert_rows(
     conn: &mut SqliteConnection,
     rows: &[&NewMessage<'_>],
-    seqs: &[i64],
+    seqs: &[(i64, Option<i64>)],
     ts: i64,
 ) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let values = vec!["(?, ?, ?, 'message', ?, ?, ?)"; rows.len()].join(", ");
+    let values = vec!["(?, ?, ?, 'message', ?, ?, ?, ?)"; rows.len()].join(", ");
     let sql = format!(
-        "INSERT INTO entries (room_id, seq, ts, kind, sender_id, client_id, body) VALUES {values}"
+        "INSERT INTO entries (room_id, seq, ts, kind, sender_id, client_id, body, expires_at) VALUES {values}"
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (m, seq) in rows.iter().zip(seqs) {
+    for (m, (seq, expires)) in rows.iter().zip(seqs) {
         query = query
             .bind(m.room)
             .bind(*seq)
             .bind(ts)
             .bind(m.sender.id)
             .bind(m.client_id)
-            .bind(m.body);
+            .bind(m.body)
+            .bind(*expires);
     }
     query.execute(&mut *conn).await?;
     Ok(())
