@@ -1062,7 +1062,7 @@ fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
     match body_kind(body) {
         Ok(BodyKind::Message) => envelope::is_signed_by(body, key),
         Ok(BodyKind::SenderKeyDistribution) => sender_keys::is_signed_by(body, key),
-        Ok(BodyKind::Signal) | Ok(BodyKind::Timer) | Err(_) => false,
+        Ok(BodyKind::Signal | BodyKind::Timer) | Err(_) => false,
     }
 }
 
