@@ -7,8 +7,9 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import {
-  launchBrowser, openConversation, openPage, registerInPage, roomWith, screenshot, sendText, ownServer,
+  hush, launchBrowser, openConversation, openPage, registerInPage, removeDir, roomWith, screenshot, sendText, ownServer, tempDir,
 } from "./harness.mjs";
 
 const WAIT = { timeout: 20_000 };
@@ -159,4 +160,41 @@ test("a disappearing message leaves the page and the browser's store", async (t)
   await message(rae, "this one stays").waitFor(WAIT);
   assert.equal(await message(rae, "gone in three").count(), 0);
   assert.deepEqual([...quy.errors, ...rae.errors], []);
+});
+
+test("a timer set in the terminal shows in the page, and the page's in hush read --json", async (t) => {
+  const server = await ownServer(t);
+  const keys = tempDir("social-keys");
+  t.after(() => removeDir(keys));
+  hush(server, keys, "sol", ["keys", "new", "sol", "--bits", "2048"]);
+  hush(server, keys, "sol", ["register"]);
+  const tam = await openPage(browser, server);
+  await registerInPage(tam, "tam");
+  await roomWith(tam, "timed", { sol: null });
+  await tam.locator("#timeline .event", { hasText: "tam invited sol" }).waitFor(WAIT);
+  hush(server, keys, "sol", ["room", "join", "timed"]);
+  await tam.locator("#timeline .event", { hasText: "sol joined" }).waitFor(WAIT);
+
+  await tam.getByLabel("Disappearing messages").selectOption("86400");
+  await tam.locator("#timeline .event", { hasText: "tam set messages to disappear after 1 day" }).waitFor(WAIT);
+  const read = () => hush(server, keys, "sol", ["read", "--room", "timed", "--json", "--save-dir", join(keys, "saved")])
+    .trim().split("\n").map((l) => JSON.parse(l));
+  const events = read().filter((l) => l.kind === "event").map((l) => l.text);
+  // Until the terminal reads timer entries on this branch, say so instead of failing.
+  if (events.includes("(timer event)")) return t.skip("the terminal does not read timer entries yet (branch f17-cli)");
+  assert.ok(events.includes("tam set messages to disappear after 1 day"), JSON.stringify(events));
+
+  let answer;
+  try {
+    answer = hush(server, keys, "sol", ["timer", "--room", "timed", "1h"]);
+  } catch (e) {
+    // Until the terminal's half lands on this branch, say so instead of failing.
+    if (/not available in this build/.test(e.message)) return t.skip("hush timer is not in this build yet (branch f17-cli)");
+    throw e;
+  }
+  void answer;
+  await tam.locator("#timeline .event", { hasText: "sol set messages to disappear after 1 hour" }).waitFor(WAIT);
+  await tam.waitForFunction(() => document.getElementById("timer-select").value === "3600", null, WAIT);
+  assert.deepEqual(read().filter((l) => l.kind === "rejected"), []);
+  assert.deepEqual(tam.errors, []);
 });
