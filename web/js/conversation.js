@@ -527,6 +527,13 @@ export class Conversation {
       this.keyMadeAt = Date.now();
     }
     bodies.push(await sending.seal(payload, identity.current));
+    // The counter is this device's as soon as it is used, not only once the
+    // message is read back: one erased or expired before that would
+    // otherwise be sealed again after a reload, and readers would reject
+    // it as a replay.
+    const used = sending.current.nextCounter - 1n;
+    const counters = this.mineOf(this.deviceHex).counters;
+    if (!(counters.get(sending.current.key.epoch) >= used)) counters.set(sending.current.key.epoch, used);
     return { bodies, rotation, leftOut };
   }
 
