@@ -23,7 +23,7 @@ use super::directory::Directory;
 use super::keystore::{Identity, KeyStore};
 use super::link::Event;
 use super::outbox::{self, Outbox};
-use super::relations::{MessageState, Relation, Removal};
+use super::relations::{MessageState, Relation, Removal, duration_words, parse_duration};
 use super::session::{self, LoggedOut};
 use super::store::{ClientStore, Window, search as store_search, sync};
 use super::transcript;
@@ -34,6 +34,7 @@ use crate::cli::{
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{MAX_EMOJI_BYTES, Payload, is_valid_reaction, safe_file_name};
 use crate::crypto::keys::IdentityPrivateKey;
+use crate::crypto::room_timer::{self, TimerStatement};
 use crate::crypto::safety::SafetyNumber;
 use crate::crypto::statements;
 use crate::store::RoomId;
@@ -571,10 +572,50 @@ async fn deliver(opts: &ClientOpts, target: &Target, payload: Payload) -> anyhow
     }
 }
 
-/// `hush timer`: needs the server's timer statements (branch f17-server),
-/// not merged yet.
-pub async fn timer(_: &ClientOpts, _: &TimerArgs) -> anyhow::Result<()> {
-    bail!("hush timer is not available in this build yet")
+/// `hush timer DURATION`: sets the conversation's disappearing-messages
+/// timer with a statement signed by the user's key (PROTOCOL §21). The
+/// server checks its own minimum and the 4-week maximum.
+pub async fn timer(opts: &ClientOpts, args: &TimerArgs) -> anyhow::Result<()> {
+    let ttl = parse_duration(&args.duration).with_context(|| {
+        format!(
+            "{:?} is not a duration: off, 5m, 1h, 8h, 1d, 1w, 4w or <N>s",
+            args.duration
+        )
+    })?;
+    if ttl > room_timer::MAX_DURATION_SECS {
+        bail!("the longest timer is 4 weeks");
+    }
+    let mut account = Account::open(opts).await?;
+    let room = account.resolve(&args.target).await?;
+    let store = open_store(&account).await?;
+    // The statement names the newest entry the user has seen.
+    let (link, conversation) = sync::sync_room(&mut account, &store, &room).await?;
+    drop(link);
+    store.close().await;
+    let statement = TimerStatement {
+        room: room.id.0,
+        sender: account.username().to_owned(),
+        duration_secs: ttl,
+        after: u64::try_from(conversation.last_seq()).unwrap_or(0),
+    };
+    let body = room_timer::sign(&statement, &account.identity.current)
+        .context("signing the timer change")?;
+    account
+        .api
+        .set_timer(room.id, &body)
+        .await
+        .context("setting the timer")?;
+    let label = room.label(account.username());
+    account.finish()?;
+    if ttl == 0 {
+        println!("turned off disappearing messages in {label}");
+    } else {
+        println!(
+            "new messages in {label} disappear after {}",
+            duration_words(ttl)
+        );
+    }
+    Ok(())
 }
 
 /// How `hush send`, `edit`, `delete` and `react` say what they did.
@@ -644,6 +685,12 @@ async fn send_outbox(
                 .await?;
             waiting.extend(ids);
         }
+        // The counters just used are kept at once (PROTOCOL §21: the
+        // messages may be erased before this device reads them back).
+        let label = room.label(account.username());
+        store
+            .save(room.id, &label, &conversation.save(), &[])
+            .await?;
         while !waiting.is_empty() {
             let (client_id, answer) = match transcript::next_event(&mut link).await? {
                 Event::Acked { client_id, seq, .. } => (client_id, Ok(seq)),

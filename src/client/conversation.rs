@@ -20,6 +20,7 @@ use crate::crypto::CryptoError;
 use crate::crypto::device::DeviceId;
 use crate::crypto::envelope::{self, Content, OpenContext, Payload, ReplayTracker, SavedChain};
 use crate::crypto::identity::{Fingerprint, IdentityKey};
+use crate::crypto::room_timer;
 use crate::crypto::sender_keys::{self, Recipient, RotationReason, SenderKey, SenderKeyState};
 use crate::crypto::trust::TrustStore;
 use crate::crypto::wire::{BodyKind, body_kind};
@@ -289,6 +290,14 @@ impl Conversation {
                 entry.sender,
                 entry.subject.as_deref().unwrap_or("someone")
             ),
+            "timer" => {
+                let shown = self.process_timer(entry, me, directory).await;
+                if self.is_unavailable {
+                    self.last_seq = before;
+                }
+                return shown;
+            }
+            "erased" => return self.process_tombstone(entry),
             "key" => {
                 self.retire_keys(entry, me, directory).await;
                 format!(
@@ -301,6 +310,124 @@ impl Conversation {
             other => format!("({other} event)"),
         };
         Shown::Event { seq, ts, text }
+    }
+
+    /// A `timer` entry (§21): its statement must be signed by a key
+    /// accepted from its sender at this position, for this room and this
+    /// sender, with `after` below the entry's seq and not below the
+    /// previous timer entry's. A valid one sets the duration for the
+    /// messages after it; any other is shown as rejected and not applied.
+    async fn process_timer(
+        &mut self,
+        entry: &WireEntry,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> Shown {
+        let (seq, ts) = (entry.seq, entry.ts);
+        let rejected = |why: String| Shown::Rejected {
+            seq,
+            ts,
+            sender: entry.sender.clone(),
+            reason: format!("a timer change was rejected: {why}"),
+        };
+        let Some(body) = entry.body.as_deref().and_then(|b| b64::decode(b).ok()) else {
+            return rejected("it has no readable statement".into());
+        };
+        let statement = match room_timer::parse(&body) {
+            Ok(parsed) => parsed.statement,
+            Err(err) => return rejected(err.to_string()),
+        };
+        if statement.room != self.room.0 {
+            return rejected(CryptoError::WrongRoom.to_string());
+        }
+        if statement.sender != entry.sender {
+            return rejected(CryptoError::WrongSender.to_string());
+        }
+        let mut verified = false;
+        for attempt in 0..2 {
+            let signers = match self.signers(&entry.sender, me, directory).await {
+                Ok(signers) => signers,
+                Err(reason) => {
+                    self.is_unavailable = true;
+                    return rejected(reason);
+                }
+            };
+            verified = signers
+                .accepted
+                .iter()
+                .any(|key| room_timer::verify(&body, key).is_ok());
+            // Maybe a rotation we saw no `key` entry for: ask once more.
+            if verified
+                || attempt == 1
+                || entry.sender == self.me
+                || !self.refetched.insert(entry.sender.clone())
+            {
+                break;
+            }
+            directory.invalidate(&entry.sender);
+        }
+        if !verified {
+            let reason = self
+                .bad_signature_reason(&entry.sender, |key| room_timer::verify(&body, key).is_ok());
+            return rejected(reason);
+        }
+        let previous = self.timers.last().map_or(0, |t| t.seq);
+        let after = i64::try_from(statement.after).unwrap_or(i64::MAX);
+        if after >= seq || after < previous {
+            return rejected(format!(
+                "it names #{after} as the newest message its sender had seen, which cannot be"
+            ));
+        }
+        if statement.duration_secs > room_timer::MAX_DURATION_SECS {
+            return rejected("a duration above 4 weeks".into());
+        }
+        self.timers.push(TimerChange {
+            seq,
+            ttl: statement.duration_secs,
+        });
+        Shown::Event {
+            seq,
+            ts,
+            text: super::relations::timer_sentence(&entry.sender, statement.duration_secs),
+        }
+    }
+
+    /// An `erased` entry: the server replaced a message with a tombstone.
+    /// "message expired" for an expiry; otherwise "removed by the server"
+    /// until a valid `delete` of it is read (§21).
+    fn process_tombstone(&mut self, entry: &WireEntry) -> Shown {
+        let is_expired = entry.reason.as_deref() == Some("expired");
+        let known_deleted = self
+            .targets
+            .get(&entry.seq)
+            .is_some_and(|t| t.kind == TargetKind::Deleted);
+        let why = if is_expired {
+            Removal::Expired
+        } else if known_deleted {
+            Removal::Deleted
+        } else {
+            Removal::Removed
+        };
+        if !is_expired {
+            self.targets.insert(
+                entry.seq,
+                Target {
+                    sender: entry.sender.clone(),
+                    kind: if known_deleted {
+                        TargetKind::Deleted
+                    } else {
+                        TargetKind::Erased
+                    },
+                    expires: None,
+                },
+            );
+        }
+        Shown::Removed {
+            seq: entry.seq,
+            ts: entry.ts,
+            sender: entry.sender.clone(),
+            why,
+        }
     }
 
     /// A `key` entry: from here on, keys its sender had before the one it
@@ -694,11 +821,22 @@ impl Conversation {
         directory: &mut Directory,
     ) -> anyhow::Result<Outgoing> {
         let mut outgoing = self.prepare_key(members, is_dm, me, directory).await?;
-        outgoing.bodies.push(
-            self.sending_state()
-                .seal(payload, &me.current)
-                .context("sealing the message")?,
-        );
+        let message = self
+            .sending_state()
+            .seal(payload, &me.current)
+            .context("sealing the message")?;
+        // Counted as used now, not only once read back from the log: a
+        // deleted or expired message comes back as a tombstone without its
+        // envelope, and a device that restarts must not seal that counter
+        // (or, if its distribution is gone too, that epoch) again.
+        if let Ok(header) = envelope::peek(&message) {
+            let highest = self
+                .own_counters
+                .entry((header.device, header.epoch))
+                .or_insert(header.counter);
+            *highest = (*highest).max(header.counter);
+        }
+        outgoing.bodies.push(message);
         Ok(outgoing)
     }
 
@@ -1090,4 +1228,64 @@ fn with_any_key<T>(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_before_an_entry_decides_its_expiry() {
+        let timers = [
+            TimerChange { seq: 10, ttl: 60 },
+            TimerChange { seq: 20, ttl: 0 },
+            TimerChange { seq: 30, ttl: 2 },
+        ];
+        assert_eq!(expires_at(&timers, 5, 1_000), None, "before any timer");
+        assert_eq!(
+            expires_at(&timers, 10, 1_000),
+            None,
+            "the timer entry itself"
+        );
+        assert_eq!(expires_at(&timers, 11, 1_000), Some(61_000));
+        assert_eq!(expires_at(&timers, 25, 1_000), None, "turned off");
+        assert_eq!(expires_at(&timers, 31, 1_000), Some(3_000));
+    }
+
+    #[test]
+    fn relation_targets_and_timers_survive_save_and_restore() -> anyhow::Result<()> {
+        let device = DeviceId::generate()?;
+        let mut conversation = Conversation::new(RoomId(7), "alice", device);
+        for (seq, sender, kind) in [
+            (3, "alice", TargetKind::Text),
+            (4, "bob", TargetKind::File),
+            (5, "alice", TargetKind::Deleted),
+            (6, "bob", TargetKind::Erased),
+        ] {
+            conversation.targets.insert(
+                seq,
+                Target {
+                    sender: sender.into(),
+                    kind,
+                    expires: (seq == 4).then_some(99),
+                },
+            );
+        }
+        conversation.timers.push(TimerChange { seq: 2, ttl: 300 });
+        conversation.own_distributed_at.insert(device, 1234);
+        let json = serde_json::to_vec(&conversation.save())?;
+        let restored =
+            Conversation::restore(RoomId(7), "alice", device, &serde_json::from_slice(&json)?)?;
+        let summary = |c: &Conversation| -> Vec<(i64, String, TargetKind, Option<i64>)> {
+            c.targets
+                .iter()
+                .map(|(seq, t)| (*seq, t.sender.clone(), t.kind, t.expires))
+                .collect()
+        };
+        assert!(summary(&restored) == summary(&conversation));
+        assert_eq!(restored.ttl(), 300);
+        assert_eq!(restored.expires_at(9, 0), Some(300_000));
+        assert_eq!(restored.own_distributed_at.get(&device), Some(&1234));
+        Ok(())
+    }
 }

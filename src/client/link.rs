@@ -155,11 +155,8 @@ impl Pending {
             room: self.room,
             client_id: self.client_id.clone(),
             body: self.body.clone(),
-            erase: None,
+            erase: self.erase,
         };
-        // `erase` goes on the frame once the server's protocol has it
-        // (branch f17-server).
-        let _ = self.erase;
         frame(Some(self.client_id.clone()), send)
     }
 }

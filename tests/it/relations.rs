@@ -9,12 +9,14 @@
 //! "update hush", not an attack.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use hush::client::account::Account;
 use hush::client::keystore::KeyStore;
 use hush::client::link::Link;
 use hush::client::transcript;
+use hush::config::ServerConfig;
 use hush::crypto::device::DeviceId;
 use hush::crypto::envelope::{self, Payload};
 use hush::crypto::keys::IdentityPrivateKey;
@@ -23,8 +25,8 @@ use hush::protocol::b64;
 use hush::store::RoomId;
 use serde_json::Value;
 
-use crate::cli_support::{fixture_key_store, hush, ok};
-use crate::support::{TestApp, spawn_app};
+use crate::cli_support::{contains, fixture_key_store, hush, ok};
+use crate::support::{TestApp, spawn_app, spawn_app_with};
 
 /// Two users' key stores (one directory) on a fresh server.
 struct World {
@@ -101,21 +103,34 @@ fn line_at(lines: &[Value], seq: i64) -> Result<&Value> {
 }
 
 /// Seals `payload` as `user` through the library (a real envelope with the
-/// user's own identity key and sender key) and posts it; returns its seq.
+/// user's own identity key and sender key) and posts it (never with
+/// `erase`); returns its seq.
 async fn post_as(world: &World, user: &str, room: RoomId, payload: &Payload) -> Result<i64> {
     let mut account = world.account(user).await?;
     let room = account.api.room(room).await?;
     let (mut link, mut conversation, _) = transcript::load(&mut account, &room).await?;
     let client_id = transcript::new_client_id();
-    let ids = transcript::post(
-        &mut account,
-        &link,
-        &mut conversation,
-        &room,
-        payload,
-        &client_id,
-    )
-    .await?;
+    // Sealed as the CLI would, but posted without `erase`: a forger does
+    // not ask the server for what it would refuse.
+    let outgoing = conversation
+        .seal(
+            payload,
+            &room.members,
+            room.is_dm(),
+            &account.identity,
+            &mut account.directory,
+        )
+        .await?;
+    let mut ids = Vec::new();
+    for (i, body) in outgoing.bodies.iter().enumerate() {
+        let id = if i + 1 == outgoing.bodies.len() {
+            client_id.clone()
+        } else {
+            transcript::new_client_id()
+        };
+        link.send(room.id, id.clone(), b64::encode(body)).await;
+        ids.push(id);
+    }
     let seq = transcript::await_acks(&mut link, ids).await?;
     account.finish()?;
     Ok(seq)
@@ -316,4 +331,329 @@ fn fixture_key(name: &str) -> Result<IdentityPrivateKey> {
     Ok(IdentityPrivateKey::from_pkcs8_pem(
         &std::fs::read_to_string(path)?,
     )?)
+}
+
+/// Waits until `holds` is true, up to `limit`.
+async fn eventually(limit: Duration, mut holds: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if holds()? {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("still not so after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the server's database file or its WAL holds `bytes`.
+fn on_disk(app: &TestApp, bytes: &[u8]) -> bool {
+    let wal = format!("{}-wal", app.db_path.display());
+    [app.db_path.clone(), wal.into()]
+        .iter()
+        .any(|path| std::fs::read(path).is_ok_and(|data| contains(&data, bytes)))
+}
+
+/// The ciphertext part of the stored body of `seq` in `room`, as the
+/// server has it now (to look for it on disk).
+async fn stored_ciphertext(world: &World, user: &str, room: RoomId, seq: i64) -> Result<Vec<u8>> {
+    let account = world.account(user).await?;
+    let token = account.api.token().context("logged in")?.to_owned();
+    let mut ws = world.app.connect_ws(&token).await?;
+    let (entries, _) = ws.sync(room.0, seq - 1).await?;
+    let entry = entries
+        .iter()
+        .find(|e| e["seq"] == seq)
+        .context("the entry is served")?;
+    let body = b64::decode(entry["body"].as_str().context("a body")?)?;
+    ensure!(body.len() > 120, "an envelope");
+    // Past the header (magic .. counter .. nonce): AES-GCM output.
+    Ok(body[70..body.len().min(70 + 48)].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_erases_the_ciphertext_on_the_server_and_the_plaintext_at_the_reader() -> Result<()>
+{
+    let world = World::new(&["alice", "bob"]).await?;
+    let marker = "DELMARK-4c1e9a";
+    let first = world.sent(
+        "alice",
+        &["send", "--to", "bob", &format!("{marker} soon gone")],
+    )?;
+    let edit = world.sent(
+        "alice",
+        &[
+            "edit",
+            "--to",
+            "bob",
+            &first.to_string(),
+            &format!("{marker} edited, then gone"),
+        ],
+    )?;
+    world.sent("bob", &["react", "--to", "alice", &first.to_string(), "👀"])?;
+    let kept = world.sent("alice", &["send", "--to", "bob", "this one stays"])?;
+    // Bob has read it: his store holds it, and search finds it.
+    let lines = world.read_json("bob", "alice")?;
+    assert!(
+        line_at(&lines, first)?["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(marker)
+    );
+    let found = world.run("bob", &["search", marker])?;
+    assert!(
+        found.contains(&format!("#{first} ")),
+        "bob's store has it: {found}"
+    );
+    let dm = dm_of(&world, "bob", "alice").await?;
+    let ciphertext = stored_ciphertext(&world, "bob", dm, first).await?;
+    assert!(
+        on_disk(&world.app, &ciphertext),
+        "the check can see the ciphertext"
+    );
+
+    let delete = world.sent("alice", &["delete", "--to", "bob", &first.to_string()])?;
+
+    // The server erased the ciphertext from its database file and WAL.
+    eventually(Duration::from_secs(10), || {
+        Ok(!on_disk(&world.app, &ciphertext))
+    })
+    .await?;
+    for (reader, peer) in [("bob", "alice"), ("alice", "bob")] {
+        let lines = world.read_json(reader, peer)?;
+        let gone = line_at(&lines, first)?;
+        assert_eq!(gone["kind"], "message", "{reader}: {gone}");
+        assert_eq!(gone["deleted"], true, "{reader}");
+        assert!(gone.get("text").is_none() && gone.get("reactions").is_none());
+        assert_eq!(gone["sender"], "alice");
+        let delete_line = line_at(&lines, delete)?;
+        assert_eq!(delete_line["kind"], "delete");
+        assert_eq!(delete_line["of"], first);
+        // The edit and the reaction of it went with it.
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["of"] != first || l["kind"] == "delete"),
+            "{lines:#?}"
+        );
+        assert!(lines.iter().all(|l| l["seq"] != edit), "{reader}");
+        assert_eq!(line_at(&lines, kept)?["text"], "this one stays");
+        let all = serde_json::to_string(&lines)?;
+        assert!(!all.contains(marker), "{reader} still shows it: {all}");
+    }
+    // Nothing of it is left in bob's store for search to find (the store
+    // is encrypted, so this is how its content is checked).
+    let output = hush(&world.app.base_url, &world.keys, "bob", &["search", marker])?;
+    assert!(output.status.success());
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains(marker),
+        "bob's store still has it"
+    );
+    let text = world.run("bob", &["read", "--with", "alice"])?;
+    assert!(text.contains("(message deleted)"), "{text}");
+    // Only the sender may delete: alice cannot delete bob's message.
+    let bobs = world.sent("bob", &["send", "--to", "alice", "bob's own"])?;
+    let refused = hush(
+        &world.app.base_url,
+        &world.keys,
+        "alice",
+        &["delete", "--to", "bob", &bobs.to_string()],
+    )?;
+    assert!(!refused.status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_who_meets_the_tombstone_first_shows_the_message_deleted() -> Result<()> {
+    let world = World::new(&["alice", "bob"]).await?;
+    let first = world.sent("alice", &["send", "--to", "bob", "never seen by bob"])?;
+    world.sent("alice", &["delete", "--to", "bob", &first.to_string()])?;
+    // Bob reads the room only now: the server serves a tombstone at
+    // `first`, and the signed delete after it.
+    let lines = world.read_json("bob", "alice")?;
+    let gone = line_at(&lines, first)?;
+    assert_eq!(gone["kind"], "message", "{gone}");
+    assert_eq!(gone["deleted"], true);
+    assert_eq!(gone["sender"], "alice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disappearing_messages_expire_for_everyone_and_leave_no_gap() -> Result<()> {
+    let config = ServerConfig {
+        min_disappearing_secs: 1,
+        expiry_interval: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let world = World::on(spawn_app_with(config).await?, &["alice", "bob"])?;
+    let before = world.sent("alice", &["send", "--to", "bob", "said before the timer"])?;
+    let out = world.run("alice", &["timer", "--to", "bob", "2s"])?;
+    assert!(out.contains("disappear after 2 seconds"), "{out}");
+    let marker = "EXPMARK-93bd0e";
+    let vanishing = world.sent(
+        "alice",
+        &["send", "--to", "bob", &format!("{marker} vanishing")],
+    )?;
+    let lines = world.read_json("bob", "alice")?;
+    assert!(
+        lines.iter().any(|l| l["kind"] == "event"
+            && l["text"] == "alice set messages to disappear after 2 seconds"),
+        "{lines:#?}"
+    );
+    assert!(
+        line_at(&lines, vanishing)?["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(marker)
+    );
+    let dm = dm_of(&world, "bob", "alice").await?;
+    let ciphertext = stored_ciphertext(&world, "bob", dm, vanishing).await?;
+
+    // The server erases it from its database and WAL…
+    eventually(Duration::from_secs(15), || {
+        Ok(!on_disk(&world.app, &ciphertext))
+    })
+    .await?;
+    // …and both readers show it expired, without a gap, and keep what
+    // came before the timer.
+    for (reader, peer) in [("bob", "alice"), ("alice", "bob")] {
+        let lines = world.read_json(reader, peer)?;
+        let gone = line_at(&lines, vanishing)?;
+        assert_eq!(gone["kind"], "erased", "{reader}: {gone}");
+        assert_eq!(gone["reason"], "expired");
+        assert_eq!(gone["sender"], "alice");
+        assert_eq!(line_at(&lines, before)?["text"], "said before the timer");
+        let all = serde_json::to_string(&lines)?;
+        assert!(!all.contains(marker), "{reader} still shows it");
+        let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    }
+    let output = hush(&world.app.base_url, &world.keys, "bob", &["search", marker])?;
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(marker));
+    // A later message still arrives and reads normally.
+    let off = world.run("alice", &["timer", "--to", "bob", "off"])?;
+    assert!(off.contains("turned off"), "{off}");
+    let after = world.sent("alice", &["send", "--to", "bob", "after the timer"])?;
+    let lines = world.read_json("bob", "alice")?;
+    assert_eq!(
+        line_at(&lines, after)?["text"],
+        "after the timer",
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["kind"] != "rejected"),
+        "nothing rejected: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["text"] == "alice turned off disappearing messages")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_statement_the_server_refuses_sets_nothing() -> Result<()> {
+    // The default minimum is 5 minutes: 2 seconds is refused, and nothing
+    // changes for the readers.
+    let world = World::new(&["alice", "bob"]).await?;
+    let refused = hush(
+        &world.app.base_url,
+        &world.keys,
+        "alice",
+        &["timer", "--to", "bob", "2s"],
+    )?;
+    assert!(!refused.status.success());
+    let first = world.sent("alice", &["send", "--to", "bob", "stays"])?;
+    let lines = world.read_json("bob", "alice")?;
+    assert_eq!(line_at(&lines, first)?["text"], "stays");
+    assert!(
+        lines.iter().all(
+            |l| l["kind"] != "event" || !l["text"].as_str().unwrap_or("").contains("disappear")
+        )
+    );
+    Ok(())
+}
+
+/// `hush chat`'s output lines, read on a thread.
+struct ChatOutput {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChatOutput {
+    fn from(stdout: std::process::ChildStdout) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// Waits (up to 30 s) for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("hush chat never printed {needle:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_replies_reacts_and_shows_edits_and_deletes_as_they_come() -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let world = World::new(&["alice", "bob"]).await?;
+    let first = world.sent("alice", &["send", "--to", "bob", "are we on for Fridy?"])?;
+    let mut chat = crate::cli_support::hush_command(&world.app.base_url, &world.keys, "bob")
+        .arg("chat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut input = chat.stdin.take().context("chat stdin")?;
+    let mut out = ChatOutput::from(chat.stdout.take().context("chat stdout")?);
+    out.wait_for(&format!("#{first} "))?;
+
+    writeln!(input, "/reply {first} yes, Friday")?;
+    writeln!(input, "/react {first} 🎉")?;
+    out.wait_for("bob reacted 🎉")?;
+    world.sent(
+        "alice",
+        &[
+            "edit",
+            "--to",
+            "bob",
+            &first.to_string(),
+            "are we on for Friday?",
+        ],
+    )?;
+    out.wait_for("are we on for Friday? (edited)")?;
+    world.sent("alice", &["delete", "--to", "bob", &first.to_string()])?;
+    out.wait_for("(message deleted)")?;
+    writeln!(input, "/quit")?;
+    let status = chat.wait()?;
+    assert!(status.success(), "hush chat exits cleanly: {status}");
+
+    let lines = world.read_json("alice", "bob")?;
+    let reply = lines
+        .iter()
+        .find(|l| l["text"] == "yes, Friday")
+        .context("the reply arrived")?;
+    assert_eq!(reply["reply_to"], first);
+    assert_eq!(line_at(&lines, first)?["deleted"], true);
+    Ok(())
 }
