@@ -249,12 +249,16 @@ test("a delete made in the page shows as deleted in hush read --json, its text g
   const keys = join(work, "keys-delete");
   hush(server, keys, "eli", ["keys", "new", "eli", "--bits", "2048"]);
   hush(server, keys, "eli", ["register"]);
+  hush(server, keys, "fez", ["keys", "new", "fez", "--bits", "2048"]);
+  hush(server, keys, "fez", ["register"]);
   const dot = await openPage(browser, server);
   await registerInPage(dot, "dot");
-  await roomWith(dot, "drafts", { eli: null });
-  await dot.locator("#timeline .event", { hasText: "dot invited eli" }).waitFor(WAIT);
-  hush(server, keys, "eli", ["room", "join", "drafts"]);
-  await dot.locator("#timeline .event", { hasText: "eli joined" }).waitFor(WAIT);
+  await roomWith(dot, "drafts", { eli: null, fez: null });
+  for (const user of ["eli", "fez"]) {
+    await dot.locator("#timeline .event", { hasText: `dot invited ${user}` }).waitFor(WAIT);
+    hush(server, keys, user, ["room", "join", "drafts"]);
+    await dot.locator("#timeline .event", { hasText: `${user} joined` }).waitFor(WAIT);
+  }
   await sendText(dot, "kept note");
   // A delete in the page: the terminal shows the message as deleted, its text gone.
   await sendText(dot, "temporary note");
@@ -271,5 +275,9 @@ test("a delete made in the page shows as deleted in hush read --json, its text g
   assert.ok(afterDelete.some((l) => l.kind === "delete" && l.of === deletedLine.seq));
 
   assert.ok(afterDelete.some((l) => l.kind === "message" && l.text === "kept note"));
+  // fez reads for the first time after the delete: the server hands him the tombstone, then the delete.
+  const fresh = readJson(server, keys, "fez", "drafts");
+  assert.ok(!fresh.some((l) => l.text === "temporary note"));
+  assert.ok(fresh.some((l) => l.seq === deletedLine.seq && l.kind === "message" && l.deleted === true), JSON.stringify(fresh));
   assert.deepEqual(dot.errors, []);
 });

@@ -180,19 +180,9 @@ test("a timer set in the terminal shows in the page, and the page's in hush read
   const read = () => hush(server, keys, "sol", ["read", "--room", "timed", "--json", "--save-dir", join(keys, "saved")])
     .trim().split("\n").map((l) => JSON.parse(l));
   const events = read().filter((l) => l.kind === "event").map((l) => l.text);
-  // Until the terminal reads timer entries on this branch, say so instead of failing.
-  if (events.includes("(timer event)")) return t.skip("the terminal does not read timer entries yet (branch f17-cli)");
   assert.ok(events.includes("tam set messages to disappear after 1 day"), JSON.stringify(events));
 
-  let answer;
-  try {
-    answer = hush(server, keys, "sol", ["timer", "--room", "timed", "1h"]);
-  } catch (e) {
-    // Until the terminal's half lands on this branch, say so instead of failing.
-    if (/not available in this build/.test(e.message)) return t.skip("hush timer is not in this build yet (branch f17-cli)");
-    throw e;
-  }
-  void answer;
+  hush(server, keys, "sol", ["timer", "--room", "timed", "1h"]);
   await tam.locator("#timeline .event", { hasText: "sol set messages to disappear after 1 hour" }).waitFor(WAIT);
   await tam.waitForFunction(() => document.getElementById("timer-select").value === "3600", null, WAIT);
   assert.deepEqual(read().filter((l) => l.kind === "rejected"), []);
