@@ -439,7 +439,10 @@ export class HushClient extends EventTarget {
     if (!sent) return;
     this.wire.splice(this.wire.indexOf(sent), 1);
     if (sent.state === "inflight") this.window = Math.min(WINDOW_MAX, this.window + 1);
-    if (sent.thenSignal) this.link.send(sent.thenSignal);
+    if (sent.thenSignals) {
+      for (const frame of sent.thenSignals.heldSignals ?? []) this.link.send(frame);
+      sent.thenSignals.heldSignals = null;
+    }
     if (sent.isMessage) {
       const item = sent.item;
       item.state = "acked";
@@ -728,15 +731,21 @@ export class HushClient extends EventTarget {
     }
     const { bodies, signal } = sealed;
     const frame = { type: "signal", room: info.id, kind, body: b64encode(signal) };
+    if (room.heldSignals) {
+      // Sealed under a key whose distribution is not stored yet: in order, behind it.
+      room.heldSignals.push(frame);
+      return;
+    }
     if (!bodies.length) {
       this.link.send(frame);
       return;
     }
     // A new key: readers cannot open the signal before its distribution
-    // is stored, so the signal waits for that ack.
+    // is stored, so the signal (and any sealed meanwhile) waits for that ack.
+    room.heldSignals = [frame];
     bodies.forEach((body, i) => this.wire.push({
       room: info.id, client_id: newClientId(), body: b64encode(body), item: { state: "sealed" }, isMessage: false, state: "unsent",
-      thenSignal: i === bodies.length - 1 ? frame : null,
+      thenSignals: i === bodies.length - 1 ? room : null,
     }));
     this.flush();
   }
