@@ -458,6 +458,8 @@ export class HushClient extends EventTarget {
   async onError(frame) {
     const sent = frame.id && this.wire.find((w) => w.client_id === frame.id);
     if (sent && FINAL_CODES.has(frame.code)) {
+      // Signals held behind a distribution that will never be stored are dropped (best effort).
+      if (sent.thenSignals) sent.thenSignals.heldSignals = null;
       // Resending will not help: the message fails, with the rest of its bodies.
       const item = sent.item;
       this.wire = this.wire.filter((w) => w.item !== item);
