@@ -20,6 +20,7 @@ use hush::config::ServerConfig;
 use hush::crypto::device::DeviceId;
 use hush::crypto::envelope::{self, Payload};
 use hush::crypto::keys::IdentityPrivateKey;
+use hush::crypto::room_timer;
 use hush::crypto::sender_keys::{self, Recipient, SenderKey};
 use hush::protocol::b64;
 use hush::store::RoomId;
@@ -655,5 +656,54 @@ async fn chat_replies_reacts_and_shows_edits_and_deletes_as_they_come() -> Resul
         .context("the reply arrived")?;
     assert_eq!(reply["reply_to"], first);
     assert_eq!(line_at(&lines, first)?["deleted"], true);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_change_its_sender_did_not_sign_is_rejected_and_not_applied() -> Result<()> {
+    let config = ServerConfig {
+        min_disappearing_secs: 1,
+        ..ServerConfig::default()
+    };
+    let world = World::on(spawn_app_with(config).await?, &["alice", "bob"])?;
+    world.sent("alice", &["send", "--to", "bob", "hello"])?;
+    world.run("alice", &["timer", "--to", "bob", "1w"])?;
+    // The server (here: the test, with the database) swaps the statement
+    // for one that says the same, signed by bob's key instead of alice's.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", world.app.db_path.display())).await?;
+    let (seq, body): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, body FROM entries WHERE kind = 'timer'")
+            .fetch_one(&pool)
+            .await?;
+    let statement = room_timer::parse(&body)?.statement;
+    ensure!(statement.sender == "alice" && statement.duration_secs == 604_800);
+    let forged = room_timer::sign(&statement, &fixture_key("bob")?)?;
+    sqlx::query("UPDATE entries SET body = ? WHERE kind = 'timer'")
+        .bind(forged)
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+
+    let lines = world.read_json("bob", "alice")?;
+    let timer = line_at(&lines, seq)?;
+    assert_eq!(timer["kind"], "rejected", "{timer}");
+    assert!(
+        timer["warning"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("a timer change was rejected: "),
+        "{timer}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l["text"].as_str().unwrap_or("").contains("disappear")),
+        "not shown as a timer change: {lines:#?}"
+    );
+    // Alice's client had not read it yet either: it reads the swapped
+    // statement and rejects it the same way.
+    let alice_lines = world.read_json("alice", "bob")?;
+    assert_eq!(line_at(&alice_lines, seq)?["kind"], "rejected");
     Ok(())
 }
