@@ -24,6 +24,8 @@ pub mod wire;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
+mod timer_vectors;
+#[cfg(test)]
 mod vectors;
 
 use thiserror::Error;

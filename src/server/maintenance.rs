@@ -147,8 +147,12 @@ pub async fn expire(store: Store, every: Duration, mut stop: watch::Receiver<boo
 
 /// Checkpoints (TRUNCATE) the write-ahead log a short `delay` after each
 /// erasure, so that erased ciphertext leaves the WAL and the database file.
-/// Costs one copy of the WAL's pages into the database: measured ~1-3 ms
-/// with a small WAL, up to ~100 ms for a full one (10,000 pages).
+/// Erasures within `delay` of each other share one checkpoint. It costs one
+/// copy of the WAL's pages into the database plus its fsyncs, during which
+/// the log writer waits: measured on the 2-core test machine (loaded),
+/// synchronous=FULL, 600-byte rows: 16 ms with a 0.1 MiB WAL, 22 ms with
+/// 3.3 MiB, 260 ms with 20 MiB. Only the first checkpoint after a quiet
+/// spell meets a large WAL; later ones copy what the last `delay` wrote.
 pub async fn scrub(store: Store, delay: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {

@@ -219,10 +219,10 @@ pub async fn store_erasing(
         return Ok(Err(refusal));
     }
     let key = (message.room, message.sender.id, message.client_id);
-    if stored_client_ids(conn, &[key]).await?.is_empty() {
-        if let Err(refusal) = erase(conn, message.room, message.sender.id, target).await? {
-            return Ok(Err(refusal));
-        }
+    if stored_client_ids(conn, &[key]).await?.is_empty()
+        && let Err(refusal) = erase(conn, message.room, message.sender.id, target).await?
+    {
+        return Ok(Err(refusal));
     }
     let mut outcomes = store_messages(conn, cache, std::slice::from_ref(message)).await?;
     Ok(outcomes.pop().expect("one outcome per message"))
