@@ -13,13 +13,15 @@ pub enum SocialCommand {
     Block {
         #[command(flatten)]
         opts: ClientOpts,
-        user: String,
+        #[arg(value_name = "USER")]
+        peer: String,
     },
     /// Stop blocking USER.
     Unblock {
         #[command(flatten)]
         opts: ClientOpts,
-        user: String,
+        #[arg(value_name = "USER")]
+        peer: String,
     },
     /// List the users you block.
     Blocked {
@@ -80,4 +82,13 @@ pub enum Setting {
 pub enum OnOff {
     On,
     Off,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
 }

@@ -72,11 +72,11 @@ pub struct Signals {
     clock: SignalClock,
     freshness: Freshness,
     rooms: HashMap<RoomId, RoomSignals>,
-    /// Signals sealed under a new sender key, held until its distribution
-    /// is stored (acknowledged): sent before it, a signal would reach
-    /// readers who cannot open it yet. Keyed by the distribution's
-    /// client id.
-    held: HashMap<String, (RoomId, SignalKind, String)>,
+    /// Signals sealed under a new sender key, held (in order) until its
+    /// distribution is stored (acknowledged): sent before it, a signal
+    /// would reach readers who cannot open it yet. Keyed by the
+    /// distribution's client id.
+    held: HashMap<String, (RoomId, Vec<(SignalKind, String)>)>,
 }
 
 impl Signals {
@@ -245,14 +245,16 @@ impl Signals {
             Signal::Typing { .. } => SignalKind::Typing,
         };
         let body = b64::encode(&sealed.body);
-        match sealed.distribution {
-            Some(distribution) => {
-                let client_id = new_client_id();
-                link.send(room.id, client_id.clone(), b64::encode(&distribution))
-                    .await;
-                self.held.insert(client_id, (room.id, kind, body));
-            }
-            None => link.signal(room.id, kind, body).await,
+        if let Some(distribution) = sealed.distribution {
+            let client_id = new_client_id();
+            link.send(room.id, client_id.clone(), b64::encode(&distribution))
+                .await;
+            self.held.insert(client_id, (room.id, vec![(kind, body)]));
+        } else if let Some((_, waiting)) = self.held.values_mut().find(|(r, _)| *r == room.id) {
+            // Behind a signal still waiting for its key.
+            waiting.push((kind, body));
+        } else {
+            link.signal(room.id, kind, body).await;
         }
         Ok(())
     }
@@ -260,10 +262,12 @@ impl Signals {
     /// A send was acknowledged (or refused for good: `is_stored` false):
     /// a signal held for it goes now, or is dropped with it.
     pub async fn answered(&mut self, client_id: &str, is_stored: bool, link: &Link) {
-        if let Some((room, kind, body)) = self.held.remove(client_id)
+        if let Some((room, waiting)) = self.held.remove(client_id)
             && is_stored
         {
-            link.signal(room, kind, body).await;
+            for (kind, body) in waiting {
+                link.signal(room, kind, body).await;
+            }
         }
     }
 

@@ -37,7 +37,7 @@ pub async fn run(command: &SocialCommand) -> anyhow::Result<()> {
     }
     let api = super::commands::session_api(opts, &keys, &user).await?;
     match command {
-        SocialCommand::Block { user: peer, .. } => {
+        SocialCommand::Block { peer, .. } => {
             api.block(peer)
                 .await
                 .with_context(|| format!("blocking {peer}"))?;
@@ -45,7 +45,7 @@ pub async fn run(command: &SocialCommand) -> anyhow::Result<()> {
                 "blocked {peer}: they cannot open a DM with you, invite you or message you in your DM; their messages in shared rooms are hidden"
             );
         }
-        SocialCommand::Unblock { user: peer, .. } => {
+        SocialCommand::Unblock { peer, .. } => {
             api.unblock(peer)
                 .await
                 .with_context(|| format!("unblocking {peer}"))?;

@@ -219,11 +219,33 @@ async fn a_dm_request_is_shown_only_as_a_request_until_accepted() -> Result<()> 
     let app = spawn_app().await?;
     let home = tempfile::tempdir()?;
     let keys = fixture_key_store(&app.base_url, home.path(), &["alice", "carol", "dave"])?;
+    // A running chat announces the request when it is made, and nothing of it.
+    run(&app, &keys, "alice", &["room", "create", "solo"])?;
+    let mut chat = Chat::start(&app.base_url, &keys, "alice", "--- #solo ---")?;
     run(
         &app,
         &keys,
         "carol",
         &["send", "--to", "alice", "hi from a stranger"],
+    )?;
+    chat.out
+        .wait_for("* carol wants to message you — hush accept")?;
+    let chat_out = chat.quit()?;
+    assert!(!chat_out.saw("stranger"), "{:?}", chat_out.seen);
+    // A chat started later says it too, among its rooms.
+    let started = Chat::start(&app.base_url, &keys, "alice", "--- #solo ---")?;
+    let started_out = started.quit()?;
+    assert!(
+        started_out.saw("* carol wants to message you — hush accept"),
+        "{:?}",
+        started_out.seen
+    );
+    assert!(!started_out.saw("stranger"), "{:?}", started_out.seen);
+    run(
+        &app,
+        &keys,
+        "carol",
+        &["send", "--to", "alice", "hi from a stranger, again"],
     )?;
     run(
         &app,
