@@ -938,3 +938,24 @@ async fn a_message_under_a_short_timer_expires_into_a_tombstone_and_leaves_the_d
     app.wait_off_disk(mark(&secret)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn blocking_the_requester_declines_the_request_and_accept_joins_a_group() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob", "carol"]).await?;
+    let (_, dm) = app.open_dm(&t[0], "bob").await?;
+    assert!(app.listed_rooms(&t[1]).await?.contains(&dm));
+    let (status, _) = app.put("/api/v1/blocks/alice", &t[1]).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!app.listed_rooms(&t[1]).await?.contains(&dm), "declined");
+    assert_eq!(app.room(&t[1], dm).await?["request"], true);
+
+    let room = app.create_room(&t[2], "carol's").await?;
+    app.invite(&t[2], room, "bob").await?;
+    let (status, joined) = app
+        .post(&format!("/api/v1/rooms/{room}/accept"), Some(&t[1]), None)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["members"], json!(["bob", "carol"]));
+    Ok(())
+}
