@@ -753,7 +753,9 @@ pub fn guess_mime(name: &str) -> &'static str {
 
 pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
     let mut account = Account::open(opts).await?;
-    let room = super::social::resolve_for_reading(&account, &args.target).await?;
+    // `--with USER` opens the DM with USER, which accepts a request of
+    // theirs (PROTOCOL §21); `--room ID` of a request shows only the request.
+    let room = account.resolve(&args.target).await?;
     if room.request {
         super::social::print_request(&room, account.username(), args.json);
         return account.finish();

@@ -18,12 +18,12 @@ use std::collections::HashSet;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::account::{Account, find_room, require_user};
+use super::account::{find_room, require_user};
 use super::api::{Api, Room};
 use super::conversation::Shown;
 use super::keystore::KeyStore;
 use super::settings::Settings;
-use crate::cli::{OnOff, RoomCommand, Setting, SocialCommand, Target};
+use crate::cli::{OnOff, RoomCommand, Setting, SocialCommand};
 use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
 use crate::store::RoomId;
@@ -219,23 +219,6 @@ pub fn print_request(room: &Room, me: &str, is_json: bool) {
     } else {
         println!("* {text}");
     }
-}
-
-/// The conversation `hush read` names: like `Account::resolve`, except
-/// that `--to USER` takes an existing DM first, so reading a request does
-/// not accept it (opening a DM with the requester would).
-pub async fn resolve_for_reading(account: &Account, target: &Target) -> anyhow::Result<Room> {
-    if let Some(peer) = &target.to {
-        let me = account.username();
-        let existing =
-            account.api.rooms().await?.into_iter().find(|r| {
-                r.is_dm() && peer_of(r, me) == *peer && r.members.iter().any(|m| m == peer)
-            });
-        if let Some(room) = existing {
-            return Ok(room);
-        }
-    }
-    account.resolve(target).await
 }
 
 /// The users this account blocks, for hiding their messages. A server

@@ -228,8 +228,16 @@ async fn a_dm_request_is_shown_only_as_a_request_until_accepted() -> Result<()> 
         "carol",
         &["send", "--to", "alice", "hi from a stranger"],
     )?;
-    chat.out
+    let announced = chat
+        .out
         .wait_for("* carol wants to message you — hush accept")?;
+    // "… hush accept ROOM / …": the request's room id.
+    let room = announced
+        .split("hush accept ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .context("the announcement names the room")?
+        .to_owned();
     let chat_out = chat.quit()?;
     assert!(!chat_out.saw("stranger"), "{:?}", chat_out.seen);
     // A chat started later says it too, among its rooms.
@@ -254,7 +262,7 @@ async fn a_dm_request_is_shown_only_as_a_request_until_accepted() -> Result<()> 
         &["send", "--to", "alice", "buy my stuff"],
     )?;
 
-    let read = run(&app, &keys, "alice", &["read", "--to", "carol"])?;
+    let read = run(&app, &keys, "alice", &["read", "--room", &room])?;
     assert!(read.contains("carol wants to message you"), "{read}");
     assert!(read.contains("hush accept"), "{read}");
     assert!(!read.contains("stranger"), "{read}");
@@ -262,7 +270,7 @@ async fn a_dm_request_is_shown_only_as_a_request_until_accepted() -> Result<()> 
         &app,
         &keys,
         "alice",
-        &["read", "--to", "carol", "--json"],
+        &["read", "--room", &room, "--json"],
     )?)?;
     assert_eq!(json.len(), 1, "{json:?}");
     assert_eq!(json[0]["kind"], "request");
@@ -276,7 +284,7 @@ async fn a_dm_request_is_shown_only_as_a_request_until_accepted() -> Result<()> 
     assert!(requests.contains("dave wants to message you"), "{requests}");
 
     run(&app, &keys, "alice", &["accept", "@carol"])?;
-    let read = run(&app, &keys, "alice", &["read", "--to", "carol"])?;
+    let read = run(&app, &keys, "alice", &["read", "--room", &room])?;
     assert!(read.contains("carol: hi from a stranger"), "{read}");
 
     run(&app, &keys, "alice", &["decline", "@dave"])?;
