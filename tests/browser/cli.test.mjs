@@ -93,7 +93,9 @@ test("a browser user and a command-line user exchange text and images both ways"
   const saved = join(work, "carl-downloads");
   // They share no room: the DM is a message request for carl (§21), of
   // which the terminal shows who asks and nothing else until he accepts.
-  const asked = readJson(server, keys, "carl", ["--with", "bea"], saved);
+  // (By the room's id: `--with bea` would open the DM from carl's side, which accepts it.)
+  const dmId = await bea.locator(".room-button.active").getAttribute("data-room");
+  const asked = readJson(server, keys, "carl", ["--room", dmId], saved);
   assert.deepEqual(asked.map((l) => [l.kind, l.by]), [["request", "bea"]], JSON.stringify(asked));
   hush(server, keys, "carl", ["accept", "@bea"]);
   const carlSees = readJson(server, keys, "carl", ["--with", "bea"], saved);
