@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod social;
+pub use social::{OnOff, Setting, SocialCommand};
+
 use crate::config::{Limits, Rate, RegistrationMode, Secret, ServerConfig};
 use crate::server::tls::TlsReloader;
 
@@ -105,6 +108,8 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    #[command(flatten)]
+    Social(SocialCommand),
     /// Operator tools on the server's database (works with the server running or not).
     Admin(AdminArgs),
 }
@@ -455,8 +460,22 @@ pub enum RoomCommand {
     Join { room: String },
     /// Leave ROOM.
     Leave { room: String },
-    /// Remove USER from ROOM (the room's creator only).
+    /// Remove USER from ROOM (the room's creator or an admin).
     Remove {
+        room: String,
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// List ROOM's creator and admins.
+    Admins { room: String },
+    /// Make USER an admin of ROOM (the creator only): admins can remove members.
+    Promote {
+        room: String,
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// Take USER's admin rights in ROOM away (the creator only).
+    Demote {
         room: String,
         #[arg(value_name = "USER")]
         member: String,

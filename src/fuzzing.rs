@@ -47,6 +47,11 @@ pub fn log_body(data: &[u8]) {
                 assert!(wire::is_valid_username(&header.sender));
             }
         }
+        Ok(BodyKind::Signal) => {
+            if let Ok(header) = crate::crypto::signal::peek(data) {
+                assert!(wire::is_valid_username(&header.sender));
+            }
+        }
         Ok(BodyKind::Timer) | Err(_) => {}
     }
     let _ = envelope::peek(data);

@@ -41,6 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search { opts, args } => commands::search(&opts, &args).await,
         Command::Chat { opts } => hush::client::chat::run(&opts).await,
         Command::Logout { opts } => commands::logout(&opts).await,
+        Command::Social(command) => hush::client::social::run(&command).await,
         Command::Admin(args) => hush::admin::run(&args).await,
     }
 }
@@ -59,6 +60,7 @@ fn client_opts(command: &Command) -> Option<&ClientOpts> {
         | Command::Search { opts, .. }
         | Command::Chat { opts }
         | Command::Logout { opts } => Some(opts),
+        Command::Social(command) => Some(command.opts()),
         Command::Serve(_) | Command::Admin(_) => None,
     }
 }

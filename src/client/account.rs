@@ -21,6 +21,10 @@ pub struct Account {
     pub keys: KeyStore,
     /// The device this run sends as, held until the command ends.
     pub device: DeviceClaim,
+    /// Users this account blocks (PROTOCOL §21), loaded by the commands
+    /// that show messages (`social::load_blocked`); their messages are
+    /// passed over unread.
+    pub blocked: std::collections::HashSet<String>,
 }
 
 impl Account {
@@ -73,6 +77,7 @@ impl Account {
             directory,
             keys,
             device,
+            blocked: Default::default(),
         })
     }
 

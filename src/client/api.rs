@@ -18,6 +18,8 @@ use crate::protocol::{
 };
 use crate::store::RoomId;
 
+mod social;
+
 #[derive(Debug, Error)]
 pub enum ApiError {
     #[error("cannot reach the server: {0}")]
@@ -94,6 +96,12 @@ pub struct Room {
     pub members: Vec<String>,
     pub last_seq: i64,
     pub joined_seq: i64,
+    /// A DM request from the other member, not accepted yet (PROTOCOL §21).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request: bool,
+    /// Admins other than the creator.
+    #[serde(default)]
+    pub admins: Vec<String>,
     /// Disappearing messages: the room's current duration in seconds
     /// (0 = off), as the server applies it (§21).
     #[serde(default)]

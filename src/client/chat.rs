@@ -21,7 +21,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::account::Account;
 use super::api::Room;
@@ -29,6 +28,7 @@ use super::commands::{self, Printer, file_payload};
 use super::conversation::{Conversation, Shown, mark_verified_now};
 use super::link::{Event, Link};
 use super::outbox::{self, Outbox};
+use super::signals::{Signals, Typed, TypedInput};
 use super::relations::{self, Relation};
 use super::store::{ClientStore, Window, sync};
 use super::transcript;
@@ -112,6 +112,8 @@ struct Chat {
     status_shown: usize,
     status_at: Option<Instant>,
     printer: Printer,
+    /// Receipts and typing (`signals`).
+    signals: Signals,
 }
 
 pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
@@ -125,6 +127,8 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         save_dir: "downloads".into(),
         room: 0,
     };
+    let settings = super::settings::Settings::load(account.keys.dir(), account.username())?;
+    let signals = Signals::new(account.username(), settings);
     let mut chat = Chat {
         account,
         store,
@@ -140,7 +144,9 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
         status_shown: 0,
         status_at: None,
         printer,
+        signals,
     };
+    chat.account.blocked = super::social::load_blocked(&chat.account.api).await;
     for room in chat.account.api.rooms().await? {
         chat.add_room(room).await;
     }
@@ -165,7 +171,7 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     }
     chat.adopt_outbox();
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = TypedInput::new(tokio::io::stdin());
     let mut is_input_open = true;
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
@@ -173,13 +179,17 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            line = lines.next_line(), if is_input_open => {
+            line = lines.next(), if is_input_open => {
                 let line = line.unwrap_or_else(|err| {
                     println!("! reading input: {err}");
                     None
                 });
                 match line {
-                    Some(line) => if !chat.handle_line(line.trim()).await { break },
+                    Some(Typed::Partial) => chat.typing().await,
+                    Some(Typed::Line(line)) => {
+                        chat.stopped_typing().await;
+                        if !chat.handle_line(line.trim()).await { break }
+                    }
                     None => {
                         // End of input (a pipe, a script): wait for
                         // everything; only Ctrl-C leaves earlier.
@@ -195,6 +205,7 @@ pub async fn run(opts: &ClientOpts) -> anyhow::Result<()> {
             _ = &mut interrupt => break,
             _ = status_tick.tick() => {
                 chat.show_status();
+                chat.flush_signals().await;
                 chat.expire().await;
             }
         }
@@ -218,6 +229,12 @@ impl Chat {
         if self.rooms.contains_key(&room.id) {
             return;
         }
+        // A message request is not read until accepted (PROTOCOL §21).
+        if room.request {
+            let text = super::social::request_sentence(&room, self.account.username());
+            println!("* {text}");
+            return;
+        }
         let from_store = async {
             let conversation = sync::restore(&self.account, &self.store, room.id).await?;
             let recent = Window {
@@ -238,6 +255,15 @@ impl Chat {
                 (conversation, Vec::new())
             }
         };
+        // The newest message known, so a kept receipt can say who saw it.
+        if let Some(seq) = shown
+            .iter()
+            .rev()
+            .find(|s| matches!(s, Shown::Message { .. } | Shown::Unsupported { .. }))
+            .map(Shown::seq)
+        {
+            self.signals.stored(room.id, seq, false);
+        }
         self.link.follow(room.id, conversation.last_seq()).await;
         self.rooms.insert(
             room.id,
@@ -291,10 +317,16 @@ impl Chat {
                 // saving stops for this room until the next run reads it again.
                 view.is_save_held |= view.conversation.was_unavailable();
                 let is_current = Some(entry.room) == self.current;
+                let from_other = self
+                    .signals
+                    .message(&shown, entry.room, self.account.username());
                 if view.is_synced && !matches!(shown, Shown::Quiet { .. }) {
                     if is_current {
                         let quote = quote_in(&view.shown, &shown);
                         let _ = self.printer.print_quoting(&shown, &|_| quote.clone());
+                        if let Some(seq) = from_other {
+                            self.signals.seen(entry.room, seq);
+                        }
                     } else {
                         view.unread += 1;
                         println!(
@@ -302,6 +334,12 @@ impl Chat {
                             view.room.label(self.account.username())
                         );
                     }
+                }
+                if is_current
+                    && view.is_synced
+                    && let Some(line) = self.signals.seen_line(entry.room)
+                {
+                    println!("* {line}");
                 }
                 if let Shown::Relation {
                     relation, sender, ..
@@ -325,11 +363,14 @@ impl Chat {
                     && !view.is_synced
                 {
                     view.is_synced = true;
+                    let last_seq = view.conversation.last_seq();
                     if Some(room) == self.current {
                         self.show_caught_up(room);
+                        self.signals.seen(room, last_seq);
                     }
                 }
                 self.stalled.remove(&room);
+                self.flush_signals().await;
                 self.pump().await;
             }
             Event::Connected { resumed } => {
@@ -347,6 +388,7 @@ impl Chat {
                 self.is_online = false;
             }
             Event::Acked { client_id, .. } => {
+                self.signals.answered(&client_id, true, &self.link).await;
                 self.answered(&client_id);
                 self.pump().await;
             }
@@ -356,6 +398,7 @@ impl Chat {
                 message,
             } => {
                 println!("! not sent: {message} ({code})");
+                self.signals.answered(&client_id, false, &self.link).await;
                 self.answered(&client_id);
                 self.pump().await;
             }
@@ -370,6 +413,15 @@ impl Chat {
                 println!("* {by} invited you to room {} — /join {}", room.0, room.0)
             }
             Event::History { .. } => {}
+            Event::Signal {
+                room, sender, body, ..
+            } => self.take_signal(room, &sender, &body).await,
+            Event::Request { room, by } => {
+                println!(
+                    "* {by} wants to message you — hush accept {0} / hush decline {0} / hush block {by}",
+                    room.0
+                )
+            }
             Event::Error { code, message } => println!("! {message} ({code})"),
             Event::Unauthorized => {
                 println!("! the server refused our session; log in again");
@@ -413,6 +465,7 @@ impl Chat {
         let new: Vec<&Shown> = view.shown[view.printed_from_store.min(view.shown.len())..]
             .iter()
             .filter(|s| !matches!(s, Shown::Quiet { .. }))
+            .filter(|s| !super::social::hides(s, &self.account.blocked))
             .collect();
         for shown in &new[new.len().saturating_sub(20)..] {
             let quote = quote_in(&view.shown, shown);
@@ -429,6 +482,7 @@ impl Chat {
             .shown
             .iter()
             .filter(|s| !matches!(s, Shown::Quiet { .. }))
+            .filter(|s| !super::social::hides(s, &self.account.blocked))
             .collect();
         for shown in &visible[visible.len().saturating_sub(count)..] {
             let quote = quote_in(&view.shown, shown);
@@ -709,6 +763,9 @@ impl Chat {
             view.unread = 0;
         }
         self.show_recent(id, 20);
+        if let Some(view) = self.rooms.get(&id) {
+            self.signals.seen(id, view.conversation.last_seq());
+        }
     }
 
     /// Handles one typed line; false to quit.
@@ -839,6 +896,113 @@ impl Chat {
                 true
             }
             Ok(()) => true,
+        }
+    }
+}
+
+/// Receipts and typing (`signals.rs`): the glue between the chat's rooms
+/// and `Signals`. Failures are shown, never fatal: signals are best effort.
+impl Chat {
+    /// Sends the receipts that are due, at most one per room per second.
+    async fn flush_signals(&mut self) {
+        self.signals.expire_typing();
+        if !self.is_online {
+            return;
+        }
+        for room in self.signals.due_receipts() {
+            let Some(view) = self.rooms.get_mut(&room).filter(|v| v.is_synced) else {
+                continue;
+            };
+            let sent = self
+                .signals
+                .send_receipt(
+                    &mut self.account,
+                    &self.link,
+                    &mut view.conversation,
+                    &view.room,
+                )
+                .await;
+            if let Err(err) = sent {
+                println!("! could not send a receipt: {err:#}");
+            }
+        }
+    }
+
+    /// The user typed part of a line in the current room.
+    async fn typing(&mut self) {
+        let Some(view) = self.current.and_then(|room| self.rooms.get_mut(&room)) else {
+            return;
+        };
+        if !self.is_online || !view.is_synced {
+            return;
+        }
+        // A receipt held back goes first, so signals keep their order.
+        if self.signals.has_receipt_waiting(view.room.id) {
+            let sent = self
+                .signals
+                .send_receipt(
+                    &mut self.account,
+                    &self.link,
+                    &mut view.conversation,
+                    &view.room,
+                )
+                .await;
+            if let Err(err) = sent {
+                println!("! could not send a receipt: {err:#}");
+            }
+        }
+        let sent = self
+            .signals
+            .typing(
+                &mut self.account,
+                &self.link,
+                &mut view.conversation,
+                &view.room,
+            )
+            .await;
+        if let Err(err) = sent {
+            println!("! could not send a typing indicator: {err:#}");
+        }
+    }
+
+    /// A whole line came: whatever it is, the user stopped typing.
+    async fn stopped_typing(&mut self) {
+        let Some(view) = self.current.and_then(|room| self.rooms.get_mut(&room)) else {
+            return;
+        };
+        if !self.is_online || !view.is_synced {
+            return;
+        }
+        let sent = self
+            .signals
+            .stopped_typing(
+                &mut self.account,
+                &self.link,
+                &mut view.conversation,
+                &view.room,
+            )
+            .await;
+        if let Err(err) = sent {
+            println!("! could not send a typing indicator: {err:#}");
+        }
+    }
+
+    /// A member's signal: shown in the status lines if its room is on screen.
+    async fn take_signal(&mut self, room: RoomId, sender: &str, body: &str) {
+        if self.account.blocked.contains(sender) {
+            return;
+        }
+        let Some(view) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let lines = self
+            .signals
+            .receive(sender, body, &mut self.account, &mut view.conversation)
+            .await;
+        if Some(room) == self.current {
+            for line in lines {
+                println!("* {line}");
+            }
         }
     }
 }

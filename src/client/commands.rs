@@ -249,7 +249,11 @@ async fn trust(opts: &ClientOpts, store: &KeyStore, peer: &str) -> anyhow::Resul
 
 /// Opens `user`'s identity (the passphrase from the environment or a
 /// prompt) and returns a logged-in client for the server.
-async fn session_api(opts: &ClientOpts, store: &KeyStore, user: &str) -> anyhow::Result<Api> {
+pub(crate) async fn session_api(
+    opts: &ClientOpts,
+    store: &KeyStore,
+    user: &str,
+) -> anyhow::Result<Api> {
     let passphrase = passphrase(&format!("Passphrase for {user}'s key: "))?;
     let identity = open_identity(store, user, passphrase).await?;
     logged_in(opts, store, &identity).await
@@ -365,6 +369,9 @@ pub async fn room(opts: &ClientOpts, command: &RoomCommand) -> anyhow::Result<()
             let found = find_room(&api, room).await?;
             api.remove(found.id, member).await?;
             println!("removed {member} from {}", found.label(&user));
+        }
+        RoomCommand::Admins { .. } | RoomCommand::Promote { .. } | RoomCommand::Demote { .. } => {
+            super::social::room_admins(&api, &user, command).await?
         }
         RoomCommand::List => {
             for room in api.rooms().await? {
@@ -746,7 +753,14 @@ pub fn guess_mime(name: &str) -> &'static str {
 
 pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
     let mut account = Account::open(opts).await?;
+    // `--with USER` opens the DM with USER, which accepts a request of
+    // theirs (PROTOCOL §21); `--room ID` of a request shows only the request.
     let room = account.resolve(&args.target).await?;
+    if room.request {
+        super::social::print_request(&room, account.username(), args.json);
+        return account.finish();
+    }
+    account.blocked = super::social::load_blocked(&account.api).await;
     let store = open_store(&account).await?;
     let (mut link, mut conversation) = sync::sync_room(&mut account, &store, &room).await?;
     account.print_notices();
@@ -755,6 +769,7 @@ pub async fn read(opts: &ClientOpts, args: &ReadArgs) -> anyhow::Result<()> {
         since_ms: args.since.map(unix_ms),
     };
     let mut shown = store.shown(room.id, window).await?;
+    shown.retain(|item| !super::social::hides(item, &account.blocked));
     mark_verified_now(
         &mut shown,
         account.username(),

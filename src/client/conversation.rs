@@ -27,6 +27,9 @@ use crate::crypto::wire::{BodyKind, body_kind};
 use crate::protocol::{WireEntry, b64};
 use crate::store::RoomId;
 
+mod signals;
+pub use signals::SealedSignal;
+
 /// What a log entry means to the user.
 #[derive(Clone)]
 pub enum Shown {
@@ -235,6 +238,13 @@ impl Conversation {
         self.last_seq
     }
 
+    /// Moves past an entry without reading it (a message from a user this
+    /// account blocks: PROTOCOL §21 keeps it undecrypted).
+    pub fn pass_over(&mut self, entry: &WireEntry) -> Shown {
+        self.last_seq = self.last_seq.max(entry.seq);
+        Shown::Quiet { seq: entry.seq }
+    }
+
     /// Reads one entry (in seq order). Never fails: what cannot be believed
     /// comes back as `Rejected` with the reason.
     pub async fn process(
@@ -296,6 +306,7 @@ impl Conversation {
                     entry.fingerprint.as_deref().unwrap_or("?")
                 )
             }
+            "promote" | "demote" | "decline" => super::social::event_sentence(entry),
             other => format!("({other} event)"),
         };
         Shown::Event { seq, ts, text }
@@ -600,6 +611,9 @@ impl Conversation {
                     },
                 })
             }
+            Ok(BodyKind::Signal) => Err(Failure::Reason(
+                "a signal (receipt or typing) stored in the log, where signals never belong".into(),
+            )),
             Err(CryptoError::UnknownVersion { .. }) => Ok(Shown::Unsupported {
                 seq,
                 ts,
@@ -806,6 +820,36 @@ impl Conversation {
         me: &Identity,
         directory: &mut Directory,
     ) -> anyhow::Result<Outgoing> {
+        let mut outgoing = self.prepare_key(members, is_dm, me, directory).await?;
+        let message = self
+            .sending_state()
+            .seal(payload, &me.current)
+            .context("sealing the message")?;
+        // Counted as used now, not only once read back from the log: a
+        // deleted or expired message comes back as a tombstone without its
+        // envelope, and a device that restarts must not seal that counter
+        // (or, if its distribution is gone too, that epoch) again.
+        if let Ok(header) = envelope::peek(&message) {
+            let highest = self
+                .own_counters
+                .entry((header.device, header.epoch))
+                .or_insert(header.counter);
+            *highest = (*highest).max(header.counter);
+        }
+        outgoing.bodies.push(message);
+        Ok(outgoing)
+    }
+
+    /// Makes sure this device holds a sender key for the room's current
+    /// `members` and their keys: returns the distribution to post first
+    /// when a new key was needed (in `bodies`), or nothing.
+    async fn prepare_key(
+        &mut self,
+        members: &[String],
+        is_dm: bool,
+        me: &Identity,
+        directory: &mut Directory,
+    ) -> anyhow::Result<Outgoing> {
         let mut recipients: Vec<(String, IdentityKey)> = Vec::new();
         let mut left_out = Vec::new();
         for member in members {
@@ -855,21 +899,6 @@ impl Conversation {
                     .context("making a new sender key")?,
             );
         }
-        let message = sending
-            .seal(payload, &me.current)
-            .context("sealing the message")?;
-        // Counted as used now, not only once read back from the log: a
-        // deleted or expired message comes back as a tombstone without its
-        // envelope, and a device that restarts must not seal that counter
-        // (or, if its distribution is gone too, that epoch) again.
-        if let Ok(header) = envelope::peek(&message) {
-            let highest = self
-                .own_counters
-                .entry((header.device, header.epoch))
-                .or_insert(header.counter);
-            *highest = (*highest).max(header.counter);
-        }
-        bodies.push(message);
         Ok(Outgoing {
             bodies,
             rotation,
@@ -1171,7 +1200,7 @@ fn verifies_body(body: &[u8], key: &IdentityKey) -> bool {
     match body_kind(body) {
         Ok(BodyKind::Message) => envelope::is_signed_by(body, key),
         Ok(BodyKind::SenderKeyDistribution) => sender_keys::is_signed_by(body, key),
-        Ok(BodyKind::Timer) | Err(_) => false,
+        Ok(BodyKind::Signal | BodyKind::Timer) | Err(_) => false,
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::protocol::{
-    ClientFrame, Cursor, Outgoing, PROTOCOL_VERSION, ServerFrame, WireEntry, close,
+    ClientFrame, Cursor, Outgoing, PROTOCOL_VERSION, ServerFrame, SignalKind, WireEntry, close,
 };
 use crate::store::RoomId;
 
@@ -91,6 +91,18 @@ pub enum Event {
         entries: Vec<WireEntry>,
         has_more: bool,
     },
+    /// A member's signal (receipt or typing), still sealed.
+    Signal {
+        room: RoomId,
+        sender: String,
+        kind: SignalKind,
+        body: String,
+    },
+    /// A message request: `by` opened a DM with this user.
+    Request {
+        room: RoomId,
+        by: String,
+    },
     Error {
         code: String,
         message: String,
@@ -112,6 +124,11 @@ enum Command {
         room: RoomId,
         before: Option<i64>,
         limit: u32,
+    },
+    Signal {
+        room: RoomId,
+        kind: SignalKind,
+        body: String,
     },
 }
 
@@ -189,6 +206,15 @@ impl Link {
 
     pub async fn who(&self, room: Option<RoomId>) {
         let _ = self.commands.send(Command::Who(room)).await;
+    }
+
+    /// Sends a sealed signal (base64) now if connected; signals are fire
+    /// and forget, so one given while offline is dropped.
+    pub async fn signal(&self, room: RoomId, kind: SignalKind, body: String) {
+        let _ = self
+            .commands
+            .send(Command::Signal { room, kind, body })
+            .await;
     }
 
     pub async fn history(&self, room: RoomId, before: Option<i64>, limit: u32) {
@@ -318,7 +344,7 @@ impl State {
                 erase,
                 is_sent: false,
             }),
-            Command::Who(_) | Command::History { .. } => {}
+            Command::Who(_) | Command::History { .. } | Command::Signal { .. } => {}
         }
     }
 }
@@ -463,6 +489,7 @@ async fn session(url: &str, state: &mut State, commands: &mut mpsc::Receiver<Com
                     }
                     Command::Who(room) => Some(frame(None, ClientFrame::Who { room })),
                     Command::History { room, before, limit } => Some(frame(None, ClientFrame::History { room, before, limit: Some(limit) })),
+                    Command::Signal { room, kind, body } => Some(frame(None, ClientFrame::Signal { room, kind, body })),
                 };
                 if let Some(msg) = msg && sink.send(msg).await.is_err() {
                     return Outcome::Lost { reason: "connection lost".into(), was_up: true };
@@ -615,8 +642,21 @@ impl State {
             }
             ServerFrame::Online { room, users } => self.emit(Event::Online { room, users }).await?,
             ServerFrame::Invited { room, by } => self.emit(Event::Invited { room, by }).await?,
-            // Not handled by this client yet (issue 17's client side).
-            ServerFrame::Signal { .. } | ServerFrame::Request { .. } => {}
+            ServerFrame::Signal {
+                room,
+                sender,
+                kind,
+                body,
+            } => {
+                self.emit(Event::Signal {
+                    room,
+                    sender,
+                    kind,
+                    body,
+                })
+                .await?
+            }
+            ServerFrame::Request { room, by } => self.emit(Event::Request { room, by }).await?,
             ServerFrame::History {
                 room,
                 entries,

@@ -277,7 +277,7 @@ pub fn is_valid_reaction(emoji: &str) -> bool {
 /// Whether any JSON object in `bytes` names a member twice. `serde_json`
 /// keeps the last one silently, so two readers could disagree on what a
 /// signed message says; §19 rejects such payloads instead.
-fn has_duplicate_keys(bytes: &[u8]) -> bool {
+pub(crate) fn has_duplicate_keys(bytes: &[u8]) -> bool {
     use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
     use std::collections::HashSet;
 
@@ -438,7 +438,31 @@ pub(crate) fn seal_raw(
     plaintext: &[u8],
     signer: &IdentityPrivateKey,
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut body = Writer::with_version(chain.version, BodyKind::Message);
+    seal_raw_kind(
+        BodyKind::Message,
+        chain,
+        sender_key,
+        counter,
+        nonce,
+        plaintext,
+        signer,
+    )
+}
+
+/// `seal_raw` for any body with the message envelope's layout: messages
+/// (kind `0x01`) and signals (kind `0x03`, `signal`). The kind byte is in
+/// the associated data and under the signature, so one is never taken for
+/// the other.
+pub(crate) fn seal_raw_kind(
+    kind: BodyKind,
+    chain: &Chain<'_>,
+    sender_key: &SenderKey,
+    counter: u64,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    signer: &IdentityPrivateKey,
+) -> Result<Vec<u8>, CryptoError> {
+    let mut body = Writer::with_version(chain.version, kind);
     body.i64(chain.room_id);
     body.username(chain.sender)?;
     if chain.version >= 2 {
@@ -482,7 +506,7 @@ pub fn open(
     replay: &mut ReplayTracker,
 ) -> Result<OpenedMessage, CryptoError> {
     let parsed = ParsedEnvelope::parse(body)?;
-    let header = parsed.header;
+    let header = &parsed.header;
     if header.room_id != context.room_id {
         return Err(CryptoError::WrongRoom);
     }
@@ -492,33 +516,42 @@ pub fn open(
     context
         .sender_identity
         .verify(&body[..parsed.signed_len], parsed.signature)?;
-    replay.check(&header)?;
+    replay.check(header)?;
     if header.epoch != sender_key.epoch() {
         return Err(CryptoError::OpenFailed);
     }
-    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*sender_key.key_bytes()));
-    let plaintext = Zeroizing::new(
-        cipher
-            .decrypt(
-                &Nonce::from(parsed.nonce),
-                AeadPayload {
-                    msg: parsed.ciphertext,
-                    aad: &body[..parsed.aad_len],
-                },
-            )
-            .map_err(|_| CryptoError::OpenFailed)?,
-    );
+    let plaintext = decrypt(body, &parsed, sender_key)?;
     let content = if header.version >= 2 {
         Payload::from_bytes(&plaintext)?
     } else {
         Content::Payload(Payload::from_bytes_v1(&plaintext)?)
     };
-    let is_late = replay.record(&header);
+    let is_late = replay.record(header);
     Ok(OpenedMessage {
-        header,
+        header: parsed.header,
         content,
         is_late,
     })
+}
+
+/// The AES-GCM plaintext of a parsed envelope-layout body under
+/// `sender_key`; any failure is `OpenFailed`.
+pub(crate) fn decrypt(
+    body: &[u8],
+    parsed: &ParsedEnvelope<'_>,
+    sender_key: &SenderKey,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*sender_key.key_bytes()));
+    cipher
+        .decrypt(
+            &Nonce::from(parsed.nonce),
+            AeadPayload {
+                msg: parsed.ciphertext,
+                aad: &body[..parsed.aad_len],
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::OpenFailed)
 }
 
 /// Whether `signer` made this envelope's signature, whatever else is wrong
@@ -531,18 +564,24 @@ pub fn is_signed_by(body: &[u8], signer: &IdentityKey) -> bool {
     })
 }
 
-struct ParsedEnvelope<'a> {
-    header: EnvelopeHeader,
-    aad_len: usize,
-    nonce: [u8; NONCE_LEN],
-    ciphertext: &'a [u8],
-    signed_len: usize,
-    signature: &'a [u8],
+/// An envelope split into its fields, nothing checked but the framing.
+pub(crate) struct ParsedEnvelope<'a> {
+    pub header: EnvelopeHeader,
+    pub aad_len: usize,
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext: &'a [u8],
+    pub signed_len: usize,
+    pub signature: &'a [u8],
 }
 
 impl<'a> ParsedEnvelope<'a> {
     fn parse(body: &'a [u8]) -> Result<Self, CryptoError> {
-        let mut reader = Reader::new(body, BodyKind::Message)?;
+        Self::parse_kind(body, BodyKind::Message)
+    }
+
+    /// Parses a body of the envelope layout with the given kind byte.
+    pub(crate) fn parse_kind(body: &'a [u8], kind: BodyKind) -> Result<Self, CryptoError> {
+        let mut reader = Reader::new(body, kind)?;
         let version = reader.version();
         let room_id = reader.i64()?;
         let sender = reader.username()?;

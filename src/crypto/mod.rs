@@ -16,6 +16,7 @@ pub mod private_file;
 pub mod room_timer;
 pub mod safety;
 pub mod sender_keys;
+pub mod signal;
 pub mod statements;
 pub mod trust;
 pub mod wire;
@@ -65,6 +66,8 @@ pub enum CryptoError {
     WrongSender,
     #[error("the envelope repeats one already opened (replay)")]
     Replay,
+    #[error("the signal is more than ten minutes away from this clock")]
+    Stale,
     #[error("this sender-key distribution holds no key for us")]
     NotARecipient,
     #[error("invalid username")]

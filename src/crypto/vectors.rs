@@ -25,6 +25,7 @@ use super::identity::IdentityKey;
 use super::keys::IdentityPrivateKey;
 use super::safety::SafetyNumber;
 use super::sender_keys::{self, Recipient, SenderKey};
+use super::signal::{self, Freshness, Signal};
 use super::test_support::fixture_key;
 
 const ROOM_ID: i64 = 42;
@@ -124,6 +125,7 @@ fn error_name(error: &CryptoError) -> &'static str {
         CryptoError::UnknownKind { .. } => "UnknownKind",
         CryptoError::NotHush => "NotHush",
         CryptoError::Replay => "Replay",
+        CryptoError::Stale => "Stale",
         CryptoError::NotARecipient => "NotARecipient",
         _ => "Other",
     }
@@ -1328,4 +1330,365 @@ fn vectors_chain_from_distribution_to_message() {
         String::from_utf8(payload.to_bytes().to_vec()).unwrap(),
         messages.accept[0].payload_json
     );
+}
+
+// --------------------------------------------------------------------- signal
+
+/// The reader's clock for every signal vector (Unix ms).
+const SIGNAL_NOW_MS: u64 = 1_795_683_333_414;
+
+#[derive(Serialize, Deserialize)]
+struct SignalVectors {
+    description: String,
+    format_version: u8,
+    kind_byte: u8,
+    device_id_hex: String,
+    sender_fixture: String,
+    sender_spki_der_b64: String,
+    room_id: i64,
+    sender: String,
+    epoch: u32,
+    sender_key_hex: String,
+    /// The reader's clock when opening every case.
+    now_ms: u64,
+    max_skew_ms: u64,
+    accept: Vec<SignalAcceptCase>,
+    reject: Vec<SignalRejectCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignalAcceptCase {
+    name: String,
+    /// The frame's `kind`: `receipt` or `typing`.
+    frame_kind: String,
+    /// The sealer's clock in Unix ms.
+    counter: u64,
+    nonce_hex: String,
+    payload_json: String,
+    aad_hex: String,
+    ciphertext_and_tag_b64: String,
+    signed_len: usize,
+    signal_b64: String,
+    /// Opened (successfully) first with the same freshness tracker.
+    open_first_b64: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignalRejectCase {
+    name: String,
+    signal_b64: String,
+    room_id: i64,
+    sender: String,
+    sender_spki_der_b64: String,
+    sender_key_hex: String,
+    now_ms: u64,
+    /// Opened (successfully) first with the same freshness tracker.
+    open_first_b64: Vec<String>,
+    expect: String,
+}
+
+fn signal_device() -> DeviceId {
+    DeviceId::from_hex(DEVICE_HEX).unwrap()
+}
+
+fn build_signal(counter: u64, nonce: &[u8; 12], plaintext: &[u8]) -> BuiltEnvelope {
+    let body = signal::seal_raw(
+        ROOM_ID,
+        "alice",
+        &signal_device(),
+        &sender_key(),
+        counter,
+        nonce,
+        plaintext,
+        &fixture_key("alice"),
+    )
+    .unwrap();
+    let aad_len = 6 + 8 + 1 + "alice".len() + 16 + 4 + 8;
+    let ct_len = u32::from_be_bytes(body[aad_len + 12..aad_len + 16].try_into().unwrap()) as usize;
+    BuiltEnvelope {
+        signed_len: aad_len + 12 + 4 + ct_len,
+        body,
+        aad_len,
+    }
+}
+
+fn build_signal_vectors() -> SignalVectors {
+    let alice = fixture_key("alice");
+    let alice_spki = b64(alice.public().spki_der());
+    let nonce = |byte: u8| -> [u8; 12] { [byte; 12] };
+    let signals = [
+        (
+            "read receipt",
+            SIGNAL_NOW_MS - 2_000,
+            nonce(0xa1),
+            Signal::Receipt {
+                delivered: 57,
+                read: Some(55),
+            },
+        ),
+        (
+            "delivered-only receipt (read receipts off)",
+            SIGNAL_NOW_MS - 1_000,
+            nonce(0xa2),
+            Signal::Receipt {
+                delivered: 58,
+                read: None,
+            },
+        ),
+        (
+            "typing started",
+            SIGNAL_NOW_MS,
+            nonce(0xa3),
+            Signal::Typing { typing: true },
+        ),
+        (
+            "typing stopped",
+            SIGNAL_NOW_MS + 1,
+            nonce(0xa4),
+            Signal::Typing { typing: false },
+        ),
+    ];
+    let mut accept = Vec::new();
+    let mut built: Vec<BuiltEnvelope> = Vec::new();
+    for (name, counter, nonce, signal) in signals {
+        let plaintext = signal.to_bytes();
+        let sealed = build_signal(counter, &nonce, &plaintext);
+        accept.push(SignalAcceptCase {
+            name: name.into(),
+            frame_kind: signal.kind().into(),
+            counter,
+            nonce_hex: hex(&nonce),
+            payload_json: String::from_utf8(plaintext.to_vec()).unwrap(),
+            aad_hex: hex(&sealed.body[..sealed.aad_len]),
+            ciphertext_and_tag_b64: b64(&sealed.body[sealed.aad_len + 16..sealed.signed_len]),
+            signed_len: sealed.signed_len,
+            signal_b64: b64(&sealed.body),
+            // Each opens after the ones before it: counters only go up.
+            open_first_b64: built.iter().map(|b| b64(&b.body)).collect(),
+        });
+        built.push(sealed);
+    }
+    let good = &built[0];
+    let case = |name: &str, body: &[u8], expect: &str| SignalRejectCase {
+        name: name.into(),
+        signal_b64: b64(body),
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        sender_spki_der_b64: alice_spki.clone(),
+        sender_key_hex: SENDER_KEY_HEX.into(),
+        now_ms: SIGNAL_NOW_MS,
+        open_first_b64: Vec::new(),
+        expect: expect.into(),
+    };
+    let flipped = |position: usize| {
+        let mut body = good.body.clone();
+        body[position] ^= 0x01;
+        body
+    };
+    let as_message = {
+        let mut body = good.body.clone();
+        body[5] = 0x01;
+        body
+    };
+    let message_envelope = build_envelope(
+        2,
+        SIGNAL_NOW_MS,
+        &nonce(0xb1),
+        &Payload::text("a message, not a signal").to_bytes(),
+    );
+    let old = build_signal(
+        SIGNAL_NOW_MS - signal::MAX_SKEW_MS - 1,
+        &nonce(0xb2),
+        &Signal::Typing { typing: true }.to_bytes(),
+    );
+    let future = build_signal(
+        SIGNAL_NOW_MS + signal::MAX_SKEW_MS + 1,
+        &nonce(0xb3),
+        &Signal::Typing { typing: true }.to_bytes(),
+    );
+    let unknown_type = build_signal(
+        SIGNAL_NOW_MS,
+        &nonce(0xb4),
+        br#"{"v":1,"t":"poke","who":"bob"}"#,
+    );
+    let bob = fixture_key("bob");
+    let reject = vec![
+        SignalRejectCase {
+            open_first_b64: vec![b64(&good.body)],
+            ..case("same signal opened twice", &good.body, "Replay")
+        },
+        SignalRejectCase {
+            open_first_b64: vec![b64(&built[2].body)],
+            ..case(
+                "an older signal after a newer one of the same device",
+                &good.body,
+                "Replay",
+            )
+        },
+        case(
+            "more than max_skew_ms before the reader's clock",
+            &old.body,
+            "Stale",
+        ),
+        case(
+            "more than max_skew_ms after the reader's clock",
+            &future.body,
+            "Stale",
+        ),
+        case(
+            "a message envelope (kind 0x01) given as a signal",
+            &message_envelope.body,
+            "OpenFailed",
+        ),
+        case(
+            "kind byte changed to 0x01 (not a signal; as a message its signature fails)",
+            &as_message,
+            "OpenFailed",
+        ),
+        case(
+            "flipped ciphertext byte",
+            &flipped(good.aad_len + 16),
+            "BadSignature",
+        ),
+        case(
+            "flipped ciphertext byte, re-signed (AEAD must catch it)",
+            &resign(&flipped(good.aad_len + 16), good.signed_len, &alice),
+            "OpenFailed",
+        ),
+        SignalRejectCase {
+            room_id: ROOM_ID + 1,
+            ..case("server claims another room", &good.body, "WrongRoom")
+        },
+        SignalRejectCase {
+            sender: "bob".into(),
+            sender_spki_der_b64: b64(bob.public().spki_der()),
+            ..case("server claims another sender", &good.body, "WrongSender")
+        },
+        SignalRejectCase {
+            sender_spki_der_b64: b64(bob.public().spki_der()),
+            ..case(
+                "pinned key for alice is not the signer",
+                &good.body,
+                "BadSignature",
+            )
+        },
+        SignalRejectCase {
+            sender_key_hex: hex(&[0x55; 32]),
+            ..case("wrong sender key", &good.body, "OpenFailed")
+        },
+        case(
+            "an unknown signal type (dropped silently)",
+            &unknown_type.body,
+            "OpenFailed",
+        ),
+    ];
+    SignalVectors {
+        description: "Signal envelopes (docs/PROTOCOL.md §21): the version-2 message envelope \
+                      layout with kind byte 0x03; the counter is the sealer's clock in Unix ms. \
+                      Seal with sender_key, device and the given nonce: the AAD, ciphertext and \
+                      the first signed_len bytes must match exactly; the RSA-PSS signature is one \
+                      valid sample. Accept cases open at now_ms after opening open_first_b64 with \
+                      one freshness tracker (per room, sender, device: counter above the last \
+                      accepted, and at most max_skew_ms from now_ms). Reject cases: open with \
+                      the given claims, key and clock (after open_first_b64) and expect the \
+                      named error (Replay: not above the last accepted; Stale: too far from \
+                      the clock). Readers drop every rejected signal silently."
+            .into(),
+        format_version: 2,
+        kind_byte: 0x03,
+        device_id_hex: DEVICE_HEX.into(),
+        sender_fixture: "alice".into(),
+        sender_spki_der_b64: alice_spki,
+        room_id: ROOM_ID,
+        sender: "alice".into(),
+        epoch: EPOCH,
+        sender_key_hex: SENDER_KEY_HEX.into(),
+        now_ms: SIGNAL_NOW_MS,
+        max_skew_ms: signal::MAX_SKEW_MS,
+        accept,
+        reject,
+    }
+}
+
+#[test]
+fn signal_vectors_hold() {
+    let vectors = write_or_read("signal.json", build_signal_vectors);
+    assert_eq!(vectors.kind_byte, 0x03);
+    assert_eq!(vectors.max_skew_ms, signal::MAX_SKEW_MS);
+    let alice = identity(&vectors.sender_spki_der_b64);
+    assert_eq!(
+        alice.spki_der(),
+        fixture_key(&vectors.sender_fixture).public().spki_der()
+    );
+    let key = SenderKey::from_bytes(
+        vectors.epoch,
+        unhex(&vectors.sender_key_hex).try_into().unwrap(),
+    );
+    let context = OpenContext {
+        room_id: vectors.room_id,
+        sender: &vectors.sender,
+        sender_identity: &alice,
+    };
+    assert_eq!(vectors.accept.len(), 4);
+    for case in &vectors.accept {
+        let stored = unb64(&case.signal_b64);
+        let nonce: [u8; 12] = unhex(&case.nonce_hex).try_into().unwrap();
+        let rebuilt = build_signal(case.counter, &nonce, case.payload_json.as_bytes());
+        assert_eq!(rebuilt.signed_len, case.signed_len, "{}", case.name);
+        assert_eq!(hex(&rebuilt.body[..rebuilt.aad_len]), case.aad_hex);
+        assert_eq!(stored[5], 0x03);
+        assert_eq!(
+            b64(&rebuilt.body[rebuilt.aad_len + 16..rebuilt.signed_len]),
+            case.ciphertext_and_tag_b64
+        );
+        assert_eq!(rebuilt.body[..case.signed_len], stored[..case.signed_len]);
+        let mut freshness = Freshness::new();
+        for earlier in &case.open_first_b64 {
+            signal::open(
+                &unb64(earlier),
+                &context,
+                &key,
+                vectors.now_ms,
+                &mut freshness,
+            )
+            .unwrap();
+        }
+        let opened = signal::open(&stored, &context, &key, vectors.now_ms, &mut freshness)
+            .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        assert_eq!(
+            &opened.signal.to_bytes()[..],
+            case.payload_json.as_bytes(),
+            "{}",
+            case.name
+        );
+        assert_eq!(opened.signal.kind(), case.frame_kind);
+        assert_eq!(opened.header.counter, case.counter);
+    }
+    assert!(vectors.reject.len() >= 10);
+    for case in &vectors.reject {
+        let pinned = identity(&case.sender_spki_der_b64);
+        let key = SenderKey::from_bytes(
+            vectors.epoch,
+            unhex(&case.sender_key_hex).try_into().unwrap(),
+        );
+        let context = OpenContext {
+            room_id: case.room_id,
+            sender: &case.sender,
+            sender_identity: &pinned,
+        };
+        let mut freshness = Freshness::new();
+        for earlier in &case.open_first_b64 {
+            signal::open(&unb64(earlier), &context, &key, case.now_ms, &mut freshness).unwrap();
+        }
+        let error = signal::open(
+            &unb64(&case.signal_b64),
+            &context,
+            &key,
+            case.now_ms,
+            &mut freshness,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{} opened", case.name));
+        assert_eq!(error_name(&error), case.expect, "{}", case.name);
+    }
 }

@@ -28,6 +28,9 @@ pub enum BodyKind {
     Message,
     /// A sender key wrapped for each room member (`sender_keys`).
     SenderKeyDistribution,
+    /// An ephemeral signal (receipt, typing) in the message envelope's
+    /// layout (`signal`); never stored in a log.
+    Signal,
     /// A signed disappearing-messages statement (`room_timer`).
     Timer,
 }
@@ -37,6 +40,7 @@ impl BodyKind {
         match self {
             BodyKind::Message => 0x01,
             BodyKind::SenderKeyDistribution => 0x02,
+            BodyKind::Signal => 0x03,
             BodyKind::Timer => 0x04,
         }
     }
@@ -45,6 +49,7 @@ impl BodyKind {
         match byte {
             0x01 => Some(BodyKind::Message),
             0x02 => Some(BodyKind::SenderKeyDistribution),
+            0x03 => Some(BodyKind::Signal),
             0x04 => Some(BodyKind::Timer),
             _ => None,
         }

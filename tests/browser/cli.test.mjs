@@ -91,6 +91,13 @@ test("a browser user and a command-line user exchange text and images both ways"
   await bea.locator("#file-input").setInputFiles({ name: "green.png", mimeType: "image/png", buffer: green });
   await shownImage(bea, "green.png");
   const saved = join(work, "carl-downloads");
+  // They share no room: the DM is a message request for carl (§21), of
+  // which the terminal shows who asks and nothing else until he accepts.
+  // (By the room's id: `--with bea` would open the DM from carl's side, which accepts it.)
+  const dmId = await bea.locator(".room-button.active").getAttribute("data-room");
+  const asked = readJson(server, keys, "carl", ["--room", dmId], saved);
+  assert.deepEqual(asked.map((l) => [l.kind, l.by]), [["request", "bea"]], JSON.stringify(asked));
+  hush(server, keys, "carl", ["accept", "@bea"]);
   const carlSees = readJson(server, keys, "carl", ["--with", "bea"], saved);
   const text = carlSees.filter((l) => l.kind === "message" && l.text);
   assert.deepEqual(text.map((l) => [l.sender, l.text]), [["bea", "hello carl, from the browser"]]);

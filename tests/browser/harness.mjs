@@ -176,6 +176,16 @@ export async function openConversation(page, name) {
   await page.locator("#room-title").filter({ hasText: name }).waitFor();
 }
 
+/**
+ * Accepts the message request from `from` (a DM opened by someone this
+ * user shares no room with, §21) and waits for the conversation to open.
+ */
+export async function acceptRequest(page, from) {
+  const request = page.locator("#request-list li", { hasText: `${from} wants to message you` });
+  await request.getByRole("button", { name: "Accept" }).click({ timeout: WAIT_MS });
+  await page.locator("#room-title").filter({ hasText: `@${from}` }).waitFor({ timeout: WAIT_MS });
+}
+
 export async function sendText(page, text) {
   await page.getByLabel("Message", { exact: true }).fill(text);
   await page.getByLabel("Message", { exact: true }).press("Enter");

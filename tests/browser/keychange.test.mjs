@@ -5,7 +5,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, ownServer, vector } from "./harness.mjs";
+import { acceptRequest, launchBrowser, message, openConversation, openPage, registerInPage, screenshot, sendText, ownServer, vector } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -37,7 +37,8 @@ test("a key changed without a valid rotation shows the warning and blocks sendin
   await gus.getByLabel("Direct message").fill("hal");
   await gus.getByRole("button", { name: "Open" }).click();
   await sendText(gus, "first contact pins hal's key");
-  await openConversation(hal, "gus");
+  // They share no room: hal sees a request first (§21).
+  await acceptRequest(hal, "gus");
   await message(hal, "first contact pins hal's key").waitFor();
   await sendText(hal, "signed with hal's real key");
   await message(gus, "signed with hal's real key").waitFor();

@@ -4,7 +4,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, fixturePem, launchBrowser, openPage, ownServer, vector } from "./harness.mjs";
 import { runVectorChecks } from "./vector-checks.mjs";
@@ -21,6 +21,8 @@ test("every test vector passes through the page's crypto module in Chromium", as
   const server = await ownServer(t);
   const page = await openPage(browser, server);
   const vectors = Object.fromEntries(["fingerprint", "safety_number", "envelope", "envelope_v1", "sender_key", "sender_key_v1", "payload"].map((n) => [n, vector(n)]));
+  // §21's vectors, once the Rust side has written them.
+  for (const n of ["signal", "timer"]) if (existsSync(join(ROOT, "tests", "vectors", `${n}.json`))) vectors[n] = vector(n);
   const pems = Object.fromEntries(["alice", "bob", "carol", "dave", "mallory"].map((n) => [n, fixturePem(n)]));
   // An expression string, so nothing in the page needs eval (the CSP forbids it).
   const args = [`${server.url}/js/crypto.js`, vectors, pems].map((a) => JSON.stringify(a)).join(", ");
@@ -31,6 +33,14 @@ test("every test vector passes through the page's crypto module in Chromium", as
     + vectors.sender_key.reject.length + vectors.sender_key_v1.reject.length + vectors.payload.cases.length
     + vectors.fingerprint.cases.length + vectors.safety_number.cases.length;
   assert.ok(results.length >= cases, `${results.length} checks for ${cases} vector cases`);
+  if (vectors.signal) {
+    const signalCases = vectors.signal.accept.length + vectors.signal.reject.length;
+    assert.ok(results.filter((r) => r.name.startsWith("signal")).length >= signalCases, "every signal vector was checked");
+  }
+  if (vectors.timer) {
+    const timerCases = vectors.timer.valid.length + vectors.timer.rejected.length;
+    assert.ok(results.filter((r) => r.name.startsWith("timer ")).length >= timerCases, "every timer vector was checked");
+  }
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });

@@ -447,6 +447,9 @@ async fn hush_chat_talks_live_survives_a_server_restart_and_sends_offline_lines_
         "alice",
         &["send", "--to", "bob", "first, before chat"],
     )?)?;
+    // They share no room, so alice's DM is a message request (§21): bob
+    // accepts it, or his chat would show only the request.
+    ok(hush(&url, &keys, "bob", &["accept", "@alice"])?)?;
 
     let mut chat = Command::new(HUSH)
         .arg("chat")

@@ -30,6 +30,7 @@ mod registration;
 mod registration_modes;
 mod relations;
 mod retention;
+mod social;
 mod storage_faults;
 mod sync;
 mod tls;

@@ -141,5 +141,51 @@ for (const [file, version] of [["sender_key.json", 2], ["sender_key_v1.json", 1]
   }
 }
 
+// signal.json: the message envelope layout with kind byte 0x03 and the
+// sealer's clock as counter (PROTOCOL §21); freshness per device.
+{
+  const sig = load("signal.json");
+  const key = await gcmKey(unhex(sig.sender_key_hex));
+  const alicePss = await pssKey(b64(sig.sender_spki_der_b64));
+  const signalAad = (counter) => concat(
+    new TextEncoder().encode("HUSH"), [sig.format_version, sig.kind_byte], be(sig.room_id, 8),
+    [sig.sender.length], new TextEncoder().encode(sig.sender),
+    unhex(sig.device_id_hex), be(sig.epoch, 4), be(counter, 8));
+  const counterOf = (body) => {
+    const at = 15 + body[14] + 16 + 4;
+    return new DataView(body.buffer, body.byteOffset).getBigUint64(at);
+  };
+  // Freshness: above the last accepted from the device, within max_skew_ms.
+  const fresh = (firsts, body, now) => {
+    const last = firsts.map((b) => counterOf(b64(b))).reduce((a, b) => (b > a ? b : a), -1n);
+    const c = counterOf(body);
+    if (c <= last) return "Replay";
+    const skew = c > BigInt(now) ? c - BigInt(now) : BigInt(now) - c;
+    return skew > BigInt(sig.max_skew_ms) ? "Stale" : "ok";
+  };
+  for (const c of sig.accept) {
+    const name = `signal.json ${c.name}`;
+    const body = b64(c.signal_b64);
+    const aad = unhex(c.aad_hex);
+    check(body[5] === 0x03, `${name}: kind byte`);
+    check(equal(aad, signalAad(c.counter)), `${name}: aad from the documented layout`);
+    check(equal(body.slice(0, aad.length), aad), `${name}: aad prefix`);
+    const iv = body.slice(aad.length, aad.length + 12);
+    check(hex(iv) === c.nonce_hex, `${name}: nonce`);
+    const plain = new TextDecoder().decode(await subtle.decrypt(
+      { name: "AES-GCM", iv, additionalData: aad, tagLength: 128 }, key,
+      b64(c.ciphertext_and_tag_b64)));
+    check(plain === c.payload_json, `${name}: decrypts to the payload`);
+    check(JSON.parse(plain).t === c.frame_kind, `${name}: frame kind`);
+    const sigBytes = body.slice(c.signed_len + 2);
+    check(await subtle.verify({ name: "RSA-PSS", saltLength: 32 }, alicePss, sigBytes,
+      body.slice(0, c.signed_len)), `${name}: signature`);
+    check(fresh(c.open_first_b64, body, sig.now_ms) === "ok", `${name}: fresh`);
+  }
+  for (const c of sig.reject.filter((c) => c.expect === "Replay" || c.expect === "Stale")) {
+    check(fresh(c.open_first_b64, b64(c.signal_b64), c.now_ms) === c.expect, `signal.json ${c.name}`);
+  }
+}
+
 if (failures) { console.error(`${failures} check(s) failed`); process.exit(1); }
 console.log("all WebCrypto vector checks passed");

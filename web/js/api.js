@@ -49,4 +49,14 @@ export class Api {
   leave = (id) => this.request("POST", `/rooms/${id}/leave`);
   dm = (username) => this.request("POST", "/dm", { username });
   invitations = () => this.request("GET", "/invitations");
+  // §21
+  remove = (id, username) => this.request("POST", `/rooms/${id}/remove`, { username });
+  accept = (id) => this.request("POST", `/rooms/${id}/accept`);
+  decline = (id) => this.request("POST", `/rooms/${id}/decline`);
+  blocks = () => this.request("GET", "/blocks");
+  block = (username) => this.request("PUT", `/blocks/${encodeURIComponent(username)}`);
+  unblock = (username) => this.request("DELETE", `/blocks/${encodeURIComponent(username)}`);
+  promote = (id, username) => this.request("POST", `/rooms/${id}/admins`, { username });
+  demote = (id, username) => this.request("DELETE", `/rooms/${id}/admins/${encodeURIComponent(username)}`);
+  setTimer = (id, body) => this.request("POST", `/rooms/${id}/timer`, { body });
 }

@@ -6,14 +6,14 @@
 import { Api, ApiError } from "./api.js";
 import { b64decode, b64encode } from "./bytes.js";
 import * as c from "./crypto.js";
-import { HushClient } from "./client.js";
+import { HushClient, expire } from "./client.js";
 import { claimDevice, devicePool } from "./devices.js";
 import { Directory } from "./directory.js";
 import * as idb from "./idb.js";
 import { Notifier, titleWithUnread } from "./notify.js";
 import { Store } from "./store.js";
 import { Timeline } from "./timeline.js";
-import { shortFingerprint } from "./conversation.js";
+import { durationText, shortFingerprint } from "./conversation.js";
 
 const $ = (id) => document.getElementById(id);
 const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp"]);
@@ -215,6 +215,13 @@ async function enter(username, token, record) {
   client.addEventListener("key-notice", (e) => onKeyNotice(e.detail));
   client.addEventListener("synced", (e) => e.detail.roomId === activeRoom && client.markRead(activeRoom));
   client.addEventListener("problem", (e) => showProblem(e.detail.message));
+  client.addEventListener("updated", (e) => onUpdated(e.detail));
+  client.addEventListener("receipts", (e) => e.detail.roomId === activeRoom && renderSeenBy());
+  client.addEventListener("typing", (e) => e.detail.roomId === activeRoom && renderTyping());
+  client.addEventListener("blocks", renderBlocked);
+  client.settings = await loadSettings(username);
+  $("send-read-receipts").checked = client.settings.readReceipts;
+  $("send-typing").checked = client.settings.typing;
   client.addEventListener("signed-out", () => signOut(false));
   $("me").textContent = username;
   await client.start();
@@ -296,7 +303,8 @@ function renderConnection() {
  */
 function renderRooms() {
   if (!client) return;
-  const rooms = [...client.rooms.values()].sort((a, b) => b.lastTs - a.lastTs || a.info.id - b.info.id);
+  renderRequests();
+  const rooms = [...client.rooms.values()].filter((r) => !client.isRequest(r)).sort((a, b) => b.lastTs - a.lastTs || a.info.id - b.info.id);
   $("no-rooms").hidden = rooms.length > 0;
   const list = $("room-list");
   const existing = new Map([...list.children].map((li) => [Number(li.dataset.room), li]));
@@ -319,13 +327,13 @@ function renderRooms() {
     button.replaceChildren(
       el("span", { class: "room-kind", "aria-hidden": "true" }, room.info.kind === "dm" ? "@" : "#"),
       el("span", { class: "room-name" }, name),
-      unread ? el("span", { class: "badge", "aria-hidden": "true" }, String(unread)) : null);
+      ...(unread ? [el("span", { class: "badge", "aria-hidden": "true" }, String(unread))] : []));
     // Moving the focused node would blur it: only move what is out of place.
     if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
   });
   for (const li of existing.values()) li.remove();
   document.title = titleWithUnread(total);
-  if (activeRoom !== null && !client.rooms.has(activeRoom)) closeRoom();
+  if (activeRoom !== null && (!client.rooms.has(activeRoom) || client.isRequest(client.rooms.get(activeRoom)))) closeRoom();
   if (activeRoom !== null) renderRoomHeader();
 }
 
@@ -350,7 +358,12 @@ function renderInvitations() {
         await client.refreshInvitations();
         renderRooms();
         openRoom(info.id);
-      }) }, `Join ${inv.name ?? ""}`)));
+      }) }, `Join ${inv.name ?? ""}`),
+      " ",
+      el("button", { type: "button", class: "quiet", onclick: () => act(async () => {
+        await api.decline(inv.room);
+        await client.refreshInvitations();
+      }) }, `Decline ${inv.name ?? ""}`)));
   }
   for (const li of existing.values()) li.remove();
 }
@@ -417,8 +430,10 @@ async function openRoom(id, { focus = true, aroundSeq = null } = {}) {
   $("empty-state").hidden = true;
   $("room-view").hidden = false;
   formError($("composer"), null);
+  if (compose) endCompose();
   renderRoomHeader();
   renderRooms();
+  renderTyping();
   for (const url of blobUrls.values()) URL.revokeObjectURL(url);
   blobUrls.clear();
   if (aroundSeq !== null) {
@@ -431,10 +446,12 @@ async function openRoom(id, { focus = true, aroundSeq = null } = {}) {
   } else {
     const items = await client.itemsOf(id, "latest", 0, WINDOW);
     if (activeRoom !== id) return;
-    timeline.show(id, items, WINDOW);
+    const now = Date.now();
+    timeline.show(id, items.map((i) => shownNow(i, now)), WINDOW);
     // Entries processed while the store was read are not in it yet.
-    timeline.append(client.rooms.get(id)?.unsaved ?? []);
+    timeline.append((client.rooms.get(id)?.unsaved ?? []).map((i) => shownNow(i, now)));
   }
+  renderSeenBy();
   renderPending();
   client.markRead(id);
   store?.setMeta("lastRoom", id).catch(() => {});
@@ -464,6 +481,11 @@ function renderRoomHeader() {
     i ? ", " : "", m, client.online.has(m) ? " (online)" : "")));
   $("invite-form").hidden = isDm;
   $("leave-room").hidden = isDm;
+  const ttl = room.conv.timer.ttl;
+  const select = $("timer-select");
+  if (![...select.options].some((o) => Number(o.value) === ttl)) select.append(el("option", { value: ttl }, durationText(ttl)));
+  if (document.activeElement !== select) select.value = String(ttl);
+  if ($("members-dialog").open) renderMembers();
 }
 
 const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -487,13 +509,309 @@ function renderItem(room, shown) {
     return el("li", { class: `msg rejected${own ? " own" : ""}`, "data-seq": shown.seq },
       meta(null), el("div", { class: "body" }, `⚠ Rejected message: ${shown.reason}. It is not shown because it cannot be trusted.`));
   }
+  if (shown.type === "deleted" || shown.type === "erased" || shown.type === "hidden") {
+    // A tombstone, a message its sender deleted, or one from a blocked user (§21).
+    const kind = shown.type === "hidden" ? "hidden-msg" : shown.type;
+    return el("li", { class: `msg ${kind}${own ? " own" : ""}`, "data-seq": shown.seq },
+      meta(null), el("div", { class: "body" }, el("p", { class: "text" }, shown.text)));
+  }
   const late = shown.isLate
     ? el("span", { class: "late", title: "stored after a later message of the same sender; shown where the log has it" }, " · delivered late")
     : null;
-  return el("li", { class: `msg${own ? " own" : ""}${shown.isLate ? " late" : ""}`, "data-seq": shown.seq },
-    meta([shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null, late]),
-    el("div", { class: "body" }, renderPayload(room.info.id, shown.seq, shown.payload)));
+  const edited = shown.edited ? el("span", { class: "edited" }, " (edited)") : null;
+  const quote = shown.payload.reply_to ? el("blockquote", { class: "quote", "data-of": shown.payload.reply_to }, "…") : null;
+  if (quote) fillQuote(quote, room.info.id, shown.payload.reply_to);
+  return el("li", { class: `msg${own ? " own" : ""}${shown.isLate ? " late" : ""}`, "data-seq": shown.seq, tabindex: "-1" },
+    meta([shown.verified && !own ? el("span", { class: "verified", title: "verified key" }, " ✓ verified") : null, late, edited]),
+    quote,
+    el("div", { class: "body" }, renderPayload(room.info.id, shown.seq, shown.payload)),
+    renderReactions(shown),
+    renderActions(shown, own));
 }
+
+// ------------------------------------------------------------ message actions (§21)
+
+const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🎉"];
+let compose = null; // {mode: "reply"|"edit", seq, sender}
+
+/** Short words for a message, for quotes and the composer's "Replying to …". */
+function preview(item) {
+  if (!item || item.type !== "message") return null;
+  const text = item.payload.t === "text" ? item.payload.text : `📎 ${c.safeFileName(item.payload.name)}`;
+  return `${item.sender}: ${text.length > 200 ? `${text.slice(0, 200)}…` : text}`;
+}
+
+/** A reply's quote of its target, or "message not available" (§21). */
+async function fillQuote(node, roomId, seq) {
+  const item = await client.itemOf(roomId, seq).catch(() => null);
+  const words = item && !(item.expiresAt && item.expiresAt <= Date.now()) ? preview(item) : null;
+  node.textContent = words ?? "message not available";
+  node.classList.toggle("missing", !words);
+}
+
+/** Grouped reactions: emoji and count, who in the title and label; pressing one toggles one's own. */
+function renderReactions(shown) {
+  const by = new Map();
+  for (const [user, emoji] of Object.entries(shown.reactions ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    if (!by.has(emoji)) by.set(emoji, []);
+    by.get(emoji).push(user);
+  }
+  if (!by.size) return null;
+  return el("div", { class: "reactions" }, ...[...by].map(([emoji, users]) => {
+    const who = `${emoji} by ${users.join(", ")}`;
+    return el("button", {
+      type: "button", class: `reaction${users.includes(client.me) ? " mine" : ""}`, title: who, "aria-label": who, "data-emoji": emoji,
+      "data-action": `reaction-${emoji}`, onclick: () => react(shown, emoji),
+    }, `${emoji} ${users.length}`);
+  }));
+}
+
+function renderActions(shown, own) {
+  const canEdit = own && shown.payload.t === "text";
+  return el("div", { class: "msg-actions", role: "group", "aria-label": `Actions for ${shown.sender}'s message` },
+    el("button", { type: "button", "data-action": "reply", onclick: () => startCompose("reply", shown) }, "Reply"),
+    el("button", { type: "button", "data-action": "react", "aria-expanded": "false", onclick: (e) => openPicker(e.currentTarget.closest("li"), shown) }, "React"),
+    canEdit ? el("button", { type: "button", "data-action": "edit", onclick: () => startCompose("edit", shown) }, "Edit") : null,
+    own ? el("button", { type: "button", "data-action": "delete", onclick: (e) => confirmDelete(e.currentTarget.closest("li"), shown) }, "Delete") : null);
+}
+
+/** Sends a reaction; the same emoji again takes it back (§21). */
+function react(shown, emoji) {
+  if (activeRoom === null) return;
+  const mine = shown.reactions?.[client.me];
+  client.sendPayload(activeRoom, c.reactPayload(shown.seq, mine === emoji ? "" : emoji));
+}
+
+function openPicker(li, shown) {
+  const existing = li.querySelector(".react-picker");
+  if (existing) {
+    existing.remove();
+    li.querySelector("[data-action=react]")?.setAttribute("aria-expanded", "false");
+    return;
+  }
+  const close = () => {
+    picker.remove();
+    const button = li.querySelector("[data-action=react]");
+    button?.setAttribute("aria-expanded", "false");
+    button?.focus();
+  };
+  const other = el("input", { type: "text", "aria-label": "Another emoji", placeholder: "other emoji", maxlength: "32" });
+  const picker = el("div", { class: "react-picker", role: "group", "aria-label": "Pick a reaction",
+    onkeydown: (e) => {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        close();
+      }
+    } },
+  ...REACTIONS.map((emoji) => el("button", { type: "button", "aria-label": `React ${emoji}`, onclick: () => {
+    react(shown, emoji);
+    close();
+  } }, emoji)),
+  el("form", { class: "row", onsubmit: (e) => {
+    e.preventDefault();
+    const emoji = other.value.trim();
+    if (!emoji) return;
+    if (!c.isValidEmoji(emoji)) return showProblem("A reaction is at most 64 bytes, without control characters.");
+    react(shown, emoji);
+    close();
+  } }, other, el("button", { type: "submit" }, "React")));
+  li.querySelector(".msg-actions").after(picker);
+  li.querySelector("[data-action=react]")?.setAttribute("aria-expanded", "true");
+  picker.querySelector("button").focus();
+}
+
+function confirmDelete(li, shown) {
+  const actions = li.querySelector(".msg-actions");
+  const restore = () => actions.replaceWith(renderActions(shown, true));
+  const yes = el("button", { type: "button", class: "danger", "data-action": "confirm-delete", onclick: () => {
+    client.sendPayload(activeRoom, c.deletePayload(shown.seq));
+    if (compose?.seq === shown.seq) endCompose();
+  } }, "Delete for everyone");
+  actions.replaceChildren(yes, el("button", { type: "button", onclick: () => {
+    restore();
+    li.querySelector("[data-action=delete]")?.focus();
+  } }, "Cancel"));
+  yes.focus();
+}
+
+function startCompose(mode, shown) {
+  compose = { mode, seq: shown.seq, sender: shown.sender };
+  const input = $("message-input");
+  $("compose-context-text").textContent = mode === "reply" ? `Replying to ${preview(shown)}` : "Editing your message";
+  $("compose-context").hidden = false;
+  if (mode === "edit") input.value = shown.payload.text;
+  input.focus();
+}
+
+function endCompose() {
+  if (compose?.mode === "edit") $("message-input").value = "";
+  compose = null;
+  $("compose-context").hidden = true;
+}
+
+$("compose-cancel").addEventListener("click", () => {
+  endCompose();
+  $("message-input").focus();
+});
+
+/** An item changed (edited, reacted to, deleted): shown again in place, focus kept where it was. */
+function onUpdated({ roomId, items }) {
+  if (roomId !== activeRoom) return;
+  const room = client.rooms.get(roomId);
+  for (const item of items) {
+    const old = $("timeline").querySelector(`:scope > li[data-seq="${item.seq}"]`);
+    if (old) {
+      const focused = old.contains(document.activeElement) ? document.activeElement.dataset.action ?? "" : null;
+      const fresh = renderItem(room, item);
+      fresh.dataset.day = old.dataset.day;
+      if (item.type !== "message") revokeBlob(roomId, item.seq);
+      old.replaceWith(fresh);
+      if (focused !== null) (fresh.querySelector(`[data-action="${CSS.escape(focused)}"]`) ?? fresh.querySelector("[data-action=react]") ?? fresh).focus();
+    }
+    for (const quote of $("timeline").querySelectorAll(`.quote[data-of="${item.seq}"]`)) fillQuote(quote, roomId, item.seq);
+    if (compose?.seq === item.seq && item.type !== "message") endCompose();
+  }
+  renderSeenBy();
+}
+
+function revokeBlob(roomId, seq) {
+  const key = `${roomId}:${seq}`;
+  if (blobUrls.has(key)) URL.revokeObjectURL(blobUrls.get(key));
+  blobUrls.delete(key);
+}
+
+/** An item as it is to be shown now: one whose time ran out (the sweep comes within a second) shows as expired already. */
+function shownNow(item, now) {
+  return item.expiresAt && item.expiresAt <= now ? expire({ ...item }) : item;
+}
+
+/** "seen by alice, bob" under the newest message each other member has read. */
+function renderSeenBy() {
+  const list = $("timeline");
+  for (const node of list.querySelectorAll(".seen-by")) node.remove();
+  const room = client?.rooms.get(activeRoom);
+  if (!room) return;
+  const shown = [...list.querySelectorAll(":scope > li.msg[data-seq]:not(.pending)")];
+  const under = new Map();
+  for (const [user, r] of room.receipts) {
+    if (user === client.me || !r.read) continue;
+    const li = shown.findLast((n) => Number(n.dataset.seq) <= r.read);
+    if (!li) continue;
+    if (!under.has(li)) under.set(li, []);
+    under.get(li).push(user);
+  }
+  for (const [li, users] of under) li.append(el("p", { class: "seen-by" }, `seen by ${users.sort().join(", ")}`));
+}
+
+function renderTyping() {
+  const users = activeRoom === null ? [] : client.typingIn(activeRoom);
+  $("typing").textContent = users.length ? `${users.join(", ")} ${users.length > 1 ? "are" : "is"} typing…` : "";
+}
+
+// ------------------------------------------------------------ requests, blocks, admins, timer (§21)
+
+function renderRequests() {
+  const requests = [...client.rooms.values()].filter((r) => client.isRequest(r));
+  $("no-requests").hidden = requests.length > 0;
+  $("request-list").replaceChildren(...requests.map((room) => {
+    const from = room.info.members.find((m) => m !== client.me) ?? room.info.creator;
+    const id = room.info.id;
+    return el("li", { class: "request-item", "data-room": id },
+      el("span", {}, `${from} wants to message you`),
+      el("div", { class: "row" },
+        el("button", { type: "button", onclick: () => act(async () => {
+          await client.accept(id);
+          renderRooms();
+          openRoom(id);
+        }) }, "Accept"),
+        el("button", { type: "button", class: "quiet", onclick: () => act(() => client.decline(id)) }, "Decline"),
+        el("button", { type: "button", class: "danger", onclick: () => act(() => client.block(from)) }, "Block")));
+  }));
+}
+
+function renderBlocked() {
+  const users = [...(client?.blocked ?? [])].sort();
+  $("no-blocked").hidden = users.length > 0;
+  $("blocked-list").replaceChildren(...users.map((user) => el("li", { "data-user": user }, `${user} `,
+    el("button", { type: "button", onclick: () => act(() => client.unblock(user)) }, `Unblock ${user}`))));
+}
+
+$("blocked-me").addEventListener("click", () => act(async () => {
+  await client.refreshBlocks();
+  renderBlocked();
+  $("blocked-dialog").showModal();
+}));
+
+$("block-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const user = $("block-username").value.trim().toLowerCase();
+  formAct(event.target, async () => {
+    if (user === client.me) throw new Error("That is you.");
+    await client.block(user);
+    $("block-username").value = "";
+  }, () => ({ user, action: "block" }));
+});
+
+function renderMembers() {
+  const room = client.rooms.get(activeRoom);
+  if (!room) return;
+  const { creator, members } = room.info;
+  const admins = room.info.admins ?? [];
+  const iAmCreator = creator === client.me;
+  const iAmAdmin = admins.includes(client.me);
+  const isDm = room.info.kind === "dm";
+  $("members-body").replaceChildren(...members.map((m) => {
+    const role = m === creator ? "creator" : admins.includes(m) ? "admin" : null;
+    const change = (work) => act(async () => {
+      await work();
+      await client.refreshRoom(room);
+      renderMembers();
+    });
+    return el("li", { "data-user": m },
+      el("span", { class: "member-name" }, m === client.me ? `${m} (you)` : m),
+      role ? el("span", { class: "hint" }, `(${role})`) : null,
+      !isDm && iAmCreator && m !== client.me
+        ? el("button", { type: "button", onclick: () => change(() => (admins.includes(m) ? api.demote(room.info.id, m) : api.promote(room.info.id, m))) },
+          admins.includes(m) ? `Remove ${m} as admin` : `Make ${m} admin`)
+        : null,
+      !isDm && (iAmCreator || iAmAdmin) && m !== client.me && m !== creator && (iAmCreator || !admins.includes(m))
+        ? el("button", { type: "button", class: "danger", onclick: () => change(() => api.remove(room.info.id, m)) }, `Remove ${m}`)
+        : null);
+  }));
+}
+
+$("members-room").addEventListener("click", () => {
+  renderMembers();
+  $("members-dialog").showModal();
+});
+
+$("timer-select").addEventListener("change", (event) => {
+  const duration = Number(event.target.value);
+  const roomId = activeRoom;
+  act(async () => {
+    try {
+      await client.setTimer(roomId, duration);
+    } finally {
+      renderRoomHeader();
+    }
+  });
+});
+
+/** What the user lets others see (read receipts, typing), kept per user in this browser. */
+async function loadSettings(username) {
+  const saved = (await store?.getMeta("settings").catch(() => null))
+    ?? JSON.parse(localStorage.getItem(`hush.settings.${username}`) ?? "null");
+  return { readReceipts: saved?.readReceipts !== false, typing: saved?.typing !== false };
+}
+
+function saveSettings() {
+  if (!client) return;
+  client.settings = { readReceipts: $("send-read-receipts").checked, typing: $("send-typing").checked };
+  localStorage.setItem(`hush.settings.${client.me}`, JSON.stringify(client.settings));
+  store?.setMeta("settings", client.settings).catch(() => {});
+}
+$("send-read-receipts").addEventListener("change", saveSettings);
+$("send-typing").addEventListener("change", saveSettings);
 
 const IMAGE_MAX = { width: 480, height: 320 };
 
@@ -534,7 +852,7 @@ function renderPending() {
   if (!client || activeRoom === null) return;
   const list = $("timeline");
   const existing = new Map([...list.querySelectorAll(":scope > li.pending")].map((li) => [li.dataset.clientId, li]));
-  for (const p of client.pending.filter((x) => x.roomId === activeRoom)) {
+  for (const p of client.pending.filter((x) => x.roomId === activeRoom && (!c.RELATION_TYPES.has(x.payload.t) || x.state === "failed"))) {
     const sending = p.state === "sealed" && client.isInFlight(p);
     const label = sending ? "sending…" : { failed: `not sent: ${p.error}`, acked: "sent" }[p.state] ?? "waiting to send";
     const className = `msg own pending ${p.state === "new" ? "queued" : p.state}`;
@@ -543,7 +861,9 @@ function renderPending() {
     if (!li) {
       li = el("li", { "data-client-id": p.clientId },
         el("div", { class: "meta" }, el("span", { class: "sender" }, `${client.me} (you)`), " ", el("span", { class: "state" })),
-        el("div", { class: "body" }, p.payload.t === "text" ? el("p", { class: "text" }, p.payload.text) : el("p", { class: "file" }, `📎 ${p.payload.name}`)));
+        el("div", { class: "body" }, p.payload.t === "text" ? el("p", { class: "text" }, p.payload.text)
+          : p.payload.t === "file" ? el("p", { class: "file" }, `📎 ${p.payload.name}`)
+            : el("p", { class: "text" }, `your ${p.payload.t === "react" ? "reaction" : p.payload.t} of a message`)));
       list.append(li);
     }
     li.className = className;
@@ -563,8 +883,9 @@ function onEntries({ roomId, items, isLive }) {
   const room = client.rooms.get(roomId);
   if (!room) return;
   if (roomId === activeRoom && timeline.roomId === roomId) {
-    timeline.append(items);
+    timeline.append(items.map((i) => shownNow(i, Date.now())));
     if (items.some((i) => i.sender === client.me)) timeline.follow();
+    renderSeenBy();
     if (!document.hidden) {
       clearTimeout(onEntries.readTimer);
       onEntries.readTimer = setTimeout(() => client?.markRead(roomId), 300);
@@ -596,14 +917,25 @@ $("composer").addEventListener("submit", (event) => {
   input.value = "";
   formError($("composer"), null);
   notifier?.askOnce();
-  client.sendPayload(activeRoom, c.textPayload(text));
+  const payload = compose?.mode === "edit" ? c.editPayload(compose.seq, text) : c.textPayload(text, compose?.mode === "reply" ? compose.seq : null);
+  compose = null;
+  $("compose-context").hidden = true;
+  client.typing(activeRoom, false);
+  client.sendPayload(activeRoom, payload);
   timeline.follow();
+});
+
+$("message-input").addEventListener("input", (event) => {
+  if (activeRoom !== null) client?.typing(activeRoom, event.target.value.trim() !== "");
 });
 
 $("message-input").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     $("composer").requestSubmit();
+  } else if (event.key === "Escape" && compose) {
+    event.preventDefault();
+    endCompose();
   }
 });
 
@@ -635,7 +967,9 @@ $("file-input").addEventListener("change", async (event) => {
   const size = await imageSize(file);
   const data = new Uint8Array(await file.arrayBuffer());
   notifier?.askOnce();
-  client.sendPayload(roomId, c.filePayload(c.safeFileName(file.name), file.type || "application/octet-stream", data, size));
+  const replyTo = compose?.mode === "reply" ? compose.seq : null;
+  if (replyTo) endCompose();
+  client.sendPayload(roomId, c.filePayload(c.safeFileName(file.name), file.type || "application/octet-stream", data, size, replyTo));
   timeline.follow();
 });
 document.querySelector("label.file-button").addEventListener("keydown", (event) => {

@@ -67,6 +67,10 @@ export const FORMAT_VERSION = 2;
 export const OLDEST_READ_VERSION = 1;
 export const KIND_MESSAGE = 1;
 export const KIND_DISTRIBUTION = 2;
+/** A receipt or typing signal (§21): never in the log. */
+export const KIND_SIGNAL = 3;
+/** A disappearing-messages timer statement (§21): the body of a `timer` entry. */
+export const KIND_TIMER = 4;
 export const DEVICE_ID_LEN = 16;
 /** The device of every version-1 body; no version-2 body may carry it. */
 export const LEGACY_DEVICE = new Uint8Array(DEVICE_ID_LEN);
@@ -145,9 +149,23 @@ export class Writer {
 /** Reads big-endian fields; every short read is OpenFailed. */
 export class Reader {
   constructor(body, kind) {
-    const found = bodyVersionAndKind(body);
-    if (found.kind !== kind) throw new CryptoError("OpenFailed");
-    this.version = found.version;
+    // Signals and timer statements are not log message bodies, so they are
+    // checked here rather than by bodyVersionAndKind (which rejects them
+    // in a `message` entry as an unknown kind); both exist in version 2 only.
+    let version;
+    if (kind === KIND_SIGNAL || kind === KIND_TIMER) {
+      if (body.length < 6 || !equalBytes(body.subarray(0, 4), MAGIC)) throw new CryptoError("NotHush");
+      // Newer than this client reads: UnknownVersion; older: there never was one.
+      if (body[4] > FORMAT_VERSION) throw new CryptoError("UnknownVersion", `format version ${body[4]}`);
+      if (body[4] !== FORMAT_VERSION) throw new CryptoError("OpenFailed");
+      if (body[5] !== kind) throw new CryptoError("OpenFailed");
+      version = FORMAT_VERSION;
+    } else {
+      const found = bodyVersionAndKind(body);
+      if (found.kind !== kind) throw new CryptoError("OpenFailed");
+      version = found.version;
+    }
+    this.version = version;
     this.body = body;
     this.view = new DataView(body.buffer, body.byteOffset, body.byteLength);
     this.position = 6;

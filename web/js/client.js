@@ -14,22 +14,29 @@
 // showed is saved with the snapshot in one transaction. Entries are
 // handed to the page in batches ("entries"), one per sync page.
 
-import { Conversation } from "./conversation.js";
+import { Conversation, DELETED_TEXT, EXPIRED_TEXT } from "./conversation.js";
+import { receiptPayload, sealTimer, typingPayload } from "./crypto.js";
 import { Link } from "./link.js";
-import { b64encode } from "./bytes.js";
+import { b64decode, b64encode } from "./bytes.js";
 import { Outbox, newClientId } from "./outbox.js";
 import { yieldToEventLoop } from "./store.js";
 
-const MEMBERSHIP_KINDS = new Set(["create", "invite", "join", "leave", "remove", "key"]);
+const MEMBERSHIP_KINDS = new Set(["create", "invite", "join", "leave", "remove", "key", "promote", "demote", "decline", "timer"]);
 // A send refused with these was not stored but may be later (PROTOCOL.md §11).
 const RETRY_CODES = new Set(["rate_limited", "storage_unavailable", "unavailable"]);
-const FINAL_CODES = new Set(["bad_body", "too_large", "not_found", "bad_frame"]);
+const FINAL_CODES = new Set(["bad_body", "too_large", "not_found", "bad_frame", "blocked", "forbidden"]);
 const DEFAULT_RETRY_MS = 1000; // when the server names no wait
 // Sends in flight at once: back to one after a refusal, one more per ack.
 const WINDOW_MAX = 16;
 const ADOPT_EVERY_MS = 5_000;
 const SAVE_AFTER_MS = 250; // live entries are saved in small batches
 const YIELD_EVERY = 25; // entries processed between yields to the event loop
+// §21 signals: at most one receipt per room per second; typing repeated
+// every 3 s while typing, and shown for 6 s unless repeated.
+const RECEIPT_EVERY_MS = 1000;
+const TYPING_EVERY_MS = 3000;
+const TYPING_LASTS_MS = 6000;
+const EXPIRY_CHECK_MS = 1000;
 
 export class HushClient extends EventTarget {
   /** `device`: this tab's claimed device id ({id, hex}). */
@@ -57,6 +64,9 @@ export class HushClient extends EventTarget {
     this.maxBodyBytes = 1_048_576; // until `ready` says
     this.online = new Set();
     this.invitations = [];
+    this.blocked = new Set(); // users this account blocks (§21): their group messages are hidden, not decrypted
+    // What this user lets others see; the page keeps them per user (store.js meta).
+    this.settings = { readReceipts: true, typing: true };
     this.queue = Promise.resolve();
     this.link = new Link(token, {
       onFrame: (frame) => this.enqueue(() => this.handle(frame)),
@@ -90,6 +100,7 @@ export class HushClient extends EventTarget {
 
   /** The server's room list, the outbox, then the connection. */
   async connect() {
+    await this.refreshBlocks();
     try {
       const infos = await this.api.rooms();
       await this.reconcileRooms(infos);
@@ -110,6 +121,9 @@ export class HushClient extends EventTarget {
       await this.loadOutbox();
       await this.pump();
     }), ADOPT_EVERY_MS);
+    // Disappearing messages leave the screen and the store on this
+    // reader's clock (§21), whatever the server does.
+    this.expiryTimer = setInterval(() => this.enqueue(() => this.sweepExpired()), EXPIRY_CHECK_MS);
   }
 
   /** Takes what an earlier page of this device (or a tab now gone) left in the outbox. */
@@ -134,6 +148,11 @@ export class HushClient extends EventTarget {
     for (const room of this.rooms.values()) clearTimeout(room.saveTimer);
     clearTimeout(this.retryTimer);
     clearInterval(this.adoptTimer);
+    clearInterval(this.expiryTimer);
+    for (const room of this.rooms.values()) {
+      clearTimeout(room.receiptTimer);
+      clearTimeout(room.typingTimer);
+    }
     this.link.stop();
     this.device.release?.();
   }
@@ -181,6 +200,13 @@ export class HushClient extends EventTarget {
       unread: 0,
       lastTs: 0,
       lastRead: Number(localStorage.getItem(`hush.read.${this.me}.${info.id}`) ?? 0),
+      receipts: new Map(), // other user -> {delivered, read}: their latest receipt (§21)
+      typing: new Map(), // other user -> until (ms)
+      readSeq: 0, // the newest seq shown on screen in a visible tab
+      sentReceipt: { delivered: 0, read: 0 },
+      lastReceiptAt: 0,
+      receiptTimer: null,
+      typingSentAt: 0,
     };
     this.rooms.set(info.id, room);
     return room;
@@ -256,6 +282,15 @@ export class HushClient extends EventTarget {
     return this.store.after(roomId, seq, limit);
   }
 
+  /** One item of `roomId` (a reply's target): from memory, else the store. */
+  async itemOf(roomId, seq) {
+    const room = this.rooms.get(roomId);
+    if (!room) return null;
+    const inMemory = room.unsaved.find((i) => i.seq === seq);
+    if (inMemory) return inMemory;
+    return this.store ? this.store.item(roomId, seq) : null;
+  }
+
   title(room) {
     const info = room.info;
     return info.kind === "dm" ? info.members.find((m) => m !== this.me) ?? info.creator : info.name;
@@ -268,6 +303,10 @@ export class HushClient extends EventTarget {
   markRead(roomId) {
     const room = this.rooms.get(roomId);
     if (!room) return;
+    if (typeof document === "undefined" || !document.hidden) {
+      room.readSeq = Math.max(room.readSeq, room.conv.lastSeq);
+      this.scheduleReceipt(room);
+    }
     const wasUnread = room.unread;
     room.lastRead = room.conv.lastSeq;
     room.unread = 0;
@@ -276,7 +315,13 @@ export class HushClient extends EventTarget {
     this.emit("rooms", {});
   }
 
+  /** A DM request not accepted yet (§21): nothing of it is synced, decrypted or shown. */
+  isRequest(room) {
+    return room.info.request === true;
+  }
+
   sync(rooms) {
+    rooms = rooms.filter((r) => !this.isRequest(r));
     if (!rooms.length) return;
     for (const room of rooms) room.syncing = true;
     this.link.send({ type: "sync", rooms: rooms.map((r) => ({ room: r.info.id, after: r.conv.lastSeq })) });
@@ -316,9 +361,10 @@ export class HushClient extends EventTarget {
           this.emit("rooms", {});
           return;
         }
-        if (room.syncing) break;
+        if (room.syncing || this.isRequest(room)) break;
         const shown = await this.apply(room, frame.entry);
         this.saveSoon(room);
+        this.scheduleReceipt(room);
         if (shown) this.emit("entries", { roomId: room.info.id, items: [shown], isLive: true });
         break;
       }
@@ -342,6 +388,7 @@ export class HushClient extends EventTarget {
           room.synced = true;
           await this.refreshRoom(room);
           this.emit("synced", { roomId: frame.room });
+          this.scheduleReceipt(room);
           await this.pump();
         }
         break;
@@ -372,6 +419,17 @@ export class HushClient extends EventTarget {
       case "invited":
         this.refreshInvitations();
         break;
+      case "request":
+        // Someone asks to message this user (§21): shown as a request only.
+        if (!this.rooms.has(frame.room)) {
+          const info = await this.api.room(frame.room).catch(() => null);
+          if (info) this.addRoom(info);
+        }
+        this.emit("rooms", {});
+        break;
+      case "signal":
+        await this.onSignal(frame);
+        break;
       default:
     }
   }
@@ -381,6 +439,10 @@ export class HushClient extends EventTarget {
     if (!sent) return;
     this.wire.splice(this.wire.indexOf(sent), 1);
     if (sent.state === "inflight") this.window = Math.min(WINDOW_MAX, this.window + 1);
+    if (sent.thenSignals) {
+      for (const frame of sent.thenSignals.heldSignals ?? []) this.link.send(frame);
+      sent.thenSignals.heldSignals = null;
+    }
     if (sent.isMessage) {
       const item = sent.item;
       item.state = "acked";
@@ -396,6 +458,8 @@ export class HushClient extends EventTarget {
   async onError(frame) {
     const sent = frame.id && this.wire.find((w) => w.client_id === frame.id);
     if (sent && FINAL_CODES.has(frame.code)) {
+      // Signals held behind a distribution that will never be stored are dropped (best effort).
+      if (sent.thenSignals) sent.thenSignals.heldSignals = null;
       // Resending will not help: the message fails, with the rest of its bodies.
       const item = sent.item;
       this.wire = this.wire.filter((w) => w.item !== item);
@@ -438,7 +502,7 @@ export class HushClient extends EventTarget {
     for (const frame of this.wire) {
       if (inflight >= this.window) break;
       if (frame.state === "inflight") continue;
-      if (!this.link.send({ type: "send", id: frame.client_id, room: frame.room, client_id: frame.client_id, body: frame.body })) break;
+      if (!this.link.send({ type: "send", id: frame.client_id, room: frame.room, client_id: frame.client_id, body: frame.body, erase: frame.erase })) break;
       frame.state = "inflight";
       inflight += 1;
       sent += 1;
@@ -454,11 +518,17 @@ export class HushClient extends EventTarget {
   /** Processes one entry of `room` once, in order; resolves with what it shows, or null. */
   async apply(room, entry) {
     if (entry.seq <= room.conv.lastSeq) return null;
-    const shown = await room.conv.process(entry, this.identity, this.directory);
+    const shown = await room.conv.process(entry, this.identity, this.directory, { blocked: this.blocked });
     if (entry.kind === "message" && entry.sender === this.me && entry.client_id) this.stored(room, entry.client_id);
     for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
     if (MEMBERSHIP_KINDS.has(entry.kind) && !room.syncing) await this.refreshRoom(room);
+    // Receipts speak only of others' messages that reached this run (§21).
+    if (entry.kind === "message" && entry.sender !== this.me && shown.type !== "quiet") room.heardInRun = true;
     if (shown.type === "quiet") return null;
+    if (shown.type === "relation") {
+      await this.applyRelation(room, shown);
+      return null;
+    }
     room.unsaved.push(shown);
     room.lastTs = Math.max(room.lastTs, shown.ts);
     if ((shown.type === "message" || shown.type === "unsupported") && shown.sender !== this.me && shown.seq > room.lastRead) room.unread += 1;
@@ -514,6 +584,205 @@ export class HushClient extends EventTarget {
     this.wire = this.wire.filter((w) => w.item !== item || w.state === "inflight");
     this.outbox.remove(item).catch(() => {});
     this.emit("pending", {});
+  }
+
+  // ------------------------------------------------------------ §21
+
+  /**
+   * An edit, delete or reaction that passed the Conversation's checks,
+   * applied to its target wherever it is (not saved yet, or in the store),
+   * which is then shown again.
+   */
+  async applyRelation(room, rel) {
+    const roomId = room.info.id;
+    const of = rel.payload.of;
+    let item = room.unsaved.find((i) => i.seq === of);
+    const isInMemory = Boolean(item);
+    if (!item && this.store) item = await this.store.item(roomId, of).catch(() => null);
+    if (!item) return;
+    relate(item, rel);
+    if (!isInMemory && this.store) {
+      await this.store.putItem(roomId, item).catch((e) => this.emit("problem", { message: `A change to a message could not be saved (${e.message}).` }));
+    }
+    this.emit("updated", { roomId, items: [item] });
+  }
+
+  /**
+   * Replaces what expired with "message expired" (§21: never a gap, the
+   * sender kept), in memory and in the store, so its text and file leave
+   * both; tells the page.
+   */
+  async sweepExpired() {
+    const now = Date.now();
+    for (const room of this.rooms.values()) {
+      const seqs = room.conv.takeExpired(now);
+      if (!seqs.length) continue;
+      const roomId = room.info.id;
+      const changed = [];
+      for (const seq of seqs) {
+        let item = room.unsaved.find((i) => i.seq === seq);
+        const isInMemory = Boolean(item);
+        if (!item && this.store) item = await this.store.item(roomId, seq).catch(() => null);
+        if (!item) continue;
+        expire(item);
+        if (!isInMemory) await this.store?.putItem(roomId, item).catch(() => {});
+        changed.push(item);
+      }
+      this.saveSoon(room);
+      if (changed.length) this.emit("updated", { roomId, items: changed });
+    }
+  }
+
+  async refreshBlocks() {
+    try {
+      this.blocked = new Set(await this.api.blocks());
+      this.emit("blocks", {});
+    } catch {
+      // offline or an older server: nothing hidden beyond what is known
+    }
+  }
+
+  async block(user) {
+    await this.api.block(user);
+    this.blocked.add(user);
+    this.emit("blocks", {});
+    // The server declines this user's pending requests to us.
+    await this.enqueue(() => this.refreshRooms());
+  }
+
+  async unblock(user) {
+    await this.api.unblock(user);
+    this.blocked.delete(user);
+    this.emit("blocks", {});
+  }
+
+  /** Accepts a DM request: from now on it is read like any room. */
+  async accept(roomId) {
+    const info = await this.api.accept(roomId);
+    await this.enqueue(async () => {
+      const room = this.addRoom(info);
+      room.info = info;
+      this.sync([room]);
+    });
+    this.emit("rooms", {});
+  }
+
+  /** Declines a DM request: it leaves the list (and this browser's store). */
+  async decline(roomId) {
+    await this.api.decline(roomId);
+    await this.enqueue(async () => {
+      this.rooms.delete(roomId);
+      await this.store?.deleteRoom(roomId).catch(() => {});
+    });
+    this.emit("rooms", {});
+  }
+
+  /** Sets the room's disappearing-messages timer with a signed statement (§21). */
+  async setTimer(roomId, duration) {
+    const room = this.rooms.get(roomId);
+    if (!room) return;
+    const body = await sealTimer(roomId, this.me, duration, room.conv.lastSeq, this.identity.current);
+    const info = await this.api.setTimer(roomId, b64encode(body));
+    if (info) room.info = info;
+    this.emit("rooms", {});
+  }
+
+  /** Sends a receipt for `room` soon: at most one a second. */
+  scheduleReceipt(room) {
+    if (room.receiptTimer || this.isStopped) return;
+    const wait = Math.max(0, room.lastReceiptAt + RECEIPT_EVERY_MS - Date.now());
+    room.receiptTimer = setTimeout(() => {
+      room.receiptTimer = null;
+      this.enqueue(() => this.sendReceipt(room));
+    }, wait);
+  }
+
+  async sendReceipt(room) {
+    if (!this.rooms.has(room.info.id) || this.isRequest(room) || !room.synced || room.syncing || !this.link.isReady || !room.heardInRun) return;
+    const delivered = room.conv.lastSeq;
+    const read = this.settings.readReceipts ? Math.min(room.readSeq, delivered) : 0;
+    if (!delivered || (delivered === room.sentReceipt.delivered && read === room.sentReceipt.read)) return;
+    room.lastReceiptAt = Date.now();
+    room.sentReceipt = { delivered, read };
+    await this.sendSignal(room, "receipt", receiptPayload(delivered, read || null));
+  }
+
+  /** The user types (true) or sent or cleared the message (false) in `roomId`. */
+  typing(roomId, isTyping) {
+    const room = this.rooms.get(roomId);
+    if (!room || !this.settings.typing || this.isRequest(room)) return;
+    const now = Date.now();
+    if (isTyping && now - room.typingSentAt < TYPING_EVERY_MS) return;
+    if (!isTyping && !room.typingSentAt) return;
+    room.typingSentAt = isTyping ? now : 0;
+    this.enqueue(() => {
+      if (!room.synced || room.syncing || !this.link.isReady) return;
+      return this.sendSignal(room, "typing", typingPayload(isTyping));
+    });
+  }
+
+  /** Seals and sends one signal; a new sender key goes into the log first if needed. */
+  async sendSignal(room, kind, payload) {
+    const info = room.info;
+    let sealed;
+    try {
+      sealed = await room.conv.sealSignal(payload, info.members, info.kind === "dm", this.identity, this.directory);
+    } catch {
+      // Best effort (a DM whose peer's key is blocked, a key lookup offline): no signal, no alarm.
+      return;
+    }
+    const { bodies, signal } = sealed;
+    const frame = { type: "signal", room: info.id, kind, body: b64encode(signal) };
+    if (room.heldSignals) {
+      // Sealed under a key whose distribution is not stored yet: in order, behind it.
+      room.heldSignals.push(frame);
+      return;
+    }
+    if (!bodies.length) {
+      this.link.send(frame);
+      return;
+    }
+    // A new key: readers cannot open the signal before its distribution
+    // is stored, so the signal (and any sealed meanwhile) waits for that ack.
+    room.heldSignals = [frame];
+    bodies.forEach((body, i) => this.wire.push({
+      room: info.id, client_id: newClientId(), body: b64encode(body), item: { state: "sealed" }, isMessage: false, state: "unsent",
+      thenSignals: i === bodies.length - 1 ? room : null,
+    }));
+    this.flush();
+  }
+
+  /** A receipt or typing signal from another member (or a receipt the server kept). */
+  async onSignal(frame) {
+    const room = this.rooms.get(frame.room);
+    if (!room || this.isRequest(room) || frame.sender === this.me || this.blocked.has(frame.sender)) return;
+    let body;
+    try {
+      body = b64decode(frame.body ?? "");
+    } catch {
+      return;
+    }
+    const payload = await room.conv.openSignal(body, frame.sender, this.directory);
+    if (!payload) return;
+    if (payload.t === "receipt") {
+      const before = room.receipts.get(frame.sender) ?? { delivered: 0, read: 0 };
+      room.receipts.set(frame.sender, { delivered: Math.max(before.delivered, payload.delivered), read: Math.max(before.read, payload.read ?? 0) });
+      this.emit("receipts", { roomId: frame.room });
+    } else if (payload.t === "typing") {
+      if (payload.typing) room.typing.set(frame.sender, Date.now() + TYPING_LASTS_MS);
+      else room.typing.delete(frame.sender);
+      this.emit("typing", { roomId: frame.room });
+      clearTimeout(room.typingTimer);
+      room.typingTimer = setTimeout(() => this.emit("typing", { roomId: frame.room }), TYPING_LASTS_MS + 50);
+    }
+  }
+
+  /** Who is typing in `roomId` now. */
+  typingIn(roomId) {
+    const room = this.rooms.get(roomId);
+    if (!room) return [];
+    const now = Date.now();
+    return [...room.typing].filter(([, until]) => until > now).map(([user]) => user).sort();
   }
 
   // ------------------------------------------------------------ sending
@@ -588,8 +857,10 @@ export class HushClient extends EventTarget {
       for (const notice of this.directory.takeNotices()) this.emit("key-notice", notice);
       outgoing.bodies.forEach((body, i) => {
         const isMessage = i === outgoing.bodies.length - 1;
+        // A delete asks the server to erase its target in the same frame (§21).
+        const erase = isMessage && item.payload.t === "delete" ? item.payload.of : undefined;
         this.wire.push({
-          room: item.roomId, client_id: isMessage ? item.clientId : newClientId(), body: b64encode(body), item, isMessage, state: "unsent",
+          room: item.roomId, client_id: isMessage ? item.clientId : newClientId(), body: b64encode(body), item, isMessage, state: "unsent", erase,
         });
       });
       item.state = "sealed";
@@ -617,4 +888,37 @@ export class HushClient extends EventTarget {
     }
     return [...seen].map(([device, lastTs]) => ({ device, lastTs })).sort((a, b) => b.lastTs - a.lastTs);
   }
+}
+
+/** Applies a checked relation to the item it names (mutated in place). */
+export function relate(item, rel) {
+  const p = rel.payload;
+  if (p.t === "delete") {
+    // Its text, file, edits and reactions go (§21); the position stays.
+    for (const k of ["payload", "edited", "reactions", "isLate", "verified", "clientId", "reason"]) delete item[k];
+    item.type = "deleted";
+    item.text = DELETED_TEXT;
+    return item;
+  }
+  if (item.type !== "message") return item;
+  if (p.t === "edit" && item.payload?.t === "text") {
+    item.payload.text = p.text;
+    item.edited = true;
+  } else if (p.t === "react") {
+    const reactions = { ...(item.reactions ?? {}) };
+    if (p.emoji === "") delete reactions[rel.sender];
+    else reactions[rel.sender] = p.emoji;
+    if (Object.keys(reactions).length) item.reactions = reactions;
+    else delete item.reactions;
+  }
+  return item;
+}
+
+/** What is left of an item whose disappearing-messages time came: its position and sender. */
+export function expire(item) {
+  for (const k of Object.keys(item)) if (!["seq", "ts", "sender", "type"].includes(k)) delete item[k];
+  item.type = "erased";
+  item.reason = "expired";
+  item.text = EXPIRED_TEXT;
+  return item;
 }

@@ -14,12 +14,13 @@
 import "../vendor/hash-wasm/argon2.umd.min.js";
 import {
   CryptoError, Reader, Writer, b64decode, b64encode, bodyKind, bodyVersionAndKind, concat, equalBytes, fromUtf8, hex,
-  isLegacyDevice, isValidUsername, utf8, DEVICE_ID_LEN, FORMAT_VERSION, KIND_DISTRIBUTION, KIND_MESSAGE, LEGACY_DEVICE,
+  isLegacyDevice, isValidUsername, utf8, DEVICE_ID_LEN, FORMAT_VERSION, KIND_DISTRIBUTION, KIND_MESSAGE, KIND_SIGNAL, KIND_TIMER,
+  LEGACY_DEVICE,
 } from "./bytes.js";
 
 export {
   CryptoError, bodyKind, bodyVersionAndKind, isLegacyDevice, DEVICE_ID_LEN, FORMAT_VERSION, KIND_DISTRIBUTION, KIND_MESSAGE,
-  LEGACY_DEVICE,
+  KIND_SIGNAL, KIND_TIMER, LEGACY_DEVICE,
 };
 
 const subtle = globalThis.crypto.subtle;
@@ -141,13 +142,27 @@ function compareBytes(a, b) {
 /** The payload version written, and the highest one displayed. */
 export const PAYLOAD_VERSION = 1;
 
-/** {"t":"text","text":…} or {"t":"file","name":…,"mime":…,"data":bytes}; "unsupported" is read only. */
-export const textPayload = (text) => ({ t: "text", text });
-export const filePayload = (name, mime, data, size = null) => {
+/**
+ * {"t":"text","text":…,"reply_to"?} or {"t":"file","name":…,"mime":…,"data":bytes,"reply_to"?};
+ * the relations of §21: {"t":"edit","of","text"}, {"t":"delete","of"},
+ * {"t":"react","of","emoji"}; "unsupported" is read only.
+ */
+export const textPayload = (text, replyTo = null) => (isSeq(replyTo) ? { t: "text", text, reply_to: replyTo } : { t: "text", text });
+export const filePayload = (name, mime, data, size = null, replyTo = null) => {
   const p = { t: "file", name, mime, data };
   if (size && isDimension(size.width) && isDimension(size.height)) Object.assign(p, { width: size.width, height: size.height });
+  if (isSeq(replyTo)) p.reply_to = replyTo;
   return p;
 };
+export const editPayload = (of, text) => ({ t: "edit", of, text });
+export const deletePayload = (of) => ({ t: "delete", of });
+export const reactPayload = (of, emoji) => ({ t: "react", of, emoji });
+/** A log position a relation may name: a positive integer. */
+const isSeq = (n) => Number.isSafeInteger(n) && n > 0;
+/** A reaction (§21): 1 to 64 bytes of UTF-8 without control characters, or "" to take one back. */
+export const isValidEmoji = (e) => typeof e === "string" && utf8(e).length <= 64 && !/\p{Cc}/u.test(e);
+/** The message types a reader applies to an earlier message. */
+export const RELATION_TYPES = new Set(["edit", "delete", "react"]);
 /** An image's optional pixel size (§19): an integer 1..65535, else ignored. */
 const isDimension = (n) => Number.isInteger(n) && n >= 1 && n <= 65535;
 /** A genuine payload of a type or version this client does not know. */
@@ -155,10 +170,18 @@ export const UNSUPPORTED = Object.freeze({ t: "unsupported" });
 
 /** Version-2 plaintext: {"v":1,"t":…} (PROTOCOL.md §19, Plaintext payload). */
 export function encodePayload(p) {
-  if (p.t === "text") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "text", text: p.text }));
+  const reply = isSeq(p.reply_to) ? { reply_to: p.reply_to } : {};
+  if (p.t === "text") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "text", text: p.text, ...reply }));
   if (p.t === "file") {
     const size = p.width !== undefined ? { width: p.width, height: p.height } : {};
-    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "file", name: p.name, mime: p.mime, data: b64encode(p.data), ...size }));
+    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "file", name: p.name, mime: p.mime, data: b64encode(p.data), ...size, ...reply }));
+  }
+  if (!isSeq(p.of)) throw new Error("a relation names a positive seq");
+  if (p.t === "edit") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "edit", of: p.of, text: p.text }));
+  if (p.t === "delete") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "delete", of: p.of }));
+  if (p.t === "react") {
+    if (!isValidEmoji(p.emoji)) throw new Error("a reaction is 1 to 64 bytes without control characters, or empty");
+    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "react", of: p.of, emoji: p.emoji }));
   }
   throw new Error("unknown payload");
 }
@@ -205,13 +228,43 @@ export function decodePayload(bytes) {
   if (version > BigInt(PAYLOAD_VERSION)) return UNSUPPORTED;
   if (value.t === "text") {
     if (typeof value.text !== "string") throw new CryptoError("OpenFailed");
-    return textPayload(value.text);
+    return textPayload(value.text, optionalSeq(text, value, "reply_to"));
   }
   if (value.t === "file") {
     if (typeof value.name !== "string" || typeof value.mime !== "string") throw new CryptoError("OpenFailed");
-    return filePayload(value.name, value.mime, fileBytes(value.data), { width: value.width, height: value.height });
+    return filePayload(value.name, value.mime, fileBytes(value.data), { width: value.width, height: value.height }, optionalSeq(text, value, "reply_to"));
+  }
+  if (RELATION_TYPES.has(value.t)) {
+    const of = requiredSeq(text, value, "of");
+    if (value.t === "delete") return deletePayload(of);
+    if (value.t === "edit") {
+      if (typeof value.text !== "string") throw new CryptoError("OpenFailed");
+      return editPayload(of, value.text);
+    }
+    if (!isValidEmoji(value.emoji)) throw new CryptoError("OpenFailed");
+    return reactPayload(of, value.emoji);
   }
   return UNSUPPORTED;
+}
+
+/**
+ * A member holding a seq: a JSON number that is an integer from 1 to
+ * 2^53 − 1, however it is written (41, 41.0 and 4.1e1 are one number to
+ * every JSON reader; the Rust client reads them alike), else null.
+ */
+function seqMember(text, value, name) {
+  const n = value[name];
+  return typeof n === "number" && isSeq(n) ? n : null;
+}
+
+/** `reply_to`: anything but a positive integer is ignored like an unknown member (§21). */
+const optionalSeq = (text, value, name) => seqMember(text, value, name);
+
+/** `of`: a relation without a positive integer target does not open (a mistyped known member, §19). */
+function requiredSeq(text, value, name) {
+  const n = seqMember(text, value, name);
+  if (n === null) throw new CryptoError("OpenFailed");
+  return n;
 }
 
 /** Reads a version-1 envelope's plaintext: exactly the old members, nothing else. */
@@ -504,6 +557,186 @@ export async function openEnvelope(body, context, key, replay) {
   const payload = h.version >= 2 ? decodePayload(plain) : decodePayloadV1(plain);
   const isLate = replay.record(h);
   return { header: h, payload, isLate };
+}
+
+// -------------------------------------------------------------------- signals
+
+/** How far a signal's clock may be from the reader's (§21): 10 minutes. */
+export const SIGNAL_FRESHNESS_MS = 10 * 60 * 1000;
+
+/**
+ * Seals a receipt or typing payload as a signal envelope (§21): the message
+ * envelope with kind 0x03, under the device's current sender key, whose
+ * counter is the sender's clock in Unix milliseconds (BigInt or number).
+ */
+export async function sealSignal(roomId, sender, device, key, counterMs, payload, signer, nonce = randomBytes(NONCE_LEN)) {
+  const w = new Writer(KIND_SIGNAL);
+  w.i64(roomId);
+  w.username(sender);
+  w.device(device);
+  w.u32(key.epoch);
+  w.u64(counterMs);
+  const aad = w.bytes();
+  const sealed = new Uint8Array(await subtle.encrypt(
+    { name: "AES-GCM", iv: nonce, additionalData: aad, tagLength: 128 }, key.key, encodeSignalPayload(payload)));
+  w.raw(nonce);
+  w.bytesU32(sealed);
+  w.bytesU16(await sign(signer, w.bytes()));
+  return w.bytes();
+}
+
+function parseSignal(body) {
+  const r = new Reader(body, KIND_SIGNAL);
+  const roomId = r.i64();
+  const sender = r.username();
+  const device = r.device();
+  const epoch = r.u32();
+  const counter = r.u64();
+  const aadLen = r.position;
+  const nonce = r.take(NONCE_LEN);
+  const ciphertext = r.bytesU32();
+  if (ciphertext.length < TAG_LEN) throw new CryptoError("OpenFailed");
+  const signedLen = r.position;
+  const signature = r.bytesU16();
+  r.finish();
+  return { header: { version: r.version, roomId, sender, device, epoch, counter }, aadLen, nonce, ciphertext, signedLen, signature };
+}
+
+/** A signal's clear header (room, sender, device, epoch, counter as BigInt), unchecked. */
+export const peekSignal = (body) => parseSignal(body).header;
+
+/**
+ * Per (room, sender, device): the highest signal counter accepted. A
+ * signal at or below it, or more than 10 minutes from `now`, is stale.
+ * Separate from the message replay set (§21): the two never interact.
+ */
+export class SignalTracker {
+  constructor() {
+    this.highest = new Map();
+  }
+  static id(h) {
+    return `${h.roomId}\u0000${h.sender}\u0000${hex(h.device)}`;
+  }
+  /** Throws Replay (not above the last accepted) or Stale (too far from the clock). */
+  check(h, now) {
+    const seen = this.highest.get(SignalTracker.id(h));
+    if (seen !== undefined && h.counter <= seen) throw new CryptoError("Replay");
+    const distance = h.counter > BigInt(now) ? h.counter - BigInt(now) : BigInt(now) - h.counter;
+    if (distance > BigInt(SIGNAL_FRESHNESS_MS)) throw new CryptoError("Stale");
+  }
+  record(h) {
+    this.highest.set(SignalTracker.id(h), h.counter);
+  }
+}
+
+/**
+ * Opens a signal: framing, room, sender, signature under
+ * `context.senderIdentity`, freshness against `tracker` at `now`, the
+ * sender key of its chain, then the payload. Returns {header, payload};
+ * throws CryptoError (the caller drops the signal, whatever the reason).
+ */
+export async function openSignal(body, context, key, tracker, now = Date.now()) {
+  const parsed = parseSignal(body);
+  const h = parsed.header;
+  if (h.roomId !== context.roomId) throw new CryptoError("WrongRoom");
+  if (h.sender !== context.sender) throw new CryptoError("WrongSender");
+  if (!(await verify(context.senderIdentity, body.subarray(0, parsed.signedLen), parsed.signature))) {
+    throw new CryptoError("BadSignature");
+  }
+  tracker.check(h, now);
+  if (!key || h.epoch !== key.epoch) throw new CryptoError("OpenFailed");
+  let plain;
+  try {
+    plain = new Uint8Array(await subtle.decrypt(
+      { name: "AES-GCM", iv: parsed.nonce, additionalData: body.subarray(0, parsed.aadLen), tagLength: 128 },
+      key.key, parsed.ciphertext));
+  } catch {
+    throw new CryptoError("OpenFailed");
+  }
+  const payload = decodeSignalPayload(plain);
+  tracker.record(h);
+  return { header: h, payload };
+}
+
+export const receiptPayload = (delivered, read = null) => (isSeq(read) ? { t: "receipt", delivered, read } : { t: "receipt", delivered });
+export const typingPayload = (typing) => ({ t: "typing", typing: Boolean(typing) });
+
+export function encodeSignalPayload(p) {
+  if (p.t === "receipt") {
+    if (!Number.isSafeInteger(p.delivered) || p.delivered < 0) throw new Error("delivered is a seq");
+    return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "receipt", delivered: p.delivered, ...(isSeq(p.read) ? { read: p.read } : {}) }));
+  }
+  if (p.t === "typing") return utf8(JSON.stringify({ v: PAYLOAD_VERSION, t: "typing", typing: p.typing }));
+  throw new Error("unknown signal");
+}
+
+/**
+ * A signal's plaintext: a receipt or a typing state. Anything else (a
+ * newer version, another type, a mistyped member) fails: signals are
+ * dropped silently, never shown (§21).
+ */
+export function decodeSignalPayload(bytes) {
+  const { text, value } = parseJson(bytes);
+  if (hasDuplicateKeys(text)) throw new CryptoError("OpenFailed");
+  // Unlike a message payload, "v" is required (as the Rust reader has it).
+  if (value.v === undefined || payloadVersion(text) !== 1n) throw new CryptoError("OpenFailed");
+  const count = (name) => (typeof value[name] === "number" && /^[0-9]+$/.test(topLevelValue(text, name)) ? Number(topLevelValue(text, name)) : null);
+  if (value.t === "receipt") {
+    const delivered = count("delivered");
+    if (delivered === null || !Number.isSafeInteger(delivered)) throw new CryptoError("OpenFailed");
+    if (value.read === undefined || value.read === null) return receiptPayload(delivered);
+    const read = count("read");
+    if (read === null || !Number.isSafeInteger(read)) throw new CryptoError("OpenFailed");
+    return { t: "receipt", delivered, read };
+  }
+  if (value.t === "typing") {
+    if (typeof value.typing !== "boolean") throw new CryptoError("OpenFailed");
+    return typingPayload(value.typing);
+  }
+  throw new CryptoError("OpenFailed");
+}
+
+// ------------------------------------------------------------ timer statement
+
+/** The durations clients offer (§21), in seconds; 0 is off. */
+export const TIMER_CHOICES = [0, 300, 3600, 28800, 86400, 604800, 2419200];
+export const MAX_TIMER_SECS = 2419200;
+
+/** Signs a timer statement (§21, kind 0x04): `room`'s messages disappear after `duration` s (0: off), set after seq `after`. */
+export async function sealTimer(roomId, sender, duration, after, signer) {
+  if (!Number.isInteger(duration) || duration < 0 || duration > 0xffffffff) throw new Error("a duration is a u32 of seconds");
+  const w = new Writer(KIND_TIMER);
+  w.i64(roomId);
+  w.username(sender);
+  w.u32(duration);
+  w.u64(after);
+  w.bytesU16(await sign(signer, w.bytes()));
+  return w.bytes();
+}
+
+/** A timer statement's fields {roomId, sender, duration, after (number)} and what is signed; throws CryptoError on bad framing. */
+export function parseTimer(body) {
+  const r = new Reader(body, KIND_TIMER);
+  const roomId = r.i64();
+  const sender = r.username();
+  const duration = r.u32();
+  const after = Number(r.u64());
+  const signedLen = r.position;
+  const signature = r.bytesU16();
+  r.finish();
+  return { roomId, sender, duration, after, signedLen, signature };
+}
+
+/**
+ * Checks a timer statement for `context` {roomId, sender, senderIdentity}:
+ * framing, room, sender, signature. Returns {duration, after}.
+ */
+export async function openTimer(body, context) {
+  const t = parseTimer(body);
+  if (t.roomId !== context.roomId) throw new CryptoError("WrongRoom");
+  if (t.sender !== context.sender) throw new CryptoError("WrongSender");
+  if (!(await verify(context.senderIdentity, body.subarray(0, t.signedLen), t.signature))) throw new CryptoError("BadSignature");
+  return { duration: t.duration, after: t.after };
 }
 
 /** Whether `identity` signed `body` (a message or a distribution), whatever else is wrong with it. */

@@ -249,6 +249,30 @@ export class Store {
     return (await Promise.all(records.map((r) => this.openItem(r)))).filter(Boolean);
   }
 
+  /** One stored item of `room`, or null. */
+  async item(room, seq) {
+    const record = await this.tx("messages", "readonly", (tx) => done(tx.objectStore("messages").get([room, seq])));
+    return record ? this.openItem(record) : null;
+  }
+
+  /**
+   * Writes `item` again in place (an edit, a reaction, a delete applied to
+   * it): the record is sealed anew, so a deleted message's text and file
+   * leave the store with the old record (§21).
+   */
+  async putItem(room, item) {
+    const record = await this.sealItem(room, item);
+    return this.tx("messages", "readwrite", (tx) => void tx.objectStore("messages").put(record));
+  }
+
+  /** Removes items of `room` (messages that expired). */
+  deleteItems(room, seqs) {
+    return this.tx("messages", "readwrite", (tx) => {
+      const messages = tx.objectStore("messages");
+      for (const seq of seqs) messages.delete([room, seq]);
+    });
+  }
+
   /** The newest `limit` items of `room` (seq order). */
   latest(room, limit) {
     return this.read(room, IDBKeyRange.bound([room, 0], [room, Infinity]), "prev", limit);

@@ -45,6 +45,9 @@ export class Timeline {
     list.addEventListener("scroll", () => this.onScroll(), { passive: true });
     // An image whose size was not known grows when it loads: stay at the bottom.
     list.addEventListener("load", () => this.isStuck && this.toBottom(), true);
+    // The list itself shrinks when something above or below it appears (a
+    // notice, the reply bar over the composer): stay at the bottom then too.
+    if (typeof ResizeObserver === "function") new ResizeObserver(() => this.isStuck && this.toBottom()).observe(list);
   }
 
   /** Items shown (not pending, not separators). */

@@ -42,6 +42,9 @@ pub async fn judge(
     if entry.seq <= conversation.last_seq() {
         return Shown::Quiet { seq: entry.seq };
     }
+    if crate::client::social::is_from_blocked(entry, &account.blocked) {
+        return conversation.pass_over(entry);
+    }
     let mut shown = conversation
         .process(entry, &account.identity, &mut account.directory)
         .await;
