@@ -116,11 +116,27 @@ impl TestApp {
     }
 }
 
-/// A body no other bytes of the database can contain by chance.
+/// A message body whose middle `MARK_LEN` bytes no other bytes of the
+/// database can contain by chance (see `mark`).
 fn marker(label: &str) -> Vec<u8> {
-    let mut body = format!("ciphertext-marker-{label}-").into_bytes();
-    body.extend((0u8..48).map(|i| i.wrapping_mul(151).wrapping_add(7)));
+    let mut body = vec![b'.'; PADDING];
+    let mut mark = format!("ciphertext-marker-{label}-").into_bytes();
+    mark.resize(MARK_LEN, 0xa5);
+    body.extend(mark);
+    body.extend(vec![b'.'; PADDING]);
     body
+}
+
+const MARK_LEN: usize = 64;
+const PADDING: usize = 200;
+
+/// What to look for on disk: the middle of a `marker` body. SQLite puts
+/// the smaller tombstone record into the end of the space the erased one
+/// freed and a free-block header at its start, so only the middle tells
+/// whether the old bytes were zeroed (`secure_delete`) or merely left in
+/// the page's free space.
+fn mark(body: &[u8]) -> &[u8] {
+    &body[PADDING..PADDING + MARK_LEN]
 }
 
 fn seqs(entries: &[Value]) -> Vec<i64> {
@@ -273,16 +289,13 @@ async fn erased_ciphertext_leaves_the_database_and_its_wal_within_seconds() -> R
     let mut alice = app.connect_ws(&t[0]).await?;
     let secret = marker("erase");
     let target = alice.send_ok(room, "m1", &secret).await?;
-    for i in 0..20 {
-        alice.send_ok(room, &format!("pad{i}"), &[i; 300]).await?;
-    }
     assert!(
-        app.on_disk(&secret)?,
+        app.on_disk(mark(&secret))?,
         "the message is on disk before the erase"
     );
     let ack = send_erasing(&mut alice, room, "d1", b"delete", target).await?;
     ensure!(ack["type"] == "ack", "{ack}");
-    let took = app.wait_off_disk(&secret).await?;
+    let took = app.wait_off_disk(mark(&secret)).await?;
     eprintln!("erased bytes left the disk after {took:?}");
     Ok(())
 }
@@ -319,7 +332,7 @@ async fn signals_reach_other_connections_live_but_not_the_sending_one_and_are_ne
         "not to a non-member"
     );
     assert_eq!(app.entry_count().await?, before, "never stored");
-    assert!(!app.on_disk(&body)?, "never written");
+    assert!(!app.on_disk(mark(&body))?, "never written");
 
     // Bad signals get errors and go nowhere.
     let reply = carol
@@ -903,7 +916,7 @@ async fn a_message_under_a_short_timer_expires_into_a_tombstone_and_leaves_the_d
     let mut alice = app.connect_ws(&t[0]).await?;
     let secret = marker("expire");
     let seq = alice.send_ok(room, "m1", &secret).await?;
-    assert!(app.on_disk(&secret)?, "stored before it expires");
+    assert!(app.on_disk(mark(&secret))?, "stored before it expires");
 
     let mut bob = app.connect_ws(&t[1]).await?;
     let deadline = Instant::now() + SCRUB_DEADLINE;
@@ -922,6 +935,27 @@ async fn a_message_under_a_short_timer_expires_into_a_tombstone_and_leaves_the_d
     assert_eq!(tombstone["reason"], "expired");
     assert_eq!(tombstone["sender"], "alice");
     assert!(tombstone.get("body").is_none());
-    app.wait_off_disk(&secret).await?;
+    app.wait_off_disk(mark(&secret)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn blocking_the_requester_declines_the_request_and_accept_joins_a_group() -> Result<()> {
+    let app = spawn_app().await?;
+    let t = app.users(&["alice", "bob", "carol"]).await?;
+    let (_, dm) = app.open_dm(&t[0], "bob").await?;
+    assert!(app.listed_rooms(&t[1]).await?.contains(&dm));
+    let (status, _) = app.put("/api/v1/blocks/alice", &t[1]).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!app.listed_rooms(&t[1]).await?.contains(&dm), "declined");
+    assert_eq!(app.room(&t[1], dm).await?["request"], true);
+
+    let room = app.create_room(&t[2], "carol's").await?;
+    app.invite(&t[2], room, "bob").await?;
+    let (status, joined) = app
+        .post(&format!("/api/v1/rooms/{room}/accept"), Some(&t[1]), None)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["members"], json!(["bob", "carol"]));
     Ok(())
 }
