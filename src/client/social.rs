@@ -9,9 +9,11 @@
 //!   the block stay in the local store but are not printed while the block
 //!   lasts. Their membership events are shown as usual.
 //! - A DM request (a DM opened by someone you share no room with) is not
-//!   read at all until you accept it: `hush read` and `hush chat` print
-//!   only "USER wants to message you — hush accept ROOM / hush decline ROOM
-//!   / hush block USER" (`--json`: one line of kind `request`).
+//!   read at all until you accept it: `hush read --room ID` and `hush chat`
+//!   print only "USER wants to message you — hush accept ROOM / hush
+//!   decline ROOM / hush block USER" (`--json`: one line of kind
+//!   `request`). Naming the requester (`read --with USER`, `send --to
+//!   USER`, `/dm USER`) opens the DM, which accepts the request.
 
 use std::collections::HashSet;
 
