@@ -619,6 +619,8 @@ async fn chat_replies_reacts_and_shows_edits_and_deletes_as_they_come() -> Resul
     use std::process::Stdio;
     let world = World::new(&["alice", "bob"]).await?;
     let first = world.sent("alice", &["send", "--to", "bob", "are we on for Fridy?"])?;
+    // They share no room, so alice's first DM is a request for bob (§21).
+    world.run("bob", &["accept", "@alice"])?;
     let mut chat = crate::cli_support::hush_command(&world.app.base_url, &world.keys, "bob")
         .arg("chat")
         .stdin(Stdio::piped())
