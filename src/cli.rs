@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod social;
 pub use social::{OnOff, Setting, SocialCommand};
 
+use crate::certificate::TlsReloader;
 use crate::config::{Limits, Rate, RegistrationMode, Secret, ServerConfig};
-use crate::server::tls::TlsReloader;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::server::tls::TlsReloader;
+use crate::certificate::TlsReloader;
 
 /// Who may create an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,6 +5,8 @@
 //! - `store`: SQLite persistence; the only place with SQL.
 //! - `crypto`: keys, signatures and (client side) message envelopes.
 //! - `admin`: the operator's commands (`hush admin …`) and invite codes.
+//! - `username`: the rules for usernames, shared by the server and the store.
+//! - `certificate`: the server's TLS certificate, loaded and reloadable.
 //! - `config`, `cli`: settings and the command line.
 //! - `fuzzing`: the fuzz targets' entry points (see `fuzz/`).
 
@@ -13,6 +15,7 @@
 #![recursion_limit = "256"]
 
 pub mod admin;
+pub mod certificate;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -21,3 +24,4 @@ pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod username;

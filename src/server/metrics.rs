@@ -1,8 +1,8 @@
 //! Counters for `GET /metrics`, in the Prometheus text format.
 //!
 //! Process-wide atomics, so a call site needs one line and no handle (the
-//! hub, the sessions and the store writer all count without knowing each
-//! other). Labelled counters (errors and rate-limit rejections by kind) keep
+//! hub and the sessions count without knowing each other; the store's
+//! commit times come from `store::commit_timing`). Labelled counters (errors and rate-limit rejections by kind) keep
 //! at most `MAX_LABELS` distinct values; anything beyond counts as `other`,
 //! so a client cannot grow the set.
 //!
@@ -13,10 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
@@ -24,6 +22,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::ApiError;
 use crate::config::Secret;
+use crate::store::commit_timing::{COMMIT_BUCKETS, commit_times};
 
 struct Counter(AtomicU64);
 
@@ -61,36 +60,6 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Upper bounds, in seconds, of the commit latency buckets.
-const COMMIT_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-struct Histogram {
-    /// Non-cumulative counts per bucket; the last one is +Inf.
-    buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    const fn new() -> Self {
-        Self {
-            buckets: [const { AtomicU64::new(0) }; COMMIT_BUCKETS.len() + 1],
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, seconds: f64) {
-        let at = COMMIT_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(COMMIT_BUCKETS.len());
-        self.buckets[at].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
     }
 }
 
@@ -136,7 +105,6 @@ static MESSAGE_BYTES: Counter = Counter::new();
 static FANOUT: Counter = Counter::new();
 static SEND_HOLDS: Counter = Counter::new();
 static SYNC_ENTRIES: Counter = Counter::new();
-static COMMITS: Histogram = Histogram::new();
 static ERRORS: Labelled = Labelled::new();
 static RATE_LIMITED: Labelled = Labelled::new();
 
@@ -189,14 +157,6 @@ pub fn error(kind: &str) {
 /// A request refused by a rate limit, by the limit's name.
 pub fn rate_limited(kind: &str) {
     RATE_LIMITED.inc(kind);
-}
-
-/// Runs a database commit and records how long it took.
-pub async fn time_commit<T>(commit: impl Future<Output = T>) -> T {
-    let started = Instant::now();
-    let out = commit.await;
-    COMMITS.observe(started.elapsed().as_secs_f64());
-    out
 }
 
 /// Every metric in the Prometheus text exposition format (version 0.0.4).
@@ -254,15 +214,16 @@ pub fn render() -> String {
         out,
         "# HELP {name} Time to commit one batch of log writes.\n# TYPE {name} histogram"
     );
+    let commits = commit_times();
     let mut cumulative = 0u64;
-    for (at, bucket) in COMMITS.buckets.iter().enumerate() {
-        cumulative += bucket.load(Ordering::Relaxed);
+    for (at, count) in commits.buckets.iter().enumerate() {
+        cumulative += count;
         let le = COMMIT_BUCKETS
             .get(at)
             .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
-    let sum = COMMITS.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let sum = commits.sum_seconds;
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     for (name, help, set) in [
         (
@@ -330,22 +291,5 @@ mod tests {
         assert!(snap.contains_key("bad_frame__x_"), "{snap:?}");
         assert!(snap.len() <= MAX_LABELS + 1);
         assert!(snap["other"] >= 10);
-    }
-
-    #[test]
-    fn the_histogram_puts_each_observation_in_one_bucket() {
-        let h = Histogram::new();
-        h.observe(0.0001);
-        h.observe(0.003);
-        h.observe(10.0);
-        let counts: Vec<u64> = h
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(counts.iter().sum::<u64>(), 3);
-        assert_eq!(counts[0], 1);
-        assert_eq!(counts[3], 1, "0.003 s falls in the 0.005 bucket");
-        assert_eq!(counts[COMMIT_BUCKETS.len()], 1, "10 s is above every bound");
     }
 }

@@ -17,9 +17,8 @@ mod routes;
 mod send_hold;
 mod session;
 mod signals;
-pub mod tls;
+mod tls;
 pub mod upgrade;
-pub mod username;
 mod web;
 
 use std::future::Future;

@@ -9,7 +9,7 @@ use warp::{Filter, Rejection, Reply};
 use super::AppState;
 use super::auth::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, Saturated, new_token, token_hash};
 use super::error::{ApiError, hashing_saturated};
-use super::{limits, username};
+use super::limits;
 use crate::admin::invite::InviteCode;
 use crate::config::RegistrationMode;
 use crate::crypto::identity::IdentityKey;
@@ -20,6 +20,7 @@ use crate::protocol::{
 };
 use crate::store::writer::NewKey;
 use crate::store::{KeyRecord, RoomId, StoreError, UserRecord, now_ms};
+use crate::username;
 
 const MAX_JSON_BODY: u64 = 64 * 1024;
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);

@@ -6,6 +6,7 @@
 //! transactions and reports each committed entry in commit order.
 
 pub mod admin;
+pub mod commit_timing;
 pub mod faults;
 mod log;
 mod rooms;

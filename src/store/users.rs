@@ -41,7 +41,7 @@ pub(super) async fn insert_user_with_key(
     public_key: &[u8],
     fingerprint: &str,
 ) -> Result<UserId> {
-    let skeleton = crate::server::username::skeleton(username);
+    let skeleton = crate::username::skeleton(username);
     // NULL: no account looks like it; 1: this very name exists; 0: a look-alike.
     let same_name: Option<i64> =
         sqlx::query_scalar("SELECT max(username = ?) FROM users WHERE skeleton = ?")
@@ -233,7 +233,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::server::username::skeleton;
+    use crate::username::skeleton;
 
     /// The migration's SQL backfill computes the same skeletons as the Rust
     /// function registration uses, and leaves tombstones without one.

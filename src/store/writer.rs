@@ -531,7 +531,7 @@ async fn commit_batch(
         if !run.is_empty() {
             results.extend(sends::store_messages(&mut tx, cache, &run).await?);
         }
-        crate::server::metrics::time_commit(tx.commit()).await?;
+        super::commit_timing::time_commit(tx.commit()).await?;
         Ok(())
     }
     .await;

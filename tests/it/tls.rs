@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
+use hush::certificate::TlsReloader;
 use hush::config::ServerConfig;
-use hush::server::tls::TlsReloader;
 use hush::store::Store;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
