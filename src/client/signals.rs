@@ -16,7 +16,9 @@
 //!   a script, a terminal in raw mode).
 //!
 //! Receiving: signals are opened with the sending device's sender key and
-//! checked for freshness; anything that does not open is dropped silently.
+//! checked for freshness (typing within 10 minutes; receipts have no
+//! window, so each user's `read` is merged as a maximum and an old receipt
+//! never lowers it); anything that does not open is dropped silently.
 //! For the current room the chat prints `* bob is typing…` when bob
 //! starts (it lasts 6 s unless repeated) and `* seen by alice, bob` when
 //! the set of members whose `read` covers the newest message changes. A
@@ -58,12 +60,24 @@ struct RoomSignals {
     typing_since: Option<Instant>,
     /// Newest message (anyone's) of the room.
     newest: i64,
-    /// Other users' `read`.
+    /// Other users' `read`: the highest any receipt of theirs said.
     read_by: HashMap<String, i64>,
     /// Other users typing, until when.
     typing: HashMap<String, Instant>,
     /// The "seen by" line last printed.
     seen_line: String,
+}
+
+impl RoomSignals {
+    /// `user` has read up to `read`. Merged as a maximum, never lowered:
+    /// receipts have no freshness window (§21), so an old one (a kept
+    /// receipt the server replays, or one arriving late) may come after a
+    /// newer one, and it only ever claims less.
+    fn read_up_to(&mut self, user: &str, read: u64) {
+        let read = i64::try_from(read).unwrap_or(i64::MAX);
+        let was = self.read_by.entry(user.to_owned()).or_insert(0);
+        *was = (*was).max(read);
+    }
 }
 
 pub struct Signals {
@@ -303,11 +317,7 @@ impl Signals {
         match signal {
             Signal::Receipt {
                 read: Some(read), ..
-            } => {
-                let read = i64::try_from(read).unwrap_or(i64::MAX);
-                let was = state.read_by.entry(sender.to_owned()).or_insert(0);
-                *was = (*was).max(read);
-            }
+            } => state.read_up_to(sender, read),
             Signal::Receipt { read: None, .. } => {}
             Signal::Typing { typing: true } => {
                 let until = Instant::now() + TYPING_LASTS;
@@ -477,5 +487,23 @@ mod tests {
         assert_eq!(signals.seen_line(room), None, "printed once");
         signals.stored(room, 10, true);
         assert_eq!(signals.seen_line(room), None, "no one read the new one");
+    }
+
+    #[test]
+    fn an_older_receipt_never_lowers_what_a_user_read() {
+        let room = RoomId(1);
+        let mut signals = Signals::new("bob", Settings::default());
+        signals.stored(room, 9, false);
+        let state = signals.room(room);
+        state.read_up_to("alice", 9);
+        // A kept receipt from an hour ago, replayed after the newer one.
+        state.read_up_to("alice", 4);
+        assert_eq!(state.read_by["alice"], 9);
+        assert_eq!(signals.seen_line(room).as_deref(), Some("seen by alice"));
+        let state = signals.room(room);
+        state.read_up_to("alice", 12);
+        assert_eq!(state.read_by["alice"], 12);
+        state.read_up_to("alice", u64::MAX);
+        assert_eq!(state.read_by["alice"], i64::MAX);
     }
 }

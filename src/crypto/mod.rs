@@ -66,7 +66,7 @@ pub enum CryptoError {
     WrongSender,
     #[error("the envelope repeats one already opened (replay)")]
     Replay,
-    #[error("the signal is more than ten minutes away from this clock")]
+    #[error("the typing signal is more than ten minutes away from this clock")]
     Stale,
     #[error("this sender-key distribution holds no key for us")]
     NotARecipient,

@@ -10,8 +10,11 @@
 //! What differs is the counter: it is the sealer's clock in Unix
 //! milliseconds, strictly increasing per sealer (`SignalClock`), and a
 //! reader accepts a signal only if its counter is above the last one it
-//! accepted from that (room, sender, device) and within ten minutes of its
-//! own clock (`Freshness`). Signals never touch the message replay set.
+//! accepted from that (room, sender, device) (`Freshness`) and, for typing
+//! only, within ten minutes of its own clock. Receipts are exempt from the
+//! window so that the receipts the server keeps still count after a long
+//! absence: a replayed old receipt can only claim a lower seq, and readers
+//! merge receipts as a maximum. Signals never touch the message replay set.
 
 use std::collections::HashMap;
 
@@ -27,8 +30,9 @@ use super::keys::IdentityPrivateKey;
 use super::sender_keys::SenderKey;
 use super::wire::{BodyKind, FORMAT_VERSION, random_bytes};
 
-/// How far a signal's clock may be from the reader's, either way: ten
-/// minutes, so the server cannot hold a signal back and replay it later.
+/// How far a typing signal's clock may be from the reader's, either way:
+/// ten minutes, so the server cannot hold one back and replay it later.
+/// Receipts are exempt (see the module docs).
 pub const MAX_SKEW_MS: u64 = 10 * 60 * 1000;
 
 /// The payload version this code writes and reads.
@@ -208,10 +212,12 @@ pub struct OpenedSignal {
 
 /// Opens a signal at the reader's time `now_ms`. Checks, in order:
 /// framing (`OpenFailed`, `UnknownVersion`), room (`WrongRoom`), sender
-/// (`WrongSender`), signature (`BadSignature`), freshness (`Replay` if the
-/// counter is not above the last accepted from this device, `Stale` if more
-/// than ten minutes from `now_ms`), then the key's epoch, the AES-GCM tag
-/// and the payload (`OpenFailed`). Only a full success moves `freshness`.
+/// (`WrongSender`), signature (`BadSignature`), replay (`Replay` if the
+/// counter is not above the last accepted from this device), then the
+/// key's epoch, the AES-GCM tag and the payload (`OpenFailed`), and last,
+/// for a typing signal only, the window (`Stale` if more than ten minutes
+/// from `now_ms`; receipts have none). Only a full success moves
+/// `freshness`.
 pub fn open(
     body: &[u8],
     context: &OpenContext<'_>,
@@ -230,12 +236,17 @@ pub fn open(
     context
         .sender_identity
         .verify(&body[..parsed.signed_len], parsed.signature)?;
-    freshness.check(header, now_ms)?;
+    freshness.check(header)?;
     if header.epoch != sender_key.epoch() {
         return Err(CryptoError::OpenFailed);
     }
     let plaintext = envelope::decrypt(body, &parsed, sender_key)?;
     let signal = Signal::from_bytes(&plaintext)?;
+    // The type is known only now. A replayed old receipt is harmless
+    // (readers keep the maximum), a replayed "is typing" is not.
+    if matches!(signal, Signal::Typing { .. }) && header.counter.abs_diff(now_ms) > MAX_SKEW_MS {
+        return Err(CryptoError::Stale);
+    }
     freshness.record(header);
     Ok(OpenedSignal {
         header: parsed.header,
@@ -245,7 +256,8 @@ pub fn open(
 
 /// Per (room, sender, device): the highest signal counter accepted.
 /// Kept in memory only: after a restart the ten-minute window alone stops
-/// old signals, which is all a signal's short life needs.
+/// old typing signals, which is all their short life needs (old receipts
+/// may come again, and are merged as a maximum).
 #[derive(Debug, Default)]
 pub struct Freshness {
     last: HashMap<(i64, String, DeviceId), u64>,
@@ -256,7 +268,7 @@ impl Freshness {
         Self::default()
     }
 
-    fn check(&self, header: &EnvelopeHeader, now_ms: u64) -> Result<(), CryptoError> {
+    fn check(&self, header: &EnvelopeHeader) -> Result<(), CryptoError> {
         let key = (header.room_id, header.sender.clone(), header.device);
         if self
             .last
@@ -264,9 +276,6 @@ impl Freshness {
             .is_some_and(|last| header.counter <= *last)
         {
             return Err(CryptoError::Replay);
-        }
-        if header.counter.abs_diff(now_ms) > MAX_SKEW_MS {
-            return Err(CryptoError::Stale);
         }
         Ok(())
     }
@@ -431,13 +440,14 @@ mod tests {
     }
 
     #[test]
-    fn a_signal_more_than_ten_minutes_off_is_stale() -> anyhow::Result<()> {
+    fn typing_more_than_ten_minutes_off_is_stale() -> anyhow::Result<()> {
         let alice = fixture_key("alice");
         let key = SenderKey::generate(1)?;
         let ctx = context(alice.public());
+        let typing = Signal::Typing { typing: true };
         for counter in [NOW - MAX_SKEW_MS - 1, NOW + MAX_SKEW_MS + 1] {
             let mut freshness = Freshness::new();
-            let body = sealed(&key, counter, &RECEIPT);
+            let body = sealed(&key, counter, &typing);
             assert_eq!(
                 open(&body, &ctx, &key, NOW, &mut freshness).err(),
                 Some(CryptoError::Stale)
@@ -445,9 +455,50 @@ mod tests {
             assert_eq!(freshness.last_accepted(ROOM, "alice", DEVICE), None);
         }
         for counter in [NOW - MAX_SKEW_MS, NOW + MAX_SKEW_MS] {
-            let body = sealed(&key, counter, &RECEIPT);
+            let body = sealed(&key, counter, &typing);
             open(&body, &ctx, &key, NOW, &mut Freshness::new())?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_old_receipt_opens_but_stays_a_replay_once_seen() -> anyhow::Result<()> {
+        let alice = fixture_key("alice");
+        let key = SenderKey::generate(1)?;
+        let ctx = context(alice.public());
+        let mut freshness = Freshness::new();
+        // Kept by the server for a day: still opens (§21, kept receipts).
+        let day_old = NOW - 24 * 60 * 60 * 1000;
+        let body = sealed(&key, day_old, &RECEIPT);
+        let opened = open(&body, &ctx, &key, NOW, &mut freshness)?;
+        assert!(opened.signal == RECEIPT);
+        assert_eq!(
+            freshness.last_accepted(ROOM, "alice", DEVICE),
+            Some(day_old)
+        );
+        // The per-device rule still holds for receipts.
+        assert_eq!(
+            open(&body, &ctx, &key, NOW, &mut freshness).err(),
+            Some(CryptoError::Replay)
+        );
+        let older = sealed(&key, day_old - 1, &RECEIPT);
+        assert_eq!(
+            open(&older, &ctx, &key, NOW, &mut freshness).err(),
+            Some(CryptoError::Replay)
+        );
+        // A typing signal of the same age is stale and moves nothing.
+        let typing = sealed(&key, day_old + 1, &Signal::Typing { typing: true });
+        assert_eq!(
+            open(&typing, &ctx, &key, NOW, &mut freshness).err(),
+            Some(CryptoError::Stale)
+        );
+        assert_eq!(
+            freshness.last_accepted(ROOM, "alice", DEVICE),
+            Some(day_old)
+        );
+        // A receipt from the future (a fast clock) opens too.
+        let ahead = sealed(&key, NOW + 2 * MAX_SKEW_MS, &RECEIPT);
+        open(&ahead, &ctx, &key, NOW, &mut freshness)?;
         Ok(())
     }
 

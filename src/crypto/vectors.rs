@@ -1468,6 +1468,31 @@ fn build_signal_vectors() -> SignalVectors {
         });
         built.push(sealed);
     }
+    // A receipt the server kept for an hour (§21, kept receipts): receipts
+    // have no freshness window. Opened with a fresh tracker (its counter
+    // is below the ones above).
+    {
+        let counter = SIGNAL_NOW_MS - 6 * signal::MAX_SKEW_MS;
+        let nonce = nonce(0xa5);
+        let signal = Signal::Receipt {
+            delivered: 40,
+            read: Some(39),
+        };
+        let plaintext = signal.to_bytes();
+        let sealed = build_signal(counter, &nonce, &plaintext);
+        accept.push(SignalAcceptCase {
+            name: "a receipt more than max_skew_ms old (receipts have no window)".into(),
+            frame_kind: signal.kind().into(),
+            counter,
+            nonce_hex: hex(&nonce),
+            payload_json: String::from_utf8(plaintext.to_vec()).unwrap(),
+            aad_hex: hex(&sealed.body[..sealed.aad_len]),
+            ciphertext_and_tag_b64: b64(&sealed.body[sealed.aad_len + 16..sealed.signed_len]),
+            signed_len: sealed.signed_len,
+            signal_b64: b64(&sealed.body),
+            open_first_b64: Vec::new(),
+        });
+    }
     let good = &built[0];
     let case = |name: &str, body: &[u8], expect: &str| SignalRejectCase {
         name: name.into(),
@@ -1526,12 +1551,12 @@ fn build_signal_vectors() -> SignalVectors {
             )
         },
         case(
-            "more than max_skew_ms before the reader's clock",
+            "typing more than max_skew_ms before the reader's clock",
             &old.body,
             "Stale",
         ),
         case(
-            "more than max_skew_ms after the reader's clock",
+            "typing more than max_skew_ms after the reader's clock",
             &future.body,
             "Stale",
         ),
@@ -1589,10 +1614,12 @@ fn build_signal_vectors() -> SignalVectors {
                       the first signed_len bytes must match exactly; the RSA-PSS signature is one \
                       valid sample. Accept cases open at now_ms after opening open_first_b64 with \
                       one freshness tracker (per room, sender, device: counter above the last \
-                      accepted, and at most max_skew_ms from now_ms). Reject cases: open with \
-                      the given claims, key and clock (after open_first_b64) and expect the \
-                      named error (Replay: not above the last accepted; Stale: too far from \
-                      the clock). Readers drop every rejected signal silently."
+                      accepted; for typing only, also at most max_skew_ms from now_ms, checked \
+                      after the payload is read: receipts have no window). Reject cases: open \
+                      with the given claims, key and clock (after open_first_b64) and expect \
+                      the named error (Replay: not above the last accepted; Stale: a typing \
+                      signal too far from the clock). Readers drop every rejected signal \
+                      silently."
             .into(),
         format_version: 2,
         kind_byte: 0x03,
@@ -1629,7 +1656,7 @@ fn signal_vectors_hold() {
         sender: &vectors.sender,
         sender_identity: &alice,
     };
-    assert_eq!(vectors.accept.len(), 4);
+    assert_eq!(vectors.accept.len(), 5);
     for case in &vectors.accept {
         let stored = unb64(&case.signal_b64);
         let nonce: [u8; 12] = unhex(&case.nonce_hex).try_into().unwrap();

@@ -258,7 +258,12 @@ export async function runVectorChecks(moduleUrl, vectors, pems) {
     const tracker = new c.SignalTracker();
     check("own signal opens", (await errorOf(() => c.openSignal(signal, ctx, key, tracker, now))) === "no error");
     check("own signal twice is a replay", (await errorOf(() => c.openSignal(signal, ctx, key, tracker, now))) === "Replay");
-    check("own signal 11 minutes later is stale", (await errorOf(() => c.openSignal(signal, ctx, key, new c.SignalTracker(), now + 660_000))) === "Stale");
+    check("own typing signal 11 minutes later is stale", (await errorOf(() => c.openSignal(signal, ctx, key, new c.SignalTracker(), now + 660_000))) === "Stale");
+    // Receipts have no window (§21, kept receipts), but the per-device rule holds.
+    const receipt = await c.sealSignal(42, "alice", device, key, BigInt(now + 1), c.receiptPayload(9, 8), alice);
+    const receiptTracker = new c.SignalTracker();
+    check("own receipt a day later opens", (await errorOf(() => c.openSignal(receipt, ctx, key, receiptTracker, now + 86_400_000))) === "no error");
+    check("own receipt a day later, twice, is a replay", (await errorOf(() => c.openSignal(receipt, ctx, key, receiptTracker, now + 86_400_000))) === "Replay");
     check("a signal is not a message", ["OpenFailed", "UnknownKind"].includes(await errorOf(() => c.openEnvelope(signal, ctx, key, new c.ReplayTracker()))));
     check("a signal is an unknown kind in the log", (await errorOf(() => c.bodyVersionAndKind(signal))) === "UnknownKind");
     const timer = await c.sealTimer(42, "alice", 86400, 41, alice);

@@ -200,7 +200,7 @@ export class HushClient extends EventTarget {
       unread: 0,
       lastTs: 0,
       lastRead: Number(localStorage.getItem(`hush.read.${this.me}.${info.id}`) ?? 0),
-      receipts: new Map(), // other user -> {delivered, read}: their latest receipt (§21)
+      receipts: new Map(), // other user -> {delivered, read}: the highest their receipts said (§21)
       typing: new Map(), // other user -> until (ms)
       readSeq: 0, // the newest seq shown on screen in a visible tab
       sentReceipt: { delivered: 0, read: 0 },
@@ -765,6 +765,8 @@ export class HushClient extends EventTarget {
     const payload = await room.conv.openSignal(body, frame.sender, this.directory);
     if (!payload) return;
     if (payload.t === "receipt") {
+      // Merged as a maximum: receipts have no freshness window (§21), so an
+      // old one (a kept receipt) may come after a newer one; it never lowers.
       const before = room.receipts.get(frame.sender) ?? { delivered: 0, read: 0 };
       room.receipts.set(frame.sender, { delivered: Math.max(before.delivered, payload.delivered), read: Math.max(before.read, payload.read ?? 0) });
       this.emit("receipts", { roomId: frame.room });

@@ -561,7 +561,12 @@ export async function openEnvelope(body, context, key, replay) {
 
 // -------------------------------------------------------------------- signals
 
-/** How far a signal's clock may be from the reader's (§21): 10 minutes. */
+/**
+ * How far a typing signal's clock may be from the reader's (§21): 10
+ * minutes. Receipts have no window: the server keeps the latest one per
+ * member and sends it again after a reconnect, and a replayed old receipt
+ * only claims a lower seq, which readers merge as a maximum.
+ */
 export const SIGNAL_FRESHNESS_MS = 10 * 60 * 1000;
 
 /**
@@ -607,8 +612,9 @@ export const peekSignal = (body) => parseSignal(body).header;
 
 /**
  * Per (room, sender, device): the highest signal counter accepted. A
- * signal at or below it, or more than 10 minutes from `now`, is stale.
- * Separate from the message replay set (§21): the two never interact.
+ * signal at or below it is a replay; a typing signal more than 10 minutes
+ * from `now` is stale (checked once the payload is read: receipts have no
+ * window). Separate from the message replay set (§21): the two never interact.
  */
 export class SignalTracker {
   constructor() {
@@ -617,10 +623,13 @@ export class SignalTracker {
   static id(h) {
     return `${h.roomId}\u0000${h.sender}\u0000${hex(h.device)}`;
   }
-  /** Throws Replay (not above the last accepted) or Stale (too far from the clock). */
-  check(h, now) {
+  /** Throws Replay (not above the last accepted from the device). */
+  check(h) {
     const seen = this.highest.get(SignalTracker.id(h));
     if (seen !== undefined && h.counter <= seen) throw new CryptoError("Replay");
+  }
+  /** Throws Stale if `h` is more than 10 minutes from `now` (typing only). */
+  static checkWindow(h, now) {
     const distance = h.counter > BigInt(now) ? h.counter - BigInt(now) : BigInt(now) - h.counter;
     if (distance > BigInt(SIGNAL_FRESHNESS_MS)) throw new CryptoError("Stale");
   }
@@ -631,9 +640,10 @@ export class SignalTracker {
 
 /**
  * Opens a signal: framing, room, sender, signature under
- * `context.senderIdentity`, freshness against `tracker` at `now`, the
- * sender key of its chain, then the payload. Returns {header, payload};
- * throws CryptoError (the caller drops the signal, whatever the reason).
+ * `context.senderIdentity`, replay against `tracker`, the sender key of
+ * its chain, the payload, then for typing only the 10-minute window at
+ * `now` (receipts have none). Returns {header, payload}; throws
+ * CryptoError (the caller drops the signal, whatever the reason).
  */
 export async function openSignal(body, context, key, tracker, now = Date.now()) {
   const parsed = parseSignal(body);
@@ -643,7 +653,7 @@ export async function openSignal(body, context, key, tracker, now = Date.now()) 
   if (!(await verify(context.senderIdentity, body.subarray(0, parsed.signedLen), parsed.signature))) {
     throw new CryptoError("BadSignature");
   }
-  tracker.check(h, now);
+  tracker.check(h);
   if (!key || h.epoch !== key.epoch) throw new CryptoError("OpenFailed");
   let plain;
   try {
@@ -654,6 +664,9 @@ export async function openSignal(body, context, key, tracker, now = Date.now()) 
     throw new CryptoError("OpenFailed");
   }
   const payload = decodeSignalPayload(plain);
+  // The type is known only now: a replayed "is typing" would mislead, a
+  // replayed old receipt cannot (readers keep each user's maximum).
+  if (payload.t === "typing") SignalTracker.checkWindow(h, now);
   tracker.record(h);
   return { header: h, payload };
 }
