@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=web");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    // Read when the script runs, not when it was compiled (`env!`): a
+    // target/ directory copied to another checkout must embed that
+    // checkout's web/, not the one the script was first built in.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).join("web");
     let mut files = Vec::new();
     collect(&root, &mut files);
     files.sort();
