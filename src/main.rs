@@ -11,10 +11,21 @@ use hush::cli::{Cli, ClientOpts, Command, LogFormat, ServeArgs};
 use hush::client::commands;
 use hush::store::Store;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let reads_typed_input = matches!(cli.command, Command::Chat { .. });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let outcome = runtime.block_on(run(cli));
+    if reads_typed_input {
+        // `hush chat` reads standard input on a blocking thread that cannot
+        // be cancelled: waiting for it at shutdown kept the process alive
+        // after /quit until another line (or the end) of input came.
+        runtime.shutdown_background();
+    }
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

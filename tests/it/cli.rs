@@ -686,3 +686,53 @@ async fn one_identity_on_several_devices_sends_at_once_and_lists_its_devices() -
     server.stop()?;
     Ok(())
 }
+
+/// `/quit` typed while a line is still on its way: the chat leaves once it
+/// is sent, with its standard input still open (a terminal, or a script
+/// that keeps the pipe). It used to stay alive after its last line,
+/// waiting for a read of standard input that only more input would end.
+#[tokio::test(flavor = "multi_thread")]
+async fn hush_chat_exits_after_quit_while_its_input_stays_open() -> Result<()> {
+    use std::io::Write;
+    let server = Server::start().await?;
+    let home = tempfile::tempdir()?;
+    let keys = crate::cli_support::fixture_key_store(&server.url, home.path(), &["alice"])?;
+    ok(hush(
+        &server.url,
+        &keys,
+        "alice",
+        &["room", "create", "notes"],
+    )?)?;
+    let mut chat = crate::cli_support::hush_command(&server.url, &keys, "alice")
+        .arg("chat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut input = chat.stdin.take().context("chat stdin")?;
+    let mut out = Lines::from(chat.stdout.take().context("chat stdout")?);
+    out.wait_for("--- #notes ---")?;
+    input.write_all(b"one last line\n/quit\n")?;
+    input.flush()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = chat.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            chat.kill()?;
+            bail!("hush chat still running 30 s after /quit, with its input open");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    drop(input);
+    let read = ok(hush(
+        &server.url,
+        &keys,
+        "alice",
+        &["read", "--room", "notes"],
+    )?)?;
+    assert!(read.contains("one last line"), "{read}");
+    Ok(())
+}
