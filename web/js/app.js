@@ -218,7 +218,7 @@ async function enter(username, token, record) {
   client.addEventListener("updated", (e) => onUpdated(e.detail));
   client.addEventListener("receipts", (e) => e.detail.roomId === activeRoom && renderSeenBy());
   client.addEventListener("typing", (e) => e.detail.roomId === activeRoom && renderTyping());
-  client.addEventListener("blocks", renderBlocked);
+  client.addEventListener("blocks", () => { renderBlocked(); renderRequests(); });
   client.settings = await loadSettings(username);
   $("send-read-receipts").checked = client.settings.readReceipts;
   $("send-typing").checked = client.settings.typing;
@@ -710,11 +710,17 @@ function renderTyping() {
 
 // ------------------------------------------------------------ requests, blocks, admins, timer (§21)
 
+function requester(room) {
+  return room.info.members.find((m) => m !== client.me) ?? room.info.creator;
+}
+
 function renderRequests() {
-  const requests = [...client.rooms.values()].filter((r) => client.isRequest(r));
+  // A blocked user's request is never shown, even while a room list fetched
+  // before the block (or a live entry of theirs) still carries it.
+  const requests = [...client.rooms.values()].filter((r) => client.isRequest(r) && !client.blocked.has(requester(r)));
   $("no-requests").hidden = requests.length > 0;
   $("request-list").replaceChildren(...requests.map((room) => {
-    const from = room.info.members.find((m) => m !== client.me) ?? room.info.creator;
+    const from = requester(room);
     const id = room.info.id;
     return el("li", { class: "request-item", "data-room": id },
       el("span", {}, `${from} wants to message you`),
