@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::cli_support::{contains, hush, ok};
+use crate::cli_support::{Lines, contains, hush, ok};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
@@ -370,58 +370,6 @@ async fn a_marker_sent_in_messages_appears_nowhere_on_the_server() -> Result<()>
         "sanity: the log was captured"
     );
     Ok(())
-}
-
-/// Lines a child process prints, gathered by a thread.
-struct Lines {
-    rx: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn from(stdout: std::process::ChildStdout) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (up to 30 s) for a line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> Result<String> {
-        self.wait_for_within(needle, Duration::from_secs(30))
-    }
-
-    /// Waits up to `limit` for a line containing `needle`.
-    fn wait_for_within(&mut self, needle: &str, limit: Duration) -> Result<String> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Ok(line);
-                    }
-                }
-                Err(_) => bail!(
-                    "no line containing {needle:?}; saw:\n{}",
-                    self.seen[self.seen.len().saturating_sub(40)..].join("\n")
-                ),
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use hush::client::keystore::KeyStore;
@@ -63,4 +64,62 @@ pub fn fixture_key_store(url: &str, home: &Path, users: &[&str]) -> Result<PathB
         ok(hush(url, &keys, user, &["register"])?)?;
     }
     Ok(keys)
+}
+
+/// Lines a child process prints, gathered by a thread.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn from(stdout: std::process::ChildStdout) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 30 s) for a line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str) -> Result<String> {
+        self.wait_for_within(needle, Duration::from_secs(30))
+    }
+
+    /// Waits up to `limit` for a line containing `needle`.
+    pub fn wait_for_within(&mut self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!(
+                    "no line containing {needle:?}; saw:\n{}",
+                    self.seen[self.seen.len().saturating_sub(40)..].join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Whether a line read so far contains `needle`.
+    pub fn saw(&self, needle: &str) -> bool {
+        self.seen.iter().any(|line| line.contains(needle))
+    }
 }

@@ -577,42 +577,6 @@ async fn a_timer_statement_the_server_refuses_sets_nothing() -> Result<()> {
     Ok(())
 }
 
-/// `hush chat`'s output lines, read on a thread.
-struct ChatOutput {
-    rx: std::sync::mpsc::Receiver<String>,
-}
-
-impl ChatOutput {
-    fn from(stdout: std::process::ChildStdout) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { rx }
-    }
-
-    /// Waits (up to 30 s) for a line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(_) => bail!("hush chat never printed {needle:?}"),
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_replies_reacts_and_shows_edits_and_deletes_as_they_come() -> Result<()> {
     use std::io::Write;
@@ -628,7 +592,7 @@ async fn chat_replies_reacts_and_shows_edits_and_deletes_as_they_come() -> Resul
         .stderr(Stdio::null())
         .spawn()?;
     let mut input = chat.stdin.take().context("chat stdin")?;
-    let mut out = ChatOutput::from(chat.stdout.take().context("chat stdout")?);
+    let mut out = crate::cli_support::Lines::from(chat.stdout.take().context("chat stdout")?);
     out.wait_for(&format!("#{first} "))?;
 
     writeln!(input, "/reply {first} yes, Friday")?;

@@ -7,64 +7,12 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Stdio};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::cli_support::{fixture_key_store, hush, hush_command, ok};
+use crate::cli_support::{Lines, fixture_key_store, hush, hush_command, ok};
 use crate::support::{TestApp, spawn_app};
-
-/// Lines a `hush chat` prints, gathered by a thread.
-struct Lines {
-    rx: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn from(stdout: std::process::ChildStdout) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (up to 30 s) for a line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> Result<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Ok(line);
-                    }
-                }
-                Err(_) => bail!(
-                    "no line containing {needle:?}; saw:\n{}",
-                    self.seen[self.seen.len().saturating_sub(40)..].join("\n")
-                ),
-            }
-        }
-    }
-
-    fn saw(&self, needle: &str) -> bool {
-        self.seen.iter().any(|line| line.contains(needle))
-    }
-}
 
 /// A running `hush chat` with its input and output.
 struct Chat {
