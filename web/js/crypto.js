@@ -403,8 +403,8 @@ export function newDeviceId() {
 
 // ------------------------------------------------------------------ envelope
 
-function parseEnvelope(body) {
-  const r = new Reader(body, KIND_MESSAGE);
+function parseEnvelope(body, kind = KIND_MESSAGE) {
+  const r = new Reader(body, kind);
   const roomId = r.i64();
   const sender = r.username();
   const device = r.device();
@@ -590,22 +590,8 @@ export async function sealSignal(roomId, sender, device, key, counterMs, payload
   return w.bytes();
 }
 
-function parseSignal(body) {
-  const r = new Reader(body, KIND_SIGNAL);
-  const roomId = r.i64();
-  const sender = r.username();
-  const device = r.device();
-  const epoch = r.u32();
-  const counter = r.u64();
-  const aadLen = r.position;
-  const nonce = r.take(NONCE_LEN);
-  const ciphertext = r.bytesU32();
-  if (ciphertext.length < TAG_LEN) throw new CryptoError("OpenFailed");
-  const signedLen = r.position;
-  const signature = r.bytesU16();
-  r.finish();
-  return { header: { version: r.version, roomId, sender, device, epoch, counter }, aadLen, nonce, ciphertext, signedLen, signature };
-}
+/** A signal has the message envelope's layout with its own kind byte (§21). */
+const parseSignal = (body) => parseEnvelope(body, KIND_SIGNAL);
 
 /** A signal's clear header (room, sender, device, epoch, counter as BigInt), unchecked. */
 export const peekSignal = (body) => parseSignal(body).header;
