@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod commit_timing;
+pub mod db;
 pub mod faults;
 mod log;
 mod rooms;
@@ -142,7 +143,7 @@ impl Store {
         let pool = faults::recovering_pool(SqlitePoolOptions::new().max_connections(8), path)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!().run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
             pool,
             erasures: Arc::default(),

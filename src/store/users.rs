@@ -271,7 +271,7 @@ mod tests {
             .execute(&pool)
             .await
             .expect("insert tombstone");
-        sqlx::raw_sql(include_str!("../../migrations/0004_username_skeletons.sql"))
+        sqlx::raw_sql(include_str!("../../migrations/sqlite/0004_username_skeletons.sql"))
             .execute(&pool)
             .await
             .expect("the migration runs on existing rows, look-alike pairs included");
