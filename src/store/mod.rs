@@ -98,7 +98,10 @@ pub enum Durability {
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// Being replaced by `db` (issue 16): statements move to `db::query`.
     pool: SqlitePool,
+    /// The database, SQLite or PostgreSQL.
+    db: db::Db,
     /// Woken after ciphertext was erased, so that maintenance checkpoints
     /// the write-ahead log (and the erased bytes leave it) soon.
     erasures: Arc<tokio::sync::Notify>,
@@ -145,6 +148,7 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
+            db: db::Db::Sqlite(pool.clone()),
             pool,
             erasures: Arc::default(),
             options: Arc::new(options),
@@ -186,6 +190,19 @@ impl Store {
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .pragma("temp_store", "MEMORY");
         Ok(options.connect().await?)
+    }
+}
+
+impl Store {
+    /// The log writer's own connection (see `open_writer_connection`).
+    async fn open_writer_conn(&self) -> Result<db::Conn> {
+        match &self.db {
+            db::Db::Sqlite(_) => Ok(db::Conn::Sqlite(self.open_writer_connection().await?)),
+            db::Db::Postgres(pool) => {
+                use sqlx::ConnectOptions;
+                Ok(db::Conn::Postgres(pool.connect_options().connect().await?))
+            }
+        }
     }
 }
 
