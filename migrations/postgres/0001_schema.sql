@@ -71,7 +71,13 @@ CREATE TABLE rooms (
     created_at BIGINT NOT NULL,
     -- 0005
     ttl        BIGINT NOT NULL DEFAULT 0,
-    timer_seq  BIGINT NOT NULL DEFAULT 0
+    timer_seq  BIGINT NOT NULL DEFAULT 0,
+    -- PostgreSQL only: counts the changes to the room that append no entry
+    -- but change who may send to it or hear from it (blocks, message-request
+    -- answers, deleted accounts), so that every node's log writer knows when
+    -- its cached copy of the room is stale (src/store/writer.rs, Versions).
+    -- SQLite has one writer, whose cache follows every change itself.
+    state_version BIGINT NOT NULL DEFAULT 0
 );
 
 CREATE TABLE memberships (
