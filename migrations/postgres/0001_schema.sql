@@ -73,9 +73,10 @@ CREATE TABLE rooms (
     ttl        BIGINT NOT NULL DEFAULT 0,
     timer_seq  BIGINT NOT NULL DEFAULT 0,
     -- PostgreSQL only: counts the changes to the room that append no entry
-    -- but change who may send to it or hear from it (blocks, message-request
-    -- answers, deleted accounts), so that every node's log writer knows when
-    -- its cached copy of the room is stale (src/store/writer.rs, Versions).
+    -- but change who may send to it or hear from it (a block or unblock
+    -- between a DM's pair, a message-request answer), so that every node's
+    -- log writer knows when its cached copy of the room is stale
+    -- (src/store/writer.rs, Versions).
     -- SQLite has one writer, whose cache follows every change itself.
     state_version BIGINT NOT NULL DEFAULT 0
 );
