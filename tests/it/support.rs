@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use hush::config::ServerConfig;
 use hush::crypto::statements;
-use hush::store::Store;
+use hush::store::{DbLocation, Durability, Store};
 use reqwest::StatusCode;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use serde_json::{Value, json};
@@ -268,12 +268,10 @@ pub fn server_db(path: &Path) -> Result<String> {
     Ok(url)
 }
 
-/// Opens the server store on `db` (a SQLite path or a PostgreSQL URL).
+/// Opens the server store on `db` (a SQLite path or a PostgreSQL URL), as
+/// `hush serve --db` does.
 pub async fn open_store(db: &str) -> Result<Store> {
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        bail!("the store does not open PostgreSQL yet (branch pg)");
-    }
-    Ok(Store::open(Path::new(db)).await?)
+    Ok(Store::open_with(DbLocation::parse(db), Durability::Full).await?)
 }
 
 /// A pool on the app's database, SQLite or PostgreSQL, for tests that look
