@@ -153,6 +153,18 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy every table of a SQLite database into an empty PostgreSQL
+    /// database (ids and seqs kept, in one transaction), then check the
+    /// copy table by table and room by room. Stop the server first.
+    MigrateToPostgres {
+        /// The SQLite database file to copy.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, as a postgres:// URL: it must exist and
+        /// hold no users yet (its tables are created if missing).
+        #[arg(long)]
+        to: DbLocation,
+    },
 }
 
 #[derive(Debug, Subcommand)]

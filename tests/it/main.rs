@@ -22,6 +22,7 @@ mod logging;
 mod login;
 mod membership;
 mod memory_bound;
+mod migrate_pg;
 mod metrics;
 mod outbox;
 mod presence;
