@@ -13,8 +13,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
+use hush::config::ServerConfig;
 use hush::store::{DbLocation, Durability, RoomId, Store, UserId, UserRef};
 use sqlx::{AssertSqlSafe, Connection};
+
+use crate::support::{external_app, message_seqs};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 
@@ -274,6 +277,44 @@ async fn check_migration(sqlite: &Path, url: &str, users: &[UserRef], rooms: &[R
     let backup = hush(&["admin", "--db", url, "backup", "/tmp/never-written.db"])?;
     let err = String::from_utf8_lossy(&backup.stderr);
     ensure!(!backup.status.success() && err.contains("pg_dump"), "{err}");
+
+    serve_the_copy(url).await
+}
+
+/// A server on the copy registers, logs in, writes and syncs.
+async fn serve_the_copy(url: &str) -> Result<()> {
+    let store = Store::open_with(DbLocation::parse(url), Durability::Full).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(hush::server::run(
+        listener,
+        store,
+        ServerConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Typed by `external_app`: a path on some branches, the --db text on others.
+    let app = external_app(addr, url.into())?;
+    let token = app.user("mallory").await?;
+    let room = app.create_room(&token, "after the move").await?;
+    ensure!(room == 3, "the new room's id {room} follows the copied ones");
+    let (_, dm) = app.open_dm(&token, "alice").await?;
+    let mut ws = app.connect_ws(&token).await?;
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        seqs.push(ws.send_ok(room, &format!("c{n}"), format!("body {n}").as_bytes()).await?);
+    }
+    ensure!(seqs == [2, 3, 4, 5, 6], "{seqs:?}");
+    ws.send_ok(dm, "hello", b"to alice").await?;
+    let (entries, synced) = ws.sync(room, 0).await?;
+    ensure!(synced == 6 && message_seqs(&entries) == [2, 3, 4, 5, 6], "{entries:?}");
+    let (rooms_status, rooms) = app.get("/api/v1/rooms", Some(&token)).await?;
+    ensure!(rooms_status.is_success(), "{rooms}");
+    ws.close().await?;
+    let _ = stop.send(());
+    server.await?;
     Ok(())
 }
 
