@@ -118,7 +118,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// The server's database: its SQLite file, or a postgres:// URL.
-    #[arg(long, env = "HUSH_DB", default_value = "data/hush.db", global = true)]
+    /// (`--help` hides HUSH_DB's value: a URL may hold a password.)
+    #[arg(long, env = "HUSH_DB", hide_env_values = true, default_value = "data/hush.db", global = true)]
     pub db: DbLocation,
 
     #[command(subcommand)]
@@ -152,6 +153,18 @@ pub enum AdminCommand {
     Stats {
         #[arg(long)]
         json: bool,
+    },
+    /// Copy every table of a SQLite database into an empty PostgreSQL
+    /// database (ids and seqs kept, in one transaction), then check the
+    /// copy table by table and room by room. Stop the server first.
+    MigrateToPostgres {
+        /// The SQLite database file to copy.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, as a postgres:// URL: it must exist and
+        /// hold no users yet (its tables are created if missing).
+        #[arg(long)]
+        to: DbLocation,
     },
 }
 
@@ -193,7 +206,7 @@ pub struct ServeArgs {
     /// PostgreSQL database as a postgres:// or postgresql:// URL (it must
     /// exist; its tables are created). Several servers may share one
     /// PostgreSQL database.
-    #[arg(long, env = "HUSH_DB", default_value = "data/hush.db")]
+    #[arg(long, env = "HUSH_DB", hide_env_values = true, default_value = "data/hush.db")]
     pub db: DbLocation,
 
     /// How often the server pings each WebSocket (e.g. 20s, 500ms).

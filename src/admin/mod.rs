@@ -8,6 +8,7 @@
 //! PostgreSQL database, each does.
 
 pub mod invite;
+pub mod migrate;
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +21,9 @@ use crate::store::{DbLocation, Durability, Store, StoreError, now_ms};
 use invite::InviteCode;
 
 pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::MigrateToPostgres { from, to } = &args.command {
+        return migrate_to_postgres(from, to).await;
+    }
     let store = open(&args.db).await?;
     let outcome = dispatch(&store, &args.command).await;
     store.close().await;
@@ -74,6 +78,8 @@ async fn dispatch(store: &Store, command: &AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Backup { file } => backup(store, file).await,
+        // Opens its own two databases (see `run`).
+        AdminCommand::MigrateToPostgres { from, to } => migrate_to_postgres(from, to).await,
         AdminCommand::Stats { json } => {
             let stats = store.stats().await?;
             if *json {
@@ -211,6 +217,28 @@ async fn backup(store: &Store, file: &Path) -> anyhow::Result<()> {
             file.display()
         ),
     }
+}
+
+async fn migrate_to_postgres(from: &Path, to: &DbLocation) -> anyhow::Result<()> {
+    let report = migrate::migrate_to_postgres(from, to).await?;
+    println!("copied {} to {to}:", from.display());
+    for (table, rows) in &report.tables {
+        println!("  {table:<13} {rows:>9} row(s)");
+    }
+    println!(
+        "checked: every table has as many rows on both sides; all {} room log(s) match (entry count, highest seq, last seq), gap-free{}",
+        report.rooms,
+        if report.pruned_rooms == 0 {
+            String::new()
+        } else {
+            format!(
+                " but {} whose old messages retention deleted (the same on both sides)",
+                report.pruned_rooms
+            )
+        }
+    );
+    println!("serve it with: hush serve --db '<the same URL>'");
+    Ok(())
 }
 
 fn named(err: StoreError, user: &str) -> anyhow::Error {

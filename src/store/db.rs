@@ -187,6 +187,13 @@ pub trait IntoArg<'q> {
     fn into_arg(self) -> Arg<'q>;
 }
 
+/// A value already converted (a row copied between databases).
+impl<'q> IntoArg<'q> for Arg<'q> {
+    fn into_arg(self) -> Arg<'q> {
+        self
+    }
+}
+
 macro_rules! int_args {
     ($($t:ty),*) => {$(
         impl<'q> IntoArg<'q> for $t {

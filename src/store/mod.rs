@@ -435,3 +435,43 @@ fn unique_violation(err: sqlx::Error, on_unique: StoreError) -> StoreError {
         _ => StoreError::Db(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{DbLocation, redact_url};
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_postgres_url_is_a_url_and_anything_else_a_path() {
+        for url in [
+            "postgres://hush@db/hush",
+            "postgresql://hush:pw@db:5432/hush",
+            "POSTGRES://h@d/x",
+        ] {
+            assert!(DbLocation::parse(url).is_postgres(), "{url}");
+        }
+        for path in ["data/hush.db", "/var/lib/hush/hush.db", "postgres", "./postgres://x"] {
+            assert_eq!(
+                DbLocation::parse(path),
+                DbLocation::Sqlite(PathBuf::from(path)),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("postgres://hush:s3cret@db:5432/hush?sslmode=require"),
+            "postgres://hush:***@db:5432/hush?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://hush@db/hush?password=s3cret&host=/run/pg"),
+            "postgresql://hush@db/hush?password=***&host=/run/pg"
+        );
+        assert_eq!(redact_url("postgres://db/hush"), "postgres://db/hush");
+        assert_eq!(redact_url("postgres://a:b@c:d@h/x"), "postgres://a:***@h/x");
+        let shown = DbLocation::parse("postgres://u:s3cret@h/d");
+        assert!(!format!("{shown} {shown:?}").contains("s3cret"));
+    }
+}

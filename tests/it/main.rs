@@ -24,6 +24,7 @@ mod logging;
 mod login;
 mod membership;
 mod memory_bound;
+mod migrate_pg;
 mod metrics;
 mod nodes;
 mod outbox;
