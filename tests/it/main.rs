@@ -24,6 +24,7 @@ mod membership;
 mod memory_bound;
 mod metrics;
 mod outbox;
+mod pg_writers;
 mod presence;
 mod protocol_errors;
 mod registration;
