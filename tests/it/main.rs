@@ -28,6 +28,7 @@ mod migrate_pg;
 mod metrics;
 mod nodes;
 mod outbox;
+mod pg_writers;
 mod presence;
 mod protocol_errors;
 mod registration;
