@@ -316,6 +316,8 @@ mod tests {
             let (series, _) = line.rsplit_once(' ').expect("a sample line");
             assert!(series.contains("{node=\"node-7\""), "{line}");
         }
-        assert!(text.contains("hush_errors_total{node=\"node-7\",kind=\"labelled_for_the_test\"} "));
+        assert!(
+            text.contains("hush_errors_total{node=\"node-7\",kind=\"labelled_for_the_test\"} ")
+        );
     }
 }

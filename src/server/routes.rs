@@ -255,7 +255,9 @@ fn health_fault(err: &StoreError) -> &'static str {
     match err {
         StoreError::Db(sqlx::Error::PoolTimedOut) => "timed out",
         StoreError::Closed => "shutting down",
-        StoreError::Db(db) => crate::store::faults::classify(db).map_or("database error", |f| f.as_str()),
+        StoreError::Db(db) => {
+            crate::store::faults::classify(db).map_or("database error", |f| f.as_str())
+        }
         StoreError::Unavailable(fault) => fault.as_str(),
         _ => "database error",
     }
