@@ -286,6 +286,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HUSH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// This node's name in logs, /healthz and the `node` label of /metrics;
+    /// nodes sharing one PostgreSQL need different ones (default: the host
+    /// name, or node-1).
+    #[arg(long, env = "HUSH_NODE_ID", value_parser = crate::config::parse_node_id)]
+    pub node_id: Option<String>,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -397,6 +403,10 @@ impl ServeArgs {
             expiry_interval: self.expiry_interval.max(Duration::from_millis(100)),
             metrics_token: self.metrics_token.clone().map(Secret),
             tls,
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::config::default_node_id),
             ..ServerConfig::default()
         })
     }

@@ -75,6 +75,45 @@ pub struct ServerConfig {
     pub metrics_token: Option<Secret>,
     /// Serve HTTPS/WSS with this certificate (reloadable) instead of plain HTTP.
     pub tls: Option<TlsReloader>,
+    /// This node's name in logs, `/healthz` and the `node` label of every
+    /// `/metrics` series (several nodes sharing one PostgreSQL need
+    /// different ones). See `parse_node_id` for what it may contain.
+    pub node_id: String,
+}
+
+/// Longest node id.
+pub const MAX_NODE_ID_CHARS: usize = 64;
+
+/// A node id: 1 to 64 of `A-Z a-z 0-9 . _ -`, so that it can stand in a
+/// log field, a JSON string and a Prometheus label value as it is.
+pub fn parse_node_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= MAX_NODE_ID_CHARS
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a node id: 1 to {MAX_NODE_ID_CHARS} letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// The default node id: this machine's host name, or `node-1` if it has
+/// none that is a valid node id.
+pub fn default_node_id() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: the pointer and length describe `name`, which outlives the
+    // call; gethostname writes at most that many bytes.
+    let got = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let len = name.iter().position(|&b| b == 0).unwrap_or(0);
+    std::str::from_utf8(&name[..len])
+        .ok()
+        .filter(|_| got)
+        .and_then(|host| parse_node_id(host).ok())
+        .unwrap_or_else(|| "node-1".to_owned())
 }
 
 /// A token bucket's shape: `burst` actions at once, refilled at `per_sec`.
@@ -222,6 +261,7 @@ impl Default for ServerConfig {
             erase_checkpoint_delay: Duration::from_millis(500),
             metrics_token: None,
             tls: None,
+            node_id: default_node_id(),
         }
     }
 }
@@ -238,7 +278,7 @@ impl ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::Rate;
+    use super::{Rate, default_node_id, parse_node_id};
 
     #[test]
     fn rates_parse_with_and_without_a_burst() {
@@ -248,5 +288,16 @@ mod tests {
         for bad in ["20", "0/s", "5/s:0", "x/s", "5/week", "5/s:-1"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn node_ids_are_plain_names_and_the_default_is_one() {
+        for good in ["node1", "web-2.example.org", "a", "N_3"] {
+            assert_eq!(parse_node_id(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "a b", "node\"1\"", "ü", &"x".repeat(65)] {
+            assert!(parse_node_id(bad).is_err(), "{bad}");
+        }
+        assert!(parse_node_id(&default_node_id()).is_ok());
     }
 }

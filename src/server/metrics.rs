@@ -4,7 +4,9 @@
 //! hub and the sessions count without knowing each other; the store's
 //! commit times come from `store::commit_timing`). Labelled counters (errors and rate-limit rejections by kind) keep
 //! at most `MAX_LABELS` distinct values; anything beyond counts as `other`,
-//! so a client cannot grow the set.
+//! so a client cannot grow the set. Every series carries the node id as a
+//! `node` label, so that the series of several nodes stay apart however
+//! they are scraped and merged.
 //!
 //! The route is off unless the operator sets a token (`--metrics-token`);
 //! then it wants `Authorization: Bearer <token>`, compared in constant time.
@@ -159,13 +161,15 @@ pub fn rate_limited(kind: &str) {
     RATE_LIMITED.inc(kind);
 }
 
-/// Every metric in the Prometheus text exposition format (version 0.0.4).
-pub fn render() -> String {
+/// Every metric in the Prometheus text exposition format (version 0.0.4),
+/// each series labelled `node="<node>"` (the node id: letters, digits,
+/// `.`, `_`, `-` only, so it needs no escaping).
+pub fn render(node: &str) -> String {
     let mut out = String::with_capacity(4096);
     let mut gauge = |name: &str, help: &str, value: i64| {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}"
         );
     };
     gauge(
@@ -181,7 +185,7 @@ pub fn render() -> String {
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {value}"
         );
     };
     counter(
@@ -221,10 +225,16 @@ pub fn render() -> String {
         let le = COMMIT_BUCKETS
             .get(at)
             .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{node=\"{node}\",le=\"{le}\"}} {cumulative}"
+        );
     }
     let sum = commits.sum_seconds;
-    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_sum{{node=\"{node}\"}} {sum}\n{name}_count{{node=\"{node}\"}} {cumulative}"
+    );
     for (name, help, set) in [
         (
             "hush_errors_total",
@@ -239,7 +249,7 @@ pub fn render() -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (kind, value) in set.snapshot() {
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
+            let _ = writeln!(out, "{name}{{node=\"{node}\",kind=\"{kind}\"}} {value}");
         }
     }
     out
@@ -248,12 +258,15 @@ pub fn render() -> String {
 /// GET /metrics — the text above, for a caller presenting the token.
 pub fn route(
     token: Option<Secret>,
+    node: String,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let node: std::sync::Arc<str> = node.into();
     warp::path!("metrics")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
         .and_then(move |header: Option<String>| {
             let token = token.clone();
+            let node = node.clone();
             async move {
                 let Some(Secret(expected)) = token else {
                     return Err(warp::reject::not_found());
@@ -267,7 +280,7 @@ pub fn route(
                     return Err(warp::reject::custom(ApiError::unauthorized()));
                 }
                 let reply = warp::reply::with_header(
-                    render(),
+                    render(&node),
                     "content-type",
                     "text/plain; version=0.0.4; charset=utf-8",
                 );
@@ -291,5 +304,20 @@ mod tests {
         assert!(snap.contains_key("bad_frame__x_"), "{snap:?}");
         assert!(snap.len() <= MAX_LABELS + 1);
         assert!(snap["other"] >= 10);
+    }
+
+    #[test]
+    fn every_series_carries_the_node_label() {
+        error("labelled_for_the_test");
+        let text = render("node-7");
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(samples.len() > 10, "{text}");
+        for line in samples {
+            let (series, _) = line.rsplit_once(' ').expect("a sample line");
+            assert!(series.contains("{node=\"node-7\""), "{line}");
+        }
+        assert!(
+            text.contains("hush_errors_total{node=\"node-7\",kind=\"labelled_for_the_test\"} ")
+        );
     }
 }

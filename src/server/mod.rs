@@ -6,6 +6,7 @@ mod argon_memory;
 mod auth;
 mod conversation;
 mod error;
+pub mod health;
 mod hub;
 pub mod limits;
 mod listener;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub hub: hub::Hub,
     presence: presence::Presence,
     pub config: Arc<ServerConfig>,
+    /// The cross-node listener's state, for `/healthz` (`NotApplicable`
+    /// until a listener sets it).
+    pub listener_health: Arc<health::ListenerHealth>,
     passwords: auth::Passwords,
     login_throttle: Arc<auth::LoginThrottle>,
     limits: Arc<limits::Limiter>,
@@ -117,11 +121,13 @@ pub async fn run(
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
         limits: Arc::new(limits::Limiter::new(config.limits.clone())),
         receipts,
+        listener_health: Arc::new(health::ListenerHealth::default()),
         config: Arc::new(config),
         shutdown: shutdown_rx,
         sessions: TaskTracker::new(),
     };
 
+    tracing::info!(node = %state.config.node_id, "node {} serving", state.config.node_id);
     warn_if_open_to_the_world(&listener, &state.config);
     let background = TaskTracker::new();
     background.spawn(maintenance::sweep_sessions(
@@ -156,7 +162,10 @@ pub async fn run(
     background.close();
 
     let routes = websocket(state.clone())
-        .or(metrics::route(state.config.metrics_token.clone()))
+        .or(metrics::route(
+            state.config.metrics_token.clone(),
+            state.config.node_id.clone(),
+        ))
         .or(routes::api(state.clone()))
         .or(web::routes())
         .recover(error::recover);

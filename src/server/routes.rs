@@ -207,13 +207,60 @@ pub(super) fn ok_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp
     Ok(warp::reply::with_status(warp::reply::json(body), status).into_response())
 }
 
-/// GET /healthz — 200 once the database answers.
+/// How long `/healthz` waits for the database before it reports it down
+/// (a load balancer's check gives up after a few seconds anyway).
+const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// GET /healthz — this node, its database and its cross-node listener:
+/// 200 while the database answers (`"degraded"` if the listener is down:
+/// the node still serves, other nodes' entries reach it by catch-up), 503
+/// when it does not. The route needs no authentication, so a database
+/// error is named by its kind only; the details go to the log.
 async fn healthz(state: AppState) -> Resp {
-    state.store.ping().await.map_err(ApiError::from)?;
+    use super::health::ListenerState;
+    let store = match tokio::time::timeout(HEALTH_PING_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "health check: the database did not answer");
+            Some(health_fault(&err))
+        }
+        Err(_) => Some("timed out"),
+    };
+    let listener = state.listener_health.get();
+    let status = if store.is_none() && listener != ListenerState::Down {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let code = if store.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     ok_json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "protocol": crate::protocol::PROTOCOL_VERSION }),
+        code,
+        &serde_json::json!({
+            "status": status,
+            "protocol": crate::protocol::PROTOCOL_VERSION,
+            "node": state.config.node_id,
+            "store": store.map_or_else(|| "ok".to_owned(), |fault| format!("error: {fault}")),
+            "listener": listener.as_str(),
+        }),
     )
+}
+
+/// A database error as `/healthz` names it: its kind, never its text
+/// (which can hold host names and file paths).
+fn health_fault(err: &StoreError) -> &'static str {
+    match err {
+        StoreError::Db(sqlx::Error::PoolTimedOut) => "timed out",
+        StoreError::Closed => "shutting down",
+        StoreError::Db(db) => {
+            crate::store::faults::classify(db).map_or("database error", |f| f.as_str())
+        }
+        StoreError::Unavailable(fault) => fault.as_str(),
+        _ => "database error",
+    }
 }
 
 /// POST /api/v1/register/challenge — a single-use nonce to sign when registering.

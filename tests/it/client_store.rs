@@ -81,7 +81,8 @@ impl Server {
             .text()
             .await?;
         text.lines()
-            .find_map(|line| line.strip_prefix("hush_sync_entries_total "))
+            .filter(|line| line.starts_with("hush_sync_entries_total{"))
+            .find_map(|line| line.rsplit_once(' ').map(|(_, value)| value))
             .context("no hush_sync_entries_total in /metrics")?
             .trim()
             .parse()

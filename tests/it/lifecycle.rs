@@ -6,12 +6,58 @@ use reqwest::StatusCode;
 use crate::support::*;
 
 #[tokio::test]
-async fn healthz_answers_200_json() -> Result<()> {
-    let app = spawn_app().await?;
+async fn healthz_answers_200_json_naming_the_node_its_store_and_listener() -> Result<()> {
+    let app = spawn_app_with(hush::config::ServerConfig {
+        node_id: "node-a".into(),
+        ..hush::config::ServerConfig::default()
+    })
+    .await?;
     let (status, body) = app.get("/healthz", None).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["status"], "ok");
+    assert_eq!(body["status"], "ok", "{body}");
     assert_eq!(body["protocol"], 1);
+    assert_eq!(body["node"], "node-a");
+    assert_eq!(body["store"], "ok");
+    // "n/a" on SQLite (nothing to listen to), "ok" with a live listener.
+    assert!(
+        matches!(body["listener"].as_str(), Some("n/a" | "ok")),
+        "{body}"
+    );
+    Ok(())
+}
+
+/// With its database gone, a node says so with 503 (what takes it out of a
+/// load balancer's rotation), naming the kind of fault and not its text.
+#[tokio::test]
+async fn healthz_answers_503_when_the_database_does_not() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = hush::store::Store::open(&dir.path().join("hush.db")).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/healthz", listener.local_addr()?);
+    let config = hush::config::ServerConfig {
+        node_id: "node-b".into(),
+        ..hush::config::ServerConfig::default()
+    };
+    let server = tokio::spawn(hush::server::run(
+        listener,
+        store.clone(),
+        config,
+        std::future::pending::<()>(),
+    ));
+    let http = hush::client::tls::http_client();
+    let up = http.get(&url).send().await?;
+    assert_eq!(up.status(), StatusCode::OK);
+
+    store.close().await;
+    let down = http.get(&url).send().await?;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = down.json().await?;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["node"], "node-b");
+    let store_state = body["store"].as_str().context("store is a string")?;
+    assert!(store_state.starts_with("error: "), "{body}");
+    assert!(!store_state.contains("hush.db"), "no file names: {body}");
+    server.abort();
     Ok(())
 }
 

@@ -13,17 +13,32 @@ use crate::support::{TestApp, spawn_app, spawn_app_with};
 
 pub const TOKEN: &str = "metrics-token-for-tests";
 
+const NODE: &str = "metrics-node";
+
 async fn app() -> Result<TestApp> {
     spawn_app_with(ServerConfig {
         metrics_token: Some(Secret(TOKEN.into())),
         login_failures_before_delay: 1,
+        node_id: NODE.into(),
         ..ServerConfig::default()
     })
     .await
 }
 
-/// Every sample line, `name{labels}` → value.
+/// Every sample line, `name{labels}` → value, with the `node` label every
+/// series carries left out (`hush_sessions{node="x"}` is `hush_sessions`,
+/// `hush_errors_total{node="x",kind="y"}` is `hush_errors_total{kind="y"}`).
 pub async fn scrape(app: &TestApp) -> Result<HashMap<String, f64>> {
+    Ok(scrape_by_node(app)
+        .await?
+        .into_iter()
+        .map(|((_, name), value)| (name, value))
+        .collect())
+}
+
+/// Every sample line, (node label, `name{other labels}`) → value. Fails
+/// on a sample without a node label.
+async fn scrape_by_node(app: &TestApp) -> Result<HashMap<(String, String), f64>> {
     let resp = app
         .http
         .get(app.url("/metrics"))
@@ -42,9 +57,20 @@ pub async fn scrape(app: &TestApp) -> Result<HashMap<String, f64>> {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
-        let (name, value) = line.rsplit_once(' ').context("sample line")?;
+        let (series, value) = line.rsplit_once(' ').context("sample line")?;
+        let (name, labels) = series
+            .strip_suffix('}')
+            .and_then(|s| s.split_once("{node=\""))
+            .with_context(|| format!("no node label: {line}"))?;
+        let (node, rest) = labels
+            .split_once('"')
+            .with_context(|| format!("unterminated node label: {line}"))?;
+        let name = match rest.strip_prefix(',') {
+            Some(others) => format!("{name}{{{others}}}"),
+            None => name.to_owned(),
+        };
         samples.insert(
-            name.to_owned(),
+            (node.to_owned(), name),
             value.parse::<f64>().with_context(|| line.to_owned())?,
         );
     }
@@ -121,5 +147,19 @@ async fn counters_move_with_real_traffic() -> Result<()> {
     drop(carol);
     bob.close().await?;
     alice.ping().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_series_names_the_node() -> Result<()> {
+    let app = app().await?;
+    let samples = scrape_by_node(&app).await?;
+    assert!(samples.len() > 10, "{samples:?}");
+    assert!(samples.keys().all(|(node, _)| node == NODE), "{samples:?}");
+    assert!(samples.contains_key(&(NODE.to_owned(), "hush_sessions".to_owned())));
+    assert!(samples.contains_key(&(
+        NODE.to_owned(),
+        "hush_db_commit_seconds_bucket{le=\"+Inf\"}".to_owned()
+    )));
     Ok(())
 }
