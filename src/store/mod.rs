@@ -13,6 +13,7 @@ mod log;
 mod rooms;
 mod users;
 pub mod writer;
+mod fanout;
 
 use std::path::Path;
 use std::sync::Arc;
