@@ -185,6 +185,8 @@ impl Cluster {
             return;
         };
         let mut link = self.channel.link();
+        // The listener may be up already: announce this node at once.
+        link.mark_changed();
         let mut epoch = 0u64;
         let mut tick = tokio::time::interval(crate::notify::postgres::HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
