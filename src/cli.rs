@@ -11,6 +11,7 @@ pub use social::{OnOff, Setting, SocialCommand};
 
 use crate::certificate::TlsReloader;
 use crate::config::{Limits, Rate, RegistrationMode, Secret, ServerConfig};
+use crate::store::DbLocation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,9 +117,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The server's SQLite database file.
+    /// The server's database: its SQLite file, or a postgres:// URL.
     #[arg(long, env = "HUSH_DB", default_value = "data/hush.db", global = true)]
-    pub db: PathBuf,
+    pub db: DbLocation,
 
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -188,9 +189,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HUSH_ADDR", default_value = "127.0.0.1:7878")]
     pub addr: SocketAddr,
 
-    /// SQLite database file; its folder is created if missing.
+    /// The database: a SQLite file (its folder is created if missing), or a
+    /// PostgreSQL database as a postgres:// or postgresql:// URL (it must
+    /// exist; its tables are created). Several servers may share one
+    /// PostgreSQL database.
     #[arg(long, env = "HUSH_DB", default_value = "data/hush.db")]
-    pub db: PathBuf,
+    pub db: DbLocation,
 
     /// How often the server pings each WebSocket (e.g. 20s, 500ms).
     #[arg(long, env = "HUSH_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]

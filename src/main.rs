@@ -89,11 +89,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let store = Store::open_with(&args.db, args.durability.into())
         .await
-        .with_context(|| format!("opening database {}", args.db.display()))?;
+        .with_context(|| format!("opening database {}", args.db))?;
     let listener =
         hush::server::bind(args.addr).with_context(|| format!("listening on {}", args.addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, db = %args.db.display(), registration = ?config.registration, "hush listening on {scheme}://{local} with database {}", args.db.display());
+    tracing::info!(addr = %local, db = %args.db, registration = ?config.registration, "hush listening on {scheme}://{local} with database {}", args.db);
     hush::server::run(listener, store, config, shutdown).await;
     tracing::info!("hush stopped");
     Ok(())

@@ -1,9 +1,11 @@
-//! `hush admin`: the operator's commands. They open the SQLite file
-//! directly, so they work whether the server is running or not (WAL lets
+//! `hush admin`: the operator's commands. They open the database directly
+//! (the SQLite file, or the PostgreSQL database of a `postgres://` URL),
+//! so they work whether the server is running or not (SQLite's WAL lets
 //! them read alongside it; a write waits for the server's, up to SQLite's
 //! busy timeout). A running server notices disabled accounts and revoked
 //! sessions at its next session sweep (`--session-check-interval`, 5 s by
-//! default) and closes those sockets.
+//! default) and closes those sockets; with several servers on one
+//! PostgreSQL database, each does.
 
 pub mod invite;
 
@@ -13,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::cli::{AdminArgs, AdminCommand, SessionsCommand, UsersCommand};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::db::Backend;
+use crate::store::{DbLocation, Durability, Store, StoreError, now_ms};
 use invite::InviteCode;
 
 pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
@@ -25,16 +28,20 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
 
 /// Opens an existing database (never creates one: a mistyped `--db` must
 /// not look like an empty server).
-async fn open(path: &Path) -> anyhow::Result<Store> {
-    if !path.is_file() {
-        bail!(
-            "no database at {} (give the server's --db, or set HUSH_DB)",
-            path.display()
-        );
+/// A PostgreSQL database must exist already too; opening it creates the
+/// schema if it has none yet, as the server does.
+async fn open(location: &DbLocation) -> anyhow::Result<Store> {
+    if let Some(path) = location.sqlite_path() {
+        if !path.is_file() {
+            bail!(
+                "no database at {} (give the server's --db, or set HUSH_DB)",
+                path.display()
+            );
+        }
     }
-    Store::open(path)
+    Store::open_with(location, Durability::Full)
         .await
-        .with_context(|| format!("opening database {}", path.display()))
+        .with_context(|| format!("opening database {location}"))
 }
 
 async fn dispatch(store: &Store, command: &AdminCommand) -> anyhow::Result<()> {
@@ -170,6 +177,11 @@ async fn users(store: &Store, command: &UsersCommand) -> anyhow::Result<()> {
 }
 
 async fn backup(store: &Store, file: &Path) -> anyhow::Result<()> {
+    if store.backend() == Backend::Postgres {
+        bail!(
+            "hush admin backup copies a SQLite database; back up a PostgreSQL database with pg_dump (e.g. pg_dump -Fc -f hush.dump DBNAME)"
+        );
+    }
     if file.exists() {
         bail!("{} exists; give a new file name", file.display());
     }

@@ -8,6 +8,11 @@
 //! here appends to a room log (that stays with the server's single writer).
 //! Write transactions begin IMMEDIATE, taking the write lock up front, so
 //! a read-then-write cannot fail on a snapshot another writer moved on.
+//!
+//! On PostgreSQL the same statements run against the shared database
+//! (`--db postgres://...`); only the SQLite file tools differ: `backup_to`
+//! and `integrity_check` refuse (use `pg_dump`), and `stats` reports
+//! `pg_database_size`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,7 +20,7 @@ use std::path::Path;
 use sqlx::FromRow;
 use subtle::ConstantTimeEq;
 
-use super::{Result, Store, StoreError, UserId, now_ms, unique_violation};
+use super::{Result, Store, StoreError, UserId, db, now_ms, unique_violation};
 
 /// One account as `hush admin users list` shows it.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -63,13 +68,16 @@ pub struct InviteProof<'a> {
     pub code_hash: &'a [u8; 32],
 }
 
+const NO_BACKUP_ON_POSTGRES: &str =
+    "hush admin backup copies a SQLite database; back up PostgreSQL with pg_dump";
+
 /// Largest number of token hashes checked in one query.
 const TOKENS_PER_QUERY: usize = 500;
 
 impl Store {
     /// Every account that is not deleted, oldest first.
     pub async fn list_users(&self) -> Result<Vec<UserSummary>> {
-        Ok(sqlx::query_as(
+        Ok(db::query(
             "SELECT u.id, u.username, u.created_at, u.disabled_at,
                 (SELECT fingerprint FROM user_keys k WHERE k.user_id = u.id AND k.replaced_at IS NULL) AS fingerprint,
                 (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > ?1) AS sessions,
@@ -77,25 +85,25 @@ impl Store {
              FROM users u WHERE u.deleted_at IS NULL ORDER BY u.id",
         )
         .bind(now_ms())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?)
     }
 
     /// Disables an account (and ends its sessions), or enables it again.
     /// `NotFound` for an unknown or deleted username.
     pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let id = live_user_id(&mut tx, username).await?;
         let at = disabled.then(now_ms);
-        sqlx::query("UPDATE users SET disabled_at = ? WHERE id = ?")
+        db::query("UPDATE users SET disabled_at = ? WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if disabled {
-            sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            db::query("DELETE FROM sessions WHERE user_id = ?")
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -104,22 +112,21 @@ impl Store {
 
     pub async fn is_disabled(&self, user: UserId) -> Result<bool> {
         let at: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT disabled_at FROM users WHERE id = ?")
+            db::query("SELECT disabled_at FROM users WHERE id = ?")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional_scalar(&self.db)
                 .await?;
         Ok(at.ok_or(StoreError::NotFound)?.is_some())
     }
 
     /// Ends every login session of `username`; returns how many there were.
     pub async fn revoke_sessions(&self, username: &str) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let id = live_user_id(&mut tx, username).await?;
-        let gone = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        let gone = db::query("DELETE FROM sessions WHERE user_id = ?")
             .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(&mut tx)
+            .await?;
         tx.commit().await?;
         Ok(gone)
     }
@@ -130,40 +137,36 @@ impl Store {
     /// the room logs it wrote to keep a valid sender. The username (and
     /// its look-alikes) become free again.
     pub async fn delete_user(&self, username: &str) -> Result<Deleted> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let id = live_user_id(&mut tx, username).await?;
-        let keys = sqlx::query("DELETE FROM user_keys WHERE user_id = ?")
+        let keys = db::query("DELETE FROM user_keys WHERE user_id = ?")
             .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .execute(&mut tx)
+            .await?;
+        let sessions = db::query("DELETE FROM sessions WHERE user_id = ?")
             .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(&mut tx)
+            .await?;
         let invitations =
-            sqlx::query("DELETE FROM invitations WHERE user_id = ?1 OR invited_by = ?1")
+            db::query("DELETE FROM invitations WHERE user_id = ?1 OR invited_by = ?1")
                 .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let memberships = sqlx::query(
+                .execute(&mut tx)
+                .await?;
+        let memberships = db::query(
             "UPDATE memberships SET end_seq = (SELECT last_seq FROM rooms WHERE rooms.id = memberships.room_id)
              WHERE user_id = ? AND end_seq IS NULL",
         )
         .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut tx)
+        .await?;
         let now = now_ms();
-        sqlx::query(
+        db::query(
             "UPDATE users SET username = '~deleted-' || id, skeleton = NULL, password_hash = '',
                 disabled_at = coalesce(disabled_at, ?1), deleted_at = ?1 WHERE id = ?2",
         )
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(Deleted {
@@ -176,14 +179,14 @@ impl Store {
 
     /// Stores a new invite code (only its lookup key and hash).
     pub async fn insert_invite(&self, proof: InviteProof<'_>, expires_at: i64) -> Result<()> {
-        sqlx::query(
+        db::query(
             "INSERT INTO invite_codes (lookup, code_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
         )
         .bind(proof.lookup)
         .bind(&proof.code_hash[..])
         .bind(now_ms())
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(|e| unique_violation(e, StoreError::Conflict("invite code collision; retry")))?;
         Ok(())
@@ -191,8 +194,7 @@ impl Store {
 
     /// Whether an invite code is known, unused and unexpired right now.
     pub async fn invite_is_usable(&self, proof: InviteProof<'_>) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        usable_invite(&mut conn, &proof).await
+        usable_invite(&self.db, &proof).await
     }
 
     /// Creates a user and uses up an invite code in one transaction: the
@@ -206,7 +208,7 @@ impl Store {
         fingerprint: &str,
         invite: InviteProof<'_>,
     ) -> Result<UserId> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         if !usable_invite(&mut tx, &invite).await? {
             return Err(StoreError::Forbidden(
                 "invalid, used or expired invite code",
@@ -220,15 +222,14 @@ impl Store {
             fingerprint,
         )
         .await?;
-        let used = sqlx::query(
+        let used = db::query(
             "UPDATE invite_codes SET used_at = ?, used_by = ? WHERE lookup = ? AND used_at IS NULL",
         )
         .bind(now_ms())
         .bind(id.0)
         .bind(invite.lookup)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut tx)
+        .await?;
         if used != 1 {
             return Err(StoreError::Forbidden(
                 "invalid, used or expired invite code",
@@ -241,61 +242,76 @@ impl Store {
     /// A consistent copy of the whole database at `path` (which must not
     /// exist), taken online with `VACUUM INTO`: it reads one snapshot, so
     /// writes made meanwhile are either wholly in the copy or not at all.
+    /// SQLite only: a PostgreSQL database is backed up with `pg_dump`
+    /// (`Invalid` here).
     pub async fn backup_to(&self, path: &Path) -> Result<()> {
+        if self.db.backend() == db::Backend::Postgres {
+            return Err(StoreError::Invalid(NO_BACKUP_ON_POSTGRES));
+        }
         let target = path
             .to_str()
             .ok_or(StoreError::Conflict("the backup path must be valid UTF-8"))?;
-        sqlx::query("VACUUM INTO ?")
+        db::query("VACUUM INTO ?")
             .bind(target)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(())
     }
 
-    /// `PRAGMA integrity_check`: `ok`, or what is wrong.
+    /// `PRAGMA integrity_check`: `ok`, or what is wrong. SQLite only
+    /// (`Invalid` on PostgreSQL, which has no such check of its own).
     pub async fn integrity_check(&self) -> Result<String> {
-        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_all(&self.pool)
+        if self.db.backend() == db::Backend::Postgres {
+            return Err(StoreError::Invalid(
+                "no integrity check on PostgreSQL: verify a pg_dump by restoring it",
+            ));
+        }
+        let rows: Vec<String> = db::query("PRAGMA integrity_check")
+            .fetch_all_scalars(&self.db)
             .await?;
         Ok(rows.join("; "))
     }
 
     pub async fn stats(&self) -> Result<Stats> {
         let now = now_ms();
-        let (users, disabled_users, deleted_users): (i64, i64, i64) = sqlx::query_as(
+        let (users, disabled_users, deleted_users): (i64, i64, i64) = db::query(
             "SELECT count(*) FILTER (WHERE deleted_at IS NULL),
                     count(*) FILTER (WHERE deleted_at IS NULL AND disabled_at IS NOT NULL),
                     count(*) FILTER (WHERE deleted_at IS NOT NULL)
              FROM users",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
-        let (group_rooms, direct_rooms): (i64, i64) = sqlx::query_as(
+        let (group_rooms, direct_rooms): (i64, i64) = db::query(
             "SELECT count(*) FILTER (WHERE kind = 'group'), count(*) FILTER (WHERE kind = 'dm') FROM rooms",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         let (messages, message_bytes, oldest_message_ts): (i64, i64, Option<i64>) =
-            sqlx::query_as(
-                "SELECT count(*), coalesce(sum(length(body)), 0), min(ts) FROM entries WHERE kind = 'message'",
+            db::query(
+                "SELECT count(*), CAST(coalesce(sum(length(body)), 0) AS BIGINT), min(ts)
+                 FROM entries WHERE kind = 'message'",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db)
             .await?;
         let live_sessions: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM sessions WHERE expires_at > ?")
+            db::query("SELECT count(*) FROM sessions WHERE expires_at > ?")
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_scalar(&self.db)
                 .await?;
-        let open_invites: i64 = sqlx::query_scalar(
+        let open_invites: i64 = db::query(
             "SELECT count(*) FROM invite_codes WHERE used_at IS NULL AND expires_at > ?",
         )
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_scalar(&self.db)
         .await?;
-        let database_bytes: i64 = sqlx::query_scalar(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-        )
-        .fetch_one(&self.pool)
+        let database_bytes: i64 = db::query(match self.db.backend() {
+            db::Backend::Sqlite => {
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+            }
+            db::Backend::Postgres => "SELECT pg_database_size(current_database())",
+        })
+        .fetch_scalar(&self.db)
         .await?;
         Ok(Stats {
             users,
@@ -316,21 +332,20 @@ impl Store {
     /// how many went. Membership and key events stay: they are small, and
     /// clients need them to follow who could read what.
     pub async fn prune_messages_before(&self, cutoff: i64, limit: u32) -> Result<u64> {
-        Ok(sqlx::query(
+        Ok(db::query(
             "DELETE FROM entries WHERE (room_id, seq) IN
                 (SELECT room_id, seq FROM entries WHERE kind = 'message' AND ts < ?1 LIMIT ?2)",
         )
         .bind(cutoff)
         .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .execute(&self.db)
+        .await?)
     }
 
     /// Turns up to `limit` messages whose disappearing time is at or before
     /// `now` (unix ms) into `expired` tombstones; returns how many.
     pub async fn expire_messages(&self, now: i64, limit: u32) -> Result<u64> {
-        Ok(sqlx::query(
+        Ok(db::query(
             "UPDATE entries SET kind = 'erased', body = NULL, detail = 'expired', expires_at = NULL
              WHERE (room_id, seq) IN
                 (SELECT room_id, seq FROM entries
@@ -338,9 +353,8 @@ impl Store {
         )
         .bind(now)
         .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .execute(&self.db)
+        .await?)
     }
 
     /// Of the given session token hashes, those that still belong to an
@@ -354,11 +368,11 @@ impl Store {
                 "SELECT s.token_hash FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.expires_at > ? AND u.disabled_at IS NULL AND s.token_hash IN ({marks})"
             );
-            let mut query = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(sql)).bind(now);
+            let mut query = db::query_built(sql).bind(now);
             for hash in chunk {
                 query = query.bind(&hash[..]);
             }
-            for found in query.fetch_all(&self.pool).await? {
+            for found in query.fetch_all_scalars::<Vec<u8>>(&self.db).await? {
                 if let Ok(hash) = <[u8; 32]>::try_from(found.as_slice()) {
                     live.insert(hash);
                 }
@@ -368,19 +382,19 @@ impl Store {
     }
 }
 
-async fn live_user_id(conn: &mut sqlx::SqliteConnection, username: &str) -> Result<i64> {
-    sqlx::query_scalar("SELECT id FROM users WHERE username = ? AND deleted_at IS NULL")
+async fn live_user_id(tx: &mut db::Tx<'_>, username: &str) -> Result<i64> {
+    db::query("SELECT id FROM users WHERE username = ? AND deleted_at IS NULL")
         .bind(username)
-        .fetch_optional(&mut *conn)
+        .fetch_optional_scalar(tx)
         .await?
         .ok_or(StoreError::NotFound)
 }
 
-async fn usable_invite(conn: &mut sqlx::SqliteConnection, proof: &InviteProof<'_>) -> Result<bool> {
+async fn usable_invite<'e>(on: impl db::Exec<'e>, proof: &InviteProof<'_>) -> Result<bool> {
     let row: Option<(Vec<u8>, i64, Option<i64>)> =
-        sqlx::query_as("SELECT code_hash, expires_at, used_at FROM invite_codes WHERE lookup = ?")
+        db::query("SELECT code_hash, expires_at, used_at FROM invite_codes WHERE lookup = ?")
             .bind(proof.lookup)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(on)
             .await?;
     let Some((stored, expires_at, used_at)) = row else {
         return Ok(false);

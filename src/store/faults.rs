@@ -68,6 +68,9 @@ const SQLITE_IOERR_WRITE: i32 = SQLITE_IOERR | (3 << 8);
 pub fn classify(err: &sqlx::Error) -> Option<StorageFault> {
     match err {
         sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return from_sqlstate(pg.code());
+            }
             let code: i32 = db.code()?.parse().ok()?;
             from_sqlite_code(code)
         }
@@ -120,9 +123,12 @@ impl super::Store {
         super::StoreError::Unavailable(fault)
     }
 
-    /// Whether the kernel refuses writes to the database or its WAL now.
+    /// Whether the kernel refuses writes to the database or its WAL now
+    /// (SQLite; a PostgreSQL server's files are not ours to look at).
     fn is_unwritable(&self) -> bool {
-        files_refuse_writes(self.options.get_filename())
+        self.options
+            .as_ref()
+            .is_some_and(|options| files_refuse_writes(options.get_filename()))
     }
 }
 
@@ -259,6 +265,26 @@ fn from_sqlite_code(code: i32) -> Option<StorageFault> {
     }
 }
 
+/// PostgreSQL's SQLSTATE codes for conditions of the server rather than
+/// of the statement (see PostgreSQL's "Error Codes" appendix).
+fn from_sqlstate(code: &str) -> Option<StorageFault> {
+    match code {
+        // disk_full
+        "53100" => Some(StorageFault::Full),
+        // read_only_sql_transaction: a standby, or default_transaction_read_only
+        "25006" => Some(StorageFault::ReadOnly),
+        // serialization_failure, deadlock_detected, lock_not_available,
+        // too_many_connections, query_canceled (a statement or lock timeout)
+        "40001" | "40P01" | "55P03" | "53300" | "57014" => Some(StorageFault::Locked),
+        _ => match &code[..code.len().min(2)] {
+            // connection_exception, insufficient_resources, operator
+            // intervention (shutdown, recovery), system_error, internal_error
+            "08" | "53" | "57" | "58" | "XX" => Some(StorageFault::Io),
+            _ => None,
+        },
+    }
+}
+
 fn from_io(io: &std::io::Error) -> StorageFault {
     use std::io::ErrorKind;
     match io.kind() {
@@ -288,6 +314,17 @@ mod tests {
         assert_eq!(from_sqlite_code(10 | (4 << 8)), Some(StorageFault::Io)); // IOERR_FSYNC
         assert_eq!(from_sqlite_code(2067), None); // CONSTRAINT_UNIQUE
         assert_eq!(from_sqlite_code(1), None); // a plain SQL error
+    }
+
+    #[test]
+    fn postgres_sqlstates_map_to_faults_and_others_to_none() {
+        assert_eq!(from_sqlstate("53100"), Some(StorageFault::Full));
+        assert_eq!(from_sqlstate("25006"), Some(StorageFault::ReadOnly));
+        assert_eq!(from_sqlstate("40001"), Some(StorageFault::Locked));
+        assert_eq!(from_sqlstate("57P01"), Some(StorageFault::Io)); // admin_shutdown
+        assert_eq!(from_sqlstate("08006"), Some(StorageFault::Io));
+        assert_eq!(from_sqlstate("23505"), None); // unique_violation
+        assert_eq!(from_sqlstate("42601"), None); // syntax_error
     }
 
     #[test]

@@ -4,12 +4,9 @@
 
 use std::ops::ControlFlow;
 
-use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::{Result, RoomId, Store, StoreError, UserId};
+use super::{Result, RoomId, Store, UserId, db};
 
 /// What an entry records. Everything but `Message` is written by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,39 +90,52 @@ pub struct Page {
     pub has_more: bool,
 }
 
-/// Decodes a row of `VISIBLE_ENTRIES` by column position: by name, sqlx
-/// hashes and compares a column name for every value of every row.
-fn entry_from_row(room: RoomId, row: &SqliteRow) -> Result<Entry> {
-    let kind: &str = row.try_get(2)?;
-    let kind = EntryKind::parse(kind).ok_or_else(|| {
-        StoreError::Db(sqlx::Error::Protocol(format!(
-            "unknown entry kind {kind:?}"
-        )))
-    })?;
+/// A row of `visible_entries!`, decoded by column position (a tuple): by
+/// name, sqlx hashes and compares a column name for every value of every row.
+type EntryRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn entry_from_row(room: RoomId, row: EntryRow) -> sqlx::Result<Entry> {
+    let (seq, ts, kind, sender, subject, client_id, body, detail, expires) = row;
+    let kind = EntryKind::parse(&kind)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("unknown entry kind {kind:?}")))?;
     Ok(Entry {
         room,
-        seq: row.try_get(0)?,
-        ts: row.try_get(1)?,
+        seq,
+        ts,
         kind,
-        sender: row.try_get(3)?,
-        subject: row.try_get(4)?,
-        client_id: row.try_get(5)?,
-        body: row.try_get(6)?,
-        detail: row.try_get(7)?,
-        expires: row.try_get(8)?,
+        sender,
+        subject,
+        client_id,
+        body,
+        detail,
+        expires,
     })
 }
 
 /// A room's entries (?1) that fall inside one of the reader's (?2)
 /// membership periods, with names resolved. Callers add the range and order.
-const VISIBLE_ENTRIES: &str = "SELECT e.seq, e.ts, e.kind, s.username AS sender,
+macro_rules! visible_entries {
+    () => {
+        "SELECT e.seq, e.ts, e.kind, s.username AS sender,
         sub.username AS subject, e.client_id, e.body, e.detail, e.expires_at
      FROM entries e
      JOIN memberships m ON m.room_id = e.room_id AND m.user_id = ?2
           AND e.seq >= m.start_seq AND (m.end_seq IS NULL OR e.seq <= m.end_seq)
      JOIN users s ON s.id = e.sender_id
      LEFT JOIN users sub ON sub.id = e.subject_id
-     WHERE e.room_id = ?1";
+     WHERE e.room_id = ?1"
+    };
+}
 
 impl Store {
     /// Hands `visit` the entries after `after`, oldest first, at most
@@ -141,25 +151,26 @@ impl Store {
         mut visit: impl FnMut(Entry) -> ControlFlow<()> + Send,
     ) -> Result<bool> {
         self.require_member(room, user).await?;
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{VISIBLE_ENTRIES} AND e.seq > ?3 ORDER BY e.seq LIMIT ?4"
-        )))
+        let (mut visited, mut has_more) = (0, false);
+        let broke = db::query(concat!(
+            visible_entries!(),
+            " AND e.seq > ?3 ORDER BY e.seq LIMIT ?4"
+        ))
         .bind(room)
         .bind(user)
         .bind(after)
         .bind(i64::from(limit) + 1)
-        .fetch(&self.pool);
-        let (mut visited, mut has_more) = (0, false);
-        while let Some(row) = rows.try_next().await? {
+        .visit(&self.db, |row: EntryRow| {
             if visited == limit {
                 has_more = true;
-            } else if visit(entry_from_row(room, &row)?).is_break() {
-                return Ok(true);
-            } else {
-                visited += 1;
+                return Ok(ControlFlow::Continue(()));
             }
-        }
-        Ok(has_more)
+            let flow = visit(entry_from_row(room, row)?);
+            visited += 1;
+            Ok(flow)
+        })
+        .await?;
+        Ok(broke || has_more)
     }
 
     /// Entries before `before`, returned oldest first, at most `limit`: the
@@ -172,22 +183,23 @@ impl Store {
         limit: u32,
     ) -> Result<Page> {
         self.require_member(room, user).await?;
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{VISIBLE_ENTRIES} AND e.seq < ?3 ORDER BY e.seq DESC LIMIT ?4"
-        )))
+        let mut rows: Vec<EntryRow> = db::query(concat!(
+            visible_entries!(),
+            " AND e.seq < ?3 ORDER BY e.seq DESC LIMIT ?4"
+        ))
         .bind(room)
         .bind(user)
         .bind(before)
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         let has_more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         rows.reverse();
         let entries = rows
-            .iter()
+            .into_iter()
             .map(|row| entry_from_row(room, row))
-            .collect::<Result<_>>()?;
+            .collect::<sqlx::Result<_>>()?;
         Ok(Page { entries, has_more })
     }
 }

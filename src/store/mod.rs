@@ -1,6 +1,9 @@
 //! Everything persistent lives behind `Store`: users and keys, sessions,
 //! rooms and memberships, and the per-room log. All SQL is in this module.
 //!
+//! The database is SQLite (a file) or PostgreSQL (a URL): statements go
+//! through `db`, written once for both (see `db` for how they differ).
+//!
 //! Reads go through the pool. Writes that touch a room's log go through the
 //! single writer task in `writer`, which orders them, batches them into
 //! transactions and reports each committed entry in commit order.
@@ -15,13 +18,15 @@ mod users;
 pub mod writer;
 mod fanout;
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use thiserror::Error;
 
@@ -96,20 +101,153 @@ pub enum Durability {
     Normal,
 }
 
+/// Where the database is: a SQLite file, or a PostgreSQL server named by a
+/// `postgres://` / `postgresql://` URL (`--db`, `HUSH_DB`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DbLocation {
+    /// A `postgres://` or `postgresql://` URL names a PostgreSQL database;
+    /// anything else is a SQLite file path.
+    pub fn parse(text: &str) -> Self {
+        let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Self::Postgres(text.to_owned())
+        } else {
+            Self::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(path) => Some(path),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::str::FromStr for DbLocation {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self::parse(text))
+    }
+}
+
+/// For logs and error messages: a URL's password is never shown.
+impl fmt::Display for DbLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+impl From<&Path> for DbLocation {
+    fn from(path: &Path) -> Self {
+        Self::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for DbLocation {
+    fn from(path: &PathBuf) -> Self {
+        Self::Sqlite(path.clone())
+    }
+}
+
+impl From<PathBuf> for DbLocation {
+    fn from(path: PathBuf) -> Self {
+        Self::Sqlite(path)
+    }
+}
+
+impl From<&DbLocation> for DbLocation {
+    fn from(location: &DbLocation) -> Self {
+        location.clone()
+    }
+}
+
+/// `url` with the password of its user part, and any `password=` query
+/// parameter, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..scheme_end]);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let tail = &rest[authority_end..];
+    match tail.find('?') {
+        Some(q) => {
+            out.push_str(&tail[..=q]);
+            let params: Vec<String> = tail[q + 1..]
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// Connections in the PostgreSQL pool of one server process (the log
+/// writer's own connection is extra). Several nodes share one PostgreSQL,
+/// whose default `max_connections` is 100.
+const POSTGRES_POOL_SIZE: u32 = 16;
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// Being replaced by `db` (issue 16): statements move to `db::query`.
-    pool: SqlitePool,
     /// The database, SQLite or PostgreSQL.
     db: db::Db,
     /// Woken after ciphertext was erased, so that maintenance checkpoints
     /// the write-ahead log (and the erased bytes leave it) soon.
     erasures: Arc<tokio::sync::Notify>,
-    /// How every connection is opened; the writer opens its own from these.
-    /// Shared: every session holds a clone of the `Store`, and the options
-    /// (a map of pragmas) would otherwise cost ~2 KiB per connection.
-    options: Arc<SqliteConnectOptions>,
+    /// How every SQLite connection is opened; the writer opens its own
+    /// from these. `None` on PostgreSQL. Shared: every session holds a
+    /// clone of the `Store`, and the options (a map of pragmas) would
+    /// otherwise cost ~2 KiB per connection.
+    options: Option<Arc<SqliteConnectOptions>>,
 }
 
 impl Store {
@@ -119,8 +257,17 @@ impl Store {
         Self::open_with(path, Durability::Full).await
     }
 
-    /// Like `open`, with the chosen durability.
-    pub async fn open_with(path: &Path, durability: Durability) -> Result<Self> {
+    /// Opens the database at `location` with the chosen durability and
+    /// applies its backend's migrations: a SQLite file as `open` does, or a
+    /// PostgreSQL database (which must exist; its schema is created).
+    pub async fn open_with(location: impl Into<DbLocation>, durability: Durability) -> Result<Self> {
+        match location.into() {
+            DbLocation::Sqlite(path) => Self::open_sqlite(&path, durability).await,
+            DbLocation::Postgres(url) => Self::open_postgres(&url, durability).await,
+        }
+    }
+
+    async fn open_sqlite(path: &Path, durability: Durability) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         }
@@ -149,20 +296,52 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
-            db: db::Db::Sqlite(pool.clone()),
-            pool,
+            db: db::Db::Sqlite(pool),
             erasures: Arc::default(),
-            options: Arc::new(options),
+            options: Some(Arc::new(options)),
         })
     }
 
+    /// `Durability::Normal` turns `synchronous_commit` off for this
+    /// server's connections: a commit is acknowledged before its WAL record
+    /// reaches the disk, so a crash of PostgreSQL's host can lose the last
+    /// ones (never corrupt the database). `Full` keeps the server's setting.
+    async fn open_postgres(url: &str, durability: Durability) -> Result<Self> {
+        let mut options: PgConnectOptions = url.parse()?;
+        if durability == Durability::Normal {
+            options = options.options([("synchronous_commit", "off")]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_SIZE)
+            .connect_with(options)
+            .await?;
+        // Takes an advisory lock: nodes starting together migrate once.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            db: db::Db::Postgres(pool),
+            erasures: Arc::default(),
+            options: None,
+        })
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> db::Backend {
+        self.db.backend()
+    }
+
+    /// The database handle, for code outside the store that needs the
+    /// backend's own pool (PostgreSQL's LISTEN, the migration copy).
+    pub fn db(&self) -> &db::Db {
+        &self.db
+    }
+
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 
     /// Cheap liveness probe for `/healthz`.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        db::query("SELECT 1").execute(&self.db).await?;
         Ok(())
     }
 }
@@ -187,7 +366,12 @@ impl Store {
     /// more than the WAL itself. They are bounded by one statement's pages.
     async fn open_writer_connection(&self) -> Result<sqlx::SqliteConnection> {
         use sqlx::ConnectOptions;
-        let options = SqliteConnectOptions::clone(&self.options)
+        let Some(options) = &self.options else {
+            return Err(StoreError::Db(sqlx::Error::Configuration(
+                "a SQLite writer connection was asked of a PostgreSQL store".into(),
+            )));
+        };
+        let options = SqliteConnectOptions::clone(options)
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .pragma("temp_store", "MEMORY");
         Ok(options.connect().await?)
@@ -221,9 +405,18 @@ impl Store {
     /// Copies the write-ahead log into the database file and truncates it,
     /// so that overwritten pages leave both files. Returns whether it
     /// completed (a long read can keep it from it; then try again later).
+    ///
+    /// On PostgreSQL there is nothing to do here and it returns true at
+    /// once: the server cannot rewrite PostgreSQL's own write-ahead log or
+    /// dead row versions; erased ciphertext leaves the table's pages when
+    /// (auto)vacuum reclaims them and the WAL when PostgreSQL recycles its
+    /// segments.
     pub async fn checkpoint_truncate(&self) -> Result<bool> {
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
+        if self.db.backend() == db::Backend::Postgres {
+            return Ok(true);
+        }
+        let (busy, _, _): (i64, i64, i64) = db::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.db)
             .await?;
         Ok(busy == 0)
     }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Result, RoomId, Store, StoreError, UserId};
+use super::{Result, RoomId, Store, StoreError, UserId, db};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,26 +52,31 @@ struct RoomRow {
     request_state: Option<String>,
 }
 
-const ROOM_SELECT: &str =
-    "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq, r.ttl,
+/// A room as a current member sees it; callers add the conditions.
+macro_rules! room_select {
+    () => {
+        "SELECT r.id, r.kind, r.name, c.username AS creator, r.last_seq, m.start_seq, r.ttl,
             (SELECT d.state FROM dm_requests d WHERE d.room_id = r.id AND d.user_id = m.user_id)
                 AS request_state
      FROM rooms r
      JOIN memberships m ON m.room_id = r.id AND m.end_seq IS NULL
-     JOIN users c ON c.id = r.creator_id";
+     JOIN users c ON c.id = r.creator_id"
+    };
+}
 
 impl Store {
     /// The rooms and DMs `user` is currently a member of, but for direct
     /// conversations they declined.
     pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomInfo>> {
-        let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ROOM_SELECT} WHERE m.user_id = ? AND NOT EXISTS (
+        let rows: Vec<RoomRow> = db::query(concat!(
+            room_select!(),
+            " WHERE m.user_id = ? AND NOT EXISTS (
                  SELECT 1 FROM dm_requests d
                  WHERE d.room_id = r.id AND d.user_id = m.user_id AND d.state = 'declined')
              ORDER BY r.id"
-        )))
+        ))
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         let mut rooms = Vec::with_capacity(rows.len());
         for row in rows {
@@ -82,12 +87,13 @@ impl Store {
 
     /// One room, if `user` is a member of it; `NotFound` otherwise.
     pub async fn room_for_member(&self, room: RoomId, user: UserId) -> Result<RoomInfo> {
-        let row: RoomRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ROOM_SELECT} WHERE m.user_id = ? AND r.id = ?"
-        )))
+        let row: RoomRow = db::query(concat!(
+            room_select!(),
+            " WHERE m.user_id = ? AND r.id = ?"
+        ))
         .bind(user)
         .bind(room)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?
         .ok_or(StoreError::NotFound)?;
         self.room_info_from(row).await
@@ -115,12 +121,12 @@ impl Store {
     }
 
     async fn admin_names(&self, room: RoomId) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(db::query(
             "SELECT u.username FROM room_admins a JOIN users u ON u.id = a.user_id
              WHERE a.room_id = ? ORDER BY u.username",
         )
         .bind(room)
-        .fetch_all(&self.pool)
+        .fetch_all_scalars(&self.db)
         .await?)
     }
 
@@ -129,21 +135,21 @@ impl Store {
     pub async fn timer_position(&self, room: RoomId, user: UserId) -> Result<(i64, i64)> {
         self.require_member(room, user).await?;
         Ok(
-            sqlx::query_as("SELECT last_seq, timer_seq FROM rooms WHERE id = ?")
+            db::query("SELECT last_seq, timer_seq FROM rooms WHERE id = ?")
                 .bind(room)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.db)
                 .await?,
         )
     }
 
     /// Usernames `user` blocks, sorted.
     pub async fn blocked_names(&self, user: UserId) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(db::query(
             "SELECT u.username FROM blocks b JOIN users u ON u.id = b.blocked_id
              WHERE b.blocker_id = ? ORDER BY u.username",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all_scalars(&self.db)
         .await?)
     }
 
@@ -151,7 +157,7 @@ impl Store {
     /// but those who block the sender or declined the conversation.
     /// `NotFound` unless the sender is a current member.
     pub async fn signal_audience(&self, room: RoomId, sender: UserId) -> Result<Vec<UserId>> {
-        let rows: Vec<(UserId, bool)> = sqlx::query_as(
+        let rows: Vec<(UserId, bool)> = db::query(
             "SELECT m.user_id,
                     EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = m.user_id AND b.blocked_id = ?2)
                     OR EXISTS (SELECT 1 FROM dm_requests d WHERE d.room_id = ?1
@@ -160,7 +166,7 @@ impl Store {
         )
         .bind(room)
         .bind(sender)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         if !rows.iter().any(|(user, _)| *user == sender) {
             return Err(StoreError::NotFound);
@@ -173,43 +179,44 @@ impl Store {
     }
 
     async fn member_names(&self, room: RoomId) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(db::query(
             "SELECT u.username FROM memberships m JOIN users u ON u.id = m.user_id
              WHERE m.room_id = ? AND m.end_seq IS NULL ORDER BY u.username",
         )
         .bind(room)
-        .fetch_all(&self.pool)
+        .fetch_all_scalars(&self.db)
         .await?)
     }
 
     /// The position of a room's newest entry (0 for an unknown room).
     pub async fn last_seq(&self, room: RoomId) -> Result<i64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ?")
+        let seq: Option<i64> = db::query(
+            "SELECT last_seq FROM rooms WHERE id = ?")
             .bind(room)
-            .fetch_optional(&self.pool)
+            .fetch_optional_scalar(&self.db)
             .await?;
         Ok(seq.unwrap_or(0))
     }
 
     /// Current members of a room, as ids.
     pub async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
-        Ok(sqlx::query_scalar(
+        Ok(db::query(
             "SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL",
         )
         .bind(room)
-        .fetch_all(&self.pool)
+        .fetch_all_scalars(&self.db)
         .await?)
     }
 
     /// `Ok` if `user` is currently a member of `room`, `NotFound` otherwise
     /// (whether or not the room exists).
     pub async fn require_member(&self, room: RoomId, user: UserId) -> Result<()> {
-        let found: Option<i64> = sqlx::query_scalar(
+        let found: Option<i64> = db::query(
             "SELECT start_seq FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
         )
         .bind(room)
         .bind(user)
-        .fetch_optional(&self.pool)
+        .fetch_optional_scalar(&self.db)
         .await?;
         found.map(|_| ()).ok_or(StoreError::NotFound)
     }
@@ -217,7 +224,7 @@ impl Store {
     /// Everyone who currently shares at least one room with `user`, and
     /// their usernames (the user themself excluded).
     pub async fn co_members(&self, user: UserId) -> Result<Vec<(UserId, String)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = db::query(
             "SELECT DISTINCT o.user_id, u.username
              FROM memberships mine
              JOIN memberships o ON o.room_id = mine.room_id AND o.end_seq IS NULL AND o.user_id != mine.user_id
@@ -225,7 +232,7 @@ impl Store {
              WHERE mine.user_id = ? AND mine.end_seq IS NULL",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows
             .into_iter()
@@ -242,16 +249,28 @@ impl Store {
     ) -> Result<Vec<(RoomId, UserId, String)>> {
         let ids = serde_json::to_string(&users.iter().map(|u| u.0).collect::<Vec<_>>())
             .expect("a list of integers serialises");
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            "SELECT m.room_id, m.user_id, u.username
-             FROM memberships m JOIN users u ON u.id = m.user_id
-             WHERE m.end_seq IS NULL AND m.room_id IN (
-                 SELECT DISTINCT room_id FROM memberships
-                 WHERE end_seq IS NULL AND user_id IN (SELECT value FROM json_each(?)))
-             ORDER BY m.room_id, u.username",
-        )
+        let rows: Vec<(i64, i64, String)> = db::query(match self.db.backend() {
+            db::Backend::Sqlite => {
+                "SELECT m.room_id, m.user_id, u.username
+                 FROM memberships m JOIN users u ON u.id = m.user_id
+                 WHERE m.end_seq IS NULL AND m.room_id IN (
+                     SELECT DISTINCT room_id FROM memberships
+                     WHERE end_seq IS NULL AND user_id IN (SELECT value FROM json_each(?)))
+                 ORDER BY m.room_id, u.username"
+            }
+            db::Backend::Postgres => {
+                "SELECT m.room_id, m.user_id, u.username
+                 FROM memberships m JOIN users u ON u.id = m.user_id
+                 WHERE m.end_seq IS NULL AND m.room_id IN (
+                     SELECT DISTINCT room_id FROM memberships
+                     WHERE end_seq IS NULL AND user_id IN (
+                         SELECT CAST(value AS BIGINT)
+                         FROM json_array_elements_text(CAST(? AS JSON))))
+                 ORDER BY m.room_id, u.username"
+            }
+        })
         .bind(ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows
             .into_iter()
@@ -261,12 +280,12 @@ impl Store {
 
     /// Usernames of the given room's current members, with their ids.
     pub async fn members_with_names(&self, room: RoomId) -> Result<Vec<(UserId, String)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = db::query(
             "SELECT u.id, u.username FROM memberships m JOIN users u ON u.id = m.user_id
              WHERE m.room_id = ? AND m.end_seq IS NULL ORDER BY u.username",
         )
         .bind(room)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows
             .into_iter()
@@ -276,13 +295,13 @@ impl Store {
 
     /// Pending invitations addressed to `user`.
     pub async fn invitations_for(&self, user: UserId) -> Result<Vec<Invitation>> {
-        Ok(sqlx::query_as(
+        Ok(db::query(
             "SELECT i.room_id AS room, r.name, u.username AS invited_by, i.created_at
              FROM invitations i JOIN rooms r ON r.id = i.room_id JOIN users u ON u.id = i.invited_by
              WHERE i.user_id = ? ORDER BY i.created_at",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?)
     }
 }

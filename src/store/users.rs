@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, StoreError, UserId, UserRef, now_ms, unique_violation};
+use super::{Result, Store, db, StoreError, UserId, UserRef, now_ms, unique_violation};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRecord {
@@ -31,42 +31,54 @@ pub struct KeyRecord {
 
 /// The account row and its first key, inside the caller's transaction
 /// (plain registration, or registration that also spends an invite). The
-/// transaction must be `BEGIN IMMEDIATE`: it holds the write lock from the
-/// look-alike check to the insert, so two look-alike registrations cannot
-/// both pass the check.
+/// transaction must come from `begin_write`. On SQLite that holds the
+/// write lock from the look-alike check to the insert; on PostgreSQL a
+/// transaction-scoped advisory lock on the name's skeleton does the same
+/// for look-alikes (the UNIQUE username catches the exact same name). So
+/// two look-alike registrations cannot both pass the check.
 pub(super) async fn insert_user_with_key(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut db::Tx<'_>,
     username: &str,
     password_hash: &str,
     public_key: &[u8],
     fingerprint: &str,
 ) -> Result<UserId> {
     let skeleton = crate::username::skeleton(username);
-    // NULL: no account looks like it; 1: this very name exists; 0: a look-alike.
-    let same_name: Option<i64> =
-        sqlx::query_scalar("SELECT max(username = ?) FROM users WHERE skeleton = ?")
-            .bind(username)
-            .bind(&skeleton)
-            .fetch_one(&mut *tx)
+    if tx.backend() == db::Backend::Postgres {
+        // The first key is an arbitrary constant ("hush" in ASCII) that
+        // keeps these locks apart from any other advisory lock.
+        db::query("SELECT pg_advisory_xact_lock(1752462184, hashtext(?))")
+            .bind(skeleton.as_str())
+            .execute(&mut *tx)
             .await?;
+    }
+    // NULL: no account looks like it; 1: this very name exists; 0: a look-alike.
+    let same_name: Option<i64> = db::query(
+        "SELECT CAST(max(CASE WHEN username = ? THEN 1 ELSE 0 END) AS BIGINT)
+         FROM users WHERE skeleton = ?",
+    )
+    .bind(username)
+    .bind(skeleton.as_str())
+    .fetch_scalar(&mut *tx)
+    .await?;
     match same_name {
         Some(0) => return Err(StoreError::UsernameConfusable),
         Some(_) => return Err(StoreError::UsernameTaken),
         None => {}
     }
     let now = now_ms();
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = db::query(
         "INSERT INTO users (username, skeleton, password_hash, created_at) VALUES (?, ?, ?, ?)
          RETURNING id",
     )
     .bind(username)
-    .bind(&skeleton)
+    .bind(skeleton.as_str())
     .bind(password_hash)
     .bind(now)
-    .fetch_one(&mut *tx)
+    .fetch_scalar(&mut *tx)
     .await
     .map_err(|e| unique_violation(e, StoreError::UsernameTaken))?;
-    sqlx::query(
+    db::query(
         "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
     )
     .bind(id)
@@ -87,7 +99,7 @@ impl Store {
         public_key: &[u8],
         fingerprint: &str,
     ) -> Result<UserId> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let id =
             insert_user_with_key(&mut tx, username, password_hash, public_key, fingerprint).await?;
         tx.commit().await?;
@@ -95,9 +107,9 @@ impl Store {
     }
 
     pub async fn find_user(&self, username: &str) -> Result<UserRecord> {
-        sqlx::query_as("SELECT id, username FROM users WHERE username = ?")
+        db::query("SELECT id, username FROM users WHERE username = ?")
             .bind(username)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -105,9 +117,9 @@ impl Store {
     /// The user and their argon2id PHC string, for login.
     pub async fn find_credentials(&self, username: &str) -> Result<Option<(UserRecord, String)>> {
         let row: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT id, username, password_hash FROM users WHERE username = ?")
+            db::query("SELECT id, username, password_hash FROM users WHERE username = ?")
                 .bind(username)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await?;
         Ok(row.map(|(id, username, hash)| {
             (
@@ -121,24 +133,24 @@ impl Store {
     }
 
     pub async fn current_key(&self, user: UserId) -> Result<KeyRecord> {
-        sqlx::query_as(
+        db::query(
             "SELECT public_key, fingerprint, created_at, replaced_at, rotation_signature
              FROM user_keys WHERE user_id = ? AND replaced_at IS NULL",
         )
         .bind(user)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?
         .ok_or(StoreError::NotFound)
     }
 
     /// Every key the user has had, oldest first.
     pub async fn key_history(&self, user: UserId) -> Result<Vec<KeyRecord>> {
-        Ok(sqlx::query_as(
+        Ok(db::query(
             "SELECT public_key, fingerprint, created_at, replaced_at, rotation_signature
              FROM user_keys WHERE user_id = ? ORDER BY id",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?)
     }
 
@@ -148,12 +160,12 @@ impl Store {
         token_hash: &[u8],
         expires_at: i64,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+        db::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(user)
             .bind(now_ms())
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(|e| self.write_error(e))?;
         Ok(())
@@ -167,23 +179,23 @@ impl Store {
     /// The user a live session token belongs to, and when the token stops
     /// being valid (Unix ms).
     pub async fn live_session(&self, token_hash: &[u8]) -> Result<(UserRecord, i64)> {
-        let row: Option<(UserId, String, i64)> = sqlx::query_as(
+        let row: Option<(UserId, String, i64)> = db::query(
             "SELECT users.id, users.username, sessions.expires_at
              FROM sessions JOIN users ON users.id = sessions.user_id
              WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled_at IS NULL",
         )
         .bind(token_hash)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         let (id, username, expires_at) = row.ok_or(StoreError::NotFound)?;
         Ok((UserRecord { id, username }, expires_at))
     }
 
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+        db::query("DELETE FROM sessions WHERE token_hash = ?")
             .bind(token_hash)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(|e| self.write_error(e))?;
         Ok(())
@@ -198,23 +210,22 @@ impl Store {
         max_pending: usize,
     ) -> Result<bool> {
         let now = now_ms();
-        sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
+        db::query("DELETE FROM challenges WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(|e| self.write_error(e))?;
         let max_pending = i64::try_from(max_pending).unwrap_or(i64::MAX);
-        let stored = sqlx::query(
+        let stored = db::query(
             "INSERT INTO challenges (challenge, expires_at)
              SELECT ?, ? WHERE (SELECT count(*) FROM challenges) < ?",
         )
         .bind(challenge)
         .bind(expires_at)
         .bind(max_pending)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
-        .map_err(|e| self.write_error(e))?
-        .rows_affected();
+        .map_err(|e| self.write_error(e))?;
         Ok(stored == 1)
     }
 
@@ -222,9 +233,9 @@ impl Store {
     /// challenge can be used once, whatever the outcome.
     pub async fn take_challenge(&self, challenge: &[u8]) -> Result<bool> {
         let expires_at: Option<i64> =
-            sqlx::query_scalar("DELETE FROM challenges WHERE challenge = ? RETURNING expires_at")
+            db::query("DELETE FROM challenges WHERE challenge = ? RETURNING expires_at")
                 .bind(challenge)
-                .fetch_optional(&self.pool)
+                .fetch_optional_scalar(&self.db)
                 .await
                 .map_err(|e| self.write_error(e))?;
         Ok(expires_at.is_some_and(|t| t > now_ms()))
