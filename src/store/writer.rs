@@ -15,10 +15,10 @@ mod sends;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use sqlx::{Connection, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::db::{self, Backend, Tx};
 use super::{
     Entry, EntryKind, Result, RoomId, Store, StoreError, UserId, UserRef, now_ms, unique_violation,
 };
@@ -34,6 +34,11 @@ const QUEUE_DEPTH: usize = 8192;
 /// Committed batches that may wait for their announcement before the
 /// writer stops to let the announcer catch up.
 const SETTLED_DEPTH: usize = 2;
+/// Times a batch is tried on PostgreSQL when it lost a race with another
+/// node's writer (a deadlock, a serialization failure, a unique index).
+const PG_ATTEMPTS: usize = 3;
+/// Rooms locked by one statement (one bound value each).
+const LOCK_CHUNK: usize = 4096;
 
 /// A committed entry and who may see it live.
 #[derive(Debug, Clone)]
@@ -362,7 +367,7 @@ type Settled = (oneshot::Sender<Result<Applied>>, Result<Done>);
 async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<Vec<Settled>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut cache = sends::RoomCache::default();
-    let mut conn: Option<SqliteConnection> = None;
+    let mut conn: Option<db::Conn> = None;
     let mut stopping = false;
     while !stopping {
         match rx.recv().await {
@@ -379,7 +384,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<
                 Err(_) => break,
             }
         }
-        let outcomes = match connection(&store, &mut conn).await {
+        let outcomes = match connection(&store, &mut conn, &mut cache).await {
             Ok(open) => {
                 let outcomes = commit_batch(&store, open, &mut cache, &mut batch).await;
                 if outcomes.failed {
@@ -401,12 +406,36 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<
 /// transaction.
 async fn connection<'c>(
     store: &Store,
-    conn: &'c mut Option<SqliteConnection>,
-) -> Result<&'c mut SqliteConnection> {
+    conn: &'c mut Option<db::Conn>,
+    cache: &mut sends::RoomCache,
+) -> Result<&'c mut db::Conn> {
     if conn.is_none() {
-        *conn = Some(store.open_writer_connection().await?);
+        let mut opened = store.open_writer_conn().await?;
+        if opened.backend() == Backend::Postgres {
+            cache.versioned = has_state_version(&mut opened).await?;
+        }
+        *conn = Some(opened);
     }
     Ok(conn.as_mut().expect("opened above"))
+}
+
+/// PostgreSQL: whether `rooms` has the `state_version` column (see
+/// `sends`); without it the writer still works, reloading direct
+/// conversations in every batch.
+async fn has_state_version(conn: &mut db::Conn) -> Result<bool> {
+    let found: i64 = db::query(
+        "SELECT COUNT(*) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'rooms'
+           AND column_name = 'state_version'",
+    )
+    .fetch_scalar(&mut *conn)
+    .await?;
+    if found == 0 {
+        tracing::warn!(
+            "rooms.state_version is missing: direct conversations are reloaded in every batch"
+        );
+    }
+    Ok(found > 0)
 }
 
 /// Answers every op of a batch that could not be stored.
@@ -446,115 +475,295 @@ fn announce(settled: Receiver<Vec<Settled>>, on_commit: OnCommit) {
     }
 }
 
-/// Applies a batch in one transaction. Runs of messages go through the
-/// multi-row fast path (`sends`); every other op runs inside its own
-/// savepoint so that one op's refusal leaves the others intact.
+/// Applies a batch in one transaction (see `try_batch`). On PostgreSQL a
+/// batch that lost a race with another node's writer is tried again, up to
+/// `PG_ATTEMPTS` times in all, rather than failing its callers.
 async fn commit_batch(
     store: &Store,
-    conn: &mut SqliteConnection,
+    conn: &mut db::Conn,
     cache: &mut sends::RoomCache,
     batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
 ) -> Outcomes {
-    let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
-    let mut erased = false;
-    let outcome: Result<()> = async {
-        // IMMEDIATE takes the write lock up front, waiting out the busy
-        // timeout: a deferred transaction that read first would fail at
-        // once (SQLITE_BUSY_SNAPSHOT) whenever a pool write (a login, a
-        // registration) committed between its read and its first write.
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
-        for (op, _) in batch.iter() {
-            let change = match op {
-                Op::Send {
-                    room,
-                    sender,
-                    client_id,
-                    body,
-                    erase: Some(target),
-                } => {
-                    if !run.is_empty() {
-                        results.extend(sends::store_messages(&mut tx, cache, &run).await?);
-                        run.clear();
-                    }
-                    let message = sends::NewMessage {
-                        room: *room,
-                        sender,
-                        client_id,
-                        body,
-                    };
-                    let done = sends::store_erasing(&mut tx, cache, &message, *target).await?;
-                    erased |= matches!(&done, Ok((applied, _)) if !applied.duplicate);
-                    results.push(done);
+    let attempts = match conn.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => PG_ATTEMPTS,
+    };
+    let mut attempt = 1;
+    let outcome = loop {
+        match try_batch(conn, cache, batch).await {
+            Ok(done) => break Ok(done),
+            Err(err) => {
+                // The cached positions include sequence numbers that were
+                // never stored.
+                cache.forget_all();
+                if attempt < attempts && lost_a_race(&err) {
+                    tracing::info!(error = %err, attempt, ops = batch.len(), "log transaction lost a race with another writer; trying again");
+                    attempt += 1;
                     continue;
                 }
-                Op::Send {
-                    room,
-                    sender,
-                    client_id,
-                    body,
-                    erase: None,
-                } => {
-                    run.push(sends::NewMessage {
-                        room: *room,
-                        sender,
-                        client_id,
-                        body,
-                    });
-                    if run.len() == sends::CHUNK {
-                        results.extend(sends::store_messages(&mut tx, cache, &run).await?);
-                        run.clear();
-                    }
-                    continue;
-                }
-                Op::Change(change) => change,
-            };
-            if !run.is_empty() {
-                results.extend(sends::store_messages(&mut tx, cache, &run).await?);
-                run.clear();
-            }
-            sqlx::query("SAVEPOINT op").execute(&mut *tx).await?;
-            match apply(&mut tx, change).await {
-                Ok(done) => {
-                    sqlx::query("RELEASE op").execute(&mut *tx).await?;
-                    forget_touched(cache, change, &done);
-                    results.push(Ok(done));
-                }
-                Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
-                Err(refused) => {
-                    sqlx::query("ROLLBACK TO op").execute(&mut *tx).await?;
-                    sqlx::query("RELEASE op").execute(&mut *tx).await?;
-                    results.push(Err(refused));
-                }
+                break Err(err);
             }
         }
-        if !run.is_empty() {
-            results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+    };
+    match outcome {
+        Ok((results, erased)) => {
+            if erased {
+                store.erased();
+            }
+            Outcomes {
+                settled: batch
+                    .drain(..)
+                    .map(|(_, reply)| reply)
+                    .zip(results)
+                    .collect(),
+                failed: false,
+            }
         }
-        super::commit_timing::time_commit(tx.commit()).await?;
-        Ok(())
-    }
-    .await;
-    if erased && outcome.is_ok() {
-        store.erased();
-    }
-
-    if let Err(err) = outcome {
-        // The cached positions include sequence numbers that were never stored.
-        cache.forget_all();
-        return Outcomes {
+        Err(err) => Outcomes {
             settled: refuse_all(store, batch, &err),
             failed: true,
+        },
+    }
+}
+
+/// Whether a PostgreSQL transaction failed only because another node's
+/// writer got there first: a deadlock (40P01), a serialization failure
+/// (40001), or a unique index (23505, e.g. the same client id stored by
+/// another node between our lookup and our insert). Tried again, the batch
+/// sees the other node's committed rows.
+fn lost_a_race(err: &StoreError) -> bool {
+    match err {
+        StoreError::Db(sqlx::Error::Database(e)) => {
+            matches!(e.code().as_deref(), Some("40P01" | "40001" | "23505"))
+        }
+        _ => false,
+    }
+}
+
+/// Applies a batch in one transaction. Runs of messages go through the
+/// multi-row fast path (`sends`); every other op runs inside its own
+/// savepoint so that one op's refusal leaves the others intact. Returns
+/// each op's outcome and whether a message was erased.
+async fn try_batch(
+    conn: &mut db::Conn,
+    cache: &mut sends::RoomCache,
+    batch: &[(Op, oneshot::Sender<Result<Applied>>)],
+) -> Result<(Vec<Result<Done>>, bool)> {
+    let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
+    let mut erased = false;
+    // On SQLite, IMMEDIATE takes the write lock up front, waiting out the
+    // busy timeout: a deferred transaction that read first would fail at
+    // once (SQLITE_BUSY_SNAPSHOT) whenever a pool write (a login, a
+    // registration) committed between its read and its first write.
+    let mut tx = conn.begin_write().await?;
+    let versions = match tx.backend() {
+        Backend::Sqlite => Versions(false),
+        Backend::Postgres => {
+            // Other nodes' writers append to the same rooms: hold every
+            // room this batch will touch until it commits, then drop what
+            // they changed from the cache.
+            let rooms = rooms_to_lock(&mut tx, batch).await?;
+            let locked = lock_rooms(&mut tx, &rooms, cache.versioned).await?;
+            cache.revalidate(&locked);
+            Versions(cache.versioned)
+        }
+    };
+    let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
+    for (op, _) in batch.iter() {
+        let change = match op {
+            Op::Send {
+                room,
+                sender,
+                client_id,
+                body,
+                erase: Some(target),
+            } => {
+                if !run.is_empty() {
+                    results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                    run.clear();
+                }
+                let message = sends::NewMessage {
+                    room: *room,
+                    sender,
+                    client_id,
+                    body,
+                };
+                let done = sends::store_erasing(&mut tx, cache, &message, *target).await?;
+                erased |= matches!(&done, Ok((applied, _)) if !applied.duplicate);
+                results.push(done);
+                continue;
+            }
+            Op::Send {
+                room,
+                sender,
+                client_id,
+                body,
+                erase: None,
+            } => {
+                run.push(sends::NewMessage {
+                    room: *room,
+                    sender,
+                    client_id,
+                    body,
+                });
+                if run.len() == sends::CHUNK {
+                    results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                    run.clear();
+                }
+                continue;
+            }
+            Op::Change(change) => change,
         };
+        if !run.is_empty() {
+            results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+            run.clear();
+        }
+        db::query("SAVEPOINT op").execute(&mut tx).await?;
+        match apply(&mut tx, versions, change).await {
+            Ok(done) => {
+                db::query("RELEASE op").execute(&mut tx).await?;
+                forget_touched(cache, change, &done);
+                results.push(Ok(done));
+            }
+            Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+            Err(refused) => {
+                db::query("ROLLBACK TO op").execute(&mut tx).await?;
+                db::query("RELEASE op").execute(&mut tx).await?;
+                results.push(Err(refused));
+            }
+        }
     }
-    Outcomes {
-        settled: batch
-            .drain(..)
-            .map(|(_, reply)| reply)
-            .zip(results)
-            .collect(),
-        failed: false,
+    if !run.is_empty() {
+        results.extend(sends::store_messages(&mut tx, cache, &run).await?);
     }
+    super::commit_timing::time_commit(tx.commit()).await?;
+    Ok((results, erased))
+}
+
+/// PostgreSQL: every room the batch names, and the rooms its changes will
+/// find while running (a key rotation's rooms, a block's or an open_dm's
+/// direct conversation), in id order. A room found later still gets locked
+/// by the statement that changes it, out of order; the rare deadlock that
+/// can cause is tried again (`lost_a_race`).
+async fn rooms_to_lock(
+    tx: &mut Tx<'_>,
+    batch: &[(Op, oneshot::Sender<Result<Applied>>)],
+) -> Result<Vec<RoomId>> {
+    let mut rooms = std::collections::BTreeSet::new();
+    for (op, _) in batch {
+        let change = match op {
+            Op::Send { room, .. } => {
+                rooms.insert(*room);
+                continue;
+            }
+            Op::Change(change) => change,
+        };
+        match change {
+            Change::Invite { room, .. }
+            | Change::Join { room, .. }
+            | Change::Leave { room, .. }
+            | Change::Remove { room, .. }
+            | Change::Accept { room, .. }
+            | Change::Decline { room, .. }
+            | Change::Promote { room, .. }
+            | Change::Demote { room, .. }
+            | Change::SetTimer { room, .. } => {
+                rooms.insert(*room);
+            }
+            Change::Block {
+                user,
+                blocked: peer,
+            }
+            | Change::Unblock {
+                user,
+                blocked: peer,
+            }
+            | Change::OpenDm { me: user, peer } => {
+                let found: Option<RoomId> = db::query("SELECT id FROM rooms WHERE dm_pair = ?")
+                    .bind(dm_pair(user.id, peer.id))
+                    .fetch_optional_scalar(&mut *tx)
+                    .await?;
+                rooms.extend(found);
+            }
+            Change::RotateKey { user, .. } => {
+                let found: Vec<RoomId> = db::query(
+                    "SELECT room_id FROM memberships WHERE user_id = ? AND end_seq IS NULL",
+                )
+                .bind(user.id)
+                .fetch_all_scalars(&mut *tx)
+                .await?;
+                rooms.extend(found);
+            }
+            Change::CreateGroup { .. } => {}
+        }
+    }
+    Ok(rooms.into_iter().collect())
+}
+
+/// PostgreSQL: locks `rooms` (sorted) in id order, so that two nodes'
+/// writers never wait for each other in a cycle, and returns each one's
+/// (id, last_seq, state_version) as locked. `FOR NO KEY UPDATE` is the
+/// lock an UPDATE of `last_seq` takes anyway: it keeps other writers out
+/// but not inserts elsewhere that merely reference the room.
+async fn lock_rooms(
+    tx: &mut Tx<'_>,
+    rooms: &[RoomId],
+    versioned: bool,
+) -> Result<Vec<(RoomId, i64, i64)>> {
+    let mut locked = Vec::with_capacity(rooms.len());
+    for chunk in rooms.chunks(LOCK_CHUNK) {
+        let ids = vec!["?"; chunk.len()].join(", ");
+        let version = if versioned {
+            "state_version"
+        } else {
+            "CAST(0 AS BIGINT)"
+        };
+        let sql = format!(
+            "SELECT id, last_seq, {version} FROM rooms WHERE id IN ({ids})
+             ORDER BY id FOR NO KEY UPDATE"
+        );
+        let mut query = db::query_built(sql);
+        for room in chunk {
+            query = query.bind(*room);
+        }
+        locked.extend(query.fetch_all::<(RoomId, i64, i64)>(&mut *tx).await?);
+    }
+    Ok(locked)
+}
+
+/// Counts, on PostgreSQL, the changes to a room that append no entry but
+/// change who may send to it or hear from it (`rooms.state_version`), so
+/// that other nodes' writers reload it (`sends::RoomCache::revalidate`).
+/// Does nothing on SQLite (one writer, whose own cache follows every
+/// change) or without the column.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Versions(bool);
+
+impl Versions {
+    async fn bump_room(self, tx: &mut Tx<'_>, room: RoomId) -> Result<()> {
+        if self.0 {
+            db::query("UPDATE rooms SET state_version = state_version + 1 WHERE id = ?")
+                .bind(room)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn bump_pair(self, tx: &mut Tx<'_>, pair: &str) -> Result<()> {
+        if self.0 {
+            db::query("UPDATE rooms SET state_version = state_version + 1 WHERE dm_pair = ?")
+                .bind(pair)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `dm_pair` of two users' direct conversation.
+fn dm_pair(a: UserId, b: UserId) -> String {
+    format!("{}:{}", a.0.min(b.0), a.0.max(b.0))
 }
 
 /// Drops the cached view of every room a non-message op changed.
@@ -579,97 +788,104 @@ fn forget_touched(cache: &mut sends::RoomCache, change: &Change, done: &Done) {
 
 type Done = (Applied, Vec<Committed>);
 
-async fn apply(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<Done> {
-    let conn: &mut SqliteConnection = tx;
+async fn apply(tx: &mut Tx<'_>, versions: Versions, change: &Change) -> Result<Done> {
     match change {
-        Change::CreateGroup { creator, name } => create_group(conn, creator, name).await,
-        Change::OpenDm { me, peer } => open_dm(conn, me, peer).await,
-        Change::Invite { room, by, user } => invite(conn, *room, by, user).await,
-        Change::Join { room, user } => join(conn, *room, user).await,
-        Change::Leave { room, user } => leave(conn, *room, user).await,
-        Change::Remove { room, by, user } => remove(conn, *room, by, user).await,
+        Change::CreateGroup { creator, name } => create_group(tx, creator, name).await,
+        Change::OpenDm { me, peer } => open_dm(tx, versions, me, peer).await,
+        Change::Invite { room, by, user } => invite(tx, *room, by, user).await,
+        Change::Join { room, user } => join(tx, *room, user).await,
+        Change::Leave { room, user } => leave(tx, *room, user).await,
+        Change::Remove { room, by, user } => remove(tx, *room, by, user).await,
         Change::RotateKey {
             user,
             old_fingerprint,
             new_key,
-        } => rotate_key(conn, user, old_fingerprint, new_key).await,
-        Change::Block { user, blocked } => relations::block(conn, user, blocked).await,
-        Change::Unblock { user, blocked } => relations::unblock(conn, user, blocked).await,
-        Change::Accept { room, user } => relations::accept(conn, *room, user).await,
-        Change::Decline { room, user } => relations::decline(conn, *room, user).await,
-        Change::Promote { room, by, user } => relations::promote(conn, *room, by, user).await,
-        Change::Demote { room, by, user } => relations::demote(conn, *room, by, user).await,
+        } => rotate_key(tx, user, old_fingerprint, new_key).await,
+        Change::Block { user, blocked } => relations::block(tx, versions, user, blocked).await,
+        Change::Unblock { user, blocked } => relations::unblock(tx, versions, user, blocked).await,
+        Change::Accept { room, user } => relations::accept(tx, versions, *room, user).await,
+        Change::Decline { room, user } => relations::decline(tx, versions, *room, user).await,
+        Change::Promote { room, by, user } => relations::promote(tx, *room, by, user).await,
+        Change::Demote { room, by, user } => relations::demote(tx, *room, by, user).await,
         Change::SetTimer { room, user, timer } => {
-            relations::set_timer(conn, *room, user, timer).await
+            relations::set_timer(tx, *room, user, timer).await
         }
     }
 }
 
-async fn create_group(conn: &mut SqliteConnection, creator: &UserRef, name: &str) -> Result<Done> {
+async fn create_group(tx: &mut Tx<'_>, creator: &UserRef, name: &str) -> Result<Done> {
     let now = now_ms();
-    let room: RoomId = sqlx::query_scalar("INSERT INTO rooms (kind, name, creator_id, created_at) VALUES ('group', ?, ?, ?) RETURNING id")
+    let room: RoomId = db::query("INSERT INTO rooms (kind, name, creator_id, created_at) VALUES ('group', ?, ?, ?) RETURNING id")
         .bind(name)
         .bind(creator.id)
         .bind(now)
-        .fetch_one(&mut *conn)
+        .fetch_scalar(&mut *tx)
         .await?;
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now, EntryKind::Create, creator, None),
         creator.id,
         None,
     )
     .await?;
-    start_membership(conn, room, creator.id, entry.seq).await?;
+    start_membership(tx, room, creator.id, entry.seq).await?;
     Ok(appended(entry, vec![creator.id], None))
 }
 
-async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> Result<Done> {
+async fn open_dm(
+    tx: &mut Tx<'_>,
+    versions: Versions,
+    me: &UserRef,
+    peer: &UserRef,
+) -> Result<Done> {
     if me.id == peer.id {
         return Err(StoreError::Conflict(
             "a direct conversation needs two different users",
         ));
     }
-    if relations::blocks(conn, peer.id, me.id).await? {
+    if relations::blocks(tx, peer.id, me.id).await? {
         return Err(StoreError::Blocked);
     }
-    let pair = format!("{}:{}", me.id.0.min(peer.id.0), me.id.0.max(peer.id.0));
-    let existing: Option<RoomId> = sqlx::query_scalar("SELECT id FROM rooms WHERE dm_pair = ?")
+    let pair = dm_pair(me.id, peer.id);
+    let existing: Option<RoomId> = db::query("SELECT id FROM rooms WHERE dm_pair = ?")
         .bind(&pair)
-        .fetch_optional(&mut *conn)
+        .fetch_optional_scalar(&mut *tx)
         .await?;
     if let Some(room) = existing {
-        // The peer of a request opening the conversation themself accepts it.
-        relations::settle_request(conn, room, me.id, "accepted").await?;
-        return Ok((
-            Applied {
-                room,
-                entry: None,
-                duplicate: true,
-            },
-            vec![],
-        ));
+        return open_existing_dm(tx, versions, room, me).await;
     }
-    let is_request = !relations::share_a_group(conn, me.id, peer.id).await?;
+    let is_request = !relations::share_a_group(tx, me.id, peer.id).await?;
     let now = now_ms();
-    let room: RoomId =
-        sqlx::query_scalar("INSERT INTO rooms (kind, creator_id, dm_pair, created_at) VALUES ('dm', ?, ?, ?) RETURNING id")
-            .bind(me.id)
+    // Another node's writer may create the same conversation meanwhile
+    // (PostgreSQL waits for it to commit, then skips the row): then it is
+    // an existing one.
+    let created: Option<RoomId> = db::query(
+        "INSERT INTO rooms (kind, creator_id, dm_pair, created_at) VALUES ('dm', ?, ?, ?)
+         ON CONFLICT (dm_pair) DO NOTHING RETURNING id",
+    )
+    .bind(me.id)
+    .bind(&pair)
+    .bind(now)
+    .fetch_optional_scalar(&mut *tx)
+    .await?;
+    let Some(room) = created else {
+        let room: RoomId = db::query("SELECT id FROM rooms WHERE dm_pair = ?")
             .bind(&pair)
-            .bind(now)
-            .fetch_one(&mut *conn)
+            .fetch_scalar(&mut *tx)
             .await?;
+        return open_existing_dm(tx, versions, room, me).await;
+    };
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now, EntryKind::Create, me, Some(peer)),
         me.id,
         Some(peer.id),
     )
     .await?;
-    start_membership(conn, room, me.id, entry.seq).await?;
-    start_membership(conn, room, peer.id, entry.seq).await?;
+    start_membership(tx, room, me.id, entry.seq).await?;
+    start_membership(tx, room, peer.id, entry.seq).await?;
     if is_request {
-        relations::open_request(conn, room, peer.id).await?;
+        relations::open_request(tx, room, peer.id).await?;
     }
     Ok(appended(
         entry,
@@ -678,93 +894,105 @@ async fn open_dm(conn: &mut SqliteConnection, me: &UserRef, peer: &UserRef) -> R
     ))
 }
 
-async fn invite(
-    conn: &mut SqliteConnection,
+/// `open_dm` of a conversation that exists: the peer of a request opening
+/// it themself accepts it.
+async fn open_existing_dm(
+    tx: &mut Tx<'_>,
+    versions: Versions,
     room: RoomId,
-    by: &UserRef,
-    user: &UserRef,
+    me: &UserRef,
 ) -> Result<Done> {
-    require_member(conn, room, by.id).await?;
-    require_group(conn, room).await?;
-    if relations::blocks(conn, user.id, by.id).await? {
+    relations::settle_request(tx, versions, room, me.id, "accepted").await?;
+    Ok((
+        Applied {
+            room,
+            entry: None,
+            duplicate: true,
+        },
+        vec![],
+    ))
+}
+
+async fn invite(tx: &mut Tx<'_>, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+    require_member(tx, room, by.id).await?;
+    require_group(tx, room).await?;
+    if relations::blocks(tx, user.id, by.id).await? {
         return Err(StoreError::Blocked);
     }
-    if is_member(conn, room, user.id).await? {
+    if is_member(tx, room, user.id).await? {
         return Err(StoreError::Conflict("already a member"));
     }
-    sqlx::query("INSERT OR REPLACE INTO invitations (room_id, user_id, invited_by, created_at) VALUES (?, ?, ?, ?)")
-        .bind(room)
-        .bind(user.id)
-        .bind(by.id)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await?;
+    db::query(
+        "INSERT INTO invitations (room_id, user_id, invited_by, created_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (room_id, user_id)
+         DO UPDATE SET invited_by = excluded.invited_by, created_at = excluded.created_at",
+    )
+    .bind(room)
+    .bind(user.id)
+    .bind(by.id)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now_ms(), EntryKind::Invite, by, Some(user)),
         by.id,
         Some(user.id),
     )
     .await?;
-    let recipients = member_ids(conn, room).await?;
+    let recipients = member_ids(tx, room).await?;
     Ok(appended(entry, recipients, Some(user.id)))
 }
 
-async fn join(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Result<Done> {
-    if is_member(conn, room, user.id).await? {
+async fn join(tx: &mut Tx<'_>, room: RoomId, user: &UserRef) -> Result<Done> {
+    if is_member(tx, room, user.id).await? {
         return Err(StoreError::Conflict("already a member"));
     }
-    let invited = sqlx::query("DELETE FROM invitations WHERE room_id = ? AND user_id = ?")
+    let invited = db::query("DELETE FROM invitations WHERE room_id = ? AND user_id = ?")
         .bind(room)
         .bind(user.id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        .execute(&mut *tx)
+        .await?;
     if invited == 0 {
         // Not invited, or no such room: indistinguishable on purpose.
         return Err(StoreError::NotFound);
     }
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now_ms(), EntryKind::Join, user, None),
         user.id,
         None,
     )
     .await?;
-    start_membership(conn, room, user.id, entry.seq).await?;
-    let recipients = member_ids(conn, room).await?;
+    start_membership(tx, room, user.id, entry.seq).await?;
+    let recipients = member_ids(tx, room).await?;
     Ok(appended(entry, recipients, None))
 }
 
-async fn leave(conn: &mut SqliteConnection, room: RoomId, user: &UserRef) -> Result<Done> {
-    require_member(conn, room, user.id).await?;
-    require_group(conn, room).await?;
+async fn leave(tx: &mut Tx<'_>, room: RoomId, user: &UserRef) -> Result<Done> {
+    require_member(tx, room, user.id).await?;
+    require_group(tx, room).await?;
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now_ms(), EntryKind::Leave, user, None),
         user.id,
         None,
     )
     .await?;
-    let recipients = member_ids(conn, room).await?;
-    end_membership(conn, room, user.id, entry.seq).await?;
-    relations::drop_admin(conn, room, user.id).await?;
+    let recipients = member_ids(tx, room).await?;
+    end_membership(tx, room, user.id, entry.seq).await?;
+    relations::drop_admin(tx, room, user.id).await?;
     Ok(appended(entry, recipients, None))
 }
 
-async fn remove(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    by: &UserRef,
-    user: &UserRef,
-) -> Result<Done> {
-    require_member(conn, room, by.id).await?;
-    require_group(conn, room).await?;
-    let creator: UserId = sqlx::query_scalar("SELECT creator_id FROM rooms WHERE id = ?")
+async fn remove(tx: &mut Tx<'_>, room: RoomId, by: &UserRef, user: &UserRef) -> Result<Done> {
+    require_member(tx, room, by.id).await?;
+    require_group(tx, room).await?;
+    let creator: UserId = db::query("SELECT creator_id FROM rooms WHERE id = ?")
         .bind(room)
-        .fetch_one(&mut *conn)
+        .fetch_scalar(&mut *tx)
         .await?;
-    if creator != by.id && !relations::is_admin(conn, room, by.id).await? {
+    if creator != by.id && !relations::is_admin(tx, room, by.id).await? {
         return Err(StoreError::Forbidden(
             "only the room's creator and admins can remove members",
         ));
@@ -772,45 +1000,44 @@ async fn remove(
     if by.id == user.id {
         return Err(StoreError::Conflict("use leave to leave a room"));
     }
-    if creator != by.id && (user.id == creator || relations::is_admin(conn, room, user.id).await?) {
+    if creator != by.id && (user.id == creator || relations::is_admin(tx, room, user.id).await?) {
         return Err(StoreError::Forbidden(
             "an admin cannot remove the creator or another admin",
         ));
     }
-    if !is_member(conn, room, user.id).await? {
+    if !is_member(tx, room, user.id).await? {
         return Err(StoreError::Conflict("not a member"));
     }
     let entry = append(
-        conn,
+        tx,
         new_entry(room, 0, now_ms(), EntryKind::Remove, by, Some(user)),
         by.id,
         Some(user.id),
     )
     .await?;
-    let recipients = member_ids(conn, room).await?;
-    end_membership(conn, room, user.id, entry.seq).await?;
-    relations::drop_admin(conn, room, user.id).await?;
+    let recipients = member_ids(tx, room).await?;
+    end_membership(tx, room, user.id, entry.seq).await?;
+    relations::drop_admin(tx, room, user.id).await?;
     Ok(appended(entry, recipients, None))
 }
 
 async fn rotate_key(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     user: &UserRef,
     old_fingerprint: &str,
     new_key: &NewKey,
 ) -> Result<Done> {
     let now = now_ms();
-    let replaced = sqlx::query("UPDATE user_keys SET replaced_at = ? WHERE user_id = ? AND replaced_at IS NULL AND fingerprint = ?")
+    let replaced = db::query("UPDATE user_keys SET replaced_at = ? WHERE user_id = ? AND replaced_at IS NULL AND fingerprint = ?")
         .bind(now)
         .bind(user.id)
         .bind(old_fingerprint)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        .execute(&mut *tx)
+        .await?;
     if replaced != 1 {
         return Err(StoreError::Conflict("the current key changed meanwhile"));
     }
-    sqlx::query(
+    db::query(
         "INSERT INTO user_keys (user_id, public_key, fingerprint, created_at, rotation_signature) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(user.id)
@@ -818,20 +1045,20 @@ async fn rotate_key(
     .bind(&new_key.fingerprint)
     .bind(now)
     .bind(&new_key.rotation_signature)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
-    let rooms: Vec<RoomId> = sqlx::query_scalar(
+    let rooms: Vec<RoomId> = db::query(
         "SELECT room_id FROM memberships WHERE user_id = ? AND end_seq IS NULL ORDER BY room_id",
     )
     .bind(user.id)
-    .fetch_all(&mut *conn)
+    .fetch_all_scalars(&mut *tx)
     .await?;
     let mut committed = Vec::with_capacity(rooms.len());
     for room in rooms {
         let mut entry = new_entry(room, 0, now, EntryKind::Key, user, None);
         entry.detail = Some(new_key.fingerprint.clone());
-        let entry = append(conn, entry, user.id, None).await?;
-        let recipients = recipient_ids(conn, room).await?;
+        let entry = append(tx, entry, user.id, None).await?;
+        let recipients = recipient_ids(tx, room).await?;
         committed.push(Committed {
             entry,
             recipients: recipients.into(),
@@ -888,19 +1115,18 @@ fn appended(entry: Entry, recipients: Vec<UserId>, notify: Option<UserId>) -> Do
 
 /// Gives `entry` the room's next sequence number and stores it.
 async fn append(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     mut entry: Entry,
     sender: UserId,
     subject: Option<UserId>,
 ) -> Result<Entry> {
-    entry.seq = sqlx::query_scalar(
-        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
-    )
-    .bind(entry.room)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    sqlx::query(
+    entry.seq =
+        db::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+            .bind(entry.room)
+            .fetch_optional_scalar(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+    db::query(
         "INSERT INTO entries (room_id, seq, ts, kind, sender_id, subject_id, client_id, body, detail)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
@@ -910,38 +1136,38 @@ async fn append(
     .bind(entry.kind.as_str())
     .bind(sender)
     .bind(subject)
-    .bind(&entry.client_id)
-    .bind(&entry.body)
-    .bind(&entry.detail)
-    .execute(&mut *conn)
+    .bind(entry.client_id.as_deref())
+    .bind(entry.body.as_deref())
+    .bind(entry.detail.as_deref())
+    .execute(&mut *tx)
     .await
     .map_err(|e| unique_violation(e, StoreError::Conflict("duplicate client id")))?;
     Ok(entry)
 }
 
-async fn is_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
+async fn is_member(tx: &mut Tx<'_>, room: RoomId, user: UserId) -> Result<bool> {
+    let found: Option<UserId> = db::query(
+        "SELECT user_id FROM memberships WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
     )
     .bind(room)
     .bind(user)
-    .fetch_optional(&mut *conn)
+    .fetch_optional_scalar(&mut *tx)
     .await?;
     Ok(found.is_some())
 }
 
-async fn require_member(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> Result<()> {
-    if is_member(conn, room, user).await? {
+async fn require_member(tx: &mut Tx<'_>, room: RoomId, user: UserId) -> Result<()> {
+    if is_member(tx, room, user).await? {
         Ok(())
     } else {
         Err(StoreError::NotFound)
     }
 }
 
-async fn require_group(conn: &mut SqliteConnection, room: RoomId) -> Result<()> {
-    let kind: String = sqlx::query_scalar("SELECT kind FROM rooms WHERE id = ?")
+async fn require_group(tx: &mut Tx<'_>, room: RoomId) -> Result<()> {
+    let kind: String = db::query("SELECT kind FROM rooms WHERE id = ?")
         .bind(room)
-        .fetch_optional(&mut *conn)
+        .fetch_optional_scalar(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound)?;
     if kind == "group" {
@@ -953,32 +1179,32 @@ async fn require_group(conn: &mut SqliteConnection, room: RoomId) -> Result<()> 
     }
 }
 
-async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
+async fn member_ids(tx: &mut Tx<'_>, room: RoomId) -> Result<Vec<UserId>> {
     Ok(
-        sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+        db::query("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
             .bind(room)
-            .fetch_all(&mut *conn)
+            .fetch_all_scalars(&mut *tx)
             .await?,
     )
 }
 
 /// Members who get a room's entries live: all but a direct conversation's
 /// peer who declined it.
-async fn recipient_ids(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
-    Ok(sqlx::query_scalar(
+async fn recipient_ids(tx: &mut Tx<'_>, room: RoomId) -> Result<Vec<UserId>> {
+    Ok(db::query(
         "SELECT m.user_id FROM memberships m WHERE m.room_id = ?1 AND m.end_seq IS NULL
          AND NOT EXISTS (SELECT 1 FROM dm_requests d
                          WHERE d.room_id = ?1 AND d.user_id = m.user_id AND d.state = 'declined')",
     )
     .bind(room)
-    .fetch_all(&mut *conn)
+    .fetch_all_scalars(&mut *tx)
     .await?)
 }
 
 /// Members of a direct conversation whose messages the other member
 /// refuses (blocks); always empty for a group.
-async fn refused_senders(conn: &mut SqliteConnection, room: RoomId) -> Result<Vec<UserId>> {
-    Ok(sqlx::query_scalar(
+async fn refused_senders(tx: &mut Tx<'_>, room: RoomId) -> Result<Vec<UserId>> {
+    Ok(db::query(
         "SELECT b.blocked_id FROM rooms r
          JOIN memberships s ON s.room_id = r.id AND s.end_seq IS NULL
          JOIN memberships o ON o.room_id = r.id AND o.end_seq IS NULL AND o.user_id != s.user_id
@@ -986,38 +1212,28 @@ async fn refused_senders(conn: &mut SqliteConnection, room: RoomId) -> Result<Ve
          WHERE r.id = ? AND r.kind = 'dm'",
     )
     .bind(room)
-    .fetch_all(&mut *conn)
+    .fetch_all_scalars(&mut *tx)
     .await?)
 }
 
-async fn start_membership(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    user: UserId,
-    seq: i64,
-) -> Result<()> {
-    sqlx::query("INSERT INTO memberships (room_id, user_id, start_seq) VALUES (?, ?, ?)")
+async fn start_membership(tx: &mut Tx<'_>, room: RoomId, user: UserId, seq: i64) -> Result<()> {
+    db::query("INSERT INTO memberships (room_id, user_id, start_seq) VALUES (?, ?, ?)")
         .bind(room)
         .bind(user)
         .bind(seq)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
-async fn end_membership(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    user: UserId,
-    seq: i64,
-) -> Result<()> {
-    sqlx::query(
+async fn end_membership(tx: &mut Tx<'_>, room: RoomId, user: UserId, seq: i64) -> Result<()> {
+    db::query(
         "UPDATE memberships SET end_seq = ? WHERE room_id = ? AND user_id = ? AND end_seq IS NULL",
     )
     .bind(seq)
     .bind(room)
     .bind(user)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

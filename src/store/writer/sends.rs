@@ -11,13 +11,21 @@
 //! Any other operation invalidates the rooms it touches (they are reloaded
 //! from inside the transaction on next use), and a failed transaction
 //! forgets everything, since its sequence numbers were never stored.
+//!
+//! On PostgreSQL several nodes share the database, each with a writer of
+//! its own, so the view is authoritative only while the writer holds the
+//! room's row lock (taken at the start of each batch, `writer::lock_rooms`).
+//! After locking, a room whose `last_seq` or `state_version` is not the
+//! cached one changed on another node and is reloaded (`revalidate`).
+//! `state_version` counts the changes to a room that append no entry
+//! (blocks, message-request answers); without that column (an older
+//! schema) every direct conversation is reloaded in each batch instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::SqliteConnection;
-
 use super::{Applied, Committed, Done};
+use crate::store::db::{self, Backend, Tx};
 use crate::store::{Entry, EntryKind, Result, RoomId, StoreError, UserId, UserRef, now_ms};
 
 /// Messages per multi-row statement (8 bound values each, far below
@@ -37,15 +45,36 @@ struct RoomState {
     refused: Vec<UserId>,
     /// The disappearing-messages duration in milliseconds (0: off).
     ttl_ms: i64,
+    /// The room's `state_version` when loaded (PostgreSQL; 0 on SQLite).
+    version: i64,
+    /// A direct conversation (only known on PostgreSQL).
+    dm: bool,
 }
 
 /// The writer's view of the rooms it has touched.
 #[derive(Default)]
 pub struct RoomCache {
     rooms: HashMap<RoomId, RoomState>,
+    /// PostgreSQL only: `rooms` has the `state_version` column.
+    pub versioned: bool,
 }
 
 impl RoomCache {
+    /// PostgreSQL: drops every cached room that another node changed since
+    /// it was cached, given the rows this batch locked (id, last_seq,
+    /// state_version).
+    pub fn revalidate(&mut self, locked: &[(RoomId, i64, i64)]) {
+        let versioned = self.versioned;
+        for (room, last_seq, version) in locked {
+            let stale = self.rooms.get(room).is_some_and(|state| {
+                state.last_seq != *last_seq || state.version != *version || (!versioned && state.dm)
+            });
+            if stale {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
     pub fn forget(&mut self, room: RoomId) {
         self.rooms.remove(&room);
     }
@@ -56,28 +85,34 @@ impl RoomCache {
 
     /// Loads `room` from inside the writer's transaction if it is not
     /// cached. `None` if there is no such room.
-    async fn load(
-        &mut self,
-        conn: &mut SqliteConnection,
-        room: RoomId,
-    ) -> Result<Option<&mut RoomState>> {
+    async fn load(&mut self, tx: &mut Tx<'_>, room: RoomId) -> Result<Option<&mut RoomState>> {
         if !self.rooms.contains_key(&room) {
-            let found: Option<(i64, i64)> =
-                sqlx::query_as("SELECT last_seq, ttl FROM rooms WHERE id = ?")
+            let found: Option<(i64, i64, i64, bool)> = match tx.backend() {
+                Backend::Sqlite => db::query("SELECT last_seq, ttl FROM rooms WHERE id = ?")
                     .bind(room)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            let Some((last_seq, ttl)) = found else {
+                    .fetch_optional::<(i64, i64)>(&mut *tx)
+                    .await?
+                    .map(|(last_seq, ttl)| (last_seq, ttl, 0, false)),
+                Backend::Postgres => db::query(if self.versioned {
+                    "SELECT last_seq, ttl, state_version, kind FROM rooms WHERE id = ?"
+                } else {
+                    "SELECT last_seq, ttl, CAST(0 AS BIGINT), kind FROM rooms WHERE id = ?"
+                })
+                .bind(room)
+                .fetch_optional::<(i64, i64, i64, String)>(&mut *tx)
+                .await?
+                .map(|(last_seq, ttl, version, kind)| (last_seq, ttl, version, kind == "dm")),
+            };
+            let Some((last_seq, ttl, version, dm)) = found else {
                 return Ok(None);
             };
-            let members: Vec<UserId> = sqlx::query_scalar(
-                "SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL",
-            )
-            .bind(room)
-            .fetch_all(&mut *conn)
-            .await?;
-            let recipients = super::recipient_ids(conn, room).await?;
-            let refused = super::refused_senders(conn, room).await?;
+            let members: Vec<UserId> =
+                db::query("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+                    .bind(room)
+                    .fetch_all_scalars(&mut *tx)
+                    .await?;
+            let recipients = super::recipient_ids(tx, room).await?;
+            let refused = super::refused_senders(tx, room).await?;
             if self.rooms.len() >= MAX_CACHED_ROOMS {
                 self.rooms.clear();
             }
@@ -89,6 +124,8 @@ impl RoomCache {
                     recipients: recipients.into(),
                     refused,
                     ttl_ms: ttl.saturating_mul(1000),
+                    version,
+                    dm,
                 },
             );
         }
@@ -109,7 +146,7 @@ type Key<'a> = (RoomId, UserId, &'a str);
 /// Stores up to `CHUNK` messages in order and returns each one's outcome.
 /// An `Err` from this function (a database error) fails the transaction.
 pub async fn store_messages(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     cache: &mut RoomCache,
     messages: &[NewMessage<'_>],
 ) -> Result<Vec<Result<Done>>> {
@@ -118,7 +155,7 @@ pub async fn store_messages(
     // nothing, not even whether their client id was used.
     let mut allowed = Vec::with_capacity(messages.len());
     for m in messages {
-        let member = match cache.load(conn, m.room).await? {
+        let member = match cache.load(tx, m.room).await? {
             Some(state) => state.members.contains(&m.sender.id),
             None => false,
         };
@@ -130,7 +167,7 @@ pub async fn store_messages(
         .filter(|(_, ok)| **ok)
         .map(|(m, _)| (m.room, m.sender.id, m.client_id))
         .collect();
-    let mut stored = stored_client_ids(conn, &candidates).await?;
+    let mut stored = stored_client_ids(tx, &candidates).await?;
 
     let now = now_ms();
     let mut outcomes = Vec::with_capacity(messages.len());
@@ -194,8 +231,8 @@ pub async fn store_messages(
         };
         outcomes.push(Ok((applied, vec![committed])));
     }
-    insert_rows(conn, &rows, &seqs, now).await?;
-    update_positions(conn, &positions).await?;
+    insert_rows(tx, &rows, &seqs, now).await?;
+    update_positions(tx, &positions).await?;
     Ok(outcomes)
 }
 
@@ -204,12 +241,12 @@ pub async fn store_messages(
 /// or, if it may not be erased, nothing is written at all. A resend of a
 /// message already stored is a duplicate and erases nothing again.
 pub async fn store_erasing(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     cache: &mut RoomCache,
     message: &NewMessage<'_>,
     target: i64,
 ) -> Result<Result<Done>> {
-    let refusal = match cache.load(conn, message.room).await? {
+    let refusal = match cache.load(tx, message.room).await? {
         Some(state) if !state.members.contains(&message.sender.id) => Some(StoreError::NotFound),
         Some(state) if state.refused.contains(&message.sender.id) => Some(StoreError::Blocked),
         Some(_) => None,
@@ -219,28 +256,23 @@ pub async fn store_erasing(
         return Ok(Err(refusal));
     }
     let key = (message.room, message.sender.id, message.client_id);
-    if stored_client_ids(conn, &[key]).await?.is_empty()
-        && let Err(refusal) = erase(conn, message.room, message.sender.id, target).await?
+    if stored_client_ids(tx, &[key]).await?.is_empty()
+        && let Err(refusal) = erase(tx, message.room, message.sender.id, target).await?
     {
         return Ok(Err(refusal));
     }
-    let mut outcomes = store_messages(conn, cache, std::slice::from_ref(message)).await?;
+    let mut outcomes = store_messages(tx, cache, std::slice::from_ref(message)).await?;
     Ok(outcomes.pop().expect("one outcome per message"))
 }
 
 /// Turns the sender's message at `seq` into a `deleted` tombstone; an
 /// existing tombstone stays as it is.
-async fn erase(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    sender: UserId,
-    seq: i64,
-) -> Result<Result<()>> {
+async fn erase(tx: &mut Tx<'_>, room: RoomId, sender: UserId, seq: i64) -> Result<Result<()>> {
     let target: Option<(String, UserId)> =
-        sqlx::query_as("SELECT kind, sender_id FROM entries WHERE room_id = ? AND seq = ?")
+        db::query("SELECT kind, sender_id FROM entries WHERE room_id = ? AND seq = ?")
             .bind(room)
             .bind(seq)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *tx)
             .await?;
     let Some((kind, owner)) = target else {
         return Ok(Err(StoreError::NotFound));
@@ -250,27 +282,33 @@ async fn erase(
             "only your own messages can be erased",
         )));
     }
-    sqlx::query(
+    db::query(
         "UPDATE entries SET kind = 'erased', body = NULL, detail = 'deleted', expires_at = NULL
          WHERE room_id = ? AND seq = ? AND kind = 'message'",
     )
     .bind(room)
     .bind(seq)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
     Ok(Ok(()))
 }
 
 /// Positions of messages already stored under these client ids.
 async fn stored_client_ids<'a>(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     keys: &[Key<'a>],
 ) -> Result<HashMap<Key<'a>, (i64, i64)>> {
     let mut found = HashMap::new();
     if keys.is_empty() {
         return Ok(found);
     }
-    let values = vec!["(?, ?, ?)"; keys.len()].join(", ");
+    // PostgreSQL types a VALUES list by its values, and a placeholder
+    // there has no type of its own: cast each.
+    let row = match tx.backend() {
+        Backend::Sqlite => "(?, ?, ?)",
+        Backend::Postgres => "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT))",
+    };
+    let values = vec![row; keys.len()].join(", ");
     // A join (not a row-value IN, which scans the whole index) with
     // `client_id IS NOT NULL` so SQLite searches the partial unique index
     // once per key.
@@ -281,12 +319,12 @@ async fn stored_client_ids<'a>(
               AND e.client_id = k.column3
          WHERE e.client_id IS NOT NULL"
     );
-    let mut query =
-        sqlx::query_as::<_, (RoomId, UserId, String, i64, i64)>(sqlx::AssertSqlSafe(sql));
+    let mut query = db::query_built(sql);
     for (room, sender, client_id) in keys {
         query = query.bind(*room).bind(*sender).bind(*client_id);
     }
-    for (room, sender, client_id, seq, ts) in query.fetch_all(&mut *conn).await? {
+    let rows: Vec<(RoomId, UserId, String, i64, i64)> = query.fetch_all(&mut *tx).await?;
+    for (room, sender, client_id, seq, ts) in rows {
         if let Some(key) = keys
             .iter()
             .find(|k| k.0 == room && k.1 == sender && k.2 == client_id)
@@ -298,7 +336,7 @@ async fn stored_client_ids<'a>(
 }
 
 async fn insert_rows(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     rows: &[&NewMessage<'_>],
     seqs: &[(i64, Option<i64>)],
     ts: i64,
@@ -310,7 +348,7 @@ async fn insert_rows(
     let sql = format!(
         "INSERT INTO entries (room_id, seq, ts, kind, sender_id, client_id, body, expires_at) VALUES {values}"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut query = db::query_built(sql);
     for (m, (seq, expires)) in rows.iter().zip(seqs) {
         query = query
             .bind(m.room)
@@ -321,25 +359,26 @@ async fn insert_rows(
             .bind(m.body)
             .bind(*expires);
     }
-    query.execute(&mut *conn).await?;
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 
-async fn update_positions(
-    conn: &mut SqliteConnection,
-    positions: &HashMap<RoomId, i64>,
-) -> Result<()> {
+async fn update_positions(tx: &mut Tx<'_>, positions: &HashMap<RoomId, i64>) -> Result<()> {
     if positions.is_empty() {
         return Ok(());
     }
-    let values = vec!["(?, ?)"; positions.len()].join(", ");
+    let row = match tx.backend() {
+        Backend::Sqlite => "(?, ?)",
+        Backend::Postgres => "(CAST(? AS BIGINT), CAST(? AS BIGINT))",
+    };
+    let values = vec![row; positions.len()].join(", ");
     let sql = format!(
         "UPDATE rooms SET last_seq = v.column2 FROM (VALUES {values}) AS v WHERE rooms.id = v.column1"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut query = db::query_built(sql);
     for (room, seq) in positions {
         query = query.bind(*room).bind(*seq);
     }
-    query.execute(&mut *conn).await?;
+    query.execute(&mut *tx).await?;
     Ok(())
 }
