@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::cli_support::{Lines, contains, hush, ok};
+use crate::support::server_db;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
@@ -46,7 +47,7 @@ impl Server {
             ])
             .args(flags)
             .arg("--db")
-            .arg(dir.path().join("data/hush.db"))
+            .arg(server_db(&dir.path().join("data/hush.db"))?)
             .env_remove("HUSH_LOG")
             .stdout(Stdio::null())
             .stderr(log)

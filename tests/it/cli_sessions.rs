@@ -85,7 +85,7 @@ async fn admin(app: &TestApp, args: &[&str]) -> Result<String> {
     let output = tokio::process::Command::new(HUSH)
         .arg("admin")
         .arg("--db")
-        .arg(&app.db_path)
+        .arg(&app.db)
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::cli_support::{HUSH, contains, fixture_key_store, hush, hush_command, ok};
+use crate::support::server_db;
 use anyhow::{Context, Result, bail, ensure};
 use hush::client::account::Account;
 use hush::client::keystore::KeyStore;
@@ -48,7 +49,7 @@ impl Server {
             .args(["--message-rate", "100000/s:100000"])
             .args(["--user-message-rate", "100000/s:100000"])
             .arg("--db")
-            .arg(dir.path().join("data/hush.db"))
+            .arg(server_db(&dir.path().join("data/hush.db"))?)
             .env_remove("HUSH_LOG")
             .stdout(Stdio::null())
             .stderr(log)

@@ -8,10 +8,9 @@ use anyhow::{Context, Result, bail, ensure};
 use hush::config::ServerConfig;
 use hush::crypto::keys::IdentityPrivateKey;
 use hush::crypto::room_timer::{self, TimerStatement};
+use hush::store::db;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
 
 use crate::support::*;
 
@@ -71,16 +70,12 @@ impl TestApp {
             .collect())
     }
 
-    async fn db(&self) -> Result<SqliteConnection> {
-        Ok(SqliteConnection::connect(&format!("sqlite:{}", self.db_path.display())).await?)
-    }
-
     async fn entry_count(&self) -> Result<i64> {
-        let mut db = self.db().await?;
-        let count = sqlx::query_scalar("SELECT COUNT(*) FROM entries")
-            .fetch_one(&mut db)
+        let db = self.sql().await?;
+        let count = db::query("SELECT COUNT(*) FROM entries")
+            .fetch_scalar(&db)
             .await?;
-        db.close().await?;
+        db.close().await;
         Ok(count)
     }
 

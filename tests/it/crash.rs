@@ -61,7 +61,7 @@ impl HushProcess {
                 "100000/s",
             ])
             .arg("--db")
-            .arg(&db)
+            .arg(server_db(&db)?)
             .args(extra)
             .env_remove("HUSH_LOG")
             // An env var rather than a flag, so a test can still pass its own.
@@ -92,7 +92,7 @@ impl HushProcess {
     }
 
     pub fn app(&self) -> Result<TestApp> {
-        external_app(self.addr, self.db.clone())
+        external_app(self.addr, &server_db(&self.db)?)
     }
 
     pub fn pid(&self) -> i32 {

@@ -21,14 +21,14 @@ use hush::crypto::keys::IdentityPrivateKey;
 use hush::crypto::sender_keys::{self, Recipient, SenderKey};
 use hush::crypto::statements;
 use hush::protocol::WireEntry;
-use hush::store::{RoomId, Store};
-use sqlx::Row;
+use hush::store::RoomId;
+use hush::store::db;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{password, spawn_app};
+use crate::support::{open_store, password, server_db, spawn_app};
 
 const PASSPHRASE: &str = "test passphrase";
 
@@ -203,7 +203,7 @@ async fn a_member_who_left_cannot_decrypt_what_follows_even_with_the_database() 
 
     // Bob gets the whole log straight from the database file, as a
     // malicious server could hand it to him, and still reads nothing new.
-    let entries = entries_from_db(&app.db_path, room).await?;
+    let entries = entries_from_db(&app.db, room).await?;
     let mut conversation = hush::client::conversation::Conversation::new(
         room,
         "bob",
@@ -252,31 +252,29 @@ async fn messages_tampered_with_in_the_database_are_rejected_by_every_recipient(
     let replayed = alice.say(room, "this one gets replayed").await?;
     alice.say(room, "an untouched message").await?;
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", app.db_path.display())).await?;
+    let pool = app.sql().await?;
     // 1. Flip one byte in the middle of the stored ciphertext.
-    let body: Vec<u8> =
-        sqlx::query_scalar("SELECT body FROM entries WHERE room_id = ? AND seq = ?")
-            .bind(room.0)
-            .bind(flipped)
-            .fetch_one(&pool)
-            .await?;
+    let body: Vec<u8> = db::query("SELECT body FROM entries WHERE room_id = ? AND seq = ?")
+        .bind(room.0)
+        .bind(flipped)
+        .fetch_scalar(&pool)
+        .await?;
     let mut tampered = body.clone();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x01;
-    sqlx::query("UPDATE entries SET body = ? WHERE room_id = ? AND seq = ?")
+    db::query("UPDATE entries SET body = ? WHERE room_id = ? AND seq = ?")
         .bind(tampered)
         .bind(room.0)
         .bind(flipped)
         .execute(&pool)
         .await?;
     // 2. Re-route a message into the other room, at that room's next position.
-    let other_next: i64 = sqlx::query_scalar(
-        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
-    )
-    .bind(other.0)
-    .fetch_one(&pool)
-    .await?;
-    sqlx::query(
+    let other_next: i64 =
+        db::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+            .bind(other.0)
+            .fetch_scalar(&pool)
+            .await?;
+    db::query(
         "UPDATE entries SET room_id = ?, seq = ?, client_id = NULL WHERE room_id = ? AND seq = ?",
     )
     .bind(other.0)
@@ -286,13 +284,12 @@ async fn messages_tampered_with_in_the_database_are_rejected_by_every_recipient(
     .execute(&pool)
     .await?;
     // 3. Replay a message as a new entry at the end of the same room.
-    let next: i64 = sqlx::query_scalar(
-        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
-    )
-    .bind(room.0)
-    .fetch_one(&pool)
-    .await?;
-    sqlx::query(
+    let next: i64 =
+        db::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+            .bind(room.0)
+            .fetch_scalar(&pool)
+            .await?;
+    db::query(
         "INSERT INTO entries (room_id, seq, ts, kind, sender_id, body)
          SELECT room_id, ?, ts, kind, sender_id, body FROM entries WHERE room_id = ? AND seq = ?",
     )
@@ -365,8 +362,8 @@ async fn a_key_swapped_by_the_server_raises_a_warning_and_blocks_sending_until_t
 
     // The operator replaces bob's key with mallory's, with no rotation statement.
     let mallory = fixture_key("mallory")?;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", app.db_path.display())).await?;
-    sqlx::query(
+    let pool = app.sql().await?;
+    db::query(
         "UPDATE user_keys SET public_key = ?, fingerprint = ? WHERE user_id = (SELECT id FROM users WHERE username = 'bob')",
     )
     .bind(mallory.public().spki_der())
@@ -552,7 +549,7 @@ async fn serve_at(addr: SocketAddr, db: &Path) -> Result<FixedPortServer> {
             Err(e) => return Err(e.into()),
         }
     };
-    let store = Store::open(db).await?;
+    let store = open_store(&server_db(db)?).await?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(hush::server::run(
         listener,
@@ -678,10 +675,10 @@ async fn wait_for(
     bail!("the expected event never came")
 }
 
-/// Every entry of a room straight from the SQLite file.
-async fn entries_from_db(db: &Path, room: RoomId) -> Result<Vec<WireEntry>> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display())).await?;
-    let rows = sqlx::query(
+/// Every entry of a room straight from the database.
+async fn entries_from_db(db: &str, room: RoomId) -> Result<Vec<WireEntry>> {
+    let pool = crate::support::connect_db(db).await?;
+    let rows: Vec<(i64, i64, String, String, Option<Vec<u8>>)> = db::query(
         "SELECT e.seq, e.ts, e.kind, u.username, e.body FROM entries e JOIN users u ON u.id = e.sender_id
          WHERE e.room_id = ? ORDER BY e.seq",
     )
@@ -690,18 +687,16 @@ async fn entries_from_db(db: &Path, room: RoomId) -> Result<Vec<WireEntry>> {
     .await?;
     pool.close().await;
     Ok(rows
-        .iter()
-        .map(|row| WireEntry {
+        .into_iter()
+        .map(|(seq, ts, kind, sender, body)| WireEntry {
             room,
-            seq: row.get(0),
-            ts: row.get(1),
-            kind: row.get(2),
-            sender: row.get(3),
+            seq,
+            ts,
+            kind,
+            sender,
             subject: None,
             client_id: None,
-            body: row
-                .get::<Option<Vec<u8>>, _>(4)
-                .map(|b| hush::protocol::b64::encode(&b)),
+            body: body.map(|b| hush::protocol::b64::encode(&b)),
             fingerprint: None,
             expires: None,
             ttl: None,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::crash::HushProcess;
-use crate::support::{FRAME_TIMEOUT, b64, sign, spki_der, unb64};
+use crate::support::{FRAME_TIMEOUT, b64, server_db, sign, spki_der, unb64};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 
@@ -31,7 +31,7 @@ async fn json_logs_parse_line_by_line_and_hold_no_secret() -> Result<()> {
             "trace",
         ])
         .arg("--db")
-        .arg(dir.path().join("hush.db"))
+        .arg(server_db(&dir.path().join("hush.db"))?)
         .env_remove("HUSH_LOG")
         .env_remove("HUSH_REGISTRATION")
         .stdout(Stdio::null())
@@ -172,7 +172,7 @@ async fn invite_mode_on_loopback_starts_without_the_open_registration_warning() 
             "invite",
         ])
         .arg("--db")
-        .arg(dir.path().join("hush.db"))
+        .arg(server_db(&dir.path().join("hush.db"))?)
         .env_remove("HUSH_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,5 +1,7 @@
 //! hush integration tests: each test starts its own server on an ephemeral
-//! port with its own SQLite file and talks to it over HTTP and WebSocket.
+//! port with its own SQLite file (or, with HUSH_TEST_POSTGRES_URL set, its
+//! own PostgreSQL database: see support.rs) and talks to it over HTTP and
+//! WebSocket. Tests named `postgres_*` need PostgreSQL.
 
 mod cli_support;
 mod support;
@@ -23,6 +25,7 @@ mod login;
 mod membership;
 mod memory_bound;
 mod metrics;
+mod nodes;
 mod outbox;
 mod presence;
 mod protocol_errors;

@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cli_support::{HUSH, fixture_key_store, hush, hush_command, ok};
+use crate::support::server_db;
 use anyhow::{Context, Result, bail, ensure};
 use hush::client::outbox::outbox_path;
 use serde_json::Value;
@@ -35,7 +36,7 @@ impl Server {
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-token", METRICS_TOKEN])
             .arg("--db")
-            .arg(dir.path().join("data/hush.db"))
+            .arg(server_db(&dir.path().join("data/hush.db"))?)
             .args(extra)
             .env_remove("HUSH_LOG")
             .stdout(Stdio::null())

@@ -3,11 +3,12 @@
 use anyhow::Result;
 use hush::admin::invite::InviteCode;
 use hush::config::{RegistrationMode, ServerConfig};
-use hush::store::Store;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{TestApp, b64, error_code, password, sign, spawn_app_with, spki_der};
+use crate::support::{
+    TestApp, b64, error_code, open_store, password, sign, spawn_app_with, spki_der,
+};
 
 async fn app_in(mode: RegistrationMode) -> Result<TestApp> {
     spawn_app_with(ServerConfig {
@@ -43,7 +44,7 @@ async fn register_with_invite(
 
 /// A fresh invite code stored in the app's database, valid for `valid_ms`.
 async fn invite(app: &TestApp, valid_ms: i64) -> Result<String> {
-    let store = Store::open(&app.db_path).await?;
+    let store = open_store(&app.db).await?;
     let (text, code) = InviteCode::generate();
     store
         .insert_invite(code.proof(), hush::store::now_ms() + valid_ms)

@@ -636,16 +636,15 @@ async fn a_timer_change_its_sender_did_not_sign_is_rejected_and_not_applied() ->
     world.run("alice", &["timer", "--to", "bob", "1w"])?;
     // The server (here: the test, with the database) swaps the statement
     // for one that says the same, signed by bob's key instead of alice's.
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite:{}", world.app.db_path.display())).await?;
+    let pool = world.app.sql().await?;
     let (seq, body): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT seq, body FROM entries WHERE kind = 'timer'")
+        hush::store::db::query("SELECT seq, body FROM entries WHERE kind = 'timer'")
             .fetch_one(&pool)
             .await?;
     let statement = room_timer::parse(&body)?.statement;
     ensure!(statement.sender == "alice" && statement.duration_secs == 604_800);
     let forged = room_timer::sign(&statement, &fixture_key("bob")?)?;
-    sqlx::query("UPDATE entries SET body = ? WHERE kind = 'timer'")
+    hush::store::db::query("UPDATE entries SET body = ? WHERE kind = 'timer'")
         .bind(forged)
         .execute(&pool)
         .await?;

@@ -5,21 +5,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use hush::config::ServerConfig;
-use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
+use hush::store::db;
 
 use crate::support::*;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 async fn message_count(app: &TestApp, room: i64) -> Result<i64> {
-    let mut db = SqliteConnection::connect(&format!("sqlite:{}", app.db_path.display())).await?;
-    let count =
-        sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE room_id = ? AND kind = 'message'")
-            .bind(room)
-            .fetch_one(&mut db)
-            .await?;
-    db.close().await?;
+    let db = app.sql().await?;
+    let count = db::query("SELECT COUNT(*) FROM entries WHERE room_id = ? AND kind = 'message'")
+        .bind(room)
+        .fetch_scalar(&db)
+        .await?;
+    db.close().await;
     Ok(count)
 }
 
@@ -44,16 +42,16 @@ async fn messages_older_than_the_retention_are_pruned_and_sync_goes_on() -> Resu
     let recent = alice.send_ok(room, "new-1", b"recent").await?;
 
     // Age the first two by two days, as if they had been sent then.
-    let mut db = SqliteConnection::connect(&format!("sqlite:{}", app.db_path.display())).await?;
-    for seq in &old {
-        sqlx::query("UPDATE entries SET ts = ts - ? WHERE room_id = ? AND seq = ?")
+    let db = app.sql().await?;
+    for &seq in &old {
+        db::query("UPDATE entries SET ts = ts - ? WHERE room_id = ? AND seq = ?")
             .bind(2 * DAY_MS)
             .bind(room)
             .bind(seq)
-            .execute(&mut db)
+            .execute(&db)
             .await?;
     }
-    db.close().await?;
+    db.close().await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while message_count(&app, room).await? != 1 {

@@ -74,13 +74,12 @@ fn team(app: &TestApp, keys: &Path, creator: &str, name: &str, members: &[&str])
 
 /// The bodies of every `message` entry in the server's database.
 async fn message_bodies(app: &TestApp) -> Result<Vec<Vec<u8>>> {
-    let url = format!("sqlite:{}?mode=ro", app.db_path.display());
-    let pool = sqlx::SqlitePool::connect(&url).await?;
+    let db = app.sql().await?;
     let bodies: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT body FROM entries WHERE kind = 'message' ORDER BY seq")
-            .fetch_all(&pool)
+        hush::store::db::query("SELECT body FROM entries WHERE kind = 'message' ORDER BY seq")
+            .fetch_all_scalars(&db)
             .await?;
-    pool.close().await;
+    db.close().await;
     Ok(bodies)
 }
 

@@ -1,10 +1,13 @@
 //! Test harness: a real hush server per test (own port, own SQLite file in
-//! a `TempDir`), HTTP helpers for the API and a WebSocket client that never
-//! waits longer than `FRAME_TIMEOUT` for anything.
+//! a `TempDir`, or its own PostgreSQL database: see `postgres_admin_url`),
+//! HTTP helpers for the API and a WebSocket client that never waits longer
+//! than `FRAME_TIMEOUT` for anything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -18,6 +21,7 @@ use reqwest::StatusCode;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use sqlx::AssertSqlSafe;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -33,12 +37,19 @@ pub const MAX_FRAMES: usize = 20_000;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base_url: String,
+    /// The SQLite file. On PostgreSQL a path in the temp dir that nothing
+    /// uses: tests that read it are SQLite-only (see scripts/test.sh).
     pub db_path: PathBuf,
+    /// What `--db` takes for this server's database: the SQLite file's
+    /// path, or the URL of its PostgreSQL database.
+    pub db: String,
     pub config: ServerConfig,
     pub http: reqwest::Client,
     dir: TempDir,
     shutdown_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// Dropped after the server: the database goes with the app.
+    pg: Option<PgDatabase>,
 }
 
 pub async fn spawn_app() -> Result<TestApp> {
@@ -47,12 +58,20 @@ pub async fn spawn_app() -> Result<TestApp> {
 
 pub async fn spawn_app_with(config: ServerConfig) -> Result<TestApp> {
     let dir = tempfile::tempdir().context("creating the temp dir")?;
-    start(dir, config).await
+    let pg = match postgres_admin_url() {
+        Some(_) => Some(PgDatabase::create().await?),
+        None => None,
+    };
+    start(dir, config, pg).await
 }
 
-async fn start(dir: TempDir, config: ServerConfig) -> Result<TestApp> {
+async fn start(dir: TempDir, config: ServerConfig, pg: Option<PgDatabase>) -> Result<TestApp> {
     let db_path = dir.path().join("hush.db");
-    let store = Store::open(&db_path).await.context("opening the store")?;
+    let db = match &pg {
+        Some(pg) => pg.url.clone(),
+        None => path_arg(&db_path)?,
+    };
+    let store = open_store(&db).await.context("opening the store")?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -68,28 +87,212 @@ async fn start(dir: TempDir, config: ServerConfig) -> Result<TestApp> {
         addr,
         base_url: format!("http://{addr}"),
         db_path,
+        db,
         config,
         http: hush::client::tls::http_client(),
         dir,
         shutdown_tx: Some(shutdown_tx),
         server: Some(server),
+        pg,
     })
 }
 
 /// A handle on a server running elsewhere (a `hush serve` child process)
-/// at `addr` with its database at `db_path`, for the same HTTP and
-/// WebSocket helpers. Its `shutdown` does nothing: stop the process itself.
-pub fn external_app(addr: SocketAddr, db_path: PathBuf) -> Result<TestApp> {
+/// at `addr` with its database at `db` (a SQLite path or a PostgreSQL URL,
+/// as `--db` takes), for the same HTTP and WebSocket helpers. Its
+/// `shutdown` does nothing: stop the process itself.
+pub fn external_app(addr: SocketAddr, db: &str) -> Result<TestApp> {
     Ok(TestApp {
         addr,
         base_url: format!("http://{addr}"),
-        db_path,
+        db_path: PathBuf::from(db),
+        db: db.to_owned(),
         config: ServerConfig::default(),
         http: hush::client::tls::http_client(),
         dir: tempfile::tempdir().context("creating the temp dir")?,
         shutdown_tx: None,
         server: None,
+        pg: None,
     })
+}
+
+// ---- The database under test: SQLite (default) or PostgreSQL ----------
+//
+// With HUSH_TEST_POSTGRES_URL set (the URL of a throwaway cluster's admin
+// database, as scripts/test.sh sets it inside `pg_virtualenv`), every test
+// server gets a database of its own, `hush_t_<pid>_<n>`, created here and
+// dropped with the app. Tests that look at the SQLite file itself are
+// listed in scripts/test.sh and left out of that pass; tests named
+// `postgres_*` run only in it.
+
+/// The admin URL of the PostgreSQL cluster the suite runs against, if any.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("HUSH_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Whether this run serves from PostgreSQL.
+pub fn on_postgres() -> bool {
+    postgres_admin_url().is_some()
+}
+
+/// The admin URL, for tests that need PostgreSQL (`postgres_*`): an error
+/// naming the variable when it is missing, never a silent pass.
+pub fn require_postgres() -> Result<String> {
+    postgres_admin_url().context(
+        "HUSH_TEST_POSTGRES_URL is not set: postgres_* tests run in the PostgreSQL pass of \
+         scripts/test.sh (inside pg_virtualenv)",
+    )
+}
+
+/// `url` with its database name replaced by `name` (query kept).
+pub fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").context("a postgres:// URL")? + 3;
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    Ok(match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    })
+}
+
+static DATABASES: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty PostgreSQL database on the test cluster, dropped (with
+/// whatever is still connected to it) when this is.
+pub struct PgDatabase {
+    pub name: String,
+    /// The URL a server (or `hush admin`) takes as `--db`.
+    pub url: String,
+    admin: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Result<Self> {
+        let admin = require_postgres()?;
+        let name = format!(
+            "hush_t_{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
+        let url = with_database(&admin, &name)?;
+        let mut conn = connect_admin(&admin).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(Self { name, url, admin })
+    }
+
+    /// As `create`, for code that is not async (or not on a runtime).
+    pub fn create_blocking() -> Result<Self> {
+        on_own_runtime(Self::create())
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = on_own_runtime(async move {
+            let mut conn = connect_admin(&admin).await?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+            let _ = sqlx::Connection::close(conn).await;
+            anyhow::Ok(())
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test database {}: {e:#}", self.name);
+        }
+    }
+}
+
+async fn connect_admin(admin: &str) -> Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(admin)
+        .await
+        .context("connecting to HUSH_TEST_POSTGRES_URL")
+}
+
+/// Runs `fut` to completion on a runtime of its own, on a thread of its
+/// own: callable from sync code and from inside a test's runtime alike.
+fn on_own_runtime<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(fut)
+    })
+    .join()
+    .map_err(|_| anyhow!("database setup thread panicked"))?
+}
+
+fn path_arg(path: &Path) -> Result<String> {
+    Ok(path
+        .to_str()
+        .with_context(|| format!("a UTF-8 path: {}", path.display()))?
+        .to_owned())
+}
+
+/// The `--db` argument for a `hush serve` (or `hush admin`) child process
+/// whose SQLite file would be `path`: `path` itself, or on PostgreSQL the
+/// URL of a database of its own. The same `path` always gets the same
+/// database, so a server restarted on its directory finds its data. These
+/// databases live until the throwaway cluster goes.
+pub fn server_db(path: &Path) -> Result<String> {
+    if !on_postgres() {
+        return path_arg(path);
+    }
+    static BY_PATH: Mutex<Option<HashMap<PathBuf, PgDatabase>>> = Mutex::new(None);
+    let mut map = BY_PATH.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(db) = map.get(path) {
+        return Ok(db.url.clone());
+    }
+    let db = PgDatabase::create_blocking()?;
+    let url = db.url.clone();
+    // Kept (not dropped) for the rest of the run.
+    map.insert(path.to_owned(), db);
+    Ok(url)
+}
+
+/// Opens the server store on `db` (a SQLite path or a PostgreSQL URL).
+pub async fn open_store(db: &str) -> Result<Store> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        bail!("the store does not open PostgreSQL yet (branch pg)");
+    }
+    Ok(Store::open(Path::new(db)).await?)
+}
+
+/// A pool on the app's database, SQLite or PostgreSQL, for tests that look
+/// at stored rows through `hush::store::db::query` (the same SQL on both).
+pub async fn connect_db(db: &str) -> Result<hush::store::db::Db> {
+    use hush::store::db::Db;
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(db)
+            .await?;
+        Ok(Db::Postgres(pool))
+    } else {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect(&format!("sqlite:{db}"))
+            .await?;
+        Ok(Db::Sqlite(pool))
+    }
 }
 
 /// A test user's password (at least 8 characters).
@@ -368,11 +571,17 @@ impl TestApp {
         Ok(())
     }
 
-    /// Shuts down, then serves the same database file again on a new port.
+    /// Shuts down, then serves the same database again on a new port.
     pub async fn restart(mut self) -> Result<TestApp> {
         self.shutdown().await?;
         let config = self.config.clone();
-        start(self.dir, config).await
+        let pg = self.pg.take();
+        start(self.dir, config, pg).await
+    }
+
+    /// A pool on this app's database (see `connect_db`).
+    pub async fn sql(&self) -> Result<hush::store::db::Db> {
+        connect_db(&self.db).await
     }
 }
 

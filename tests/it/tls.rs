@@ -13,14 +13,13 @@ use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hush::certificate::TlsReloader;
 use hush::config::ServerConfig;
-use hush::store::Store;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{FRAME_TIMEOUT, b64, password, sign, spki_der};
+use crate::support::{FRAME_TIMEOUT, b64, open_store, password, server_db, sign, spki_der};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 
@@ -71,8 +70,7 @@ struct TlsServer {
 async fn start(dir: &Path, cert: &Cert) -> Result<TlsServer> {
     let (cert_path, key_path) = cert.write(dir)?;
     let tls = TlsReloader::load_checking_every(&cert_path, &key_path, Duration::from_millis(50))?;
-    let db_path = dir.join("hush.db");
-    let store = Store::open(&db_path).await?;
+    let store = open_store(&server_db(&dir.join("hush.db"))?).await?;
     let listener = hush::server::bind("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
@@ -277,7 +275,7 @@ async fn hush_serve_reloads_its_certificate_on_sighup_and_the_cli_talks_https_an
     let mut child = Command::new(HUSH)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .arg("--db")
-        .arg(dir.path().join("data/hush.db"))
+        .arg(server_db(&dir.path().join("data/hush.db"))?)
         .arg("--tls-cert")
         .arg(&cert_path)
         .arg("--tls-key")
