@@ -26,6 +26,7 @@ mod membership;
 mod memory_bound;
 mod metrics;
 mod nodes;
+mod nodes_delivery;
 mod outbox;
 mod presence;
 mod protocol_errors;
