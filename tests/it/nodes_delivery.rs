@@ -144,7 +144,17 @@ async fn postgres_a_reconnect_to_another_node_syncs_with_no_gap_and_no_duplicate
         let mut ws = sender_node.connect_ws(&alice).await?;
         let mut last = 0;
         for i in 0..TOTAL {
-            last = ws.send_ok(room, &format!("c{i}"), b"steady").await?;
+            // Within the per-connection message rate: resend when told to.
+            loop {
+                let ack = ws.send_message(room, &format!("c{i}"), b"steady").await?;
+                if ack["type"] == "ack" {
+                    last = ack["seq"].as_i64().context("ack seq")?;
+                    break;
+                }
+                ensure!(ack["code"] == "rate_limited", "expected ack, got {ack}");
+                let wait = ack["retry_after_ms"].as_u64().unwrap_or(50);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         anyhow::Ok(last)
