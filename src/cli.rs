@@ -272,6 +272,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HUSH_SESSION_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub session_check_interval: Duration,
 
+    /// With several nodes on PostgreSQL: how often each node compares the
+    /// rooms of its connected users with the store and delivers what a lost
+    /// notification left behind.
+    #[arg(long, env = "HUSH_CATCHUP_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub catchup_interval: Duration,
+
     /// Serve `GET /metrics` to requests with `Authorization: Bearer <this token>`
     /// (without it, /metrics is off).
     #[arg(long, env = "HUSH_METRICS_TOKEN", hide_env_values = true)]
@@ -399,6 +405,7 @@ impl ServeArgs {
                 .retention_days
                 .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
             session_check_interval: self.session_check_interval,
+            catchup_interval: self.catchup_interval.max(Duration::from_millis(50)),
             min_disappearing_secs: self.min_disappearing_secs,
             expiry_interval: self.expiry_interval.max(Duration::from_millis(100)),
             metrics_token: self.metrics_token.clone().map(Secret),

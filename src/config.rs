@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// exists (logout elsewhere, `hush admin disable|delete|sessions
     /// revoke`, expiry) and closes the ones that do not.
     pub session_check_interval: Duration,
+    /// With several nodes (PostgreSQL): how often each room followed here
+    /// is compared with the store, so that an entry whose notification was
+    /// lost is delivered after at most this long.
+    pub catchup_interval: Duration,
     /// Delete messages older than this (`None`: keep everything).
     pub retention: Option<Duration>,
     /// How often retention runs (it also runs at start).
@@ -254,6 +258,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             registration: RegistrationMode::Open,
             session_check_interval: Duration::from_secs(5),
+            catchup_interval: Duration::from_secs(2),
             retention: None,
             retention_interval: Duration::from_secs(3600),
             min_disappearing_secs: 300,

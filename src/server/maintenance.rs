@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::hub::Hub;
 use crate::config::ServerConfig;
-use crate::store::{Store, now_ms};
+use crate::store::{Store, UserId, now_ms};
 
 /// Messages turned into tombstones per statement, and statements per run.
 const EXPIRE_CHUNK: u32 = 2000;
@@ -53,21 +53,26 @@ pub async fn sweep_sessions(
         if connected.is_empty() {
             continue;
         }
-        let hashes: Vec<[u8; 32]> = connected.iter().map(|(_, hash)| *hash).collect();
-        let live = match store.live_tokens(&hashes).await {
-            Ok(live) => live,
-            Err(err) => {
-                tracing::warn!(error = %err, "session sweep could not read the database; retrying later");
-                continue;
-            }
-        };
-        for (user, hash) in connected.iter().filter(|(_, hash)| !live.contains(hash)) {
-            tracing::info!(
-                user = user.0,
-                "closing sockets of a session that no longer exists"
-            );
-            hub.revoke(*user, hash);
+        close_dead_sessions(&store, &hub, connected).await;
+    }
+}
+
+/// Closes the sockets among `connected` whose session no longer exists.
+pub async fn close_dead_sessions(store: &Store, hub: &Hub, connected: Vec<(UserId, [u8; 32])>) {
+    let hashes: Vec<[u8; 32]> = connected.iter().map(|(_, hash)| *hash).collect();
+    let live = match store.live_tokens(&hashes).await {
+        Ok(live) => live,
+        Err(err) => {
+            tracing::warn!(error = %err, "session sweep could not read the database; retrying later");
+            return;
         }
+    };
+    for (user, hash) in connected.iter().filter(|(_, hash)| !live.contains(hash)) {
+        tracing::info!(
+            user = user.0,
+            "closing sockets of a session that no longer exists"
+        );
+        hub.revoke(*user, hash);
     }
 }
 

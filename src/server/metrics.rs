@@ -235,6 +235,7 @@ pub fn render(node: &str) -> String {
         out,
         "{name}_sum{{node=\"{node}\"}} {sum}\n{name}_count{{node=\"{node}\"}} {cumulative}"
     );
+    render_cross_node(&mut out, node);
     for (name, help, set) in [
         (
             "hush_errors_total",
@@ -253,6 +254,93 @@ pub fn render(node: &str) -> String {
         }
     }
     out
+}
+
+/// Cross-node delivery (`notify`, `server::fanout`): all zero on a single
+/// node.
+fn render_cross_node(out: &mut String, node: &str) {
+    use crate::notify::stats;
+    let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
+        );
+    };
+    line(
+        "hush_node_listener_up",
+        "gauge",
+        "1 while the cross-node notification listener is connected.",
+        stats::LISTENER_UP.get(),
+    );
+    line(
+        "hush_node_listener_reconnects_total",
+        "counter",
+        "Times the notification listener connected again after losing its connection.",
+        stats::LISTENER_RECONNECTS.get(),
+    );
+    line(
+        "hush_node_notify_payloads_sent_total",
+        "counter",
+        "Notification payloads sent to other nodes.",
+        stats::PAYLOADS_SENT.get(),
+    );
+    line(
+        "hush_node_notify_send_failures_total",
+        "counter",
+        "Notification payloads that could not be sent (the catch-up read covers them).",
+        stats::SEND_FAILURES.get(),
+    );
+    line(
+        "hush_node_notify_payloads_received_total",
+        "counter",
+        "Notification payloads received from other nodes.",
+        stats::PAYLOADS_RECEIVED.get(),
+    );
+    line(
+        "hush_node_notices_received_total",
+        "counter",
+        "Notices received from other nodes.",
+        stats::NOTICES_RECEIVED.get(),
+    );
+    line(
+        "hush_node_remote_entries_total",
+        "counter",
+        "Entries committed by another node and delivered by this one.",
+        stats::REMOTE_ENTRIES.get(),
+    );
+    line(
+        "hush_node_gap_reads_total",
+        "counter",
+        "Store reads of entries this node had not been handed in order.",
+        stats::GAP_READS.get(),
+    );
+    line(
+        "hush_node_catchup_behind_total",
+        "counter",
+        "Rooms the periodic catch-up found behind the store (a notification lost or late).",
+        stats::CATCHUP_BEHIND.get(),
+    );
+    let name = "hush_node_delivery_lag_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From an entry's commit on another node to its delivery here.\n# TYPE {name} histogram"
+    );
+    let (buckets, sum) = stats::lag();
+    let mut cumulative = 0u64;
+    for (at, count) in buckets.iter().enumerate() {
+        cumulative += count;
+        let le = stats::LAG_BUCKETS
+            .get(at)
+            .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{node=\"{node}\",le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum{{node=\"{node}\"}} {sum}\n{name}_count{{node=\"{node}\"}} {cumulative}"
+    );
 }
 
 /// GET /metrics — the text above, for a caller presenting the token.

@@ -4,8 +4,10 @@
 
 mod argon_memory;
 mod auth;
+mod cluster;
 mod conversation;
 mod error;
+mod fanout;
 pub mod health;
 mod hub;
 pub mod limits;
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 use crate::config::ServerConfig;
+use crate::notify::{self, Channel, postgres::PgChannel};
 use crate::store::Store;
 use crate::store::writer::Writer;
 
@@ -45,6 +48,10 @@ pub struct AppState {
     pub writer: Writer,
     pub hub: hub::Hub,
     presence: presence::Presence,
+    /// Hands committed entries to the hub (in order across nodes).
+    fanout: fanout::Fanout,
+    /// The other nodes, when the store is shared (PostgreSQL).
+    cluster: Option<Arc<cluster::Cluster>>,
     pub config: Arc<ServerConfig>,
     /// The cross-node listener's state, for `/healthz` (`NotApplicable`
     /// until a listener sets it).
@@ -85,38 +92,36 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let hub = hub::Hub::new(config.outbound_queue);
-    let publish_hub = hub.clone();
     let receipts = Arc::new(signals::KeptReceipts::default());
-    let kept = receipts.clone();
-    let (writer, writer_task) = store.spawn_writer(Box::new(move |committed| {
-        use crate::store::EntryKind;
-        let entry = &committed.entry;
-        metrics::entry_committed(entry);
-        publish_hub.deliver(&committed.recipients, &session::entry_outbound(entry));
-        match (entry.kind, committed.notify) {
-            (EntryKind::Invite, Some(invitee)) => publish_hub.deliver(
-                &[invitee],
-                &session::invited_outbound(entry.room, &entry.sender),
-            ),
-            (EntryKind::Create, Some(peer)) => publish_hub.deliver(
-                &[peer],
-                &session::request_outbound(entry.room, &entry.sender),
-            ),
-            (EntryKind::Leave, _) => kept.forget(entry.room, &entry.sender),
-            (EntryKind::Remove, _) => {
-                if let Some(subject) = &entry.subject {
-                    kept.forget(entry.room, subject);
-                }
-            }
-            _ => {}
-        }
-    }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let background = TaskTracker::new();
+    // One node (SQLite): own commits are delivered as they commit. On
+    // PostgreSQL, other nodes may share the store: LISTEN/NOTIFY tells them.
+    let channel: Arc<dyn Channel> = match store.postgres_pool() {
+        Some(pool) => {
+            let (channel, task) = PgChannel::start(pool, shutdown_rx.clone());
+            background.spawn(task);
+            tracing::info!(node = %channel.node(), "cross-node delivery over PostgreSQL LISTEN/NOTIFY");
+            channel
+        }
+        None => notify::Local::new(),
+    };
+    let fanout = fanout::Fanout::new(hub.clone(), receipts.clone(), channel.clone(), store.clone());
+    let on_commit = fanout.clone();
+    let (writer, writer_task) =
+        store.spawn_writer(Box::new(move |committed| on_commit.on_commit(committed)));
+    let cluster = channel.is_shared().then(|| cluster::Cluster::new(channel.clone()));
+    let presence = match &cluster {
+        Some(cluster) => presence::Presence::with_cluster(cluster.clone()),
+        None => presence::Presence::new(),
+    };
     let state = AppState {
         store: store.clone(),
         writer: writer.clone(),
         hub,
-        presence: presence::Presence::new(),
+        presence,
+        fanout: fanout.clone(),
+        cluster: cluster.clone(),
         passwords: auth::Passwords::new(config.hashing_slots, config.limits.hashing_queue),
         login_throttle: Arc::new(auth::LoginThrottle::new(config.login_failures_before_delay)),
         limits: Arc::new(limits::Limiter::new(config.limits.clone())),
@@ -127,9 +132,25 @@ pub async fn run(
         sessions: TaskTracker::new(),
     };
 
-    tracing::info!(node = %state.config.node_id, "node {} serving", state.config.node_id);
+    tracing::info!(node = %state.config.node_id, channel_node = %channel.node(), "node {} serving", state.config.node_id);
+    if channel.is_shared() {
+        background.spawn(report_listener(
+            channel.link(),
+            state.listener_health.clone(),
+            state.shutdown.clone(),
+        ));
+    }
     warn_if_open_to_the_world(&listener, &state.config);
-    let background = TaskTracker::new();
+    if let Some(cluster) = cluster {
+        background.spawn(cluster.run(
+            fanout.clone(),
+            state.presence.clone(),
+            store.clone(),
+            state.hub.clone(),
+            state.shutdown.clone(),
+        ));
+        background.spawn(fanout.run(state.config.catchup_interval, state.shutdown.clone()));
+    }
     background.spawn(maintenance::sweep_sessions(
         store.clone(),
         state.hub.clone(),
@@ -243,5 +264,25 @@ mod tests {
         let (accepted, _) = listener.accept().await?;
         assert!(accepted.nodelay()?, "the accepted socket has TCP_NODELAY");
         Ok(())
+    }
+}
+
+/// Keeps `/healthz`'s `listener` field in step with the cross-node link.
+async fn report_listener(
+    mut link: watch::Receiver<notify::Link>,
+    health: Arc<health::ListenerHealth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let up = link.borrow_and_update().up;
+        health.set(if up {
+            health::ListenerState::Up
+        } else {
+            health::ListenerState::Down
+        });
+        tokio::select! {
+            changed = link.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
     }
 }

@@ -23,9 +23,13 @@
 //! leave a wrong state behind; a user who went and came back within one
 //! window is not mentioned at all.
 //!
+//! With several nodes (`server::cluster`), "online" means connected to any
+//! node: the flusher also tells the other nodes about changes here, and
+//! their changes are noted like local ones (`changed_elsewhere`).
+//!
 //! A std `Mutex`, never held across an `.await`: the flusher reads the
 //! store between taking the noted changes and publishing them. Lock order
-//! is presence, then hub (the hub never calls in here).
+//! is presence, then cluster, then hub (neither calls in here).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use super::cluster::Cluster;
 use super::hub::{Hub, Outbound, Registration};
 use crate::protocol::{Outgoing, ServerFrame};
 use crate::store::{RoomId, Store, UserId};
@@ -46,6 +51,9 @@ const BUSY_WINDOW: Duration = Duration::from_secs(1);
 pub struct Presence {
     inner: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    /// The other nodes, when there are any (`server::cluster`): a user is
+    /// online if connected here or to any of them.
+    cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Default)]
@@ -65,7 +73,30 @@ impl Presence {
         Self {
             inner: Arc::default(),
             wake: Arc::new(Notify::new()),
+            cluster: None,
         }
+    }
+
+    /// Presence across the nodes of `cluster`.
+    pub fn with_cluster(cluster: Arc<Cluster>) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..Self::new()
+        }
+    }
+
+    /// Users whose connections to other nodes may have changed: their
+    /// state is looked at again in the next window.
+    pub fn changed_elsewhere(&self, users: Vec<UserId>) {
+        if users.is_empty() {
+            return;
+        }
+        let mut state = self.inner.lock().expect("presence lock poisoned");
+        for user in users {
+            state.noted.entry(user).or_default();
+        }
+        drop(state);
+        self.wake.notify_one();
     }
 
     /// Registers a connection in the hub and notes it (and its user, if
@@ -170,8 +201,15 @@ impl Presence {
         let mut state = self.inner.lock().expect("presence lock poisoned");
         // Now, not in report order: the hub knows whether they are online.
         let mut changed: HashMap<UserId, bool> = HashMap::new();
+        if let Some(cluster) = &self.cluster {
+            cluster.local_presence(noted.keys().map(|user| (*user, hub.is_online(*user))));
+        }
         for user in noted.keys() {
-            let is_online = hub.is_online(*user);
+            let is_online = hub.is_online(*user)
+                || self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|cluster| cluster.online_elsewhere(*user));
             let was_online = state.announced.contains(user);
             if is_online != was_online {
                 if is_online {

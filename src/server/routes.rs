@@ -496,6 +496,9 @@ async fn logout(state: AppState, caller: Caller) -> Resp {
         .await
         .map_err(ApiError::from)?;
     state.hub.revoke(caller.user.id, &caller.token_hash);
+    if let Some(cluster) = &state.cluster {
+        cluster.sessions_changed(caller.user.id);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

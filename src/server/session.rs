@@ -222,6 +222,9 @@ async fn run_split(parts: Box<Parts>) {
         .presence
         .connect(&state.hub, user.id, &user.username, token);
     let conn_id = registration.id;
+    // With several nodes: follow this user's rooms from here on, before the
+    // client can ask to sync (a no-op on a single node).
+    state.fanout.track_user(user.id).await;
     tracing::debug!(user = %user.username, conn = conn_id, "connected");
     let ready = ServerFrame::Ready {
         user: user.username.clone(),

@@ -16,6 +16,7 @@ mod log;
 mod rooms;
 mod users;
 pub mod writer;
+mod fanout;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -27,6 +27,7 @@ mod memory_bound;
 mod migrate_pg;
 mod metrics;
 mod nodes;
+mod nodes_delivery;
 mod outbox;
 mod pg_writers;
 mod presence;
