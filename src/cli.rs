@@ -119,7 +119,13 @@ pub enum Command {
 pub struct AdminArgs {
     /// The server's database: its SQLite file, or a postgres:// URL.
     /// (`--help` hides HUSH_DB's value: a URL may hold a password.)
-    #[arg(long, env = "HUSH_DB", hide_env_values = true, default_value = "data/hush.db", global = true)]
+    #[arg(
+        long,
+        env = "HUSH_DB",
+        hide_env_values = true,
+        default_value = "data/hush.db",
+        global = true
+    )]
     pub db: DbLocation,
 
     #[command(subcommand)]
@@ -206,7 +212,12 @@ pub struct ServeArgs {
     /// PostgreSQL database as a postgres:// or postgresql:// URL (it must
     /// exist; its tables are created). Several servers may share one
     /// PostgreSQL database.
-    #[arg(long, env = "HUSH_DB", hide_env_values = true, default_value = "data/hush.db")]
+    #[arg(
+        long,
+        env = "HUSH_DB",
+        hide_env_values = true,
+        default_value = "data/hush.db"
+    )]
     pub db: DbLocation,
 
     /// How often the server pings each WebSocket (e.g. 20s, 500ms).

@@ -154,7 +154,11 @@ const TABLES: &[Table] = &[
     Table {
         name: "blocks",
         key: "blocker_id, blocked_id",
-        columns: &[("blocker_id", Int), ("blocked_id", Int), ("created_at", Int)],
+        columns: &[
+            ("blocker_id", Int),
+            ("blocked_id", Int),
+            ("created_at", Int),
+        ],
         identity: false,
     },
     Table {
@@ -306,10 +310,7 @@ async fn copy_table(
 ) -> Result<u64> {
     let names: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
     let names = names.join(", ");
-    let select = format!(
-        "SELECT {names} FROM {} ORDER BY {}",
-        table.name, table.key
-    );
+    let select = format!("SELECT {names} FROM {} ORDER BY {}", table.name, table.key);
     let mut rows = sqlx::query(AssertSqlSafe(select)).fetch(&mut *source);
     let (mut batch, mut bytes, mut copied) = (Vec::new(), 0, 0u64);
     while let Some(row) = rows.try_next().await? {

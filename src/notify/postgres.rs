@@ -54,7 +54,10 @@ impl PgChannel {
     pub fn start(
         pool: PgPool,
         shutdown: watch::Receiver<bool>,
-    ) -> (Arc<Self>, impl std::future::Future<Output = ()> + Send + 'static) {
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let (heard_tx, heard_rx) = mpsc::unbounded_channel();
         let channel = Arc::new(Self {

@@ -217,7 +217,11 @@ impl Fanout {
         let Some(ordered) = &self.inner.ordered else {
             return;
         };
-        let Some(mut fills) = ordered.fills_rx.lock().expect("fanout lock poisoned").take()
+        let Some(mut fills) = ordered
+            .fills_rx
+            .lock()
+            .expect("fanout lock poisoned")
+            .take()
         else {
             return;
         };
@@ -461,7 +465,10 @@ fn drain_pending(hub: &Hub, kept: &KeptReceipts, track: &mut Track) {
 /// Entries after which nodes not following the room should look whether
 /// someone connected to them is concerned.
 fn changes_membership(kind: EntryKind) -> bool {
-    matches!(kind, EntryKind::Create | EntryKind::Join | EntryKind::Invite)
+    matches!(
+        kind,
+        EntryKind::Create | EntryKind::Join | EntryKind::Invite
+    )
 }
 
 /// Queues an entry for its recipients, and its side notifications.

@@ -106,11 +106,18 @@ pub async fn run(
         }
         None => notify::Local::new(),
     };
-    let fanout = fanout::Fanout::new(hub.clone(), receipts.clone(), channel.clone(), store.clone());
+    let fanout = fanout::Fanout::new(
+        hub.clone(),
+        receipts.clone(),
+        channel.clone(),
+        store.clone(),
+    );
     let on_commit = fanout.clone();
     let (writer, writer_task) =
         store.spawn_writer(Box::new(move |committed| on_commit.on_commit(committed)));
-    let cluster = channel.is_shared().then(|| cluster::Cluster::new(channel.clone()));
+    let cluster = channel
+        .is_shared()
+        .then(|| cluster::Cluster::new(channel.clone()));
     let presence = match &cluster {
         Some(cluster) => presence::Presence::with_cluster(cluster.clone()),
         None => presence::Presence::new(),

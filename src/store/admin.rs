@@ -111,11 +111,10 @@ impl Store {
     }
 
     pub async fn is_disabled(&self, user: UserId) -> Result<bool> {
-        let at: Option<Option<i64>> =
-            db::query("SELECT disabled_at FROM users WHERE id = ?")
-                .bind(user)
-                .fetch_optional_scalar(&self.db)
-                .await?;
+        let at: Option<Option<i64>> = db::query("SELECT disabled_at FROM users WHERE id = ?")
+            .bind(user)
+            .fetch_optional_scalar(&self.db)
+            .await?;
         Ok(at.ok_or(StoreError::NotFound)?.is_some())
     }
 
@@ -287,24 +286,21 @@ impl Store {
         )
         .fetch_one(&self.db)
         .await?;
-        let (messages, message_bytes, oldest_message_ts): (i64, i64, Option<i64>) =
-            db::query(
-                "SELECT count(*), CAST(coalesce(sum(length(body)), 0) AS BIGINT), min(ts)
+        let (messages, message_bytes, oldest_message_ts): (i64, i64, Option<i64>) = db::query(
+            "SELECT count(*), CAST(coalesce(sum(length(body)), 0) AS BIGINT), min(ts)
                  FROM entries WHERE kind = 'message'",
-            )
-            .fetch_one(&self.db)
+        )
+        .fetch_one(&self.db)
+        .await?;
+        let live_sessions: i64 = db::query("SELECT count(*) FROM sessions WHERE expires_at > ?")
+            .bind(now)
+            .fetch_scalar(&self.db)
             .await?;
-        let live_sessions: i64 =
-            db::query("SELECT count(*) FROM sessions WHERE expires_at > ?")
+        let open_invites: i64 =
+            db::query("SELECT count(*) FROM invite_codes WHERE used_at IS NULL AND expires_at > ?")
                 .bind(now)
                 .fetch_scalar(&self.db)
                 .await?;
-        let open_invites: i64 = db::query(
-            "SELECT count(*) FROM invite_codes WHERE used_at IS NULL AND expires_at > ?",
-        )
-        .bind(now)
-        .fetch_scalar(&self.db)
-        .await?;
         let database_bytes: i64 = db::query(match self.db.backend() {
             db::Backend::Sqlite => {
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"

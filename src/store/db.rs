@@ -299,8 +299,10 @@ impl<'q> IntoArg<'q> for Option<Vec<u8>> {
 /// ids, or `Option`s of those.
 pub trait Rows: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
 
-impl<T> Rows for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
-{}
+impl<T> Rows for T where
+    T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
 
 /// One statement and its bound values.
 #[must_use = "a query does nothing until it is run"]
@@ -364,30 +366,22 @@ impl<'q> Query<'q> {
     /// Runs the statement; returns the number of rows it changed.
     pub async fn execute<'e>(self, on: impl Exec<'e>) -> sqlx::Result<u64> {
         Ok(match on.target() {
-            Target::SqlitePool(pool) => {
-                bind_all!(sqlx::query(self.sqlite_sql()), self.args)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-            Target::Sqlite(conn) => {
-                bind_all!(sqlx::query(self.sqlite_sql()), self.args)
-                    .execute(conn)
-                    .await?
-                    .rows_affected()
-            }
-            Target::PostgresPool(pool) => {
-                bind_all!(sqlx::query(self.postgres_sql()), self.args)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-            Target::Postgres(conn) => {
-                bind_all!(sqlx::query(self.postgres_sql()), self.args)
-                    .execute(conn)
-                    .await?
-                    .rows_affected()
-            }
+            Target::SqlitePool(pool) => bind_all!(sqlx::query(self.sqlite_sql()), self.args)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Target::Sqlite(conn) => bind_all!(sqlx::query(self.sqlite_sql()), self.args)
+                .execute(conn)
+                .await?
+                .rows_affected(),
+            Target::PostgresPool(pool) => bind_all!(sqlx::query(self.postgres_sql()), self.args)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Target::Postgres(conn) => bind_all!(sqlx::query(self.postgres_sql()), self.args)
+                .execute(conn)
+                .await?
+                .rows_affected(),
         })
     }
 
@@ -404,14 +398,20 @@ impl<'q> Query<'q> {
                     .await
             }
             Target::PostgresPool(pool) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch_all(pool)
-                    .await
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch_all(pool)
+                .await
             }
             Target::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch_all(conn)
-                    .await
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch_all(conn)
+                .await
             }
         }
     }
@@ -429,14 +429,20 @@ impl<'q> Query<'q> {
                     .await
             }
             Target::PostgresPool(pool) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch_optional(pool)
-                    .await
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch_optional(pool)
+                .await
             }
             Target::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch_optional(conn)
-                    .await
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch_optional(conn)
+                .await
             }
         }
     }
@@ -502,12 +508,18 @@ impl<'q> Query<'q> {
                 bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args).fetch(conn)
             ),
             Target::PostgresPool(pool) => each_row!(
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch(pool)
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch(pool)
             ),
             Target::Postgres(conn) => each_row!(
-                bind_all!(sqlx::query_as::<Postgres, T>(self.postgres_sql()), self.args)
-                    .fetch(conn)
+                bind_all!(
+                    sqlx::query_as::<Postgres, T>(self.postgres_sql()),
+                    self.args
+                )
+                .fetch(conn)
             ),
         }
     }

@@ -52,9 +52,7 @@ fn kind_of(s: &str) -> Result<EntryKind> {
     KINDS
         .into_iter()
         .find(|k| k.as_str() == s)
-        .ok_or_else(|| {
-            StoreError::Db(sqlx::Error::Protocol(format!("unknown entry kind {s:?}")))
-        })
+        .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol(format!("unknown entry kind {s:?}"))))
 }
 
 impl Store {
@@ -131,9 +129,7 @@ impl Store {
             let kind = kind_of(&row.kind)?;
             let mut ids: Vec<i64> = periods
                 .iter()
-                .filter(|p| {
-                    p.start_seq <= row.seq && p.end_seq.is_none_or(|end| row.seq <= end)
-                })
+                .filter(|p| p.start_seq <= row.seq && p.end_seq.is_none_or(|end| row.seq <= end))
                 .map(|p| p.user_id)
                 .filter(|user| !declined.contains(user))
                 .collect();
@@ -180,8 +176,9 @@ impl Store {
         let mut out = Vec::with_capacity(rooms.len());
         for chunk in rooms.chunks(IDS_PER_QUERY) {
             let marks = vec!["?"; chunk.len()].join(",");
-            let mut query =
-                db::query_built(format!("SELECT id, last_seq FROM rooms WHERE id IN ({marks})"));
+            let mut query = db::query_built(format!(
+                "SELECT id, last_seq FROM rooms WHERE id IN ({marks})"
+            ));
             for room in chunk {
                 query = query.bind(*room);
             }

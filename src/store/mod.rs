@@ -11,12 +11,12 @@
 pub mod admin;
 pub mod commit_timing;
 pub mod db;
+mod fanout;
 pub mod faults;
 mod log;
 mod rooms;
 mod users;
 pub mod writer;
-mod fanout;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use thiserror::Error;
 
 pub use log::{Entry, EntryKind, Page};
@@ -260,7 +258,10 @@ impl Store {
     /// Opens the database at `location` with the chosen durability and
     /// applies its backend's migrations: a SQLite file as `open` does, or a
     /// PostgreSQL database (which must exist; its schema is created).
-    pub async fn open_with(location: impl Into<DbLocation>, durability: Durability) -> Result<Self> {
+    pub async fn open_with(
+        location: impl Into<DbLocation>,
+        durability: Durability,
+    ) -> Result<Self> {
         match location.into() {
             DbLocation::Sqlite(path) => Self::open_sqlite(&path, durability).await,
             DbLocation::Postgres(url) => Self::open_postgres(&url, durability).await,
@@ -451,7 +452,12 @@ mod tests {
         ] {
             assert!(DbLocation::parse(url).is_postgres(), "{url}");
         }
-        for path in ["data/hush.db", "/var/lib/hush/hush.db", "postgres", "./postgres://x"] {
+        for path in [
+            "data/hush.db",
+            "/var/lib/hush/hush.db",
+            "postgres",
+            "./postgres://x",
+        ] {
             assert_eq!(
                 DbLocation::parse(path),
                 DbLocation::Sqlite(PathBuf::from(path)),

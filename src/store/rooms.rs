@@ -87,15 +87,12 @@ impl Store {
 
     /// One room, if `user` is a member of it; `NotFound` otherwise.
     pub async fn room_for_member(&self, room: RoomId, user: UserId) -> Result<RoomInfo> {
-        let row: RoomRow = db::query(concat!(
-            room_select!(),
-            " WHERE m.user_id = ? AND r.id = ?"
-        ))
-        .bind(user)
-        .bind(room)
-        .fetch_optional(&self.db)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        let row: RoomRow = db::query(concat!(room_select!(), " WHERE m.user_id = ? AND r.id = ?"))
+            .bind(user)
+            .bind(room)
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         self.room_info_from(row).await
     }
 
@@ -190,8 +187,7 @@ impl Store {
 
     /// The position of a room's newest entry (0 for an unknown room).
     pub async fn last_seq(&self, room: RoomId) -> Result<i64> {
-        let seq: Option<i64> = db::query(
-            "SELECT last_seq FROM rooms WHERE id = ?")
+        let seq: Option<i64> = db::query("SELECT last_seq FROM rooms WHERE id = ?")
             .bind(room)
             .fetch_optional_scalar(&self.db)
             .await?;
@@ -200,12 +196,12 @@ impl Store {
 
     /// Current members of a room, as ids.
     pub async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
-        Ok(db::query(
-            "SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL",
+        Ok(
+            db::query("SELECT user_id FROM memberships WHERE room_id = ? AND end_seq IS NULL")
+                .bind(room)
+                .fetch_all_scalars(&self.db)
+                .await?,
         )
-        .bind(room)
-        .fetch_all_scalars(&self.db)
-        .await?)
     }
 
     /// `Ok` if `user` is currently a member of `room`, `NotFound` otherwise

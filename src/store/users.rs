@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, db, StoreError, UserId, UserRef, now_ms, unique_violation};
+use super::{Result, Store, StoreError, UserId, UserRef, db, now_ms, unique_violation};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRecord {
@@ -282,10 +282,12 @@ mod tests {
             .execute(&pool)
             .await
             .expect("insert tombstone");
-        sqlx::raw_sql(include_str!("../../migrations/sqlite/0004_username_skeletons.sql"))
-            .execute(&pool)
-            .await
-            .expect("the migration runs on existing rows, look-alike pairs included");
+        sqlx::raw_sql(include_str!(
+            "../../migrations/sqlite/0004_username_skeletons.sql"
+        ))
+        .execute(&pool)
+        .await
+        .expect("the migration runs on existing rows, look-alike pairs included");
         let rows: Vec<(String, Option<String>)> =
             sqlx::query_as("SELECT username, skeleton FROM users ORDER BY id")
                 .fetch_all(&pool)

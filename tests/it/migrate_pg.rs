@@ -164,7 +164,10 @@ async fn reads(store: &Store, users: &[UserRef], rooms: &[RoomId]) -> Result<Vec
         out.push(format!("{:?}", store.invitations_for(u.id).await?));
         out.push(format!("{:?}", store.blocked_names(u.id).await?));
         out.push(format!("{:?}", store.co_members(u.id).await.map(sorted)?));
-        out.push(format!("{:?}", store.live_session(&[u.id.0 as u8 - 1; 32]).await.ok()));
+        out.push(format!(
+            "{:?}",
+            store.live_session(&[u.id.0 as u8 - 1; 32]).await.ok()
+        ));
         for room in rooms {
             out.push(format!(
                 "{:?}",
@@ -186,7 +189,10 @@ async fn reads(store: &Store, users: &[UserRef], rooms: &[RoomId]) -> Result<Vec
     for room in rooms {
         out.push(format!("{:?}", store.last_seq(*room).await?));
         out.push(format!("{:?}", store.members_with_names(*room).await?));
-        out.push(format!("{:?}", store.signal_audience(*room, users[3].id).await.ok()));
+        out.push(format!(
+            "{:?}",
+            store.signal_audience(*room, users[3].id).await.ok()
+        ));
     }
     let mut listed = store.list_users().await?;
     for u in &mut listed {
@@ -216,7 +222,12 @@ async fn postgres_migrate_to_postgres_copies_every_table_and_the_copy_reads_the_
     outcome
 }
 
-async fn check_migration(sqlite: &Path, url: &str, users: &[UserRef], rooms: &[RoomId]) -> Result<()> {
+async fn check_migration(
+    sqlite: &Path,
+    url: &str,
+    users: &[UserRef],
+    rooms: &[RoomId],
+) -> Result<()> {
     let from = sqlite.to_str().context("a UTF-8 path")?;
     let out = hush_ok(&["admin", "migrate-to-postgres", "--from", from, "--to", url])?;
     for (table, rows) in [
@@ -232,7 +243,10 @@ async fn check_migration(sqlite: &Path, url: &str, users: &[UserRef], rooms: &[R
         ("dm_requests", 1),
         ("room_admins", 1),
     ] {
-        ensure!(copied(&out, table) == Some(rows), "{table}: {rows} expected in:\n{out}");
+        ensure!(
+            copied(&out, table) == Some(rows),
+            "{table}: {rows} expected in:\n{out}"
+        );
     }
     ensure!(copied(&out, "entries") > Some(30), "{out}");
     ensure!(out.contains("all 2 room log(s) match"), "{out}");
@@ -252,11 +266,15 @@ async fn check_migration(sqlite: &Path, url: &str, users: &[UserRef], rooms: &[R
     }
 
     // Identities moved past the copied ids: a new account gets the next id.
-    let erin = target.create_user("erin", "$argon2id$x", b"key", "e").await?;
+    let erin = target
+        .create_user("erin", "$argon2id$x", b"key", "e")
+        .await?;
     ensure!(erin.0 == users[3].id.0 + 1, "new id {erin:?}");
     // Look-alike rules hold on PostgreSQL too.
     ensure!(matches!(
-        target.create_user("a1ice", "$argon2id$x", b"key", "f").await,
+        target
+            .create_user("a1ice", "$argon2id$x", b"key", "f")
+            .await,
         Err(hush::store::StoreError::UsernameConfusable)
     ));
     source.close().await;
@@ -265,11 +283,17 @@ async fn check_migration(sqlite: &Path, url: &str, users: &[UserRef], rooms: &[R
     // A second copy into a database with users is refused.
     let again = hush(&["admin", "migrate-to-postgres", "--from", from, "--to", url])?;
     let err = String::from_utf8_lossy(&again.stderr);
-    ensure!(!again.status.success() && err.contains("already has"), "{err}");
+    ensure!(
+        !again.status.success() && err.contains("already has"),
+        "{err}"
+    );
 
     // hush admin on the copy.
     let list = hush_ok(&["admin", "--db", url, "users", "list", "--json"])?;
-    ensure!(list.lines().count() == 5 && list.contains("\"carol\""), "{list}");
+    ensure!(
+        list.lines().count() == 5 && list.contains("\"carol\""),
+        "{list}"
+    );
     hush_ok(&["admin", "--db", url, "users", "disable", "dave"])?;
     let stats = hush_ok(&["admin", "--db", url, "stats"])?;
     ensure!(stats.contains("5 (1 disabled, 0 deleted)"), "{stats}");
@@ -299,17 +323,26 @@ async fn serve_the_copy(url: &str) -> Result<()> {
     let app = external_app(addr, url.into())?;
     let token = app.user("mallory").await?;
     let room = app.create_room(&token, "after the move").await?;
-    ensure!(room == 3, "the new room's id {room} follows the copied ones");
+    ensure!(
+        room == 3,
+        "the new room's id {room} follows the copied ones"
+    );
     let (_, dm) = app.open_dm(&token, "alice").await?;
     let mut ws = app.connect_ws(&token).await?;
     let mut seqs = Vec::new();
     for n in 0..5 {
-        seqs.push(ws.send_ok(room, &format!("c{n}"), format!("body {n}").as_bytes()).await?);
+        seqs.push(
+            ws.send_ok(room, &format!("c{n}"), format!("body {n}").as_bytes())
+                .await?,
+        );
     }
     ensure!(seqs == [2, 3, 4, 5, 6], "{seqs:?}");
     ws.send_ok(dm, "hello", b"to alice").await?;
     let (entries, synced) = ws.sync(room, 0).await?;
-    ensure!(synced == 6 && message_seqs(&entries) == [2, 3, 4, 5, 6], "{entries:?}");
+    ensure!(
+        synced == 6 && message_seqs(&entries) == [2, 3, 4, 5, 6],
+        "{entries:?}"
+    );
     let (rooms_status, rooms) = app.get("/api/v1/rooms", Some(&token)).await?;
     ensure!(rooms_status.is_success(), "{rooms}");
     ws.close().await?;

@@ -12,7 +12,12 @@ use crate::nodes::Cluster;
 use crate::support::{TestApp, WsClient};
 
 /// A short catch-up, so a lost notification costs the tests little time.
-const FLAGS: &[&str] = &["--catchup-interval", "300ms", "--metrics-token", METRICS_TOKEN];
+const FLAGS: &[&str] = &[
+    "--catchup-interval",
+    "300ms",
+    "--metrics-token",
+    METRICS_TOKEN,
+];
 const METRICS_TOKEN: &str = "nodes-delivery-metrics-token";
 
 /// Reads live entries of `room` until one with `seq` arrives; returns
@@ -87,23 +92,36 @@ async fn postgres_members_on_three_nodes_get_every_message_once_in_order() -> Re
     for round in 0..20 {
         for (i, (ws, _)) in clients.iter_mut().enumerate() {
             last = ws
-                .send_ok(room, &format!("m-{round}-{i}"), format!("round {round} from {i}").as_bytes())
+                .send_ok(
+                    room,
+                    &format!("m-{round}-{i}"),
+                    format!("round {round} from {i}").as_bytes(),
+                )
                 .await?;
         }
     }
-    ensure!(last == start + 60, "60 messages, contiguous seqs: {start}..{last}");
+    ensure!(
+        last == start + 60,
+        "60 messages, contiguous seqs: {start}..{last}"
+    );
     for (i, (ws, synced)) in clients.iter_mut().enumerate() {
         let seen = entries_until(ws, room, last).await?;
         // A member synced before the last member joined sees that join live.
         let from = seen.first().copied().unwrap_or(last);
-        ensure!(from <= *synced + 1, "client {i} missed entries after its sync at {synced}: {seen:?}");
+        ensure!(
+            from <= *synced + 1,
+            "client {i} missed entries after its sync at {synced}: {seen:?}"
+        );
         ensure!(
             contiguous(&seen, from, last),
             "client {i} (node {i}) saw gaps, duplicates or disorder: {seen:?}"
         );
     }
     let lag = metric(&cluster.node(1)?, "hush_node_delivery_lag_seconds_count").await?;
-    ensure!(lag >= 40.0, "node 1 delivered the other nodes' 40 messages: {lag}");
+    ensure!(
+        lag >= 40.0,
+        "node 1 delivered the other nodes' 40 messages: {lag}"
+    );
     Ok(())
 }
 
@@ -204,7 +222,11 @@ async fn postgres_listeners_terminated_by_postgres_lose_nothing() -> Result<()> 
     for round in 0..6 {
         for i in 0..10 {
             last = alice
-                .send_ok(room, &format!("t{round}-{i}"), b"through a dropped listener")
+                .send_ok(
+                    room,
+                    &format!("t{round}-{i}"),
+                    b"through a dropped listener",
+                )
                 .await?;
         }
         // Every node's listener, cut from the server side.
@@ -232,8 +254,14 @@ async fn postgres_listeners_terminated_by_postgres_lose_nothing() -> Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ensure!(reconnects >= 1.0, "node 2's listener reconnected: {reconnects}");
-    ensure!(metric(&node, "hush_node_listener_up").await? == 1.0, "and is up");
+    ensure!(
+        reconnects >= 1.0,
+        "node 2's listener reconnected: {reconnects}"
+    );
+    ensure!(
+        metric(&node, "hush_node_listener_up").await? == 1.0,
+        "and is up"
+    );
     // Still live after all that: a message now arrives without any sync.
     let seq = alice.send_ok(room, "after", b"after").await?;
     ensure!(bob.next_entry(room).await?["seq"] == seq);
@@ -243,7 +271,11 @@ async fn postgres_listeners_terminated_by_postgres_lose_nothing() -> Result<()> 
 fn names(frame: &Value, field: &str) -> BTreeSet<String> {
     frame[field]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -267,7 +299,10 @@ async fn until_presence(ws: &mut WsClient, room: i64, user: &str, online: bool) 
             return Ok(());
         }
     }
-    anyhow::bail!("{user} never became {}", if online { "online" } else { "offline" })
+    anyhow::bail!(
+        "{user} never became {}",
+        if online { "online" } else { "offline" }
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -291,7 +326,9 @@ async fn postgres_presence_is_online_anywhere_and_offline_everywhere() -> Result
             "bob is still connected to node 3: {frame}"
         );
     }
-    let who = alice.request(json!({ "type": "who", "room": room })).await?;
+    let who = alice
+        .request(json!({ "type": "who", "room": room }))
+        .await?;
     ensure!(names(&who, "users").contains("bob"), "who: {who}");
     // His last connection closes: offline everywhere.
     bob_on_three.close().await?;
