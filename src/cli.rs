@@ -25,8 +25,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
-    /// Run the chat server (HTTP API, WebSocket relay, SQLite log).
+    /// Run the chat server (HTTP API, WebSocket relay, SQLite or PostgreSQL log).
     Serve(ServeArgs),
     /// Manage identity keys and trust in peers' keys.
     Keys {

@@ -35,13 +35,13 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
 /// A PostgreSQL database must exist already too; opening it creates the
 /// schema if it has none yet, as the server does.
 async fn open(location: &DbLocation) -> anyhow::Result<Store> {
-    if let Some(path) = location.sqlite_path() {
-        if !path.is_file() {
-            bail!(
-                "no database at {} (give the server's --db, or set HUSH_DB)",
-                path.display()
-            );
-        }
+    if let Some(path) = location.sqlite_path()
+        && !path.is_file()
+    {
+        bail!(
+            "no database at {} (give the server's --db, or set HUSH_DB)",
+            path.display()
+        );
     }
     Store::open_with(location, Durability::Full)
         .await

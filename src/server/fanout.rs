@@ -260,7 +260,7 @@ impl Fanout {
                 }
                 Wake::Tick => {
                     ticks = ticks.wrapping_add(1);
-                    self.catch_up(ticks % RETRACK_EVERY == 0).await;
+                    self.catch_up(ticks.is_multiple_of(RETRACK_EVERY)).await;
                 }
                 Wake::Link => {
                     let now = *link.borrow_and_update();

@@ -261,19 +261,6 @@ fn websocket(
         )
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() -> std::io::Result<()> {
-        let listener = super::bind("127.0.0.1:0".parse().expect("a valid address"))?;
-        let addr = listener.local_addr()?;
-        let _client = tokio::net::TcpStream::connect(addr).await?;
-        let (accepted, _) = listener.accept().await?;
-        assert!(accepted.nodelay()?, "the accepted socket has TCP_NODELAY");
-        Ok(())
-    }
-}
-
 /// Keeps `/healthz`'s `listener` field in step with the cross-node link.
 async fn report_listener(
     mut link: watch::Receiver<notify::Link>,
@@ -291,5 +278,18 @@ async fn report_listener(
             changed = link.changed() => if changed.is_err() { break },
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() -> std::io::Result<()> {
+        let listener = super::bind("127.0.0.1:0".parse().expect("a valid address"))?;
+        let addr = listener.local_addr()?;
+        let _client = tokio::net::TcpStream::connect(addr).await?;
+        let (accepted, _) = listener.accept().await?;
+        assert!(accepted.nodelay()?, "the accepted socket has TCP_NODELAY");
+        Ok(())
     }
 }

@@ -78,7 +78,12 @@ export async function dumpIndexedDb(page) {
 }
 
 /** The timeline is scrolled to its end (within a pixel or two). */
-const atBottom = (page) => page.locator("#timeline").evaluate((t) => Math.abs(t.scrollTop + t.clientHeight - t.scrollHeight) <= 2);
+// At the bottom within 3 s: the page scrolls there in the frame after it
+// lays out what the store or a sync brought, which a loaded machine delays.
+const atBottom = (page) => page.waitForFunction(() => {
+  const t = document.querySelector("#timeline");
+  return Math.abs(t.scrollTop + t.clientHeight - t.scrollHeight) <= 2;
+}, null, { timeout: 3_000 }).then(() => true, () => false);
 
 test("a reload opens the last conversation at its newest message from the store, offline too, then syncs only what is new", async (t) => {
   const dir = tempDir("store");

@@ -678,7 +678,8 @@ async fn wait_for(
 /// Every entry of a room straight from the database.
 async fn entries_from_db(db: &str, room: RoomId) -> Result<Vec<WireEntry>> {
     let pool = crate::support::connect_db(db).await?;
-    let rows: Vec<(i64, i64, String, String, Option<Vec<u8>>)> = db::query(
+    type Row = (i64, i64, String, String, Option<Vec<u8>>);
+    let rows: Vec<Row> = db::query(
         "SELECT e.seq, e.ts, e.kind, u.username, e.body FROM entries e JOIN users u ON u.id = e.sender_id
          WHERE e.room_id = ? ORDER BY e.seq",
     )

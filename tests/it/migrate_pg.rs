@@ -320,7 +320,7 @@ async fn serve_the_copy(url: &str) -> Result<()> {
         },
     ));
     // Typed by `external_app`: a path on some branches, the --db text on others.
-    let app = external_app(addr, url.into())?;
+    let app = external_app(addr, url)?;
     let token = app.user("mallory").await?;
     let room = app.create_room(&token, "after the move").await?;
     ensure!(
