@@ -54,6 +54,7 @@ pg_virtualenv -o fsync=off -o max_connections=400 bash -c '
     export HUSH_TEST_POSTGRES_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"
     cargo test --locked --test it -- "$@"
     cargo test --locked --lib --bins -- postgres_
+    cargo test --locked --test bench_smoke -- postgres_
 ' pg-pass "${skips[@]}"
 
 # The browser client in headless Chromium (Debian's /usr/bin/chromium,

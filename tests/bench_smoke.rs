@@ -141,3 +141,84 @@ fn every_scenario_runs_and_reports_one_json_line() -> Result<()> {
     }
     Ok(())
 }
+
+/// The PostgreSQL side of the bench (issue 16): `fanout` over two nodes
+/// sharing a fresh database reports same-node and cross-node latency, and
+/// `notify` reports its three modes. Runs in the PostgreSQL pass only.
+#[test]
+fn postgres_fanout_over_two_nodes_and_notify_report_their_figures() -> Result<()> {
+    let admin = std::env::var("HUSH_TEST_POSTGRES_URL").context(
+        "HUSH_TEST_POSTGRES_URL is not set: postgres_* tests run in the PostgreSQL pass of \
+         scripts/test.sh",
+    )?;
+    let run = |args: &[&str]| -> Result<Value> {
+        let output = Command::new(env!("CARGO_BIN_EXE_hush-bench"))
+            .args(["--postgres", &admin])
+            .args(args)
+            .output()
+            .context("running hush-bench")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success(),
+            "hush-bench {args:?} failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("no JSON line:\n{stdout}"))?;
+        Ok(serde_json::from_str(line)?)
+    };
+    let num = |v: &Value, key: &str| v[key].as_f64().with_context(|| format!("{key} in {v}"));
+
+    let fanout = run(&[
+        "--nodes",
+        "2",
+        "fanout",
+        "--clients",
+        "6",
+        "--senders",
+        "1",
+        "--rate",
+        "20",
+        "--duration",
+        "1.5",
+    ])?;
+    ensure!(
+        fanout["target"].as_str() == Some("2 nodes, PostgreSQL"),
+        "{fanout}"
+    );
+    ensure!(num(&fanout, "sent")? > 0.0, "{fanout}");
+    ensure!(
+        num(&fanout, "delivered")? == num(&fanout, "expected")?,
+        "a delivery was lost across nodes: {fanout}"
+    );
+    // Clients 0 (the sender), 2 and 4 sit on the first node, 1, 3 and 5 on
+    // the second: both halves received every message.
+    let sent = num(&fanout, "sent")?;
+    for half in ["latency_same_node", "latency_other_nodes"] {
+        ensure!(
+            num(&fanout[half], "samples")? == 3.0 * sent,
+            "{half}: {fanout}"
+        );
+    }
+
+    let notify = run(&["notify", "--writers", "2", "--duration", "0.5"])?;
+    for mode in ["silent", "beside", "inside"] {
+        ensure!(num(&notify[mode], "commits")? > 0.0, "{mode}: {notify}");
+    }
+    ensure!(
+        num(&notify["silent"], "notifications_received")? == 0.0,
+        "{notify}"
+    );
+    ensure!(
+        num(&notify["inside"], "notifications_received")? == num(&notify["inside"], "commits")?,
+        "NOTIFY inside the transaction is one per commit: {notify}"
+    );
+    ensure!(
+        num(&notify["beside"], "notifications_received")? >= 1.0,
+        "{notify}"
+    );
+    Ok(())
+}

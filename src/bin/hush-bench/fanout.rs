@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{
-    Bench, Frame, Latency, PageRef, PayloadMaker, Ws, connect_authenticated, connect_ws, micros_at,
-    now_micros, read_stamp, send_frame,
+    Bench, Frame, Latency, PageRef, PayloadMaker, Ws, connect_authenticated, connect_ws, fmt_us,
+    micros_at, now_micros, read_stamp, send_frame,
 };
 use crate::on_time::OnTime;
 use crate::redial::Redial;
@@ -134,6 +134,8 @@ impl Tally {
 /// One client, shared by its reader, its sender (if it sends) and the
 /// harness.
 struct ClientState {
+    /// Which node (index into the target's `ws_urls`) it is connected to.
+    node: usize,
     tallies: [Tally; 2],
     errors: AtomicU64,
     stale: AtomicU64,
@@ -160,8 +162,9 @@ struct ClientState {
 }
 
 impl ClientState {
-    fn new(last_seq: i64) -> Self {
+    fn new(node: usize, last_seq: i64) -> Self {
         Self {
+            node,
             tallies: Default::default(),
             errors: AtomicU64::new(0),
             stale: AtomicU64::new(0),
@@ -243,6 +246,9 @@ pub struct StepResult {
     pub expected: u64,
     pub loss_pct: f64,
     pub latency: Latency,
+    /// With clients on several nodes (the senders on the first): the
+    /// latency at receivers on the senders' node, and on the others.
+    pub by_node: Option<(Latency, Latency)>,
     pub deliveries_per_sec: f64,
     pub closed: usize,
     pub close_codes: Vec<u16>,
@@ -258,14 +264,30 @@ impl StepResult {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "rate": self.rate, "sent": self.sent, "acked": self.acked,
             "delivered": self.delivered, "expected": self.expected,
             "loss_pct": self.loss_pct, "latency": self.latency.json(),
             "deliveries_per_sec": self.deliveries_per_sec.round(),
             "closed_connections": self.closed, "close_codes": self.close_codes,
             "errors": self.errors,
-        })
+        });
+        if let Some((same, other)) = &self.by_node {
+            line["latency_same_node"] = same.json();
+            line["latency_other_nodes"] = other.json();
+        }
+        line
+    }
+
+    /// The same-node and cross-node latencies, when clients were spread.
+    pub fn by_node_human(&self) -> Option<String> {
+        let (same, other) = self.by_node.as_ref()?;
+        Some(format!(
+            "senders' node {} | other nodes {} | cross-node adds {} at p99",
+            same.human(),
+            other.human(),
+            fmt_us(other.p99.saturating_sub(same.p99))
+        ))
     }
 
     pub fn human(&self) -> String {
@@ -318,8 +340,15 @@ pub struct Redials {
 }
 
 impl Harness {
-    /// Registers `clients` users, puts them in one room and connects them.
-    pub async fn hush(bench: &Bench, ws_url: &str, clients: usize) -> Result<Self> {
+    /// Registers `clients` users, puts them in one room and connects them:
+    /// the first `pinned` (the senders) to the first of `ws_urls`, the
+    /// others to each in turn.
+    pub async fn hush(
+        bench: &Bench,
+        ws_urls: &[String],
+        clients: usize,
+        pinned: usize,
+    ) -> Result<Self> {
         let users = bench.users("f", clients.max(1)).await?;
         let owner = &users[0];
         let room = owner
@@ -346,19 +375,32 @@ impl Harness {
             .await
             .context("reading the room")?
             .last_seq;
-        let sockets: Vec<Ws> = stream::iter(&users)
-            .map(|user| connect_authenticated(ws_url, &user.token, false))
+        let nodes: Vec<usize> = (0..users.len())
+            .map(|i| if i < pinned { 0 } else { i % ws_urls.len() })
+            .collect();
+        let sockets: Vec<Ws> = stream::iter(users.iter().zip(&nodes))
+            .map(|(user, &node)| connect_authenticated(&ws_urls[node], &user.token, false))
             .buffered(16)
             .try_collect()
             .await?;
-        let redials = users.iter().map(|user| {
-            Some(Redial {
-                ws_url: ws_url.to_owned(),
-                token: user.token.clone(),
-                room: room.id.0,
+        let redials: Vec<Option<Redial>> = users
+            .iter()
+            .zip(&nodes)
+            .map(|(user, &node)| {
+                Some(Redial {
+                    ws_url: ws_urls[node].clone(),
+                    token: user.token.clone(),
+                    room: room.id.0,
+                })
             })
-        });
-        let mut harness = Self::spawn(Flavor::Hush, room.id.0, last_seq, sockets, redials);
+            .collect();
+        let mut harness = Self::spawn(
+            Flavor::Hush,
+            room.id.0,
+            last_seq,
+            sockets.into_iter().zip(nodes).collect(),
+            redials.into_iter(),
+        );
         harness.owner = Some(owner.api.clone());
         Ok(harness)
     }
@@ -370,6 +412,7 @@ impl Harness {
             .try_collect()
             .await?;
         let redials = std::iter::repeat_with(|| None);
+        let sockets = sockets.into_iter().map(|ws| (ws, 0)).collect();
         Ok(Self::spawn(Flavor::Bare, 0, 0, sockets, redials))
     }
 
@@ -377,7 +420,7 @@ impl Harness {
         flavor: Flavor,
         room: i64,
         last_seq: i64,
-        sockets: Vec<Ws>,
+        sockets: Vec<(Ws, usize)>,
         redials: impl Iterator<Item = Option<Redial>>,
     ) -> Self {
         let mut harness = Self {
@@ -389,9 +432,9 @@ impl Harness {
             clients: Vec::new(),
             shared: Arc::default(),
         };
-        for (ws, redial) in sockets.into_iter().zip(redials) {
+        for ((ws, node), redial) in sockets.into_iter().zip(redials) {
             let (sink, stream) = ws.split();
-            let client = Arc::new(ClientState::new(last_seq));
+            let client = Arc::new(ClientState::new(node, last_seq));
             harness.sinks.push(Some(sink));
             harness.readers.push(tokio::spawn(read_loop(
                 stream,
@@ -547,10 +590,18 @@ impl Harness {
     ) -> StepResult {
         let expected = sent * self.clients.len() as u64;
         let delivered = self.delivered(tag);
-        let mut samples = Vec::new();
+        let (mut same, mut other) = (Vec::new(), Vec::new());
         for client in &self.clients {
+            let samples = if client.node == 0 {
+                &mut same
+            } else {
+                &mut other
+            };
             samples.append(&mut client.tally(tag).latencies.lock().expect("stats lock"));
         }
+        let by_node =
+            (!other.is_empty()).then(|| (Latency::of(same.clone()), Latency::of(other.clone())));
+        let samples = [same, other].concat();
         let closed: Vec<u16> = before
             .0
             .iter()
@@ -576,6 +627,7 @@ impl Harness {
                 100.0 * expected.saturating_sub(delivered) as f64 / expected as f64
             },
             latency: Latency::of(samples),
+            by_node,
             deliveries_per_sec: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
             closed: closed.len(),
             close_codes: closed,

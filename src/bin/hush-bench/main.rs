@@ -14,8 +14,10 @@ mod conns;
 mod crypto;
 mod dm;
 mod fanout;
+mod notify;
 mod on_time;
 mod overload;
+mod placement;
 mod presence;
 mod redial;
 mod relay;
@@ -38,11 +40,12 @@ use conns::{ConnArgs, IdleArgs};
 use crypto::CryptoArgs;
 use dm::DmArgs;
 use fanout::{FanoutArgs, Harness, RampArgs};
+use notify::NotifyArgs;
 use overload::OverloadArgs;
 use presence::PresenceArgs;
 use relay::Relay;
 use sync::SyncArgs;
-use target::Target;
+use target::{Placement, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "hush-bench", about = "Benchmarks for the hush server", version)]
@@ -64,6 +67,19 @@ struct Cli {
     /// With `all`: tiny sizes, a few seconds per scenario (the smoke test).
     #[arg(long, global = true)]
     quick: bool,
+    /// A PostgreSQL server (postgres://user:pass@host:port/db, a role that
+    /// may create databases): every server the bench starts gets a fresh
+    /// database on it, dropped afterwards, instead of a SQLite file.
+    #[arg(long, global = true, value_name = "URL")]
+    postgres: Option<String>,
+    /// Start this many `hush serve` nodes on one PostgreSQL database and
+    /// spread the clients over them (`fanout`, `ramp`; needs --postgres).
+    #[arg(long, global = true, default_value_t = 1)]
+    nodes: usize,
+    /// Hold each child `hush serve` to this share of one CPU (a cgroup
+    /// quota; needs root or a delegated cgroup), e.g. 0.25.
+    #[arg(long, global = true, value_name = "CPUS")]
+    cpu_quota: Option<f64>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -93,6 +109,10 @@ enum Scenario {
     /// frames per connection, server CPU and peak RSS; the bare relay takes
     /// as many connects beside it.
     Presence(PresenceArgs),
+    /// PostgreSQL's commit rate with no notification, with hush's
+    /// announcer beside the data commits, and with NOTIFY inside each data
+    /// transaction (needs --postgres).
+    Notify(NotifyArgs),
     /// The CLI's local store on a long room: the real `hush` binary's
     /// first `read --last 50` (empty store), then `send` and `read --last 50`.
     Client(ClientArgs),
@@ -136,6 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Presence(args) => presence_scenario(&cli, &key, args).await,
         Scenario::ServeRelay => unreachable!("served above"),
         Scenario::Client(args) => client_scenario(&cli, &key, args).await,
+        Scenario::Notify(args) => notify_scenario(&cli, args).await,
         Scenario::All => {
             let quick = cli.quick;
             let fan = if quick {
@@ -209,17 +230,31 @@ fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
 
 /// The server for one scenario: `--server`, else `--spawn-binary`, else a
 /// child from the sibling `hush` binary when `prefer_child`, else in-process.
+/// Child servers are used whenever the placement needs them.
 async fn start_target(cli: &Cli, prefer_child: bool) -> Result<Target> {
     if let Some(url) = &cli.server {
         return Ok(Target::external(url));
     }
+    let placement = cli.placement();
     if let Some(binary) = &cli.spawn_binary {
-        return Target::child(binary).await;
+        return Target::child(binary, &placement).await;
     }
-    if prefer_child && let Some(binary) = target::sibling_hush() {
-        return Target::child(&binary).await;
+    if (prefer_child || placement.needs_children())
+        && let Some(binary) = target::sibling_hush()
+    {
+        return Target::child(&binary, &placement).await;
     }
-    Target::in_process().await
+    Target::in_process(&placement).await
+}
+
+impl Cli {
+    fn placement(&self) -> Placement {
+        Placement {
+            postgres: self.postgres.clone(),
+            nodes: self.nodes.max(1),
+            cpu_quota: self.cpu_quota,
+        }
+    }
 }
 
 fn emit(rows: &[String], line: Value) {
@@ -247,7 +282,8 @@ async fn fanout_scenario(
     let target = start_target(cli, true).await?;
     let bench = Bench::new(&target.base, key.clone());
     let outcome = async {
-        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let mut harness =
+            Harness::hush(&bench, &target.ws_urls, args.clients, args.senders).await?;
         let cpu_before = target.server_cpu_secs();
         let result = fanout::fanout(&mut harness, args).await;
         let cpu = cpu_before.zip(target.server_cpu_secs()).map(|(b, a)| a - b);
@@ -290,6 +326,9 @@ async fn fanout_scenario(
         hush.human(),
         show(hush_us)
     )];
+    if let Some(spread) = hush.by_node_human() {
+        rows.push(format!("{head} | latency at the {spread}"));
+    }
     let mut line = json!({
         "scenario": "fanout", "target": label,
         "clients": args.clients, "senders": args.senders, "rate": args.rate,
@@ -301,6 +340,10 @@ async fn fanout_scenario(
         "closed_connections": hush.closed, "errors": hush.errors,
         "server_cpu_secs": hush_cpu, "server_cpu_us_per_delivery": hush_us,
     });
+    if let Some((same, other)) = &hush.by_node {
+        line["latency_same_node"] = same.json();
+        line["latency_other_nodes"] = other.json();
+    }
     if let Some((bare, bare_cpu)) = bare {
         let bare_us = per_delivery(bare_cpu, bare.delivered);
         rows.push(format!(
@@ -335,9 +378,13 @@ async fn ramp_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &RampArgs
     let target = start_target(cli, false).await?;
     let bench = Bench::new(&target.base, key.clone());
     let outcome = async {
-        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let mut harness =
+            Harness::hush(&bench, &target.ws_urls, args.clients, args.senders).await?;
         let result = fanout::ramp(&mut harness, args, |step| {
             println!("{head} | hush step {}", step.human());
+            if let Some(spread) = step.by_node_human() {
+                println!("{head} |   latency at the {spread}");
+            }
         })
         .await;
         harness.close().await;
@@ -427,6 +474,36 @@ async fn dm_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &DmArgs) ->
             "durable_msgs_per_sec": r.acked_per_sec.round(),
         }),
     );
+    Ok(())
+}
+
+async fn notify_scenario(cli: &Cli, args: &NotifyArgs) -> Result<()> {
+    let admin = cli
+        .postgres
+        .as_deref()
+        .context("notify measures PostgreSQL: give --postgres")?;
+    let head = format!("notify   W={} D={}s", args.writers, args.duration);
+    let mut rows = Vec::new();
+    let mut line =
+        json!({ "scenario": "notify", "writers": args.writers, "duration_s": args.duration });
+    let mut silent_rate = None;
+    for mode in notify::Mode::ALL {
+        let r = notify::run(admin, args, mode).await?;
+        let rate = r.commits as f64 / r.seconds.max(1e-9);
+        let base = *silent_rate.get_or_insert(rate);
+        rows.push(format!(
+            "{head} | {:<38} {:>7.0} commits/s ({:.2}× no notification) | {} notifications received",
+            mode.name(),
+            rate,
+            rate / base.max(1e-9),
+            r.notifications_received
+        ));
+        line[mode.key()] = json!({
+            "commits": r.commits, "commits_per_sec": rate.round(),
+            "notifications_received": r.notifications_received,
+        });
+    }
+    emit(&rows, line);
     Ok(())
 }
 
@@ -542,10 +619,12 @@ async fn idle_scenario(cli: &Cli, key: &Arc<IdentityPrivateKey>, args: &ConnArgs
     };
     let server_per_conn = per_conn(before, after);
     let bench_per_conn = per_conn(bench_before, bench_after);
-    let note = match label {
-        "child" => "server RSS read from the child's /proc/<pid>/status",
-        "in-process" => "server in-process: figure includes the bench's client sockets",
-        _ => "external server: RSS not readable",
+    let note = if label.starts_with("in-process") {
+        "server in-process: figure includes the bench's client sockets"
+    } else if label == "external" {
+        "external server: RSS not readable"
+    } else {
+        "server RSS read from the children's /proc/<pid>/status"
     };
     emit(
         &[format!(
@@ -578,7 +657,8 @@ async fn overload_scenario(
     let bench = Bench::new(&target.base, key.clone());
     let label = target.label();
     let outcome = async {
-        let mut harness = Harness::hush(&bench, &target.ws_url, args.clients).await?;
+        let ws_url = std::slice::from_ref(&target.ws_url);
+        let mut harness = Harness::hush(&bench, ws_url, args.clients, 0).await?;
         let rss_before = target.server_rss_kib();
         let log_before = target.log_bytes();
         let is_running = AtomicBool::new(true);
@@ -773,7 +853,7 @@ async fn presence_scenario(
         .clone()
         .or_else(target::sibling_hush)
         .context("presence needs the hush binary: build it, or pass --spawn-binary")?;
-    let target = Target::child(&binary).await?;
+    let target = Target::child(&binary, &cli.placement()).await?;
     let bench = Bench::new(&target.base, key.clone());
     let users = match presence::one_room(&bench, args.accounts).await {
         Ok(users) => users,
