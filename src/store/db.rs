@@ -180,6 +180,13 @@ pub enum Arg<'q> {
     Bool(bool),
     Text(Option<Cow<'q, str>>),
     Bytes(Option<Cow<'q, [u8]>>),
+    /// PostgreSQL only, like the two below: an array bound as one value
+    /// (`= ANY(?)`, `UNNEST(?, …)`), so a statement over any number of rows
+    /// has one text, parsed and planned once per connection instead of
+    /// once per row count.
+    Ints(Vec<Option<i64>>),
+    Texts(Vec<&'q str>),
+    Blobs(Vec<&'q [u8]>),
 }
 
 /// Conversion into a bound value (`Query::bind`).
@@ -294,6 +301,33 @@ impl<'q> IntoArg<'q> for Option<Vec<u8>> {
     }
 }
 
+/// An array parameter (PostgreSQL only; see `Arg::Ints`).
+pub struct PgArray<T>(pub Vec<T>);
+
+impl<'q> IntoArg<'q> for PgArray<i64> {
+    fn into_arg(self) -> Arg<'q> {
+        Arg::Ints(self.0.into_iter().map(Some).collect())
+    }
+}
+
+impl<'q> IntoArg<'q> for PgArray<Option<i64>> {
+    fn into_arg(self) -> Arg<'q> {
+        Arg::Ints(self.0)
+    }
+}
+
+impl<'q> IntoArg<'q> for PgArray<&'q str> {
+    fn into_arg(self) -> Arg<'q> {
+        Arg::Texts(self.0)
+    }
+}
+
+impl<'q> IntoArg<'q> for PgArray<&'q [u8]> {
+    fn into_arg(self) -> Arg<'q> {
+        Arg::Blobs(self.0)
+    }
+}
+
 /// A row type both drivers can decode: tuples, and structs deriving
 /// `sqlx::FromRow` whose fields are `i64`, `String`, `Vec<u8>`, `bool`,
 /// ids, or `Option`s of those.
@@ -329,9 +363,10 @@ pub fn query_built<'q>(sql: String) -> Query<'q> {
 }
 
 /// Binds the query's values to a sqlx query (`Query`, `QueryAs` and
-/// `QueryScalar` all have `bind`).
+/// `QueryScalar` all have `bind`). Array values exist on PostgreSQL only:
+/// on SQLite they end the calling method with an error.
 macro_rules! bind_all {
-    ($query:expr, $args:expr) => {{
+    (sqlite, $query:expr, $args:expr) => {{
         let mut q = $query;
         for arg in $args {
             q = match arg {
@@ -343,6 +378,30 @@ macro_rules! bind_all {
                 Arg::Bytes(Some(Cow::Borrowed(v))) => q.bind(v),
                 Arg::Bytes(Some(Cow::Owned(v))) => q.bind(v),
                 Arg::Bytes(None) => q.bind(None::<Vec<u8>>),
+                Arg::Ints(_) | Arg::Texts(_) | Arg::Blobs(_) => {
+                    return Err(sqlx::Error::Protocol(
+                        "array parameters are for PostgreSQL only".into(),
+                    ));
+                }
+            };
+        }
+        q
+    }};
+    (postgres, $query:expr, $args:expr) => {{
+        let mut q = $query;
+        for arg in $args {
+            q = match arg {
+                Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Text(Some(Cow::Borrowed(v))) => q.bind(v),
+                Arg::Text(Some(Cow::Owned(v))) => q.bind(v),
+                Arg::Text(None) => q.bind(None::<String>),
+                Arg::Bytes(Some(Cow::Borrowed(v))) => q.bind(v),
+                Arg::Bytes(Some(Cow::Owned(v))) => q.bind(v),
+                Arg::Bytes(None) => q.bind(None::<Vec<u8>>),
+                Arg::Ints(v) => q.bind(v),
+                Arg::Texts(v) => q.bind(v),
+                Arg::Blobs(v) => q.bind(v),
             };
         }
         q
@@ -366,39 +425,54 @@ impl<'q> Query<'q> {
     /// Runs the statement; returns the number of rows it changed.
     pub async fn execute<'e>(self, on: impl Exec<'e>) -> sqlx::Result<u64> {
         Ok(match on.target() {
-            Target::SqlitePool(pool) => bind_all!(sqlx::query(self.sqlite_sql()), self.args)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Target::Sqlite(conn) => bind_all!(sqlx::query(self.sqlite_sql()), self.args)
+            Target::SqlitePool(pool) => {
+                bind_all!(sqlite, sqlx::query(self.sqlite_sql()), self.args)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            Target::Sqlite(conn) => bind_all!(sqlite, sqlx::query(self.sqlite_sql()), self.args)
                 .execute(conn)
                 .await?
                 .rows_affected(),
-            Target::PostgresPool(pool) => bind_all!(sqlx::query(self.postgres_sql()), self.args)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Target::Postgres(conn) => bind_all!(sqlx::query(self.postgres_sql()), self.args)
-                .execute(conn)
-                .await?
-                .rows_affected(),
+            Target::PostgresPool(pool) => {
+                bind_all!(postgres, sqlx::query(self.postgres_sql()), self.args)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            Target::Postgres(conn) => {
+                bind_all!(postgres, sqlx::query(self.postgres_sql()), self.args)
+                    .execute(conn)
+                    .await?
+                    .rows_affected()
+            }
         })
     }
 
     pub async fn fetch_all<'e, T: Rows>(self, on: impl Exec<'e>) -> sqlx::Result<Vec<T>> {
         match on.target() {
             Target::SqlitePool(pool) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args)
-                    .fetch_all(pool)
-                    .await
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch_all(pool)
+                .await
             }
             Target::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args)
-                    .fetch_all(conn)
-                    .await
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch_all(conn)
+                .await
             }
             Target::PostgresPool(pool) => {
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )
@@ -407,6 +481,7 @@ impl<'q> Query<'q> {
             }
             Target::Postgres(conn) => {
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )
@@ -419,17 +494,26 @@ impl<'q> Query<'q> {
     pub async fn fetch_optional<'e, T: Rows>(self, on: impl Exec<'e>) -> sqlx::Result<Option<T>> {
         match on.target() {
             Target::SqlitePool(pool) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args)
-                    .fetch_optional(pool)
-                    .await
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch_optional(pool)
+                .await
             }
             Target::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args)
-                    .fetch_optional(conn)
-                    .await
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch_optional(conn)
+                .await
             }
             Target::PostgresPool(pool) => {
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )
@@ -438,6 +522,7 @@ impl<'q> Query<'q> {
             }
             Target::Postgres(conn) => {
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )
@@ -502,13 +587,24 @@ impl<'q> Query<'q> {
         }
         match on.target() {
             Target::SqlitePool(pool) => each_row!(
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args).fetch(pool)
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch(pool)
             ),
             Target::Sqlite(conn) => each_row!(
-                bind_all!(sqlx::query_as::<Sqlite, T>(self.sqlite_sql()), self.args).fetch(conn)
+                bind_all!(
+                    sqlite,
+                    sqlx::query_as::<Sqlite, T>(self.sqlite_sql()),
+                    self.args
+                )
+                .fetch(conn)
             ),
             Target::PostgresPool(pool) => each_row!(
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )
@@ -516,6 +612,7 @@ impl<'q> Query<'q> {
             ),
             Target::Postgres(conn) => each_row!(
                 bind_all!(
+                    postgres,
                     sqlx::query_as::<Postgres, T>(self.postgres_sql()),
                     self.args
                 )

@@ -37,8 +37,6 @@ const SETTLED_DEPTH: usize = 2;
 /// Times a batch is tried on PostgreSQL when it lost a race with another
 /// node's writer (a deadlock, a serialization failure, a unique index).
 const PG_ATTEMPTS: usize = 3;
-/// Rooms locked by one statement (one bound value each).
-const LOCK_CHUNK: usize = 4096;
 
 /// A committed entry and who may see it live.
 #[derive(Debug, Clone)]
@@ -568,7 +566,8 @@ async fn try_batch(
             Versions(cache.versioned)
         }
     };
-    let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(sends::CHUNK);
+    let chunk = sends::chunk(tx.backend());
+    let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(chunk);
     for (op, _) in batch.iter() {
         let change = match op {
             Op::Send {
@@ -606,7 +605,7 @@ async fn try_batch(
                     client_id,
                     body,
                 });
-                if run.len() == sends::CHUNK {
+                if run.len() == chunk {
                     results.extend(sends::store_messages(&mut tx, cache, &run).await?);
                     run.clear();
                 }
@@ -710,25 +709,21 @@ async fn lock_rooms(
     rooms: &[RoomId],
     versioned: bool,
 ) -> Result<Vec<(RoomId, i64, i64)>> {
-    let mut locked = Vec::with_capacity(rooms.len());
-    for chunk in rooms.chunks(LOCK_CHUNK) {
-        let ids = vec!["?"; chunk.len()].join(", ");
-        let version = if versioned {
-            "state_version"
-        } else {
-            "CAST(0 AS BIGINT)"
-        };
-        let sql = format!(
-            "SELECT id, last_seq, {version} FROM rooms WHERE id IN ({ids})
-             ORDER BY id FOR NO KEY UPDATE"
-        );
-        let mut query = db::query_built(sql);
-        for room in chunk {
-            query = query.bind(*room);
-        }
-        locked.extend(query.fetch_all::<(RoomId, i64, i64)>(&mut *tx).await?);
-    }
-    Ok(locked)
+    let version = if versioned {
+        "state_version"
+    } else {
+        "CAST(0 AS BIGINT)"
+    };
+    // One array parameter: one statement text however many rooms.
+    let sql = format!(
+        "SELECT id, last_seq, {version} FROM rooms WHERE id = ANY(CAST(? AS BIGINT[]))
+         ORDER BY id FOR NO KEY UPDATE"
+    );
+    let ids: Vec<i64> = rooms.iter().map(|room| room.0).collect();
+    Ok(db::query_built(sql)
+        .bind(db::PgArray(ids))
+        .fetch_all::<(RoomId, i64, i64)>(&mut *tx)
+        .await?)
 }
 
 /// Counts, on PostgreSQL, the changes to a room that append no entry but

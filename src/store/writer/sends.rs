@@ -5,8 +5,12 @@
 //! has touched (its last sequence number and current members) instead of
 //! asking SQLite for them on every message. Messages are validated against
 //! that view and written as multi-row statements: per chunk of up to
-//! `CHUNK` messages one lookup for resent client ids, one INSERT and one
-//! UPDATE of the rooms' positions, instead of ~7 statements per message.
+//! `chunk(backend)` messages one lookup for resent client ids, one INSERT
+//! and one UPDATE of the rooms' positions, instead of ~7 statements per
+//! message. On SQLite they are `VALUES` lists; on PostgreSQL each column is
+//! one array parameter (`UNNEST`), so each statement has a single text that
+//! the connection parses and plans once, whatever the number of rows (a
+//! `VALUES` list of a new length costs a parse, a plan and a round trip).
 //!
 //! Any other operation invalidates the rooms it touches (they are reloaded
 //! from inside the transaction on next use), and a failed transaction
@@ -25,12 +29,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Applied, Committed, Done};
-use crate::store::db::{self, Backend, Tx};
+use crate::store::db::{self, Backend, PgArray, Tx};
 use crate::store::{Entry, EntryKind, Result, RoomId, StoreError, UserId, UserRef, now_ms};
 
-/// Messages per multi-row statement (8 bound values each, far below
-/// SQLite's 32766-variable limit).
-pub const CHUNK: usize = 128;
+/// Messages per multi-row statement on SQLite (8 bound values each, far
+/// below its 32766-variable limit).
+const SQLITE_CHUNK: usize = 128;
+/// On PostgreSQL, where a chunk's columns are arrays.
+const POSTGRES_CHUNK: usize = 2048;
+
+/// Messages per multi-row statement.
+pub fn chunk(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => SQLITE_CHUNK,
+        Backend::Postgres => POSTGRES_CHUNK,
+    }
+}
 /// Rooms remembered before the view is dropped and rebuilt on demand.
 const MAX_CACHED_ROOMS: usize = 100_000;
 
@@ -143,14 +157,14 @@ pub struct NewMessage<'a> {
 
 type Key<'a> = (RoomId, UserId, &'a str);
 
-/// Stores up to `CHUNK` messages in order and returns each one's outcome.
+/// Stores up to `chunk()` messages in order and returns each one's outcome.
 /// An `Err` from this function (a database error) fails the transaction.
 pub async fn store_messages(
     tx: &mut Tx<'_>,
     cache: &mut RoomCache,
     messages: &[NewMessage<'_>],
 ) -> Result<Vec<Result<Done>>> {
-    debug_assert!(messages.len() <= CHUNK);
+    debug_assert!(messages.len() <= chunk(tx.backend()));
     // Membership first, as the per-message path did: a non-member learns
     // nothing, not even whether their client id was used.
     let mut allowed = Vec::with_capacity(messages.len());
@@ -302,27 +316,37 @@ async fn stored_client_ids<'a>(
     if keys.is_empty() {
         return Ok(found);
     }
-    // PostgreSQL types a VALUES list by its values, and a placeholder
-    // there has no type of its own: cast each.
-    let row = match tx.backend() {
-        Backend::Sqlite => "(?, ?, ?)",
-        Backend::Postgres => "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT))",
-    };
-    let values = vec![row; keys.len()].join(", ");
     // A join (not a row-value IN, which scans the whole index) with
-    // `client_id IS NOT NULL` so SQLite searches the partial unique index
-    // once per key.
-    let sql = format!(
-        "SELECT e.room_id, e.sender_id, e.client_id, e.seq, e.ts
-         FROM (VALUES {values}) AS k
-         JOIN entries e ON e.room_id = k.column1 AND e.sender_id = k.column2
-              AND e.client_id = k.column3
-         WHERE e.client_id IS NOT NULL"
-    );
-    let mut query = db::query_built(sql);
-    for (room, sender, client_id) in keys {
-        query = query.bind(*room).bind(*sender).bind(*client_id);
-    }
+    // `client_id IS NOT NULL` so the partial unique index is searched once
+    // per key.
+    let query = match tx.backend() {
+        Backend::Sqlite => {
+            let values = vec!["(?, ?, ?)"; keys.len()].join(", ");
+            let sql = format!(
+                "SELECT e.room_id, e.sender_id, e.client_id, e.seq, e.ts
+                 FROM (VALUES {values}) AS k
+                 JOIN entries e ON e.room_id = k.column1 AND e.sender_id = k.column2
+                      AND e.client_id = k.column3
+                 WHERE e.client_id IS NOT NULL"
+            );
+            let mut query = db::query_built(sql);
+            for (room, sender, client_id) in keys {
+                query = query.bind(*room).bind(*sender).bind(*client_id);
+            }
+            query
+        }
+        Backend::Postgres => db::query(
+            "SELECT e.room_id, e.sender_id, e.client_id, e.seq, e.ts
+             FROM UNNEST(CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]))
+                  AS k(room_id, sender_id, client_id)
+             JOIN entries e ON e.room_id = k.room_id AND e.sender_id = k.sender_id
+                  AND e.client_id = k.client_id
+             WHERE e.client_id IS NOT NULL",
+        )
+        .bind(PgArray(keys.iter().map(|k| k.0.0).collect::<Vec<i64>>()))
+        .bind(PgArray(keys.iter().map(|k| k.1.0).collect::<Vec<i64>>()))
+        .bind(PgArray(keys.iter().map(|k| k.2).collect::<Vec<&str>>())),
+    };
     let rows: Vec<(RoomId, UserId, String, i64, i64)> = query.fetch_all(&mut *tx).await?;
     for (room, sender, client_id, seq, ts) in rows {
         if let Some(key) = keys
@@ -342,6 +366,31 @@ async fn insert_rows(
     ts: i64,
 ) -> Result<()> {
     if rows.is_empty() {
+        return Ok(());
+    }
+    if tx.backend() == Backend::Postgres {
+        db::query(
+            "INSERT INTO entries (room_id, seq, ts, kind, sender_id, client_id, body, expires_at)
+             SELECT room_id, seq, ?, 'message', sender_id, client_id, body, expires_at
+             FROM UNNEST(CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]),
+                         CAST(? AS TEXT[]), CAST(? AS BYTEA[]), CAST(? AS BIGINT[]))
+                  AS v(room_id, seq, sender_id, client_id, body, expires_at)",
+        )
+        .bind(ts)
+        .bind(PgArray(rows.iter().map(|m| m.room.0).collect::<Vec<i64>>()))
+        .bind(PgArray(seqs.iter().map(|s| s.0).collect::<Vec<i64>>()))
+        .bind(PgArray(
+            rows.iter().map(|m| m.sender.id.0).collect::<Vec<i64>>(),
+        ))
+        .bind(PgArray(
+            rows.iter().map(|m| m.client_id).collect::<Vec<&str>>(),
+        ))
+        .bind(PgArray(rows.iter().map(|m| m.body).collect::<Vec<&[u8]>>()))
+        .bind(PgArray(
+            seqs.iter().map(|s| s.1).collect::<Vec<Option<i64>>>(),
+        ))
+        .execute(&mut *tx)
+        .await?;
         return Ok(());
     }
     let values = vec!["(?, ?, ?, 'message', ?, ?, ?, ?)"; rows.len()].join(", ");
@@ -367,11 +416,21 @@ async fn update_positions(tx: &mut Tx<'_>, positions: &HashMap<RoomId, i64>) -> 
     if positions.is_empty() {
         return Ok(());
     }
-    let row = match tx.backend() {
-        Backend::Sqlite => "(?, ?)",
-        Backend::Postgres => "(CAST(? AS BIGINT), CAST(? AS BIGINT))",
-    };
-    let values = vec![row; positions.len()].join(", ");
+    if tx.backend() == Backend::Postgres {
+        let (rooms, seqs): (Vec<i64>, Vec<i64>) =
+            positions.iter().map(|(room, seq)| (room.0, *seq)).unzip();
+        db::query(
+            "UPDATE rooms SET last_seq = v.seq
+             FROM UNNEST(CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) AS v(id, seq)
+             WHERE rooms.id = v.id",
+        )
+        .bind(PgArray(rooms))
+        .bind(PgArray(seqs))
+        .execute(&mut *tx)
+        .await?;
+        return Ok(());
+    }
+    let values = vec!["(?, ?)"; positions.len()].join(", ");
     let sql = format!(
         "UPDATE rooms SET last_seq = v.column2 FROM (VALUES {values}) AS v WHERE rooms.id = v.column1"
     );
