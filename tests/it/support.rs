@@ -176,7 +176,13 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub async fn create() -> Result<Self> {
-        let admin = require_postgres()?;
+        Self::create_on(&require_postgres()?).await
+    }
+
+    /// A fresh database on the cluster whose admin database `admin` names
+    /// (a test's private PostgreSQL, see `pg_server`).
+    pub async fn create_on(admin: &str) -> Result<Self> {
+        let admin = admin.to_owned();
         let name = format!(
             "hush_t_{}_{}",
             std::process::id(),
