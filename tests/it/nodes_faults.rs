@@ -273,6 +273,20 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// Syncs `room` on `ws` from 0; returns the synced seq. Entries pushed
+/// before the sync started may repeat the pages (PROTOCOL.md §10): they
+/// are dropped here, so what is read next must continue exactly after it.
+async fn sync_for_live(ws: &mut WsClient, room: i64) -> Result<i64> {
+    let (_, synced) = ws.sync(room, 0).await?;
+    for early in ws.take_stashed_entries(room) {
+        ensure!(
+            early["entry"]["seq"].as_i64() <= Some(synced),
+            "an entry pushed before the sync is beyond its end ({synced}): {early}"
+        );
+    }
+    Ok(synced)
+}
+
 /// A member connected to `app` reading `room` live from its sync until the
 /// end marker, in a task of its own. Returns its synced seq and the task.
 async fn live_reader(
@@ -281,7 +295,7 @@ async fn live_reader(
     room: i64,
 ) -> Result<(i64, tokio::task::JoinHandle<Result<Vec<i64>>>)> {
     let mut ws = app.connect_ws(token).await?;
-    let (_, synced) = ws.sync(room, 0).await?;
+    let synced = sync_for_live(&mut ws, room).await?;
     let task = tokio::spawn(async move { entries_until_end(&mut ws, room).await });
     Ok((synced, task))
 }
@@ -302,7 +316,8 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
     let (synced_mallory, mallory) = live_reader(&cluster.node(1)?, &token("mallory"), room).await?;
 
     // Senders: alice on node 1, bob on node 2, and two connections of
-    // carol on node 3, the one that dies. Each keeps 4 sends in flight.
+    // carol on node 3, the one that dies. Alice and bob keep 4 sends in
+    // flight, carol 8 (more to lose when her node dies).
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for (node, name, prefix) in [
@@ -318,7 +333,9 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
         let counted = progress.clone();
         let task = tokio::spawn(async move {
             let mut ws = app.connect_ws(&token).await?;
-            let streamed = stream(&mut ws, room, name, prefix, 3000, 4, &stop, &counted).await?;
+            let window = if node == 2 { 8 } else { 4 };
+            let streamed =
+                stream(&mut ws, room, name, prefix, 3000, window, &stop, &counted).await?;
             anyhow::Ok(streamed)
         });
         senders.push((node, name, prefix, progress, task));
@@ -329,15 +346,55 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
             .all(|(_, _, _, p, _)| p.load(Ordering::Relaxed) >= 20)
     })
     .await?;
+    // A third connection of carol's sends 8 and reads no reply: once the
+    // node has committed them, their acks die with it. Her resends must
+    // then be duplicates carrying the dead node's seqs.
+    let mut lost_acks = cluster.node(2)?.connect_ws(&token("carol")).await?;
+    let lost: Vec<String> = (0..8).map(|n| format!("c3-{n}")).collect();
+    for client_id in &lost {
+        lost_acks
+            .send_json(&json!({
+                "v": 1, "type": "send", "room": room,
+                "client_id": client_id, "body": b64(&body_of(client_id)),
+            }))
+            .await?;
+    }
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.db.url)
+        .await?;
+    let started = Instant::now();
+    loop {
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM entries WHERE room_id = $1 AND client_id LIKE 'c3-%'",
+        )
+        .bind(room)
+        .fetch_one(&db)
+        .await?;
+        if stored == lost.len() as i64 {
+            break;
+        }
+        ensure!(
+            started.elapsed() < PHASE,
+            "node 3 stored {stored} of carol's unread sends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.close().await;
+    let at_kill: Vec<usize> = senders
+        .iter()
+        .map(|(_, _, _, p, _)| p.load(Ordering::Relaxed))
+        .collect();
     cluster.kill_node(2);
+    drop(lost_acks);
 
     let mut acked: Vec<Acked> = Vec::new();
     let mut survivors = Vec::new();
     let mut carol_pending: Vec<String> = Vec::new();
     let mut carol_acked: Vec<Acked> = Vec::new();
-    for (node, name, prefix, _, task) in senders {
+    for ((node, name, prefix, progress, task), at_kill) in senders.into_iter().zip(at_kill) {
         if node != 2 {
-            survivors.push((name, task));
+            survivors.push((name, progress, at_kill, task));
             continue;
         }
         let streamed = tokio::time::timeout(PHASE, task)
@@ -350,6 +407,7 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
         carol_acked.extend(streamed.acked);
         carol_pending.extend(streamed.pending);
     }
+    carol_pending.extend(lost.iter().cloned());
 
     // Carol's outbox: every unacknowledged message again, same client id,
     // to a node that lives, while alice and bob keep sending. Stored at
@@ -379,8 +437,17 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
         "a live node refused a resend"
     );
 
+    // The others go on a while after the death, so the members on live
+    // nodes have entries of every kind to get in order: the dead node's
+    // last ones (announced or caught up), the resends, the others' new ones.
+    until("alice and bob got 30 more acks after the kill", || {
+        survivors
+            .iter()
+            .all(|(_, p, at_kill, _)| p.load(Ordering::Relaxed) >= at_kill + 30)
+    })
+    .await?;
     stop.store(true, Ordering::Relaxed);
-    for (name, task) in survivors {
+    for (name, _, _, task) in survivors {
         let streamed = tokio::time::timeout(PHASE, task)
             .await
             .with_context(|| format!("{name}'s stream did not finish"))???;
@@ -412,6 +479,10 @@ async fn postgres_a_node_killed_mid_stream_loses_no_acknowledged_message() -> Re
             "carol's resent {client_id} was acked {ack} but is stored at {at:?}"
         );
         duplicates += usize::from(ack["duplicate"] == true);
+        ensure!(
+            !lost.contains(client_id) || ack["duplicate"] == true,
+            "{client_id} was committed by the dead node: its resend is a duplicate: {ack}"
+        );
     }
     // Nothing of carol's is stored that she did not send.
     for (sender, client_id) in stored.keys() {
@@ -526,7 +597,7 @@ async fn postgres_a_restart_of_postgresql_loses_nothing() -> Result<()> {
     // Cross-node live delivery again: sent on node 1, to a member on node 2
     // who connected after the restart, and to carol, connected before it.
     let mut bob_ws = cluster.node(1)?.connect_ws(&bob).await?;
-    let (_, bob_synced) = bob_ws.sync(room, 0).await?;
+    let bob_synced = sync_for_live(&mut bob_ws, room).await?;
     let mut alice_ws = cluster.node(0)?.connect_ws(&alice).await?;
     let end = send_until_acked(
         &cluster.node(0)?,
@@ -575,7 +646,7 @@ async fn postgres_two_serve_nodes_writing_one_room_at_full_speed_keep_seqs_conti
     let mut readers = Vec::new();
     for node in 0..2 {
         let mut ws = cluster.node(node)?.connect_ws(&tokens[4]).await?;
-        let (_, synced) = ws.sync(room, 0).await?;
+        let synced = sync_for_live(&mut ws, room).await?;
         readers.push((synced, ws));
     }
     let start = readers[0].0;

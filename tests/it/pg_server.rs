@@ -153,8 +153,12 @@ impl PgServer {
                 command
             }
             Kind::Local { .. } => {
+                // With its log file again: the server must not inherit
+                // the pipes `run` reads to their end.
                 let mut command = self.pg_ctl();
-                command.args(["-w", "-m", "fast", "restart"]);
+                command
+                    .args(["-w", "-m", "fast", "restart", "-l"])
+                    .arg(self.local_dir().join("log"));
                 command
             }
         };

@@ -747,6 +747,20 @@ impl WsClient {
         bail!("sync did not finish")
     }
 
+    /// Takes out the live `entry` frames of `room` received so far and not
+    /// yet read. Right after `sync`, those are the ones pushed before the
+    /// sync started, which the protocol allows to repeat what the pages
+    /// hold (PROTOCOL.md §10, "Dedupe anyway"); live entries from then on
+    /// must continue exactly after `synced`.
+    pub fn take_stashed_entries(&mut self, room: i64) -> Vec<Value> {
+        let (taken, kept): (VecDeque<Value>, VecDeque<Value>) = self
+            .stash
+            .drain(..)
+            .partition(|f| f["type"] == "entry" && f["entry"]["room"] == room);
+        self.stash = kept;
+        taken.into()
+    }
+
     pub async fn history(
         &mut self,
         room: i64,
