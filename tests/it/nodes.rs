@@ -125,7 +125,6 @@ impl Cluster {
     /// As `start`, on a fresh database of the PostgreSQL cluster whose
     /// admin database `admin` names (e.g. a test's own `PgServer`) rather
     /// than HUSH_TEST_POSTGRES_URL's.
-    #[allow(dead_code)] // for the fault tests
     pub async fn start_on(admin: &str, n: usize, extra: &[&str]) -> Result<Self> {
         Self::start_with(PgDatabase::create_on(admin).await?, n, extra).await
     }

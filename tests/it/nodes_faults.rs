@@ -575,6 +575,10 @@ async fn postgres_a_restart_of_postgresql_loses_nothing() -> Result<()> {
         before.iter().all(|n| *n < EACH),
         "the restart came mid-stream: {before:?} of {EACH} acked before it"
     );
+    ensure!(
+        refusals.load(Ordering::Relaxed) > 0,
+        "no send met the restart: the test did not test it"
+    );
 
     // Every node's listener is back.
     for i in 0..cluster.nodes.len() {
