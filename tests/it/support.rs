@@ -225,9 +225,9 @@ impl Drop for PgDatabase {
 
 async fn connect_admin(admin: &str) -> Result<sqlx::PgConnection> {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(admin)
-        .await
-        .context("connecting to HUSH_TEST_POSTGRES_URL")
+    sqlx::PgConnection::connect(admin).await.context(
+        "connecting to the admin database (HUSH_TEST_POSTGRES_URL, or a test's own PgServer)",
+    )
 }
 
 /// Runs `fut` to completion on a runtime of its own, on a thread of its
