@@ -4,7 +4,8 @@
 //!
 //! `Cluster::start(n, extra)` needs HUSH_TEST_POSTGRES_URL (tests using it
 //! are named `postgres_*` and run in the PostgreSQL pass of scripts/test.sh)
-//! and haproxy on the PATH or in /usr/sbin. `cluster.node(i)` and
+//! and haproxy on the PATH or in /usr/sbin; `Cluster::start_on(admin, ..)`
+//! runs on another PostgreSQL (a test's own `pg_server::PgServer`). `cluster.node(i)` and
 //! `cluster.proxy()` are `TestApp`s for the usual HTTP and WebSocket
 //! helpers; `stop_node`/`kill_node`/`restart_node` take one node down and
 //! bring it back on the same port.
@@ -118,8 +119,18 @@ impl Cluster {
     /// `n` nodes on one fresh database, each started with `extra` flags,
     /// and haproxy in front. Returns once every node and the proxy answer.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Self> {
+        Self::start_with(PgDatabase::create().await?, n, extra).await
+    }
+
+    /// As `start`, on a fresh database of the PostgreSQL cluster whose
+    /// admin database `admin` names (e.g. a test's own `PgServer`) rather
+    /// than HUSH_TEST_POSTGRES_URL's.
+    pub async fn start_on(admin: &str, n: usize, extra: &[&str]) -> Result<Self> {
+        Self::start_with(PgDatabase::create_on(admin).await?, n, extra).await
+    }
+
+    async fn start_with(db: PgDatabase, n: usize, extra: &[&str]) -> Result<Self> {
         ensure!(n >= 1, "a cluster has nodes");
-        let db = PgDatabase::create().await?;
         let dir = tempfile::tempdir()?;
         let mut cluster = Self {
             nodes: Vec::new(),

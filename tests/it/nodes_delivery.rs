@@ -22,7 +22,7 @@ const METRICS_TOKEN: &str = "nodes-delivery-metrics-token";
 
 /// Reads live entries of `room` until one with `seq` arrives; returns
 /// every seq seen, in arrival order.
-async fn entries_until(ws: &mut WsClient, room: i64, seq: i64) -> Result<Vec<i64>> {
+pub(crate) async fn entries_until(ws: &mut WsClient, room: i64, seq: i64) -> Result<Vec<i64>> {
     let mut seen = Vec::new();
     while seen.last() != Some(&seq) {
         let entry = ws
@@ -35,7 +35,7 @@ async fn entries_until(ws: &mut WsClient, room: i64, seq: i64) -> Result<Vec<i64
     Ok(seen)
 }
 
-fn contiguous(seqs: &[i64], from: i64, to: i64) -> bool {
+pub(crate) fn contiguous(seqs: &[i64], from: i64, to: i64) -> bool {
     seqs == (from..=to).collect::<Vec<_>>()
 }
 
@@ -61,7 +61,11 @@ async fn metric(app: &TestApp, name: &str) -> Result<f64> {
 }
 
 /// A group made by `owner` on node 0 with the other users as members.
-async fn group(cluster: &Cluster, owner: &str, others: &[&str]) -> Result<(i64, Vec<String>)> {
+pub(crate) async fn group(
+    cluster: &Cluster,
+    owner: &str,
+    others: &[&str],
+) -> Result<(i64, Vec<String>)> {
     let first = cluster.node(0)?;
     let owner_token = first.user(owner).await?;
     let room = first.create_room(&owner_token, "across nodes").await?;

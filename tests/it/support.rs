@@ -176,7 +176,13 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub async fn create() -> Result<Self> {
-        let admin = require_postgres()?;
+        Self::create_on(&require_postgres()?).await
+    }
+
+    /// A fresh database on the cluster whose admin database `admin` names
+    /// (a test's private PostgreSQL, see `pg_server`).
+    pub async fn create_on(admin: &str) -> Result<Self> {
+        let admin = admin.to_owned();
         let name = format!(
             "hush_t_{}_{}",
             std::process::id(),
@@ -219,9 +225,9 @@ impl Drop for PgDatabase {
 
 async fn connect_admin(admin: &str) -> Result<sqlx::PgConnection> {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(admin)
-        .await
-        .context("connecting to HUSH_TEST_POSTGRES_URL")
+    sqlx::PgConnection::connect(admin).await.context(
+        "connecting to the admin database (HUSH_TEST_POSTGRES_URL, or a test's own PgServer)",
+    )
 }
 
 /// Runs `fut` to completion on a runtime of its own, on a thread of its
@@ -739,6 +745,20 @@ impl WsClient {
             }
         }
         bail!("sync did not finish")
+    }
+
+    /// Takes out the live `entry` frames of `room` received so far and not
+    /// yet read. Right after `sync`, those are the ones pushed before the
+    /// sync started, which the protocol allows to repeat what the pages
+    /// hold (PROTOCOL.md §10, "Dedupe anyway"); live entries from then on
+    /// must continue exactly after `synced`.
+    pub fn take_stashed_entries(&mut self, room: i64) -> Vec<Value> {
+        let (taken, kept): (VecDeque<Value>, VecDeque<Value>) = self
+            .stash
+            .drain(..)
+            .partition(|f| f["type"] == "entry" && f["entry"]["room"] == room);
+        self.stash = kept;
+        taken.into()
     }
 
     pub async fn history(
