@@ -44,10 +44,14 @@ pg_cpu() {
     local dir pid
     dir=$(psql "$PG" -Atc 'SHOW data_directory' 2>/dev/null) || { echo 0; return; }
     pid=$(head -1 "$dir/postmaster.pid" 2>/dev/null) || { echo 0; return; }
-    for p in $pid $(pgrep -P "$pid"); do
-        # Fields 14 and 15 (utime, stime) after the command name.
-        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
-    done | awk -v hz="$(getconf CLK_TCK)" '{t += $1} END {printf "%.2f\n", t / hz}'
+    {
+        # utime, stime, and the children's it has waited for (backends
+        # that exited): fields 14 to 17 of stat, counted after the name.
+        sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13 + $14 + $15}'
+        for p in $(pgrep -P "$pid"); do
+            sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
+        done
+    } | awk -v hz="$(getconf CLK_TCK)" '{t += $1} END {printf "%.2f\n", t / hz}'
 }
 
 # Runs hush-bench with its arguments and prints PostgreSQL's CPU time
@@ -94,7 +98,7 @@ scaling() {
         for nodes in 1 2 3; do
             section "scaling, $nodes node(s) at $QUOTA CPU each, round $round"
             $B --postgres "$PG" --nodes "$nodes" --cpu-quota "$QUOTA" \
-                ramp --clients 120 --senders 10 --payload 256 --start-rate 5 --factor 1.3 --step-secs 3 --max-steps 20
+                ramp --clients 120 --senders 10 --payload 256 --start-rate 100 --factor 1.1 --step-secs 3 --max-steps 25
         done
     done
 }

@@ -386,7 +386,19 @@ impl Store {
             db::Db::Sqlite(_) => Ok(db::Conn::Sqlite(self.open_writer_connection().await?)),
             db::Db::Postgres(pool) => {
                 use sqlx::ConnectOptions;
-                Ok(db::Conn::Postgres(pool.connect_options().connect().await?))
+                // A plan for each execution, from the table as it is then.
+                // PostgreSQL otherwise keeps a prepared statement's generic
+                // plan, made once: on a new database, while `entries` was
+                // nearly empty, that is a sequential scan for the client-id
+                // lookup, and it stays one (growing with the table) until
+                // autovacuum's next ANALYZE. Planning costs far less than
+                // the batch each statement carries.
+                let options = pool
+                    .connect_options()
+                    .as_ref()
+                    .clone()
+                    .options([("plan_cache_mode", "force_custom_plan")]);
+                Ok(db::Conn::Postgres(options.connect().await?))
             }
         }
     }

@@ -14,12 +14,23 @@ use serde_json::Value;
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 
-/// `hush serve` as a child process on a free loopback port.
+/// `hush serve` as a child process on a free loopback port, killed when
+/// dropped unless `stop` ended it (a failing test leaves no server behind).
 struct Server {
     child: Child,
     url: String,
     port: u16,
-    dir: tempfile::TempDir,
+    /// Taken by `stop`.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Server {
@@ -56,7 +67,7 @@ impl Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
             port,
-            dir,
+            dir: Some(dir),
         };
         server.wait_healthy().await?;
         Ok(server)
@@ -76,7 +87,11 @@ impl Server {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir
+            .as_ref()
+            .expect("a running server has its dir")
+            .path()
+            .join(name)
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -85,7 +100,8 @@ impl Server {
         Command::new("kill").args(["-TERM", &pid]).status()?;
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait()? {
-                return Ok((status, self.dir));
+                let dir = self.dir.take().expect("stopped once");
+                return Ok((status, dir));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
