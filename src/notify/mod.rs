@@ -76,6 +76,16 @@ pub enum Notice {
     /// These users' sessions changed (logout, revocation): each node checks
     /// its connections of theirs against the store and closes dead ones.
     Sessions { users: Vec<UserId> },
+    /// A receipt (`receipt`) or typing signal sent to a node: every other
+    /// node relays it to its own connections of the room's members. `body`
+    /// is the client's base64 ciphertext, as relayed; never stored.
+    Signal {
+        room: RoomId,
+        sender: UserId,
+        username: String,
+        receipt: bool,
+        body: String,
+    },
 }
 
 /// A notice and the node it came from.

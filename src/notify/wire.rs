@@ -9,7 +9,10 @@
 //! - `S <more> <user> ...`: a presence snapshot, in as many lines as it
 //!   takes; every line but the last has `more` = 1;
 //! - `Q`: presence query; `H`: heartbeat;
-//! - `K <user> ...`: sessions changed.
+//! - `K <user> ...`: sessions changed;
+//! - `G <room> <user> <username> <r|t> <base64 body>`: a receipt or typing
+//!   signal (bodies are at most 4,096 bytes, 5,464 in base64: one fits a
+//!   payload).
 //!
 //! `encode` coalesces a batch first: the `Appended` notices of one room
 //! become one line covering all of them, so a busy writer's thousands of
@@ -87,6 +90,19 @@ pub fn encode(node: NodeId, notices: &[Notice]) -> Vec<String> {
                     }
                     lines.push(line);
                 }
+            }
+            Notice::Signal {
+                room,
+                sender,
+                username,
+                receipt,
+                body,
+            } => {
+                let kind = if *receipt { 'r' } else { 't' };
+                lines.push(format!(
+                    "G {} {} {username} {kind} {body}",
+                    room.0, sender.0
+                ));
             }
         }
     }
@@ -185,6 +201,27 @@ fn decode_line(line: &str) -> Option<Line> {
         "Q" => Line::Notice(Notice::PresenceQuery),
         "H" => Line::Notice(Notice::Heartbeat),
         "K" => Line::Notice(Notice::Sessions { users: ids(words)? }),
+        "G" => {
+            let room = RoomId(words.next()?.parse().ok()?);
+            let sender = UserId(words.next()?.parse().ok()?);
+            let username = words.next()?.to_owned();
+            let receipt = match words.next()? {
+                "r" => true,
+                "t" => false,
+                _ => return None,
+            };
+            let body = words.next()?.to_owned();
+            if words.next().is_some() || username.is_empty() || body.is_empty() {
+                return None;
+            }
+            Line::Notice(Notice::Signal {
+                room,
+                sender,
+                username,
+                receipt,
+                body,
+            })
+        }
         _ => return None,
     })
 }
@@ -282,6 +319,36 @@ mod tests {
                 Notice::Heartbeat,
             ]
         );
+    }
+
+    #[test]
+    fn signals_of_the_largest_size_round_trip_one_per_payload() {
+        let largest = "A".repeat(4096usize.div_ceil(3) * 4);
+        let notices = vec![
+            Notice::Signal {
+                room: RoomId(5),
+                sender: UserId(11),
+                username: "alice".to_owned(),
+                receipt: true,
+                body: largest.clone(),
+            },
+            Notice::Signal {
+                room: RoomId(5),
+                sender: UserId(12),
+                username: "bob.b-2".to_owned(),
+                receipt: false,
+                body: largest,
+            },
+        ];
+        assert_eq!(encode(NodeId(1), &notices).len(), 2);
+        assert_eq!(round_trip(&notices), notices);
+        assert!(
+            decode("hush1 1\nG 5 11 alice x Ym9keQ==")
+                .unwrap()
+                .1
+                .is_empty()
+        );
+        assert!(decode("hush1 1\nG 5 11 alice r").unwrap().1.is_empty());
     }
 
     #[test]

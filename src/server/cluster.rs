@@ -34,8 +34,10 @@ use super::fanout::Fanout;
 use super::hub::Hub;
 use super::maintenance;
 use super::presence::Presence;
+use super::signals::{self, KeptReceipts};
 use crate::notify::{Channel, Heard, NodeId, Notice};
-use crate::store::{Store, UserId};
+use crate::protocol::SignalKind;
+use crate::store::{RoomId, Store, UserId};
 
 /// A node silent for this long is taken for dead.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +99,17 @@ impl Cluster {
     pub fn sessions_changed(&self, user: UserId) {
         self.channel
             .announce(vec![Notice::Sessions { users: vec![user] }]);
+    }
+
+    /// A signal sent on this node, for the other nodes' connections.
+    pub fn signal(&self, room: RoomId, sender: UserId, username: &str, receipt: bool, body: &str) {
+        self.channel.announce(vec![Notice::Signal {
+            room,
+            sender,
+            username: username.to_owned(),
+            receipt,
+            body: body.to_owned(),
+        }]);
     }
 
     fn snapshot(&self) -> Notice {
@@ -179,6 +192,7 @@ impl Cluster {
         presence: Presence,
         store: Store,
         hub: Hub,
+        receipts: Arc<KeptReceipts>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let Some(mut heard) = self.channel.subscribe() else {
@@ -224,6 +238,19 @@ impl Cluster {
                                     maintenance::close_dead_sessions(&store, &hub, connected).await;
                                 });
                             }
+                        }
+                        Notice::Signal { room, sender, username, receipt, body } => {
+                            let relay = signals::Relayed {
+                                room: *room,
+                                sender: *sender,
+                                username: username.clone(),
+                                kind: if *receipt { SignalKind::Receipt } else { SignalKind::Typing },
+                                body: body.clone(),
+                            };
+                            let (store, hub, receipts) = (store.clone(), hub.clone(), receipts.clone());
+                            tokio::spawn(async move {
+                                signals::relay_from_another_node(&store, &hub, &receipts, relay).await;
+                            });
                         }
                         Notice::Presence { .. } | Notice::PresenceSnapshot { .. } | Notice::Heartbeat => {
                             let changed = self.apply(&one);

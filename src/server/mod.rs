@@ -154,6 +154,7 @@ pub async fn run(
             state.presence.clone(),
             store.clone(),
             state.hub.clone(),
+            state.receipts.clone(),
             state.shutdown.clone(),
         ));
         background.spawn(fanout.run(state.config.catchup_interval, state.shutdown.clone()));

@@ -1024,16 +1024,11 @@ impl Session {
             Ok(audience) => audience,
             Err(err) => return self.send(id, store_error_frame(&err)).await,
         };
-        let frame = ServerFrame::Signal {
-            room,
-            sender: self.user.username.clone(),
-            kind,
-            body,
-        };
-        let out = Arc::new(Outbound {
-            position: None,
-            json: Outgoing::new(None, frame).to_json().into(),
-        });
+        if let Some(cluster) = &self.state.cluster {
+            let receipt = kind == SignalKind::Receipt;
+            cluster.signal(room, self.user.id, &self.user.username, receipt, &body);
+        }
+        let out = super::signals::signal_frame(room, &self.user.username, kind, body);
         let me = self.conn_id;
         self.state
             .hub

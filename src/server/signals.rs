@@ -8,17 +8,73 @@
 //! What is kept is bounded: one receipt per member of a room (dropped when
 //! they leave or are removed), at most `MAX_KEPT` in all, each at most
 //! `MAX_SIGNAL_BYTES` of ciphertext.
+//!
+//! With several nodes, a signal sent to one node is announced on the
+//! notification channel (`Notice::Signal`) and every other node relays it
+//! to its own connections of the room's members and keeps the receipt the
+//! same way (`relay_from_another_node`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::hub::Outbound;
-use crate::store::RoomId;
+use super::hub::{Hub, Outbound};
+use crate::protocol::{Outgoing, ServerFrame, SignalKind};
+use crate::store::{RoomId, Store, UserId};
 
 /// Largest signal body, decoded.
 pub const MAX_SIGNAL_BYTES: usize = 4096;
 /// Receipts kept at most, server-wide (~20,000 × ≤ 5.6 KiB of JSON).
 const MAX_KEPT: usize = 20_000;
+
+/// The connection id of a receipt relayed from another node: no local
+/// connection sent it, so every local one may get it.
+const FROM_ANOTHER_NODE: u64 = u64::MAX;
+
+/// The `signal` frame every recipient gets.
+pub fn signal_frame(room: RoomId, username: &str, kind: SignalKind, body: String) -> Arc<Outbound> {
+    let frame = ServerFrame::Signal {
+        room,
+        sender: username.to_owned(),
+        kind,
+        body,
+    };
+    Arc::new(Outbound {
+        position: None,
+        json: Outgoing::new(None, frame).to_json().into(),
+    })
+}
+
+/// A signal another node announced.
+pub struct Relayed {
+    pub room: RoomId,
+    pub sender: UserId,
+    pub username: String,
+    pub kind: SignalKind,
+    pub body: String,
+}
+
+/// Relays a signal sent to another node to this node's connections of the
+/// room's members (but those who block the sender: the audience is read
+/// here, from the store, as the sending node read it) and keeps a receipt.
+pub async fn relay_from_another_node(
+    store: &Store,
+    hub: &Hub,
+    receipts: &KeptReceipts,
+    signal: Relayed,
+) {
+    let audience = match store.signal_audience(signal.room, signal.sender).await {
+        Ok(audience) => audience,
+        Err(err) => {
+            tracing::debug!(room = signal.room.0, error = %err, "signal from another node not relayed");
+            return;
+        }
+    };
+    let out = signal_frame(signal.room, &signal.username, signal.kind, signal.body);
+    hub.deliver_with(&audience, |_| Some(out.clone()));
+    if signal.kind == SignalKind::Receipt {
+        receipts.keep(signal.room, &signal.username, FROM_ANOTHER_NODE, out);
+    }
+}
 
 struct Kept {
     /// The connection that sent it: it is not handed back to that one.

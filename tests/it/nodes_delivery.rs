@@ -378,3 +378,85 @@ async fn postgres_logout_on_one_node_closes_the_sessions_sockets_on_the_others()
     ensure!(code == Some(4001), "closed as unauthorized: {code:?}");
     Ok(())
 }
+
+fn signals(frames: &[Value]) -> Vec<&Value> {
+    frames.iter().filter(|f| f["type"] == "signal").collect()
+}
+
+async fn send_signal(ws: &mut WsClient, room: i64, kind: &str, body: &[u8]) -> Result<()> {
+    ws.send_json(&json!({
+        "v": 1, "type": "signal", "room": room, "kind": kind, "body": crate::support::b64(body)
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_receipts_and_typing_reach_members_on_other_nodes_and_no_one_else() -> Result<()> {
+    let cluster = Cluster::start(2, FLAGS).await?;
+    let (one, two) = (cluster.node(0)?, cluster.node(1)?);
+    // alice on node 1; bob and dave (members) and carol (not one) on node 2.
+    let (room, tokens) = group(&cluster, "alice", &["bob", "dave"]).await?;
+    let carol = two.user("carol").await?;
+    let mut alice = one.connect_ws(&tokens[0]).await?;
+    let mut alice_phone = two.connect_ws(&tokens[0]).await?;
+    let mut bob = two.connect_ws(&tokens[1]).await?;
+    let mut carol_ws = two.connect_ws(&carol).await?;
+
+    // The largest body a signal may have crosses nodes intact.
+    let typing: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    send_signal(&mut alice, room, "typing", &typing).await?;
+    for ws in [&mut bob, &mut alice_phone] {
+        let got = ws.expect_type("signal").await?;
+        ensure!(got["room"] == room && got["sender"] == "alice", "{got}");
+        ensure!(got["kind"] == "typing", "{got}");
+        let body = crate::support::unb64(got["body"].as_str().context("body")?)?;
+        ensure!(body == typing, "the body changed on its way");
+    }
+    ensure!(
+        signals(&alice.drain().await?).is_empty(),
+        "not to the sender"
+    );
+    ensure!(
+        signals(&carol_ws.drain().await?).is_empty(),
+        "not to a non-member on the other node"
+    );
+
+    // A receipt is relayed live and kept on the other node too: dave, who
+    // connects to node 2 only now, gets it after his sync.
+    send_signal(&mut alice, room, "receipt", b"read up to 1").await?;
+    let live = bob.expect_type("signal").await?;
+    ensure!(
+        live["kind"] == "receipt" && live["sender"] == "alice",
+        "{live}"
+    );
+    let mut dave = two.connect_ws(&tokens[2]).await?;
+    dave.sync(room, 0).await?;
+    let kept = dave.expect_type("signal").await?;
+    ensure!(
+        kept["kind"] == "receipt" && kept["sender"] == "alice",
+        "{kept}"
+    );
+    ensure!(
+        crate::support::unb64(kept["body"].as_str().context("body")?)? == b"read up to 1",
+        "{kept}"
+    );
+
+    // Bob blocks alice (through node 2): her signals, sent on node 1, no
+    // longer reach him, while dave still gets them.
+    let blocked = two
+        .http
+        .put(two.url("/api/v1/blocks/alice"))
+        .bearer_auth(&tokens[1])
+        .send()
+        .await?
+        .status();
+    ensure!(blocked.is_success(), "block: {blocked}");
+    send_signal(&mut alice, room, "typing", b"still typing").await?;
+    let got = dave.expect_type("signal").await?;
+    ensure!(got["sender"] == "alice", "{got}");
+    ensure!(
+        signals(&bob.drain().await?).is_empty(),
+        "a blocked sender's signal reached bob"
+    );
+    Ok(())
+}
