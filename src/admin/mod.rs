@@ -4,8 +4,9 @@
 //! them read alongside it; a write waits for the server's, up to SQLite's
 //! busy timeout). A running server notices disabled accounts and revoked
 //! sessions at its next session sweep (`--session-check-interval`, 5 s by
-//! default) and closes those sockets; with several servers on one
-//! PostgreSQL database, each does.
+//! default) and closes those sockets. On PostgreSQL the command also tells
+//! every running node at once, with the notice a logout sends, so their
+//! sockets close within a moment; the sweep remains the fallback.
 
 pub mod invite;
 pub mod migrate;
@@ -16,8 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::cli::{AdminArgs, AdminCommand, SessionsCommand, UsersCommand};
-use crate::store::db::Backend;
-use crate::store::{DbLocation, Durability, Store, StoreError, now_ms};
+use crate::notify::{NodeId, Notice, postgres::CHANNEL, wire};
+use crate::store::db::{self, Backend};
+use crate::store::{DbLocation, Durability, Store, StoreError, UserId, now_ms};
 use invite::InviteCode;
 
 pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
@@ -55,12 +57,14 @@ async fn dispatch(store: &Store, command: &AdminCommand) -> anyhow::Result<()> {
             command: SessionsCommand::Revoke { user },
         } => {
             let user = user.to_ascii_lowercase();
+            let id = user_id(store, &user).await;
             let n = store
                 .revoke_sessions(&user)
                 .await
                 .map_err(|e| named(e, &user))?;
             println!(
-                "revoked {n} session(s) of {user}; open sockets close at the server's next session check"
+                "revoked {n} session(s) of {user}; {}",
+                tell_the_nodes(store, id).await
             );
             Ok(())
         }
@@ -144,12 +148,14 @@ async fn users(store: &Store, command: &UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Disable { user } => {
             let user = user.to_ascii_lowercase();
+            let id = user_id(store, &user).await;
             store
                 .set_disabled(&user, true)
                 .await
                 .map_err(|e| named(e, &user))?;
             println!(
-                "disabled {user}: logins refused, sessions ended; open sockets close at the server's next session check"
+                "disabled {user}: logins refused, sessions ended; {}",
+                tell_the_nodes(store, id).await
             );
             Ok(())
         }
@@ -169,17 +175,51 @@ async fn users(store: &Store, command: &UsersCommand) -> anyhow::Result<()> {
                     "deleting {user} removes their keys, sessions and memberships and cannot be undone; repeat with --yes"
                 );
             }
+            let id = user_id(store, &user).await;
             let done = store
                 .delete_user(&user)
                 .await
                 .map_err(|e| named(e, &user))?;
             println!(
-                "deleted {user}: {} key(s), {} session(s), {} membership(s), {} invitation(s) removed; their past messages stay in the rooms until retention prunes them",
-                done.keys, done.sessions, done.memberships, done.invitations
+                "deleted {user}: {} key(s), {} session(s), {} membership(s), {} invitation(s) removed; their past messages stay in the rooms until retention prunes them; {}",
+                done.keys,
+                done.sessions,
+                done.memberships,
+                done.invitations,
+                tell_the_nodes(store, id).await
             );
             Ok(())
         }
     }
+}
+
+/// The account's id, looked up before a change that may remove it.
+async fn user_id(store: &Store, username: &str) -> Option<UserId> {
+    store.find_user(username).await.ok().map(|user| user.id)
+}
+
+/// On PostgreSQL, tells every running node that `user`'s sessions changed
+/// (`Notice::Sessions`, as a logout does): each checks that user's open
+/// sockets against the database now. Returns what the operator should
+/// expect, for the command's output.
+async fn tell_the_nodes(store: &Store, user: Option<UserId>) -> &'static str {
+    const AT_THE_SWEEP: &str = "open sockets close at the server's next session check";
+    let Some(user) = user.filter(|_| store.backend() == Backend::Postgres) else {
+        return AT_THE_SWEEP;
+    };
+    let notice = [Notice::Sessions { users: vec![user] }];
+    for payload in wire::encode(NodeId::random(), &notice) {
+        let sent = db::query("SELECT pg_notify(?, ?)")
+            .bind(CHANNEL)
+            .bind(payload.as_str())
+            .execute(store.db())
+            .await;
+        if let Err(err) = sent {
+            eprintln!("warning: could not notify the running nodes ({err})");
+            return AT_THE_SWEEP;
+        }
+    }
+    "every running node was told and closes its open sockets now"
 }
 
 async fn backup(store: &Store, file: &Path) -> anyhow::Result<()> {

@@ -379,6 +379,46 @@ async fn postgres_logout_on_one_node_closes_the_sessions_sockets_on_the_others()
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_an_admin_revocation_closes_the_users_sockets_on_every_node_at_once() -> Result<()>
+{
+    // A long sweep: only the notice from `hush admin` can close them in time.
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--session-check-interval", "1h"]);
+    let cluster = Cluster::start(2, &flags).await?;
+    let (one, two) = (cluster.node(0)?, cluster.node(1)?);
+    let alice = one.user("alice").await?;
+    let bob = one.user("bob").await?;
+    let mut alice_one = one.connect_ws(&alice).await?;
+    let mut alice_two = two.connect_ws(&alice).await?;
+    let mut bob_two = two.connect_ws(&bob).await?;
+    let db = cluster.db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::cli_support::HUSH)
+            .args(["admin", "--db", &db, "sessions", "revoke", "alice"])
+            .output()
+    })
+    .await??;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "hush admin: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(said.contains("every running node was told"), "{said}");
+    for (node, ws) in [(1, &mut alice_one), (2, &mut alice_two)] {
+        let code = tokio::time::timeout(Duration::from_secs(5), ws.expect_close())
+            .await
+            .with_context(|| format!("alice's socket on node {node} stayed open"))??;
+        ensure!(
+            code == Some(4001),
+            "node {node}: closed as unauthorized: {code:?}"
+        );
+    }
+    bob_two.ping().await.context("bob's socket is left alone")?;
+    Ok(())
+}
+
 fn signals(frames: &[Value]) -> Vec<&Value> {
     frames.iter().filter(|f| f["type"] == "signal").collect()
 }
