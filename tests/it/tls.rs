@@ -161,13 +161,22 @@ async fn https_and_wss_work_for_a_client_that_trusts_the_certificate() -> Result
     let server = start(dir.path(), &cert).await?;
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     let http = https(cert.client(dir.path(), "ca.pem")?)?;
-    let health: Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(health["status"], "ok");
+    // On PostgreSQL the status is "degraded" until the node's listener has
+    // connected: wait for "ok", at most 15 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let health: Value = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if health["status"] == "ok" || std::time::Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["status"], "ok", "{health}");
     let token = register_and_login(&http, &base, "alice").await?;
 
     let connector =
