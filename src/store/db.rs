@@ -363,10 +363,10 @@ pub fn query_built<'q>(sql: String) -> Query<'q> {
 }
 
 /// Binds the query's values to a sqlx query (`Query`, `QueryAs` and
-/// `QueryScalar` all have `bind`). Array values exist on PostgreSQL only:
-/// on SQLite they end the calling method with an error.
+/// `QueryScalar` all have `bind`). `$backend` is `sqlite` or `postgres`:
+/// only array values bind differently (`bind_array`).
 macro_rules! bind_all {
-    (sqlite, $query:expr, $args:expr) => {{
+    ($backend:ident, $query:expr, $args:expr) => {{
         let mut q = $query;
         for arg in $args {
             q = match arg {
@@ -378,34 +378,27 @@ macro_rules! bind_all {
                 Arg::Bytes(Some(Cow::Borrowed(v))) => q.bind(v),
                 Arg::Bytes(Some(Cow::Owned(v))) => q.bind(v),
                 Arg::Bytes(None) => q.bind(None::<Vec<u8>>),
-                Arg::Ints(_) | Arg::Texts(_) | Arg::Blobs(_) => {
-                    return Err(sqlx::Error::Protocol(
-                        "array parameters are for PostgreSQL only".into(),
-                    ));
-                }
+                Arg::Ints(v) => bind_array!($backend, q, v),
+                Arg::Texts(v) => bind_array!($backend, q, v),
+                Arg::Blobs(v) => bind_array!($backend, q, v),
             };
         }
         q
     }};
-    (postgres, $query:expr, $args:expr) => {{
-        let mut q = $query;
-        for arg in $args {
-            q = match arg {
-                Arg::Int(v) => q.bind(v),
-                Arg::Bool(v) => q.bind(v),
-                Arg::Text(Some(Cow::Borrowed(v))) => q.bind(v),
-                Arg::Text(Some(Cow::Owned(v))) => q.bind(v),
-                Arg::Text(None) => q.bind(None::<String>),
-                Arg::Bytes(Some(Cow::Borrowed(v))) => q.bind(v),
-                Arg::Bytes(Some(Cow::Owned(v))) => q.bind(v),
-                Arg::Bytes(None) => q.bind(None::<Vec<u8>>),
-                Arg::Ints(v) => q.bind(v),
-                Arg::Texts(v) => q.bind(v),
-                Arg::Blobs(v) => q.bind(v),
-            };
-        }
-        q
+}
+
+/// Array values exist on PostgreSQL only: on SQLite they end the calling
+/// method with an error.
+macro_rules! bind_array {
+    (sqlite, $query:expr, $values:expr) => {{
+        let _ = $values;
+        return Err(sqlx::Error::Protocol(
+            "array parameters are for PostgreSQL only".into(),
+        ));
     }};
+    (postgres, $query:expr, $values:expr) => {
+        $query.bind($values)
+    };
 }
 
 impl<'q> Query<'q> {

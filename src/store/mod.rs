@@ -183,6 +183,24 @@ impl From<&DbLocation> for DbLocation {
     }
 }
 
+/// A PostgreSQL URL naming database `name` on the same server, as the
+/// same user, with the same query; `None` if `url` has no `scheme://`.
+pub fn with_database(url: &str, name: &str) -> Option<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://")? + 3;
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    Some(match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    })
+}
+
 /// `url` with the password of its user part, and any `password=` query
 /// parameter, replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -452,7 +470,20 @@ fn unique_violation(err: sqlx::Error, on_unique: StoreError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::{DbLocation, redact_url};
+    use super::{DbLocation, redact_url, with_database};
+
+    #[test]
+    fn another_database_on_the_same_server_keeps_user_and_query() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5/postgres?sslmode=disable", "hush_1").as_deref(),
+            Some("postgres://u:p@h:5/hush_1?sslmode=disable")
+        );
+        assert_eq!(
+            with_database("postgres://h", "x").as_deref(),
+            Some("postgres://h/x")
+        );
+        assert_eq!(with_database("data/hush.db", "x"), None);
+    }
     use std::path::PathBuf;
 
     #[test]

@@ -10,70 +10,14 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use hush::config::ServerConfig;
 use hush::store::{DbLocation, Durability, RoomId, Store, UserId, UserRef};
-use sqlx::{AssertSqlSafe, Connection};
 
-use crate::support::{external_app, message_seqs};
+use crate::support::{PgDatabase, external_app, message_seqs};
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
-
-fn admin_url() -> Result<String> {
-    std::env::var("HUSH_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .context(
-            "HUSH_TEST_POSTGRES_URL is not set: postgres_* tests run in the PostgreSQL pass \
-             (inside pg_virtualenv, with the URL of the cluster's admin database)",
-        )
-}
-
-/// `url` naming database `name` instead (its query kept).
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let scheme_end = base.find("://").context("a postgres:// URL")? + 3;
-    let base = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    Ok(if query.is_empty() {
-        format!("{base}/{name}")
-    } else {
-        format!("{base}/{name}?{query}")
-    })
-}
-
-static DATABASES: AtomicU64 = AtomicU64::new(0);
-
-/// An empty database on the test cluster, dropped by `drop_database`.
-async fn create_database() -> Result<(String, String)> {
-    let admin = admin_url()?;
-    let name = format!(
-        "hush_migrate_{}_{}",
-        std::process::id(),
-        DATABASES.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin).await?;
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    Ok((name.clone(), with_database(&admin, &name)?))
-}
-
-async fn drop_database(name: &str) -> Result<()> {
-    let mut conn = sqlx::PgConnection::connect(&admin_url()?).await?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await?;
-    Ok(())
-}
 
 fn hush(args: &[&str]) -> Result<Output> {
     Ok(Command::new(HUSH)
@@ -216,10 +160,8 @@ async fn postgres_migrate_to_postgres_copies_every_table_and_the_copy_reads_the_
     let dir = tempfile::tempdir()?;
     let sqlite = dir.path().join("hush.db");
     let (users, group, dm) = populate(&sqlite).await?;
-    let (name, url) = create_database().await?;
-    let outcome = check_migration(&sqlite, &url, &users, &[group, dm]).await;
-    drop_database(&name).await?;
-    outcome
+    let db = PgDatabase::create().await?;
+    check_migration(&sqlite, &db.url, &users, &[group, dm]).await
 }
 
 async fn check_migration(

@@ -8,66 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail, ensure};
 use hush::store::writer::{Committed, Writer};
-use hush::store::{DbLocation, Durability, RoomId, Store, StoreError, UserRef};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use hush::store::{RoomId, Store, StoreError, UserRef};
 
-/// A database of its own on the cluster HUSH_TEST_POSTGRES_URL names (the
-/// variable tests/it/support.rs reads for the PostgreSQL pass), dropped at
-/// the end.
-struct PgDatabase {
-    name: String,
-    url: String,
-    admin: String,
-}
-
-impl PgDatabase {
-    async fn create() -> Result<Self> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let admin = std::env::var("HUSH_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|url| !url.is_empty())
-            .context(
-                "HUSH_TEST_POSTGRES_URL is not set: postgres_* tests run in the PostgreSQL pass",
-            )?;
-        let name = format!(
-            "hush_w_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let mut conn = PgConnection::connect(&admin).await?;
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
-        let _ = conn.close().await;
-        let (base, query) = match admin.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (admin.as_str(), String::new()),
-        };
-        let scheme_end = base.find("://").context("a postgres:// URL")? + 3;
-        let base = match base[scheme_end..].find('/') {
-            Some(slash) => &base[..scheme_end + slash],
-            None => base,
-        };
-        let url = format!("{base}/{name}{query}");
-        Ok(Self { name, url, admin })
-    }
-
-    async fn drop_now(self) -> Result<()> {
-        let mut conn = PgConnection::connect(&self.admin).await?;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await?;
-        let _ = conn.close().await;
-        Ok(())
-    }
-}
-
-async fn open_store(url: &str) -> Result<Store> {
-    Ok(Store::open_with(DbLocation::Postgres(url.to_owned()), Durability::Full).await?)
-}
+use crate::support::{PgDatabase, open_store};
 
 /// (room, seq) of every entry a writer announced, in announcement order.
 type Announced = Arc<Mutex<Vec<(RoomId, i64)>>>;
@@ -212,7 +155,7 @@ async fn postgres_two_writers_append_to_one_room() -> Result<()> {
         all.keys().filter(|(r, _)| *r == room).count() == last as usize,
         "every entry of the room announced once"
     );
-    db.drop_now().await
+    Ok(())
 }
 
 /// The same message sent to two nodes at once is stored once; both callers
@@ -254,7 +197,7 @@ async fn postgres_racing_resends_are_stored_once() -> Result<()> {
     t2.await?;
     node1.close().await;
     node2.close().await;
-    db.drop_now().await
+    Ok(())
 }
 
 /// A block made on one node stops messages that another node's writer
@@ -296,5 +239,5 @@ async fn postgres_a_block_on_another_node_reaches_the_cached_room() -> Result<()
     t2.await?;
     node1.close().await;
     node2.close().await;
-    db.drop_now().await
+    Ok(())
 }

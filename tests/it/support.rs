@@ -146,23 +146,6 @@ pub fn require_postgres() -> Result<String> {
     )
 }
 
-/// `url` with its database name replaced by `name` (query kept).
-pub fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").context("a postgres:// URL")? + 3;
-    let base = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    Ok(match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    })
-}
-
 static DATABASES: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh, empty PostgreSQL database on the test cluster, dropped (with
@@ -188,7 +171,7 @@ impl PgDatabase {
             std::process::id(),
             DATABASES.fetch_add(1, Ordering::Relaxed)
         );
-        let url = with_database(&admin, &name)?;
+        let url = hush::store::with_database(&admin, &name).context("a postgres:// URL")?;
         let mut conn = connect_admin(&admin).await?;
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)

@@ -599,9 +599,8 @@ impl Harness {
             };
             samples.append(&mut client.tally(tag).latencies.lock().expect("stats lock"));
         }
-        let by_node =
-            (!other.is_empty()).then(|| (Latency::of(same.clone()), Latency::of(other.clone())));
-        let samples = [same, other].concat();
+        let latency = Latency::of([same.as_slice(), other.as_slice()].concat());
+        let by_node = (!other.is_empty()).then(|| (Latency::of(same), Latency::of(other)));
         let closed: Vec<u16> = before
             .0
             .iter()
@@ -626,7 +625,7 @@ impl Harness {
             } else {
                 100.0 * expected.saturating_sub(delivered) as f64 / expected as f64
             },
-            latency: Latency::of(samples),
+            latency,
             by_node,
             deliveries_per_sec: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
             closed: closed.len(),

@@ -20,7 +20,7 @@ pub struct BenchDatabase {
 impl BenchDatabase {
     pub async fn create(admin: &str) -> Result<Self> {
         let name = format!("hush_bench_{}", random_hex());
-        let url = with_database(admin, &name)?;
+        let url = hush::store::with_database(admin, &name).context("a postgres:// URL")?;
         let mut conn = PgConnection::connect(admin)
             .await
             .context("connecting to the --postgres server")?;
@@ -54,21 +54,6 @@ impl BenchDatabase {
             eprintln!("could not drop bench database {}: {e:#}", self.name);
         }
     }
-}
-
-/// `url` with its database name replaced by `name`, query kept.
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").context("a postgres:// URL")? + 3;
-    let base = base[scheme_end..]
-        .find('/')
-        .map_or(base, |slash| &base[..scheme_end + slash]);
-    Ok(match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    })
 }
 
 /// A cgroup holding one process to `quota` of one CPU (cgroup v2's
