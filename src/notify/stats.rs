@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::histogram::Histogram;
+
 /// Upper bounds, in seconds, of the cross-node lag buckets.
 pub const LAG_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -48,32 +50,14 @@ pub fn set_listener_up(up: bool) {
     LISTENER_UP.0.store(u64::from(up), Ordering::Relaxed);
 }
 
-struct Histogram {
-    buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-static LAG: Histogram = Histogram {
-    buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len() + 1],
-    sum_micros: AtomicU64::new(0),
-};
+static LAG: Histogram<{ LAG_BUCKETS.len() + 1 }> = Histogram::new(&LAG_BUCKETS);
 
 /// Records one remote entry delivered `seconds` after its commit timestamp.
 pub fn observe_lag(seconds: f64) {
-    let seconds = seconds.max(0.0);
-    let at = LAG_BUCKETS
-        .iter()
-        .position(|bound| seconds <= *bound)
-        .unwrap_or(LAG_BUCKETS.len());
-    LAG.buckets[at].fetch_add(1, Ordering::Relaxed);
-    LAG.sum_micros
-        .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    LAG.observe(seconds);
 }
 
 /// Non-cumulative counts per bucket (the last is +Inf) and the total.
 pub fn lag() -> ([u64; LAG_BUCKETS.len() + 1], f64) {
-    (
-        std::array::from_fn(|at| LAG.buckets[at].load(Ordering::Relaxed)),
-        LAG.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-    )
+    LAG.snapshot()
 }
