@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::frame_queue::{FrameQueue, Refused};
 use super::send_hold::{InFlight, RoomsInFlight, SendHold};
 use crate::protocol::close;
 use crate::store::{RoomId, UserId};
@@ -30,8 +30,15 @@ pub struct Outbound {
 struct Conn {
     id: u64,
     token_hash: [u8; 32],
-    tx: mpsc::Sender<Arc<Outbound>>,
     shared: Arc<ConnShared>,
+}
+
+/// A connection the hub lets go of gets no more frames: its session takes
+/// what is queued, then ends (with `cut_reason`'s code, if set).
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+    }
 }
 
 /// What the hub and a session both see of one connection.
@@ -41,12 +48,20 @@ pub struct ConnShared {
     pub cut_reason: AtomicU16,
     /// Its queue filled past an eighth and has not drained yet.
     backed_up: AtomicBool,
+    /// Frames on their way to the client.
+    pub queue: FrameQueue,
+}
+
+#[derive(Default)]
+struct Conns {
+    by_user: HashMap<UserId, Vec<Conn>>,
+    /// The server is shutting down: nothing more is registered.
+    closing: bool,
 }
 
 /// A session's end of its hub registration.
 pub struct Registration {
     pub id: u64,
-    pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// Whether this is the user's only connection (they just came online).
     pub is_first: bool,
     pub shared: Arc<ConnShared>,
@@ -54,7 +69,7 @@ pub struct Registration {
 
 #[derive(Clone)]
 pub struct Hub {
-    conns: Arc<Mutex<HashMap<UserId, Vec<Conn>>>>,
+    conns: Arc<Mutex<Conns>>,
     next_id: Arc<AtomicU64>,
     queue_len: usize,
     hold: Arc<SendHold>,
@@ -73,20 +88,28 @@ impl Hub {
     }
 
     pub fn register(&self, user: UserId, token_hash: [u8; 32]) -> Registration {
-        let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(ConnShared::default());
         let mut conns = self.conns.lock().expect("hub lock poisoned");
-        let list = conns.entry(user).or_default();
+        if conns.closing {
+            shared
+                .cut_reason
+                .store(close::GOING_AWAY, Ordering::Relaxed);
+            shared.queue.close();
+            return Registration {
+                id,
+                is_first: false,
+                shared,
+            };
+        }
+        let list = conns.by_user.entry(user).or_default();
         list.push(Conn {
             id,
             token_hash,
-            tx,
             shared: shared.clone(),
         });
         Registration {
             id,
-            rx,
             is_first: list.len() == 1,
             shared,
         }
@@ -97,7 +120,7 @@ impl Hub {
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         // Already gone when the hub cut it off: the user is offline unless
         // another connection is still registered.
-        let Some(list) = conns.get_mut(&user) else {
+        let Some(list) = conns.by_user.get_mut(&user) else {
             return true;
         };
         list.retain(|c| {
@@ -109,7 +132,7 @@ impl Hub {
         });
         let now_empty = list.is_empty();
         if now_empty {
-            conns.remove(&user);
+            conns.by_user.remove(&user);
         }
         now_empty
     }
@@ -134,15 +157,15 @@ impl Hub {
         let (mut recipients, mut backed_up) = (0, 0);
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         for user in users {
-            if let Some(list) = conns.get_mut(user) {
+            if let Some(list) = conns.by_user.get_mut(user) {
                 list.retain(|c| {
                     let Some(frame) = choose(c.id) else {
                         return true;
                     };
-                    match c.tx.try_send(frame) {
-                        Ok(()) => {
+                    match c.shared.queue.push(frame, self.queue_len) {
+                        Ok(waiting) => {
                             recipients += 1;
-                            if self.queue_len - c.tx.capacity() >= backed_up_at {
+                            if waiting >= backed_up_at {
                                 self.hold.flag(&c.shared.backed_up);
                             }
                             if c.shared.backed_up.load(Ordering::Relaxed) {
@@ -150,7 +173,7 @@ impl Hub {
                             }
                             super::metrics::fanout_delivered()
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Refused::Full) => {
                             super::metrics::error("slow_consumer");
                             c.shared
                                 .cut_reason
@@ -158,14 +181,14 @@ impl Hub {
                             self.hold.unflag(&c.shared.backed_up);
                             false
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Err(Refused::Gone) => {
                             self.hold.unflag(&c.shared.backed_up);
                             false
                         }
                     }
                 });
                 if list.is_empty() {
-                    conns.remove(user);
+                    conns.by_user.remove(user);
                 }
             }
         }
@@ -214,7 +237,7 @@ impl Hub {
     /// Cuts off every connection opened with a revoked session token.
     pub fn revoke(&self, user: UserId, token_hash: &[u8; 32]) {
         let mut conns = self.conns.lock().expect("hub lock poisoned");
-        if let Some(list) = conns.get_mut(&user) {
+        if let Some(list) = conns.by_user.get_mut(&user) {
             list.retain(|c| {
                 let revoked = &c.token_hash == token_hash;
                 if revoked {
@@ -226,15 +249,33 @@ impl Hub {
                 !revoked
             });
             if list.is_empty() {
-                conns.remove(&user);
+                conns.by_user.remove(&user);
             }
         }
+    }
+
+    /// Lets go of every connection for a server shutdown, and of any that
+    /// registers later: each session writes what was queued for it, then
+    /// its owed acknowledgements, and closes with 1001. (Through the queue
+    /// rather than a shutdown signal every session also waits on: that
+    /// would be one more future, and one more lock, per session wake-up.)
+    pub fn shut_down(&self) {
+        let mut conns = self.conns.lock().expect("hub lock poisoned");
+        conns.closing = true;
+        for c in conns.by_user.values().flatten() {
+            c.shared
+                .cut_reason
+                .store(close::GOING_AWAY, Ordering::Relaxed);
+            self.hold.unflag(&c.shared.backed_up);
+        }
+        conns.by_user.clear();
     }
 
     /// Each open connection's user and session token hash.
     pub fn connected_tokens(&self) -> Vec<(UserId, [u8; 32])> {
         let conns = self.conns.lock().expect("hub lock poisoned");
         conns
+            .by_user
             .iter()
             .flat_map(|(u, list)| list.iter().map(|c| (*u, c.token_hash)))
             .collect()
@@ -244,6 +285,7 @@ impl Hub {
         self.conns
             .lock()
             .expect("hub lock poisoned")
+            .by_user
             .contains_key(&user)
     }
 }

@@ -8,11 +8,13 @@ mod cluster;
 mod conversation;
 mod error;
 mod fanout;
+mod frame_queue;
 pub mod health;
 mod hub;
 pub mod limits;
 mod listener;
 mod maintenance;
+mod memory;
 pub mod metrics;
 mod pacing;
 mod presence;
@@ -23,6 +25,7 @@ mod signals;
 mod tls;
 pub mod upgrade;
 mod web;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -198,9 +201,11 @@ pub async fn run(
         .or(routes::api(state.clone()))
         .or(web::routes())
         .recover(error::recover);
+    let hub = state.hub.clone();
     let signal = async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
+        hub.shut_down();
     };
     listener::serve(
         listener,
@@ -235,9 +240,13 @@ fn warn_if_open_to_the_world(listener: &TcpListener, config: &ServerConfig) {
 fn websocket(
     state: AppState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    let client_ip = limits::client_ip(&state);
+    // One copy for every session: each holds a pointer, not its own copy
+    // of the twenty-odd handles in `AppState`.
+    let state = Arc::new(state);
     warp::path!("ws")
         .and(upgrade::upgrade_request())
-        .and(limits::client_ip(&state))
+        .and(client_ip)
         .and_then(
             move |key: String, on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>, ip| {
                 let state = state.clone();

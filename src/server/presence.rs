@@ -163,6 +163,10 @@ impl Presence {
             window = if is_busy {
                 (window * 2).min(BUSY_WINDOW)
             } else {
+                if window > QUIET_WINDOW {
+                    // A burst of connects or closes just ended.
+                    super::memory::release_after_burst();
+                }
                 QUIET_WINDOW
             };
         }

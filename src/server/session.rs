@@ -2,7 +2,8 @@
 //!
 //! A single task owns the connection's state and `select!`s over: frames
 //! from the client, frames the hub queued for it, acknowledgements coming
-//! back from the writer, the heartbeat, shutdown, and pending sync work.
+//! back from the writer, the heartbeat, and pending sync work. A server
+//! shutdown arrives through the hub's queue (`Hub::shut_down`).
 //! Owning everything in one task means the per-room cursors need no lock.
 //! Frames from the client are read at most at `--frame-rate` (`pacing`);
 //! while reading waits, everything else goes on.
@@ -18,11 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::AppState;
 use super::auth::token_hash;
@@ -64,9 +65,12 @@ type AckFuture = std::pin::Pin<
 >;
 
 struct Session {
-    state: AppState,
+    state: Arc<AppState>,
     user: UserRecord,
-    sink: SplitSink<WebSocket, Message>,
+    socket: WebSocket,
+    /// Text frames waiting for the next flush (`wire`); empty, and
+    /// holding no memory, between writes.
+    unflushed: Vec<Utf8Bytes>,
     /// This connection as the hub sees it.
     conn: Arc<ConnShared>,
     cursors: HashMap<RoomId, RoomCursor>,
@@ -75,8 +79,9 @@ struct Session {
     /// meanwhile: the read may or may not include them.
     fetch_stash: Option<FetchStash>,
     acks: FuturesOrdered<AckFuture>,
-    /// A validated message waiting for room in the writer's queue.
-    blocked: Option<BlockedSend>,
+    /// A validated message waiting for room in the writer's queue (boxed:
+    /// rare, and an idle connection should not pay for it).
+    blocked: Option<Box<BlockedSend>>,
     /// This connection's allowance of `send` frames.
     send_rate: super::limits::TokenBucket,
     /// This connection's allowance of `signal` frames.
@@ -88,6 +93,12 @@ struct Session {
     held_behind: Option<Box<HeldBehind>>,
     /// When the session token stops being valid; the socket closes then.
     expires: tokio::time::Instant,
+    /// Held while the session lives: its place among the user's sessions,
+    /// and its count in the metrics.
+    _held: (
+        super::limits::Slot<crate::store::UserId>,
+        super::metrics::GaugeGuard,
+    ),
 }
 
 /// A message the writer had no room for yet.
@@ -172,52 +183,58 @@ enum End {
 
 /// Serves one upgraded connection until it closes.
 ///
-/// The socket is split before the session's future is built, so that
-/// future (allocated once per connection, for its whole life) does not keep
-/// a slot for the unsplit socket. For the same reason the rarely taken,
-/// store-bound steps below are boxed: an idle connection should cost a few
-/// KiB, not the size of its largest possible step.
-pub fn run(socket: WebSocket, state: AppState) -> impl std::future::Future<Output = ()> + Send {
-    let (sink, stream) = socket.split();
+/// The rarely taken, store-bound steps below are boxed: the session's
+/// future is allocated once per connection, for its whole life, and an idle
+/// connection should cost a few KiB, not the size of its largest possible
+/// step.
+pub fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+) -> impl std::future::Future<Output = ()> + Send {
     // One boxed argument: an async fn keeps a slot for each argument for
     // its whole life, even after the argument has been moved out.
-    run_split(Box::new((sink, stream, state)))
+    run_boxed(Box::new((socket, state)))
 }
 
-type Parts = (
-    SplitSink<WebSocket, Message>,
-    SplitStream<WebSocket>,
-    AppState,
-);
-
-async fn run_split(parts: Box<Parts>) {
-    let (mut sink, mut stream, state) = *parts;
+async fn run_boxed(parts: Box<(WebSocket, Arc<AppState>)>) {
     let _connection = super::metrics::connection_opened();
-    let (user, token, expires, auth_id) =
-        match Box::pin(authenticate(&state, &mut sink, &mut stream)).await {
-            Some(found) => found,
-            None => {
-                let _ = sink
-                    .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
-                    .await;
-                return;
-            }
-        };
-    let Some(_session_slot) = state.limits.session_slot(user.id) else {
+    // Opening and closing are boxed: their steps need room only while they
+    // run, and the socket lives inside the session from the start.
+    let Some(mut session) = Box::pin(open(parts)).await else {
+        return;
+    };
+    let end = session.serve().await;
+    Box::pin(session.close(end)).await;
+}
+
+/// Authenticates the connection, registers it and says `ready`; `None`
+/// once the connection was refused (and closed).
+async fn open(parts: Box<(WebSocket, Arc<AppState>)>) -> Option<Session> {
+    let (mut socket, state) = *parts;
+    let (user, token, expires, auth_id) = match authenticate(&state, &mut socket).await {
+        Some(found) => found,
+        None => {
+            let _ = socket
+                .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
+                .await;
+            return None;
+        }
+    };
+    let Some(slot) = state.limits.session_slot(user.id) else {
         super::metrics::rate_limited("sessions_per_user");
         let frame = error_frame(
             "too_many_sessions",
             "too many open connections for this account",
         );
-        let _ = sink
+        let _ = socket
             .send(Message::text(Outgoing::new(auth_id, frame).to_json()))
             .await;
-        let _ = sink
+        let _ = socket
             .send(close_frame(close::TOO_MANY_SESSIONS, "too many sessions"))
             .await;
-        return;
+        return None;
     };
-    let _session = super::metrics::session_started();
+    let counted = super::metrics::session_started();
     let registration = state
         .presence
         .connect(&state.hub, user.id, &user.username, token);
@@ -242,7 +259,8 @@ async fn run_split(parts: Box<Parts>) {
         held_behind: None,
         state,
         user,
-        sink,
+        socket,
+        unflushed: Vec::new(),
         conn: registration.shared,
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
@@ -250,36 +268,25 @@ async fn run_split(parts: Box<Parts>) {
         acks: FuturesOrdered::new(),
         blocked: None,
         expires,
+        _held: (slot, counted),
     };
-    let end = if session.send(auth_id, ready).await {
-        session.serve(stream, registration.rx).await
+    if session.send(auth_id, ready).await {
+        Some(session)
     } else {
-        End::Closed
-    };
-    if let End::Close(code, reason) = end {
-        let _ =
-            tokio::time::timeout(SEND_TIMEOUT, session.sink.send(close_frame(code, reason))).await;
+        Box::pin(session.close(End::Closed)).await;
+        None
     }
-    let _ = tokio::time::timeout(SEND_TIMEOUT, session.sink.close()).await;
-    if session.state.hub.unregister(session.user.id, conn_id) {
-        session
-            .state
-            .presence
-            .disconnected(session.user.id, &session.user.username);
-    }
-    tracing::debug!(user = %session.user.username, conn = conn_id, "disconnected");
 }
 
 /// Waits for the `auth` frame. Returns the user, their token's hash, when
 /// the token expires, and the frame's id.
 async fn authenticate(
     state: &AppState,
-    sink: &mut SplitSink<WebSocket, Message>,
-    stream: &mut SplitStream<WebSocket>,
+    socket: &mut WebSocket,
 ) -> Option<(UserRecord, [u8; 32], tokio::time::Instant, Option<String>)> {
     let first = tokio::time::timeout(state.config.auth_timeout, async {
         loop {
-            match stream.next().await {
+            match socket.next().await {
                 Some(Ok(msg)) if msg.is_text() => return Some(msg),
                 Some(Ok(msg)) if msg.is_ping() || msg.is_pong() => continue,
                 _ => return None,
@@ -302,7 +309,7 @@ async fn authenticate(
                 "unauthorized",
                 "the first frame must be {\"v\":1,\"type\":\"auth\",\"token\":…}",
             );
-            let _ = sink
+            let _ = socket
                 .send(Message::text(Outgoing::new(None, frame).to_json()))
                 .await;
             return None;
@@ -317,7 +324,7 @@ async fn authenticate(
         (Some((user, expires_at)), Some(hash)) => Some((user, hash, deadline(expires_at), id)),
         _ => {
             let frame = error_frame("unauthorized", "invalid or expired session token");
-            let _ = sink
+            let _ = socket
                 .send(Message::text(Outgoing::new(id, frame).to_json()))
                 .await;
             None
@@ -378,12 +385,8 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut hub_rx: tokio::sync::mpsc::Receiver<Arc<Outbound>>,
-    ) -> End {
-        let mut shutdown = self.state.shutdown.clone();
+    async fn serve(&mut self) -> End {
+        let conn = self.conn.clone();
         let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
@@ -409,35 +412,35 @@ impl Session {
                 self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
             tokio::select! {
                 biased;
-                _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
-                    Box::pin(self.finish_acks(&mut hub_rx)).await;
-                    return End::Close(close::GOING_AWAY, "server shutting down");
-                }
                 _ = &mut expiry => {
-                    Box::pin(self.finish_acks(&mut hub_rx)).await;
+                    Box::pin(self.finish_acks()).await;
                     return End::Close(close::UNAUTHORIZED, "session expired");
                 }
-                out = hub_rx.recv() => match out {
-                    Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out), &mut hub_rx)).await { return End::Closed },
+                out = conn.queue.pop() => match out {
+                    Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out))).await { return End::Closed },
                     None => {
                         let code = self.conn.cut_reason.load(Ordering::Relaxed);
+                        if code == close::GOING_AWAY {
+                            Box::pin(self.finish_acks()).await;
+                            return End::Close(close::GOING_AWAY, "server shutting down");
+                        }
                         let reason = if code == close::UNAUTHORIZED { "session revoked" } else { "too slow; reconnect and sync" };
                         return End::Close(if code == 0 { close::TOO_SLOW } else { code }, reason);
                     }
                 },
                 Some((id, result)) = self.acks.next(), if !self.acks.is_empty() => {
-                    if !Box::pin(self.write_ready(Ready::Ack(id, result), &mut hub_rx)).await { return End::Closed }
+                    if !Box::pin(self.write_ready(Ready::Ack(id, result))).await { return End::Closed }
                 }
                 slot = async { reservation.as_mut().expect("guarded by is_some").await }, if reservation.is_some() => {
                     reservation = None;
                     let blocked = self.blocked.take().expect("a reservation is made for a blocked send");
                     match slot {
-                        Ok((slot, in_flight)) => self.enqueue(slot, in_flight, blocked),
-                        Err(err) => if !self.refuse_unstored(blocked, &err).await { return End::Closed },
+                        Ok((slot, in_flight)) => self.enqueue(slot, in_flight, *blocked),
+                        Err(err) => if !Box::pin(self.refuse_unstored(*blocked, &err)).await { return End::Closed },
                     }
                 }
                 _ = pacer.resumed(), if pacer.is_paused() => {}
-                msg = stream.next(), if reading => {
+                msg = self.socket.next(), if reading => {
                     pacer.spend();
                     last_heard = Instant::now();
                     match msg {
@@ -447,7 +450,7 @@ impl Session {
                         }
                         Some(Ok(msg)) if msg.is_binary() => {
                             let frame = error_frame("bad_frame", "binary frames are not supported; send JSON text frames");
-                            if !self.send(None, frame).await { return End::Closed }
+                            if !Box::pin(self.send(None, frame)).await { return End::Closed }
                         }
                         Some(Ok(msg)) if msg.is_close() => return End::Closed,
                         Some(Ok(_)) => {} // ping or pong: liveness only
@@ -466,7 +469,7 @@ impl Session {
                     if last_heard.elapsed() > self.state.config.heartbeat_timeout {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
-                    if !self.send_raw(Message::Ping(Default::default())).await { return End::Closed }
+                    if !Box::pin(self.send_control(Message::Ping(Default::default()))).await { return End::Closed }
                 }
                 fetched = async { fetching.as_mut().expect("guarded by is_some").await }, if fetching.is_some() => {
                     let reply = self.take_page(fetched);
@@ -481,25 +484,52 @@ impl Session {
         }
     }
 
+    /// Says why the connection ends (unless the client went first), closes
+    /// it, and leaves the hub.
+    async fn close(mut self, end: End) {
+        if let End::Close(code, reason) = end {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(close_frame(code, reason)))
+                .await;
+        }
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.socket.close(None)).await;
+        self.conn.queue.abandon();
+        if self.state.hub.unregister(self.user.id, self.conn_id) {
+            self.state
+                .presence
+                .disconnected(self.user.id, &self.user.username);
+        }
+        tracing::debug!(user = %self.user.username, conn = self.conn_id, "disconnected");
+    }
+
     /// Sends the acknowledgements still owed before closing for shutdown.
-    async fn finish_acks(&mut self, hub_rx: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>) {
+    async fn finish_acks(&mut self) {
         let deadline = tokio::time::sleep(SEND_TIMEOUT);
         tokio::pin!(deadline);
         while !self.acks.is_empty() {
             tokio::select! {
                 Some((id, result)) = self.acks.next() => {
-                    if !self.write_ready(Ready::Ack(id, result), hub_rx).await { return }
+                    if !self.write_ready(Ready::Ack(id, result)).await { return }
                 }
                 _ = &mut deadline => return,
             }
         }
     }
 
-    async fn send_raw(&mut self, msg: Message) -> bool {
+    /// Writes a control frame (a ping) through tungstenite.
+    async fn send_control(&mut self, msg: Message) -> bool {
         matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await,
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(msg)).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Writes one text frame now.
+    fn send_text(
+        &mut self,
+        text: impl Into<Utf8Bytes>,
+    ) -> impl std::future::Future<Output = bool> + Send + '_ {
+        self.queue(text.into());
+        self.flush()
     }
 
     /// Not an `async fn`: one would keep the frame in every session's
@@ -509,42 +539,36 @@ impl Session {
         id: Option<String>,
         frame: ServerFrame,
     ) -> impl std::future::Future<Output = bool> + Send + '_ {
-        self.send_raw(Message::text(Outgoing::new(id, frame).to_json()))
+        self.send_text(Outgoing::new(id, frame).to_json())
     }
 
     /// Writes `first` and whatever else is ready to go out, frames from the
     /// hub and acknowledgements alike (up to a limit), with one flush: a
     /// sender's ack and the echo of its message become ready together, and
     /// one write for both halves the system calls.
-    async fn write_ready(
-        &mut self,
-        first: Ready,
-        hub_rx: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>,
-    ) -> bool {
+    async fn write_ready(&mut self, first: Ready) -> bool {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(ready) = next.take() {
-            let msg = match ready {
-                Ready::Hub(out) => self.wants(&out).then(|| Message::Text(out.json.clone())),
-                Ready::Ack(id, result) => Some(Message::text(
-                    Outgoing::new(id, ack_frame(result)).to_json(),
-                )),
-            };
-            if let Some(msg) = msg {
-                if !self.feed(msg).await {
-                    return false;
+            let frame = match ready {
+                Ready::Hub(out) => self.wants(&out).then(|| out.json.clone()),
+                Ready::Ack(id, result) => {
+                    Some(Outgoing::new(id, ack_frame(result)).to_json().into())
                 }
+            };
+            if let Some(frame) = frame {
+                self.queue(frame);
                 written += 1;
             }
             if written < MAX_FRAMES_PER_FLUSH {
-                next = match hub_rx.try_recv() {
-                    Ok(out) => Some(Ready::Hub(out)),
-                    Err(_) => self.ready_ack().map(|(id, result)| Ready::Ack(id, result)),
+                next = match self.conn.queue.try_pop() {
+                    Ok(Some(out)) => Some(Ready::Hub(out)),
+                    _ => self.ready_ack().map(|(id, result)| Ready::Ack(id, result)),
                 };
             }
         }
         let flushed = self.flush().await;
-        self.state.hub.wrote(&self.conn, hub_rx.len());
+        self.state.hub.wrote(&self.conn, self.conn.queue.len());
         flushed
     }
 
@@ -555,20 +579,22 @@ impl Session {
         self.acks.next().now_or_never().flatten()
     }
 
-    /// Queues a frame for the next flush; false if the client stopped
-    /// taking frames.
-    async fn feed(&mut self, msg: Message) -> bool {
-        matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(msg)).await,
-            Ok(Ok(()))
-        )
+    /// Queues a text frame for the next flush.
+    fn queue(&mut self, frame: Utf8Bytes) {
+        self.unflushed.push(frame);
     }
 
+    /// Writes the queued frames; false if the client stopped taking them.
     async fn flush(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.sink.flush()).await,
-            Ok(Ok(()))
-        )
+        let frames = std::mem::take(&mut self.unflushed);
+        let socket = &mut self.socket;
+        let written = tokio::time::timeout(SEND_TIMEOUT, async move {
+            // Whatever tungstenite holds (a pong) goes first, whole.
+            socket.flush().await.map_err(std::io::Error::other)?;
+            super::wire::write_text_frames(socket.get_mut(), &frames).await
+        })
+        .await;
+        matches!(written, Ok(Ok(())))
     }
 
     /// Whether a frame from the hub should go out, unless this connection
@@ -726,7 +752,7 @@ impl Session {
             .then(|| self.state.hub.try_admit(blocked.room))
             .flatten();
         let Some(in_flight) = admitted else {
-            self.blocked = Some(blocked);
+            self.blocked = Some(Box::new(blocked));
             return true;
         };
         match self.state.writer.try_reserve() {
@@ -735,7 +761,7 @@ impl Session {
                 true
             }
             Ok(None) => {
-                self.blocked = Some(blocked);
+                self.blocked = Some(Box::new(blocked));
                 true
             }
             Err(err) => self.refuse_unstored(blocked, &err).await,
@@ -934,7 +960,7 @@ impl Session {
             PageReply::Page { room, frame, live } => (room, frame, live),
         };
         if let Some(frame) = frame
-            && !self.send_raw(Message::text(frame)).await
+            && !self.send_text(frame).await
         {
             return false;
         }
@@ -947,12 +973,10 @@ impl Session {
         {
             return false;
         }
-        if !Box::pin(self.feed_kept_receipts(room)).await {
-            return false;
-        }
+        Box::pin(self.queue_kept_receipts(room)).await;
         for out in stashed {
-            if self.wants(&out) && !self.feed(Message::Text(out.json.clone())).await {
-                return false;
+            if self.wants(&out) {
+                self.queue(out.json.clone());
             }
         }
         self.flush().await
@@ -961,22 +985,21 @@ impl Session {
     /// After a room's `synced`: the latest receipt of each other member
     /// (and of the caller's other devices) that the server keeps in
     /// memory, but not of users the caller blocks.
-    async fn feed_kept_receipts(&mut self, room: RoomId) -> bool {
+    async fn queue_kept_receipts(&mut self, room: RoomId) {
         let kept = self.state.receipts.of_room(room, self.conn_id);
         if kept.is_empty() {
-            return true;
+            return;
         }
         let blocked = match self.state.store.blocked_names(self.user.id).await {
             Ok(blocked) => blocked,
             // Receipts are hints: without the block list, send none.
-            Err(_) => return true,
+            Err(_) => return,
         };
         for (sender, frame) in kept {
-            if !blocked.contains(&sender) && !self.feed(Message::Text(frame.json.clone())).await {
-                return false;
+            if !blocked.contains(&sender) {
+                self.queue(frame.json.clone());
             }
         }
-        true
     }
 
     /// `signal`: relayed at once to every other connection of the room's
@@ -1060,7 +1083,7 @@ impl Session {
                 let start = history_start(&entries);
                 let has_more = has_more || start > 0;
                 let history = history_frame(id.as_deref(), room, &entries[start..], has_more);
-                self.send_raw(Message::text(history)).await
+                self.send_text(history).await
             }
             Err(err) => self.send(id, store_error_frame(&err)).await,
         }

@@ -3,9 +3,9 @@
 //! Every change that appends to a room's log (messages, membership changes,
 //! key rotations) is sent here as an `Op`. One thread applies them in
 //! arrival order, many per transaction, on a connection of its own; only
-//! after a transaction commits does a second thread answer each caller and
-//! hand each new entry to `on_commit`, in commit order, while the first
-//! stores the next batch. That is what lets sessions deliver live entries
+//! after a transaction commits does the announcer, a task on the server's
+//! runtime, answer each caller and hand each new entry to `on_commit`, in
+//! commit order, while the writer stores the next batch. That is what lets sessions deliver live entries
 //! without gaps: an entry is never announced before it can be read back,
 //! and never announced out of order.
 
@@ -13,7 +13,6 @@ mod relations;
 mod sends;
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,6 +33,8 @@ const QUEUE_DEPTH: usize = 8192;
 /// Committed batches that may wait for their announcement before the
 /// writer stops to let the announcer catch up.
 const SETTLED_DEPTH: usize = 2;
+/// Entries announced before the announcer lets other tasks run.
+const ANNOUNCE_RUN: usize = 256;
 /// Times a batch is tried on PostgreSQL when it lost a race with another
 /// node's writer (a deadlock, a serialization failure, a unique index).
 const PG_ATTEMPTS: usize = 3;
@@ -169,26 +170,32 @@ pub struct Writer {
 }
 
 impl Store {
-    /// Starts the writer. `on_commit` runs on the writer's announcer thread
-    /// for each new entry, in commit order: it must not block.
+    /// Starts the writer. `on_commit` runs on the announcer task for each
+    /// new entry, in commit order: it must not block. Call from within the
+    /// server's runtime.
     pub fn spawn_writer(&self, on_commit: OnCommit) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (settled_tx, settled_rx) = mpsc::channel(SETTLED_DEPTH);
         let store = self.clone();
-        // Its own threads, not tasks on the shared runtime: behind a
+        // Its own thread, not a task on the shared runtime: behind a
         // thousand busy sessions, each of the writer's many awaits per
         // batch would wait its turn on the run queue.
-        let task = tokio::task::spawn_blocking(move || {
-            let (settled_tx, settled_rx) = std::sync::mpsc::sync_channel(SETTLED_DEPTH);
-            let announcer = std::thread::Builder::new()
-                .name("hush-announce".into())
-                .spawn(move || announce(settled_rx, on_commit))
-                .expect("spawning the announcer thread");
+        let writer = tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("building the writer's runtime");
             runtime.block_on(run(store, rx, settled_tx));
-            let _ = announcer.join();
+        });
+        // The announcer is a task on the server's runtime, not a thread of
+        // its own: the sessions it wakes (a hundred for one message to a
+        // hundred members) are then put on its worker's own run queue,
+        // instead of each wake-up from a foreign thread going through the
+        // shared queue and waking a sleeping worker (issue 18).
+        let announcer = tokio::spawn(announce(settled_rx, on_commit));
+        let task = tokio::spawn(async move {
+            let _ = writer.await;
+            let _ = announcer.await;
         });
         (Writer { tx }, task)
     }
@@ -362,7 +369,7 @@ impl QueueSlot {
 /// The outcome of one op, waiting to be told to its caller.
 type Settled = (oneshot::Sender<Result<Applied>>, Result<Done>);
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<Vec<Settled>>) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: mpsc::Sender<Vec<Settled>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut cache = sends::RoomCache::default();
     let mut conn: Option<db::Conn> = None;
@@ -394,7 +401,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: SyncSender<
             }
             Err(err) => refuse_all(&store, &mut batch, &err),
         };
-        if settled.send(outcomes).is_err() {
+        if settled.send(outcomes).await.is_err() {
             break;
         }
     }
@@ -458,17 +465,25 @@ struct Outcomes {
 }
 
 /// Answers callers and announces new entries, batch after batch in commit
-/// order, on its own thread: the writer is meanwhile storing the next batch.
-fn announce(settled: Receiver<Vec<Settled>>, on_commit: OnCommit) {
-    for outcomes in settled {
+/// order, while the writer stores the next batch.
+async fn announce(mut settled: mpsc::Receiver<Vec<Settled>>, on_commit: OnCommit) {
+    while let Some(outcomes) = settled.recv().await {
+        let mut since_yield = 0;
         for (reply, result) in outcomes {
             let reply_value = result.map(|(applied, committed)| {
                 for c in &committed {
                     on_commit(c);
                 }
+                since_yield += committed.len();
                 applied
             });
             let _ = reply.send(reply_value);
+            // A batch can hold thousands of entries: let the worker's
+            // other tasks (the sessions writing them out) run between.
+            if since_yield >= ANNOUNCE_RUN {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

@@ -1,0 +1,186 @@
+//! One connection's queue of frames from the hub: bounded, filled by the
+//! hub from any thread, emptied by the connection's session.
+//!
+//! Not a tokio `mpsc` channel: that one costs ~800 bytes per connection
+//! (its cache-padded counters and a first block of 32 slots, held for the
+//! connection's life) and a semaphore permit per frame. This is a
+//! `VecDeque` under a lock, embedded in the connection's shared state: an
+//! idle connection holds an empty deque (no allocation), and a burst's
+//! memory is given back once it has drained. The lock is held only to
+//! push or pop. The session is woken when the queue goes from empty to
+//! not empty; it then takes frames until the queue is empty again.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
+
+use super::hub::Outbound;
+
+/// A deque that held more than this many frames is freed once it has
+/// drained, rather than kept at its largest.
+const KEPT_CAPACITY: usize = 16;
+
+#[derive(Default)]
+pub struct FrameQueue {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Arc<Outbound>>,
+    /// No frame will be added any more (the hub let go of the connection).
+    closed: bool,
+    /// The session is gone: frames are refused.
+    abandoned: bool,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Full,
+    Gone,
+}
+
+impl FrameQueue {
+    /// Queues a frame unless `limit` frames are waiting already; returns
+    /// how many are waiting with it.
+    pub fn push(&self, frame: Arc<Outbound>, limit: usize) -> Result<usize, Refused> {
+        let mut state = self.state.lock().expect("frame queue lock poisoned");
+        if state.abandoned || state.closed {
+            return Err(Refused::Gone);
+        }
+        if state.frames.len() >= limit {
+            return Err(Refused::Full);
+        }
+        state.frames.push_back(frame);
+        let waiting = state.frames.len();
+        drop(state);
+        if waiting == 1 {
+            self.waker.wake();
+        }
+        Ok(waiting)
+    }
+
+    /// No more frames will be pushed; the session takes what is queued,
+    /// then sees the end.
+    pub fn close(&self) {
+        self.state.lock().expect("frame queue lock poisoned").closed = true;
+        self.waker.wake();
+    }
+
+    /// The session stops taking frames (it is ending).
+    pub fn abandon(&self) {
+        let mut state = self.state.lock().expect("frame queue lock poisoned");
+        state.abandoned = true;
+        state.frames = VecDeque::new();
+    }
+
+    /// The next frame, if one is waiting now; `Err(())` once the queue is
+    /// closed and empty.
+    pub fn try_pop(&self) -> Result<Option<Arc<Outbound>>, ()> {
+        let mut state = self.state.lock().expect("frame queue lock poisoned");
+        match state.frames.pop_front() {
+            Some(frame) => {
+                if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+                    state.frames = VecDeque::new();
+                }
+                Ok(Some(frame))
+            }
+            None if state.closed => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for the next frame; `None` once the queue is closed and empty.
+    pub async fn pop(&self) -> Option<Arc<Outbound>> {
+        poll_fn(|cx| {
+            // Registered before looking, so a push after the look wakes us.
+            self.waker.register(cx.waker());
+            match self.try_pop() {
+                Ok(Some(frame)) => Poll::Ready(Some(frame)),
+                Ok(None) => Poll::Pending,
+                Err(()) => Poll::Ready(None),
+            }
+        })
+        .await
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.state
+            .lock()
+            .expect("frame queue lock poisoned")
+            .frames
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn frame(n: usize) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            position: None,
+            json: format!("{n}").into(),
+        })
+    }
+
+    #[test]
+    fn refuses_past_its_limit_and_after_the_session_left() {
+        let queue = FrameQueue::default();
+        assert_eq!(queue.push(frame(1), 2), Ok(1));
+        assert_eq!(queue.push(frame(2), 2), Ok(2));
+        assert_eq!(queue.push(frame(3), 2), Err(Refused::Full));
+        assert_eq!(queue.len(), 2);
+        queue.abandon();
+        assert_eq!(queue.push(frame(4), 2), Err(Refused::Gone));
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let queue = FrameQueue::default();
+        for n in 0..1000 {
+            queue.push(frame(n), 1024).expect("room");
+        }
+        while let Ok(Some(_)) = queue.try_pop() {}
+        let state = queue.state.lock().expect("not poisoned");
+        assert_eq!(state.frames.capacity(), 0);
+    }
+
+    /// Frames pushed from another thread arrive in order, every one, and a
+    /// closed queue ends only after its last frame was taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_session_gets_every_frame_in_order_then_the_end() {
+        let queue = Arc::new(FrameQueue::default());
+        let producer = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                for n in 0..10_000 {
+                    while queue.push(frame(n), 64) == Err(Refused::Full) {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                queue.close();
+            })
+        };
+        let mut next = 0;
+        while let Some(got) = tokio::time::timeout(Duration::from_secs(20), queue.pop())
+            .await
+            .expect("frames keep coming")
+        {
+            assert_eq!(got.json.as_str(), next.to_string());
+            next += 1;
+        }
+        assert_eq!(next, 10_000);
+        producer.join().expect("the producer finished");
+    }
+}
