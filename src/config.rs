@@ -253,7 +253,7 @@ impl Default for ServerConfig {
             outbound_queue: 1024,
             hashing_slots: 2,
             login_failures_before_delay: 5,
-            ws_read_buffer_bytes: 2 * 1024,
+            ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
             limits: Limits::default(),
             registration: RegistrationMode::Open,
