@@ -197,9 +197,9 @@ impl Hub {
     }
 
     /// A session calls this after writing: clears its connection's
-    /// backed-up flag once its queue (`queued` frames left) has drained.
-    pub fn wrote(&self, shared: &ConnShared, queued: usize) {
-        if queued <= self.queue_len / 32 && shared.backed_up.load(Ordering::Relaxed) {
+    /// backed-up flag once its queue has drained.
+    pub fn wrote(&self, shared: &ConnShared) {
+        if shared.backed_up.load(Ordering::Relaxed) && shared.queue.len() <= self.queue_len / 32 {
             self.hold.unflag(&shared.backed_up);
         }
     }

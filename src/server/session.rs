@@ -71,6 +71,8 @@ struct Session {
     /// Text frames waiting for the next flush (`wire`); empty, and
     /// holding no memory, between writes.
     unflushed: Vec<Utf8Bytes>,
+    /// A ping came since the last flush: tungstenite may hold its pong.
+    pong_owed: bool,
     /// This connection as the hub sees it.
     conn: Arc<ConnShared>,
     cursors: HashMap<RoomId, RoomCursor>,
@@ -261,6 +263,7 @@ async fn open(parts: Box<(WebSocket, Arc<AppState>)>) -> Option<Session> {
         user,
         socket,
         unflushed: Vec::new(),
+        pong_owed: false,
         conn: registration.shared,
         cursors: HashMap::new(),
         sync_queue: VecDeque::new(),
@@ -453,7 +456,8 @@ impl Session {
                             if !Box::pin(self.send(None, frame)).await { return End::Closed }
                         }
                         Some(Ok(msg)) if msg.is_close() => return End::Closed,
-                        Some(Ok(_)) => {} // ping or pong: liveness only
+                        // Liveness only; tungstenite queues the pong to a ping.
+                        Some(Ok(msg)) => self.pong_owed |= msg.is_ping(),
                         Some(Err(err)) => {
                             tracing::debug!(user = %self.user.username, error = %err, "websocket read failed");
                             return End::Close(close::TOO_BIG, "frame rejected");
@@ -568,7 +572,7 @@ impl Session {
             }
         }
         let flushed = self.flush().await;
-        self.state.hub.wrote(&self.conn, self.conn.queue.len());
+        self.state.hub.wrote(&self.conn);
         flushed
     }
 
@@ -587,10 +591,14 @@ impl Session {
     /// Writes the queued frames; false if the client stopped taking them.
     async fn flush(&mut self) -> bool {
         let frames = std::mem::take(&mut self.unflushed);
+        let pong_owed = std::mem::take(&mut self.pong_owed);
         let socket = &mut self.socket;
         let written = tokio::time::timeout(SEND_TIMEOUT, async move {
-            // Whatever tungstenite holds (a pong) goes first, whole.
-            socket.flush().await.map_err(std::io::Error::other)?;
+            // Whatever tungstenite holds (a pong) goes first, whole. It
+            // holds nothing else: pings and closes are flushed when sent.
+            if pong_owed {
+                socket.flush().await.map_err(std::io::Error::other)?;
+            }
             super::wire::write_text_frames(socket.get_mut(), &frames).await
         })
         .await;

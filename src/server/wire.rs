@@ -48,6 +48,13 @@ pub async fn write_text_frames<W: AsyncWrite + Unpin>(
     io: &mut W,
     frames: &[Utf8Bytes],
 ) -> io::Result<()> {
+    if let [frame] = frames {
+        // The common case at light load: no allocation.
+        let (h, used) = header(frame.len());
+        let mut slices = [IoSlice::new(&h[..used]), IoSlice::new(frame.as_bytes())];
+        write_all_vectored(io, &mut slices).await?;
+        return io.flush().await;
+    }
     for group in frames.chunks(FRAMES_PER_WRITE) {
         let headers: Vec<([u8; MAX_HEADER], usize)> =
             group.iter().map(|frame| header(frame.len())).collect();
@@ -58,16 +65,24 @@ pub async fn write_text_frames<W: AsyncWrite + Unpin>(
                 slices.push(IoSlice::new(frame.as_bytes()));
             }
         }
-        let mut left = &mut slices[..];
-        while !left.is_empty() {
-            let written = io.write_vectored(left).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut left, written);
-        }
+        write_all_vectored(io, &mut slices).await?;
     }
     io.flush().await
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut left = slices;
+    while !left.is_empty() {
+        let written = io.write_vectored(left).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, written);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -88,6 +103,33 @@ mod tests {
         let (h, used) = header(65_536);
         assert_eq!(used, 10);
         assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    /// A single frame larger than the pipe goes out whole, and an empty one.
+    #[tokio::test]
+    async fn a_websocket_client_reads_single_frames() {
+        let (mut server, client) = tokio::io::duplex(1024);
+        let big: Utf8Bytes = "x".repeat(70_000).into();
+        let writer = tokio::spawn({
+            let big = big.clone();
+            async move {
+                write_text_frames(&mut server, &[big])
+                    .await
+                    .expect("written");
+                write_text_frames(&mut server, &[Utf8Bytes::from("")])
+                    .await
+                    .expect("written");
+                server
+            }
+        });
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        for want in [big.as_str(), ""] {
+            match client.next().await {
+                Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), want),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+        drop(writer.await.expect("the writer finished"));
     }
 
     /// A real tungstenite client reads, in order, every frame written here:
