@@ -258,7 +258,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HUSH_WS_READ_BUFFER", default_value_t = ServerConfig::default().ws_read_buffer_bytes)]
     pub ws_read_buffer: usize,
 
-    /// Bytes of outgoing frames gathered per connection before a write.
+    /// Bytes of outgoing control frames (ping, pong, close) gathered per
+    /// connection before a write; text frames bypass this buffer.
     #[arg(long, env = "HUSH_WS_WRITE_BUFFER", default_value_t = ServerConfig::default().ws_write_buffer_bytes)]
     pub ws_write_buffer: usize,
 

@@ -49,7 +49,8 @@ pub struct ServerConfig {
     pub login_failures_before_delay: u32,
     /// Initial WebSocket read buffer per connection (grows for big frames).
     pub ws_read_buffer_bytes: usize,
-    /// Outgoing bytes a connection gathers before writing to its socket.
+    /// Outgoing control-frame bytes a connection gathers before writing
+    /// (text frames are written straight from shared buffers: `wire`).
     pub ws_write_buffer_bytes: usize,
     /// What one client may make the server do (see `Limits`).
     pub limits: Limits,

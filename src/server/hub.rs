@@ -289,3 +289,67 @@ impl Hub {
             .contains_key(&user)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Outbound {
+        Outbound {
+            position: None,
+            json: text.into(),
+        }
+    }
+
+    /// A shutdown lets each session take what was queued for it, then end
+    /// with 1001; a connection registering afterwards ends at once.
+    #[tokio::test]
+    async fn a_shutdown_ends_every_queue_after_its_frames() {
+        let hub = Hub::new(16);
+        let alice = UserId(1);
+        let open = hub.register(alice, [0; 32]);
+        hub.deliver(&[alice], &frame("before"));
+        hub.shut_down();
+        let queue = &open.shared.queue;
+        let first = queue.pop().await.expect("the queued frame comes first");
+        assert_eq!(first.json.as_str(), "before");
+        assert!(queue.pop().await.is_none(), "then the end");
+        assert_eq!(
+            open.shared.cut_reason.load(Ordering::Relaxed),
+            close::GOING_AWAY
+        );
+        hub.deliver(&[alice], &frame("after"));
+        assert!(!hub.is_online(alice));
+
+        let late = hub.register(alice, [0; 32]);
+        assert!(late.shared.queue.pop().await.is_none());
+        assert_eq!(
+            late.shared.cut_reason.load(Ordering::Relaxed),
+            close::GOING_AWAY
+        );
+    }
+
+    /// A connection whose queue is full is cut off as too slow; the others
+    /// keep getting frames.
+    #[tokio::test]
+    async fn a_full_queue_cuts_only_its_connection() {
+        let hub = Hub::new(2);
+        let (slow, fast) = (UserId(1), UserId(2));
+        let slow_conn = hub.register(slow, [1; 32]);
+        let fast_conn = hub.register(fast, [2; 32]);
+        for n in 0..3 {
+            hub.deliver(&[slow, fast], &frame(&n.to_string()));
+            while let Ok(Some(_)) = fast_conn.shared.queue.try_pop() {}
+        }
+        assert_eq!(
+            slow_conn.shared.cut_reason.load(Ordering::Relaxed),
+            close::TOO_SLOW
+        );
+        assert!(!hub.is_online(slow));
+        assert!(hub.is_online(fast));
+        // The slow session still gets what was queued, then the end.
+        assert!(slow_conn.shared.queue.pop().await.is_some());
+        assert!(slow_conn.shared.queue.pop().await.is_some());
+        assert!(slow_conn.shared.queue.pop().await.is_none());
+    }
+}

@@ -26,9 +26,8 @@ pub fn socket_config(config: &ServerConfig) -> WebSocketConfig {
     let max = config.max_frame_bytes();
     WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)
-        // The write buffer stays unbounded (tungstenite's default): what
-        // bounds a connection's outgoing memory is the hub's frame queue
-        // and the session's send timeout, and a sync page may be large.
+        // Sessions write text frames themselves (`wire`), so this buffer
+        // only gathers control frames; unbounded (tungstenite's default).
         .write_buffer_size(config.ws_write_buffer_bytes)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
