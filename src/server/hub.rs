@@ -115,6 +115,11 @@ impl Hub {
         }
     }
 
+    /// The id the next connection to register will get (ids only grow).
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// Removes a connection; true if the user has no connection left.
     pub fn unregister(&self, user: UserId, id: u64) -> bool {
         let mut conns = self.conns.lock().expect("hub lock poisoned");

@@ -175,11 +175,14 @@ impl Presence {
     /// Publishes one window: per room, the changes to members who had a
     /// snapshot already, and a snapshot to connections that had none.
     async fn flush(&self, store: &Store, hub: &Hub) {
-        let (noted, fresh) = {
+        let (noted, fresh, newer) = {
             let mut state = self.inner.lock().expect("presence lock poisoned");
             (
                 std::mem::take(&mut state.noted),
                 std::mem::take(&mut state.fresh),
+                // Connections register under this lock: those from here on
+                // are the next window's fresh ones.
+                hub.next_connection_id(),
             )
         };
         if noted.is_empty() && fresh.is_empty() {
@@ -251,6 +254,11 @@ impl Presence {
             hub.deliver_with(&members, |conn| {
                 if fresh_conns.contains(&conn) {
                     snapshot.clone()
+                } else if conn >= newer {
+                    // Opened during the store read: its first presence
+                    // frame must be its snapshot, due next window (and
+                    // built from what this window announces).
+                    None
                 } else {
                     delta.clone()
                 }
