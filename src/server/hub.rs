@@ -180,10 +180,7 @@ impl Hub {
                         }
                         Err(Refused::Full) => {
                             super::metrics::error("slow_consumer");
-                            c.shared
-                                .cut_reason
-                                .store(close::TOO_SLOW, Ordering::Relaxed);
-                            self.hold.unflag(&c.shared.backed_up);
+                            self.cut_off(c, close::TOO_SLOW);
                             false
                         }
                         Err(Refused::Gone) => {
@@ -246,10 +243,7 @@ impl Hub {
             list.retain(|c| {
                 let revoked = &c.token_hash == token_hash;
                 if revoked {
-                    c.shared
-                        .cut_reason
-                        .store(close::UNAUTHORIZED, Ordering::Relaxed);
-                    self.hold.unflag(&c.shared.backed_up);
+                    self.cut_off(c, close::UNAUTHORIZED);
                 }
                 !revoked
             });
@@ -268,12 +262,16 @@ impl Hub {
         let mut conns = self.conns.lock().expect("hub lock poisoned");
         conns.closing = true;
         for c in conns.by_user.values().flatten() {
-            c.shared
-                .cut_reason
-                .store(close::GOING_AWAY, Ordering::Relaxed);
-            self.hold.unflag(&c.shared.backed_up);
+            self.cut_off(c, close::GOING_AWAY);
         }
         conns.by_user.clear();
+    }
+
+    /// Tells a connection's session why it is being let go of (its queue
+    /// closes when the hub drops it) and stops counting it as backed up.
+    fn cut_off(&self, c: &Conn, code: u16) {
+        c.shared.cut_reason.store(code, Ordering::Relaxed);
+        self.hold.unflag(&c.shared.backed_up);
     }
 
     /// Each open connection's user and session token hash.

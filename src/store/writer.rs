@@ -5,9 +5,9 @@
 //! arrival order, many per transaction, on a connection of its own; only
 //! after a transaction commits does the announcer, a task on the server's
 //! runtime, answer each caller and hand each new entry to `on_commit`, in
-//! commit order, while the writer stores the next batch. That is what lets sessions deliver live entries
-//! without gaps: an entry is never announced before it can be read back,
-//! and never announced out of order.
+//! commit order, while the writer stores the next batch. That is what lets
+//! sessions deliver live entries without gaps: an entry is never announced
+//! before it can be read back, and never announced out of order.
 
 mod relations;
 mod sends;
