@@ -29,6 +29,14 @@ pub async fn time_commit<T>(commit: impl Future<Output = T>) -> T {
     out
 }
 
+/// As `time_commit`, for a commit run on the calling thread.
+pub fn time_blocking_commit<T>(commit: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = commit();
+    COMMITS.observe(started.elapsed().as_secs_f64());
+    out
+}
+
 pub fn commit_times() -> CommitTimes {
     let (buckets, sum_seconds) = COMMITS.snapshot();
     CommitTimes {

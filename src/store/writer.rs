@@ -9,6 +9,7 @@
 //! sessions deliver live entries without gaps: an entry is never announced
 //! before it can be read back, and never announced out of order.
 
+mod direct;
 mod relations;
 mod sends;
 
@@ -180,11 +181,17 @@ impl Store {
         // Its own thread, not a task on the shared runtime: behind a
         // thousand busy sessions, each of the writer's many awaits per
         // batch would wait its turn on the run queue.
+        let backend = self.db.backend();
         let writer = tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the writer's runtime");
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            match backend {
+                // SQLite's connection needs no sockets: without an I/O
+                // driver the thread sleeps on a futex instead of in
+                // `epoll_wait`, and a wake-up costs no `eventfd` write.
+                Backend::Sqlite => runtime.enable_time(),
+                Backend::Postgres => runtime.enable_all(),
+            };
+            let runtime = runtime.build().expect("building the writer's runtime");
             runtime.block_on(run(store, rx, settled_tx));
         });
         // The announcer is a task on the server's runtime, not a thread of
@@ -368,28 +375,70 @@ impl QueueSlot {
 
 /// The outcome of one op, waiting to be told to its caller.
 type Settled = (oneshot::Sender<Result<Applied>>, Result<Done>);
+/// An op and where its outcome goes.
+type Pending = (Op, oneshot::Sender<Result<Applied>>);
+
+/// Waits for the next op, then takes whatever else is queued, up to
+/// `MAX_BATCH`, into `batch`. True when the queue asked to stop or ended
+/// (`batch` then holds what came before).
+async fn receive(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Pending>) -> bool {
+    match rx.recv().await {
+        Some(Command::Apply(op, reply)) => batch.push((op, reply)),
+        Some(Command::Stop) | None => return true,
+    }
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(Command::Apply(op, reply)) => batch.push((op, reply)),
+            Ok(Command::Stop) => return true,
+            Err(_) => break,
+        }
+    }
+    false
+}
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: mpsc::Sender<Vec<Settled>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut cache = sends::RoomCache::default();
     let mut conn: Option<db::Conn> = None;
     let mut stopping = false;
-    while !stopping {
-        match rx.recv().await {
-            Some(Command::Apply(op, reply)) => batch.push((op, reply)),
-            Some(Command::Stop) | None => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Command::Apply(op, reply)) => batch.push((op, reply)),
-                Ok(Command::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
+    loop {
+        if batch.is_empty() {
+            if stopping {
+                break;
+            }
+            stopping = receive(&mut rx, &mut batch).await;
+            if batch.is_empty() {
+                break;
             }
         }
         let outcomes = match connection(&store, &mut conn, &mut cache).await {
+            Ok(db::Conn::Sqlite(sqlite)) if direct::can_store(&batch, &cache) => {
+                let ended = direct::store_while_plain(
+                    &store,
+                    sqlite,
+                    &mut cache,
+                    &mut rx,
+                    &mut batch,
+                    &settled,
+                    &mut stopping,
+                )
+                .await;
+                match ended {
+                    Ok(direct::Ended::Handed) => {}
+                    Ok(direct::Ended::Failed) => conn = None,
+                    Err(err) => {
+                        // The handle could not be had: the connection is
+                        // gone; answer this batch and start afresh.
+                        conn = None;
+                        cache.forget_all();
+                        let refused = refuse_all(&store, &mut batch, &err);
+                        if settled.send(refused).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             Ok(open) => {
                 let outcomes = commit_batch(&store, open, &mut cache, &mut batch).await;
                 if outcomes.failed {
@@ -444,11 +493,7 @@ async fn has_state_version(conn: &mut db::Conn) -> Result<bool> {
 }
 
 /// Answers every op of a batch that could not be stored.
-fn refuse_all(
-    store: &Store,
-    batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
-    err: &StoreError,
-) -> Vec<Settled> {
+fn refuse_all(store: &Store, batch: &mut Vec<Pending>, err: &StoreError) -> Vec<Settled> {
     let fault = store.fault_of(err);
     tracing::error!(error = %err, ops = batch.len(), "log transaction failed; nothing in it was stored");
     batch
@@ -495,7 +540,7 @@ async fn commit_batch(
     store: &Store,
     conn: &mut db::Conn,
     cache: &mut sends::RoomCache,
-    batch: &mut Vec<(Op, oneshot::Sender<Result<Applied>>)>,
+    batch: &mut Vec<Pending>,
 ) -> Outcomes {
     let attempts = match conn.backend() {
         Backend::Sqlite => 1,
@@ -560,7 +605,7 @@ fn lost_a_race(err: &StoreError) -> bool {
 async fn try_batch(
     conn: &mut db::Conn,
     cache: &mut sends::RoomCache,
-    batch: &[(Op, oneshot::Sender<Result<Applied>>)],
+    batch: &[Pending],
 ) -> Result<(Vec<Result<Done>>, bool)> {
     let mut results: Vec<Result<Done>> = Vec::with_capacity(batch.len());
     let mut erased = false;
@@ -659,10 +704,7 @@ async fn try_batch(
 /// direct conversation), in id order. A room found later still gets locked
 /// by the statement that changes it, out of order; the rare deadlock that
 /// can cause is tried again (`lost_a_race`).
-async fn rooms_to_lock(
-    tx: &mut Tx<'_>,
-    batch: &[(Op, oneshot::Sender<Result<Applied>>)],
-) -> Result<Vec<RoomId>> {
+async fn rooms_to_lock(tx: &mut Tx<'_>, batch: &[Pending]) -> Result<Vec<RoomId>> {
     let mut rooms = std::collections::BTreeSet::new();
     for (op, _) in batch {
         let change = match op {

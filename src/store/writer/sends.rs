@@ -89,6 +89,11 @@ impl RoomCache {
         }
     }
 
+    /// Whether the view holds `room` (a message to it needs no read).
+    pub fn knows(&self, room: RoomId) -> bool {
+        self.rooms.contains_key(&room)
+    }
+
     pub fn forget(&mut self, room: RoomId) {
         self.rooms.remove(&room);
     }
@@ -155,7 +160,8 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
-type Key<'a> = (RoomId, UserId, &'a str);
+/// A message's room, sender and client id: what makes a resend a duplicate.
+pub type Key<'a> = (RoomId, UserId, &'a str);
 
 /// Stores up to `chunk()` messages in order and returns each one's outcome.
 /// An `Err` from this function (a database error) fails the transaction.
@@ -175,22 +181,75 @@ pub async fn store_messages(
         };
         allowed.push(member);
     }
-    let candidates: Vec<Key<'_>> = messages
+    let stored = stored_client_ids(tx, &candidates(messages, &allowed)).await?;
+    let planned = plan(cache, messages, &allowed, stored);
+    append(
+        tx,
+        &planned.rows,
+        &planned.seqs,
+        planned.ts,
+        &planned.positions,
+    )
+    .await?;
+    Ok(planned.outcomes)
+}
+
+/// What storing a run of messages writes and answers.
+pub struct Planned<'m, 'a> {
+    pub outcomes: Vec<Result<Done>>,
+    /// The messages to insert, with their `seqs` (seq, expiry).
+    pub rows: Vec<&'m NewMessage<'a>>,
+    pub seqs: Vec<(i64, Option<i64>)>,
+    pub ts: i64,
+    /// Each room's new `last_seq`.
+    pub positions: HashMap<RoomId, i64>,
+}
+
+/// Whether the sender of each message is a member of its room, as the view
+/// has it; a room the view does not hold allows nobody.
+pub fn members_allowed(cache: &RoomCache, messages: &[NewMessage<'_>]) -> Vec<bool> {
+    messages
         .iter()
-        .zip(&allowed)
+        .map(|m| {
+            cache
+                .rooms
+                .get(&m.room)
+                .is_some_and(|state| state.members.contains(&m.sender.id))
+        })
+        .collect()
+}
+
+/// The client ids to look up: those of the allowed messages.
+pub fn candidates<'a>(messages: &[NewMessage<'a>], allowed: &[bool]) -> Vec<Key<'a>> {
+    messages
+        .iter()
+        .zip(allowed)
         .filter(|(_, ok)| **ok)
         .map(|(m, _)| (m.room, m.sender.id, m.client_id))
-        .collect();
-    let mut stored = stored_client_ids(tx, &candidates).await?;
+        .collect()
+}
 
+/// Decides each message's outcome from the view (whose rooms must hold
+/// every allowed message's room) and the client ids already stored, and
+/// advances the view's positions: a refusal, a duplicate of the stored
+/// entry, or a new entry to insert.
+pub fn plan<'m, 'a>(
+    cache: &mut RoomCache,
+    messages: &'m [NewMessage<'a>],
+    allowed: &[bool],
+    mut stored: HashMap<Key<'a>, (i64, i64)>,
+) -> Planned<'m, 'a> {
     let now = now_ms();
-    let mut outcomes = Vec::with_capacity(messages.len());
-    let mut rows: Vec<&NewMessage<'_>> = Vec::with_capacity(messages.len());
-    let mut seqs = Vec::with_capacity(messages.len());
-    let mut positions: HashMap<RoomId, i64> = HashMap::new();
+    let mut planned = Planned {
+        outcomes: Vec::with_capacity(messages.len()),
+        rows: Vec::with_capacity(messages.len()),
+        seqs: Vec::with_capacity(messages.len()),
+        ts: now,
+        positions: HashMap::new(),
+    };
     for (m, ok) in messages.iter().zip(allowed) {
         if !ok {
-            outcomes.push(Err(StoreError::NotFound));
+            planned.outcomes.push(Err(StoreError::NotFound));
             continue;
         }
         let key = (m.room, m.sender.id, m.client_id);
@@ -214,7 +273,7 @@ pub async fn store_messages(
                 entry: Some(entry),
                 duplicate: true,
             };
-            outcomes.push(Ok((applied, Vec::new())));
+            planned.outcomes.push(Ok((applied, Vec::new())));
             continue;
         }
         let state = cache
@@ -222,16 +281,16 @@ pub async fn store_messages(
             .get_mut(&m.room)
             .expect("rooms of allowed messages were loaded above");
         if state.refused.contains(&m.sender.id) {
-            outcomes.push(Err(StoreError::Blocked));
+            planned.outcomes.push(Err(StoreError::Blocked));
             continue;
         }
         state.last_seq += 1;
         entry.expires = (state.ttl_ms > 0).then(|| now.saturating_add(state.ttl_ms));
         entry.seq = state.last_seq;
-        positions.insert(m.room, state.last_seq);
+        planned.positions.insert(m.room, state.last_seq);
         stored.insert(key, (entry.seq, now));
-        rows.push(m);
-        seqs.push((entry.seq, entry.expires));
+        planned.rows.push(m);
+        planned.seqs.push((entry.seq, entry.expires));
         let applied = Applied {
             room: m.room,
             entry: Some(entry.clone()),
@@ -243,10 +302,9 @@ pub async fn store_messages(
             recipients: state.recipients.clone(),
             notify: None,
         };
-        outcomes.push(Ok((applied, vec![committed])));
+        planned.outcomes.push(Ok((applied, vec![committed])));
     }
-    append(tx, &rows, &seqs, now, &positions).await?;
-    Ok(outcomes)
+    planned
 }
 
 /// Stores one message that also erases an earlier one of its sender
