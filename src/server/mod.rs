@@ -18,6 +18,7 @@ mod memory;
 pub mod metrics;
 mod pacing;
 mod presence;
+mod read_wake;
 mod routes;
 mod send_hold;
 mod session;

@@ -29,6 +29,7 @@ use super::AppState;
 use super::auth::token_hash;
 use super::hub::{ConnShared, Outbound};
 use super::pacing::ReadPacer;
+use super::read_wake::ReadWake;
 use super::send_hold::InFlight;
 use super::upgrade::WebSocket;
 use crate::protocol::{
@@ -390,16 +391,20 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
 impl Session {
     async fn serve(&mut self) -> End {
         let conn = self.conn.clone();
-        let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
-        heartbeat.tick().await;
+        let heartbeat_interval = self.state.config.heartbeat_interval;
+        let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
         let mut last_heard = Instant::now();
         let mut reservation: Option<Reservation> = None;
         // Read while the loop goes on, so frames queued for this connection
         // are taken (and those of syncing rooms dropped) during the read.
         let mut fetching: Option<PageFetch> = None;
         let mut pacer = ReadPacer::new(self.state.limits.config.frames_per_connection);
-        let expiry = tokio::time::sleep_until(self.expires);
-        tokio::pin!(expiry);
+        let read_wake = ReadWake::new();
+        // One timer for the heartbeat and the session's expiry, whichever
+        // comes first: every pass of the loop polls it, and a light load
+        // makes two passes per frame delivered (issue 18).
+        let timer = tokio::time::sleep_until(next_heartbeat.min(self.expires));
+        tokio::pin!(timer);
         loop {
             if let Some(blocked) = self.blocked.as_ref().filter(|_| reservation.is_none()) {
                 let resumed = self.state.hub.senders_resumed();
@@ -415,9 +420,24 @@ impl Session {
                 self.blocked.is_none() && self.acks.len() < MAX_UNACKED && pacer.may_read();
             tokio::select! {
                 biased;
-                _ = &mut expiry => {
-                    Box::pin(self.finish_acks()).await;
-                    return End::Close(close::UNAUTHORIZED, "session expired");
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.expires {
+                        Box::pin(self.finish_acks()).await;
+                        return End::Close(close::UNAUTHORIZED, "session expired");
+                    }
+                    if now >= next_heartbeat {
+                        next_heartbeat = now + heartbeat_interval;
+                        if !reading {
+                            // Not reading is our doing, not the client's silence.
+                            last_heard = Instant::now();
+                        }
+                        if last_heard.elapsed() > self.state.config.heartbeat_timeout {
+                            return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                        }
+                        if !Box::pin(self.send_control(Message::Ping(Default::default()))).await { return End::Closed }
+                    }
+                    timer.as_mut().reset(next_heartbeat.min(self.expires));
                 }
                 out = conn.queue.pop() => match out {
                     Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out))).await { return End::Closed },
@@ -443,7 +463,7 @@ impl Session {
                     }
                 }
                 _ = pacer.resumed(), if pacer.is_paused() => {}
-                msg = self.socket.next(), if reading => {
+                msg = std::future::poll_fn(|cx| read_wake.poll_next(&mut self.socket, cx)), if reading => {
                     pacer.spend();
                     last_heard = Instant::now();
                     match msg {
@@ -464,16 +484,6 @@ impl Session {
                         }
                         None => return End::Closed,
                     }
-                }
-                _ = heartbeat.tick() => {
-                    if !reading {
-                        // Not reading is our doing, not the client's silence.
-                        last_heard = Instant::now();
-                    }
-                    if last_heard.elapsed() > self.state.config.heartbeat_timeout {
-                        return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    }
-                    if !Box::pin(self.send_control(Message::Ping(Default::default()))).await { return End::Closed }
                 }
                 fetched = async { fetching.as_mut().expect("guarded by is_some").await }, if fetching.is_some() => {
                     let reply = self.take_page(fetched);
@@ -567,6 +577,7 @@ impl Session {
             if written < MAX_FRAMES_PER_FLUSH {
                 next = match self.conn.queue.try_pop() {
                     Ok(Some(out)) => Some(Ready::Hub(out)),
+                    _ if self.acks.is_empty() => None,
                     _ => self.ready_ack().map(|(id, result)| Ready::Ack(id, result)),
                 };
             }
@@ -593,16 +604,21 @@ impl Session {
         let frames = std::mem::take(&mut self.unflushed);
         let pong_owed = std::mem::take(&mut self.pong_owed);
         let socket = &mut self.socket;
-        let written = tokio::time::timeout(SEND_TIMEOUT, async move {
+        let write = async move {
             // Whatever tungstenite holds (a pong) goes first, whole. It
             // holds nothing else: pings and closes are flushed when sent.
             if pong_owed {
                 socket.flush().await.map_err(std::io::Error::other)?;
             }
             super::wire::write_text_frames(socket.get_mut(), &frames).await
-        })
-        .await;
-        matches!(written, Ok(Ok(())))
+        };
+        let mut write = std::pin::pin!(write);
+        // Most writes finish at once: the timeout (a timer entry and a
+        // clock read) is only armed for one that has to wait.
+        if let std::task::Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
+            return written.is_ok();
+        }
+        matches!(tokio::time::timeout(SEND_TIMEOUT, write).await, Ok(Ok(())))
     }
 
     /// Whether a frame from the hub should go out, unless this connection
