@@ -7,7 +7,9 @@
 //! runtime, answer each caller and hand each new entry to `on_commit`, in
 //! commit order, while the writer stores the next batch. That is what lets
 //! sessions deliver live entries without gaps: an entry is never announced
-//! before it can be read back, and never announced out of order.
+//! before it can be read back, and never announced out of order. On SQLite,
+//! batches of plain messages to rooms the writer already knows skip sqlx
+//! and its thread (`direct`).
 
 mod direct;
 mod relations;
