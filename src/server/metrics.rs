@@ -24,7 +24,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::ApiError;
 use crate::config::Secret;
-use crate::store::commit_timing::{COMMIT_BUCKETS, commit_times};
+use crate::store::commit_timing::{COMMIT_BUCKETS, commit_times, direct_commits};
 
 struct Counter(AtomicU64);
 
@@ -212,6 +212,11 @@ pub fn render(node: &str) -> String {
         "hush_send_holds_total",
         "Times new messages were held because most recipients were backed up.",
         SEND_HOLDS.get(),
+    );
+    counter(
+        "hush_db_direct_commits_total",
+        "Log commits of plain messages made through SQLite's C API on the writer's thread (SQLite only; the rest go through sqlx).",
+        direct_commits(),
     );
     let name = "hush_db_commit_seconds";
     let _ = writeln!(

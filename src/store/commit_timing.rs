@@ -3,6 +3,7 @@
 //! nothing from the server.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::histogram::Histogram;
@@ -13,6 +14,7 @@ pub const COMMIT_BUCKETS: [f64; 12] = [
 ];
 
 static COMMITS: Histogram<{ COMMIT_BUCKETS.len() + 1 }> = Histogram::new(&COMMIT_BUCKETS);
+static DIRECT_COMMITS: AtomicU64 = AtomicU64::new(0);
 
 /// The commits so far: non-cumulative counts per bucket of `COMMIT_BUCKETS`
 /// (the last is +Inf), and their total time.
@@ -29,12 +31,19 @@ pub async fn time_commit<T>(commit: impl Future<Output = T>) -> T {
     out
 }
 
-/// As `time_commit`, for a commit run on the calling thread.
-pub fn time_blocking_commit<T>(commit: impl FnOnce() -> T) -> T {
+/// As `time_commit`, for a commit the writer runs through SQLite's C API
+/// on its own thread (`writer::direct`); these are also counted apart.
+pub fn time_direct_commit<T>(commit: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = commit();
     COMMITS.observe(started.elapsed().as_secs_f64());
+    DIRECT_COMMITS.fetch_add(1, Ordering::Relaxed);
     out
+}
+
+/// Commits made through SQLite's C API so far (a subset of all commits).
+pub fn direct_commits() -> u64 {
+    DIRECT_COMMITS.load(Ordering::Relaxed)
 }
 
 pub fn commit_times() -> CommitTimes {

@@ -67,8 +67,6 @@ pub async fn store_while_plain(
     let db = unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }
         .map_err(into_store_error)?;
     loop {
-        #[cfg(test)]
-        tests::DIRECT_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (outcomes, failed) = match store_batch(&db, cache, batch) {
             Ok(results) => {
                 let outcomes = batch
@@ -129,7 +127,7 @@ fn store_batch(
     // IMMEDIATE: see `try_batch`.
     db.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let stored = append(db, cache, &messages).and_then(|outcomes| {
-        crate::store::commit_timing::time_blocking_commit(|| {
+        crate::store::commit_timing::time_direct_commit(|| {
             db.prepare_cached("COMMIT")?.execute([])
         })?;
         Ok(outcomes)
@@ -249,13 +247,10 @@ impl DatabaseError for SqliteFailure {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
+    use crate::store::commit_timing::direct_commits;
     use crate::store::{RoomId, Store, StoreError, UserRef};
-
-    /// Batches stored by this module, across the whole test binary.
-    pub static DIRECT_BATCHES: AtomicU64 = AtomicU64::new(0);
 
     async fn user(store: &Store, name: &str) -> UserRef {
         let id = store
@@ -319,14 +314,14 @@ mod tests {
             .expect("invite");
         writer.join(room, bob.clone()).await.expect("join");
 
-        let direct_before = DIRECT_BATCHES.load(Ordering::Relaxed);
+        let direct_before = direct_commits();
         // The first message loads the room through sqlx; those after it
         // find it in the view and go direct.
         burst(&writer, room, &alice, "a", 1).await;
         burst(&writer, room, &alice, "b", 40).await;
         burst(&writer, room, &bob, "c", 40).await;
         assert!(
-            DIRECT_BATCHES.load(Ordering::Relaxed) > direct_before,
+            direct_commits() > direct_before,
             "no batch went through the direct path"
         );
 
