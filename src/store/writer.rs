@@ -78,6 +78,29 @@ enum Op {
     Change(Change),
 }
 
+impl Op {
+    /// A send as the message to store and the seq it erases, if any.
+    fn message(&self) -> Option<(sends::NewMessage<'_>, Option<i64>)> {
+        let Op::Send {
+            room,
+            sender,
+            client_id,
+            body,
+            erase,
+        } = self
+        else {
+            return None;
+        };
+        let message = sends::NewMessage {
+            room: *room,
+            sender,
+            client_id,
+            body,
+        };
+        Some((message, *erase))
+    }
+}
+
 /// Every op other than a message: rarer, and applied one at a time.
 enum Change {
     CreateGroup {
@@ -426,20 +449,19 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Command>, settled: mpsc::Sende
                 )
                 .await;
                 match ended {
-                    Ok(direct::Ended::Handed) => {}
-                    Ok(direct::Ended::Failed) => conn = None,
-                    Err(err) => {
-                        // The handle could not be had: the connection is
-                        // gone; answer this batch and start afresh.
+                    Ok(direct::Ended::Handed) => continue,
+                    Ok(direct::Ended::Failed) => {
                         conn = None;
-                        cache.forget_all();
-                        let refused = refuse_all(&store, &mut batch, &err);
-                        if settled.send(refused).await.is_err() {
-                            break;
-                        }
+                        continue;
+                    }
+                    Err(err) => {
+                        // The handle could not be had (nothing was stored):
+                        // the connection is gone; answer this batch and
+                        // start afresh.
+                        conn = None;
+                        refuse_all(&store, &mut batch, &err)
                     }
                 }
-                continue;
             }
             Ok(open) => {
                 let outcomes = commit_batch(&store, open, &mut cache, &mut batch).await;
@@ -631,49 +653,26 @@ async fn try_batch(
     let chunk = sends::chunk(tx.backend());
     let mut run: Vec<sends::NewMessage<'_>> = Vec::with_capacity(chunk);
     for (op, _) in batch.iter() {
-        let change = match op {
-            Op::Send {
-                room,
-                sender,
-                client_id,
-                body,
-                erase: Some(target),
-            } => {
-                if !run.is_empty() {
-                    results.extend(sends::store_messages(&mut tx, cache, &run).await?);
-                    run.clear();
-                }
-                let message = sends::NewMessage {
-                    room: *room,
-                    sender,
-                    client_id,
-                    body,
-                };
-                let done = sends::store_erasing(&mut tx, cache, &message, *target).await?;
-                erased |= matches!(&done, Ok((applied, _)) if !applied.duplicate);
-                results.push(done);
-                continue;
-            }
-            Op::Send {
-                room,
-                sender,
-                client_id,
-                body,
-                erase: None,
-            } => {
-                run.push(sends::NewMessage {
-                    room: *room,
-                    sender,
-                    client_id,
-                    body,
-                });
+        if let Some((message, erase)) = op.message() {
+            let Some(target) = erase else {
+                run.push(message);
                 if run.len() == chunk {
                     results.extend(sends::store_messages(&mut tx, cache, &run).await?);
                     run.clear();
                 }
                 continue;
+            };
+            if !run.is_empty() {
+                results.extend(sends::store_messages(&mut tx, cache, &run).await?);
+                run.clear();
             }
-            Op::Change(change) => change,
+            let done = sends::store_erasing(&mut tx, cache, &message, target).await?;
+            erased |= matches!(&done, Ok((applied, _)) if !applied.duplicate);
+            results.push(done);
+            continue;
+        }
+        let Op::Change(change) = op else {
+            unreachable!("an op that is not a message is a change");
         };
         if !run.is_empty() {
             results.extend(sends::store_messages(&mut tx, cache, &run).await?);

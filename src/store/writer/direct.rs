@@ -29,13 +29,15 @@ use crate::store::{Result, Store, StoreError};
 /// Whether every op of `batch` is a message this module can store: no
 /// erasure, and a room the view holds.
 pub fn can_store(batch: &[Pending], cache: &RoomCache) -> bool {
-    let mut messages = batch.iter().map(|(op, _)| match op {
-        Op::Send {
-            room, erase: None, ..
-        } => Some(*room),
-        _ => None,
-    });
-    messages.all(|room| room.is_some_and(|room| cache.knows(room)))
+    batch
+        .iter()
+        .all(|(op, _)| plain_message(op).is_some_and(|message| cache.knows(message.room)))
+}
+
+/// A send that erases nothing, as the message to store.
+fn plain_message(op: &Op) -> Option<NewMessage<'_>> {
+    op.message()
+        .and_then(|(message, erase)| erase.is_none().then_some(message))
 }
 
 /// How a run of direct batches ended.
@@ -108,21 +110,7 @@ fn store_batch(
 ) -> rusqlite::Result<Vec<Result<Done>>> {
     let messages: Vec<NewMessage<'_>> = batch
         .iter()
-        .map(|(op, _)| match op {
-            Op::Send {
-                room,
-                sender,
-                client_id,
-                body,
-                erase: None,
-            } => NewMessage {
-                room: *room,
-                sender,
-                client_id,
-                body,
-            },
-            _ => unreachable!("can_store admits plain messages only"),
-        })
+        .map(|(op, _)| plain_message(op).expect("can_store admits plain messages only"))
         .collect();
     // IMMEDIATE: see `try_batch`.
     db.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
