@@ -37,6 +37,34 @@ struct State {
     closed: bool,
     /// The session is gone: frames are refused.
     abandoned: bool,
+    /// The session is wanted though no frame came (`nudge`).
+    nudged: bool,
+}
+
+impl State {
+    fn pop(&mut self) -> Result<Option<Arc<Outbound>>, ()> {
+        match self.frames.pop_front() {
+            Some(frame) => {
+                if self.frames.is_empty() && self.frames.capacity() > KEPT_CAPACITY {
+                    self.frames = VecDeque::new();
+                }
+                Ok(Some(frame))
+            }
+            None if self.closed => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the session takes from its queue.
+#[derive(Debug)]
+pub enum Popped {
+    Frame(Arc<Outbound>),
+    /// Something else needs the session: the outlet has the end of a
+    /// frame to write.
+    Nudged,
+    /// Closed, and every frame taken.
+    Closed,
 }
 
 /// Why a frame was not queued.
@@ -73,6 +101,12 @@ impl FrameQueue {
         self.waker.wake();
     }
 
+    /// Wakes the session without a frame: its next `pop` says `Nudged`.
+    pub fn nudge(&self) {
+        self.state.lock().expect("frame queue lock poisoned").nudged = true;
+        self.waker.wake();
+    }
+
     /// The session stops taking frames (it is ending).
     pub fn abandon(&self) {
         let mut state = self.state.lock().expect("frame queue lock poisoned");
@@ -83,28 +117,39 @@ impl FrameQueue {
     /// The next frame, if one is waiting now; `Err(())` once the queue is
     /// closed and empty.
     pub fn try_pop(&self) -> Result<Option<Arc<Outbound>>, ()> {
-        let mut state = self.state.lock().expect("frame queue lock poisoned");
-        match state.frames.pop_front() {
-            Some(frame) => {
-                if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
-                    state.frames = VecDeque::new();
-                }
-                Ok(Some(frame))
-            }
-            None if state.closed => Err(()),
-            None => Ok(None),
-        }
+        self.state.lock().expect("frame queue lock poisoned").pop()
     }
 
-    /// Waits for the next frame; `None` once the queue is closed and empty.
-    pub async fn pop(&self) -> Option<Arc<Outbound>> {
+    /// Waits for the next frame, a nudge or the end.
+    pub async fn pop(&self) -> Popped {
+        self.pop_after(|| ()).await
+    }
+
+    /// `pop`, calling `before_taking` (without this queue's lock held)
+    /// once a frame is there, before it is taken: the session closes its
+    /// outlet then, so the hub cannot write past a frame just taken.
+    pub async fn pop_after(&self, before_taking: impl Fn()) -> Popped {
         poll_fn(|cx| {
             // Registered before looking, so a push after the look wakes us.
             self.waker.register(cx.waker());
+            let mut state = self.state.lock().expect("frame queue lock poisoned");
+            if std::mem::take(&mut state.nudged) {
+                return Poll::Ready(Popped::Nudged);
+            }
+            if state.frames.is_empty() {
+                return if state.closed {
+                    Poll::Ready(Popped::Closed)
+                } else {
+                    Poll::Pending
+                };
+            }
+            drop(state);
+            before_taking();
+            // Still there: only the session takes frames.
             match self.try_pop() {
-                Ok(Some(frame)) => Poll::Ready(Some(frame)),
+                Ok(Some(frame)) => Poll::Ready(Popped::Frame(frame)),
                 Ok(None) => Poll::Pending,
-                Err(()) => Poll::Ready(None),
+                Err(()) => Poll::Ready(Popped::Closed),
             }
         })
         .await
@@ -117,6 +162,10 @@ impl FrameQueue {
             .expect("frame queue lock poisoned")
             .frames
             .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -156,6 +205,26 @@ mod tests {
         assert_eq!(state.frames.capacity(), 0);
     }
 
+    /// The hook runs once a frame is there, before it is taken, and never
+    /// for a nudge or the end.
+    #[tokio::test]
+    async fn pop_after_runs_its_hook_before_taking_a_frame() {
+        let queue = Arc::new(FrameQueue::default());
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let hook = || {
+            // The frame is still queued when the hook runs.
+            assert_eq!(queue.len(), 1);
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        queue.nudge();
+        assert!(matches!(queue.pop_after(hook).await, Popped::Nudged));
+        queue.push(frame(1), 4).expect("room");
+        assert!(matches!(queue.pop_after(hook).await, Popped::Frame(f) if f.json.as_str() == "1"));
+        queue.close();
+        assert!(matches!(queue.pop_after(hook).await, Popped::Closed));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
     /// Frames pushed from another thread arrive in order, every one, and a
     /// closed queue ends only after its last frame was taken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +242,7 @@ mod tests {
             })
         };
         let mut next = 0;
-        while let Some(got) = tokio::time::timeout(Duration::from_secs(20), queue.pop())
+        while let Popped::Frame(got) = tokio::time::timeout(Duration::from_secs(20), queue.pop())
             .await
             .expect("frames keep coming")
         {

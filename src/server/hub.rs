@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frame_queue::{FrameQueue, Refused};
+use super::outlet::{Offered, Outlet};
 use super::send_hold::{InFlight, RoomsInFlight, SendHold};
 use crate::protocol::close;
 use crate::store::{RoomId, UserId};
@@ -50,6 +51,9 @@ pub struct ConnShared {
     backed_up: AtomicBool,
     /// Frames on their way to the client.
     pub queue: FrameQueue,
+    /// Where an idle session's frames are written straight to its socket;
+    /// set by the session once it is registered.
+    pub outlet: OnceLock<Arc<Outlet>>,
 }
 
 #[derive(Default)]
@@ -167,6 +171,19 @@ impl Hub {
                     let Some(frame) = choose(c.id) else {
                         return true;
                     };
+                    let offered = c
+                        .shared
+                        .outlet
+                        .get()
+                        .map(|o| o.offer(&frame, &c.shared.queue));
+                    if matches!(offered, Some(Offered::Written | Offered::Unwanted)) {
+                        recipients += 1;
+                        if offered == Some(Offered::Written) {
+                            super::metrics::fanout_written_directly();
+                        }
+                        super::metrics::fanout_delivered();
+                        return true;
+                    }
                     match c.shared.queue.push(frame, self.queue_len) {
                         Ok(waiting) => {
                             recipients += 1;
@@ -296,6 +313,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::frame_queue::Popped;
 
     fn frame(text: &str) -> Outbound {
         Outbound {
@@ -314,9 +332,11 @@ mod tests {
         hub.deliver(&[alice], &frame("before"));
         hub.shut_down();
         let queue = &open.shared.queue;
-        let first = queue.pop().await.expect("the queued frame comes first");
+        let Popped::Frame(first) = queue.pop().await else {
+            panic!("the queued frame comes first");
+        };
         assert_eq!(first.json.as_str(), "before");
-        assert!(queue.pop().await.is_none(), "then the end");
+        assert!(matches!(queue.pop().await, Popped::Closed), "then the end");
         assert_eq!(
             open.shared.cut_reason.load(Ordering::Relaxed),
             close::GOING_AWAY
@@ -325,7 +345,7 @@ mod tests {
         assert!(!hub.is_online(alice));
 
         let late = hub.register(alice, [0; 32]);
-        assert!(late.shared.queue.pop().await.is_none());
+        assert!(matches!(late.shared.queue.pop().await, Popped::Closed));
         assert_eq!(
             late.shared.cut_reason.load(Ordering::Relaxed),
             close::GOING_AWAY
@@ -351,8 +371,14 @@ mod tests {
         assert!(!hub.is_online(slow));
         assert!(hub.is_online(fast));
         // The slow session still gets what was queued, then the end.
-        assert!(slow_conn.shared.queue.pop().await.is_some());
-        assert!(slow_conn.shared.queue.pop().await.is_some());
-        assert!(slow_conn.shared.queue.pop().await.is_none());
+        assert!(matches!(
+            slow_conn.shared.queue.pop().await,
+            Popped::Frame(_)
+        ));
+        assert!(matches!(
+            slow_conn.shared.queue.pop().await,
+            Popped::Frame(_)
+        ));
+        assert!(matches!(slow_conn.shared.queue.pop().await, Popped::Closed));
     }
 }

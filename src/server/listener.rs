@@ -11,11 +11,14 @@
 //! shutdown handles them.
 //!
 //! The peer address is put in each request's extensions as `PeerAddr`
-//! (warp's own `addr::remote()` only works under warp's server).
+//! (warp's own `addr::remote()` only works under warp's server), and a
+//! plain TCP connection's socket as `SharedTcp`, for the hub's direct
+//! writes to WebSocket sessions (`outlet`).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -25,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::shared_tcp::SharedTcp;
 use crate::certificate::TlsReloader;
 
 /// Longest a client may take to complete its TLS handshake.
@@ -74,13 +78,17 @@ pub async fn serve<S, B>(
         let service = service.clone();
         match &tls {
             None => {
-                tokio::spawn(serve_connection(tcp, peer, service, watcher));
+                let shared = SharedTcp(Arc::new(tcp));
+                let direct = Some(shared.clone());
+                tokio::spawn(serve_connection(shared, peer, direct, service, watcher));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, service, watcher).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, None, service, watcher).await;
+                        }
                         Ok(Err(err)) => {
                             super::metrics::error("tls_handshake");
                             tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -98,8 +106,15 @@ pub async fn serve<S, B>(
     graceful.shutdown().await;
 }
 
-async fn serve_connection<I, S, B>(io: I, peer: SocketAddr, service: S, watcher: Watcher)
-where
+/// `direct`: the plain TCP socket under `io`, for the hub's direct writes
+/// (`outlet`); put in each request's extensions.
+async fn serve_connection<I, S, B>(
+    io: I,
+    peer: SocketAddr,
+    direct: Option<SharedTcp>,
+    service: S,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
         + Clone
@@ -112,6 +127,9 @@ where
 {
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
+        if let Some(direct) = &direct {
+            request.extensions_mut().insert(direct.clone());
+        }
         service.clone().call(request)
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -105,6 +105,7 @@ static SESSIONS: Gauge = Gauge::new();
 static MESSAGES: Counter = Counter::new();
 static MESSAGE_BYTES: Counter = Counter::new();
 static FANOUT: Counter = Counter::new();
+static FANOUT_DIRECT: Counter = Counter::new();
 static SEND_HOLDS: Counter = Counter::new();
 static SYNC_ENTRIES: Counter = Counter::new();
 static ERRORS: Labelled = Labelled::new();
@@ -133,11 +134,17 @@ pub fn entry_committed(entry: &crate::store::Entry) {
     }
 }
 
-/// One frame queued for one connection by the hub. Returns true, so the
+/// One frame handed to one connection by the hub. Returns true, so the
 /// hub's `retain` can keep the connection in the same expression.
 pub fn fanout_delivered() -> bool {
     FANOUT.add(1);
     true
+}
+
+/// One of those frames written by the hub straight to an idle session's
+/// socket (`outlet`).
+pub fn fanout_written_directly() {
+    FANOUT_DIRECT.add(1);
 }
 
 /// Log entries read for a sync page (what clients catching up cost).
@@ -200,8 +207,13 @@ pub fn render(node: &str) -> String {
     );
     counter(
         "hush_fanout_deliveries_total",
-        "Frames queued for a connection by the hub.",
+        "Frames handed to a connection by the hub.",
         FANOUT.get(),
+    );
+    counter(
+        "hush_fanout_direct_writes_total",
+        "Of those, frames the hub wrote straight to an idle connection's socket (plain TCP only).",
+        FANOUT_DIRECT.get(),
     );
     counter(
         "hush_sync_entries_total",

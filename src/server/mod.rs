@@ -16,12 +16,14 @@ mod listener;
 mod maintenance;
 mod memory;
 pub mod metrics;
+mod outlet;
 mod pacing;
 mod presence;
 mod read_wake;
 mod routes;
 mod send_hold;
 mod session;
+mod shared_tcp;
 mod signals;
 mod tls;
 pub mod upgrade;
@@ -247,9 +249,13 @@ fn websocket(
     let state = Arc::new(state);
     warp::path!("ws")
         .and(upgrade::upgrade_request())
+        .and(warp::ext::optional::<shared_tcp::SharedTcp>())
         .and(client_ip)
         .and_then(
-            move |key: String, on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>, ip| {
+            move |key: String,
+                  on_upgrade: Option<warp::hyper::upgrade::OnUpgrade>,
+                  direct: Option<shared_tcp::SharedTcp>,
+                  ip| {
                 let state = state.clone();
                 let slot = state.limits.connection_slot(ip);
                 async move {
@@ -261,6 +267,7 @@ fn websocket(
                         &key,
                         on_upgrade,
                         config,
+                        direct.map(|tcp| tcp.0),
                         |task| drop(tracker.spawn(task)),
                         // A combinator, not an async block: a block would
                         // keep a second copy of the session's future (or of

@@ -4,7 +4,8 @@
 //! from the client, frames the hub queued for it, acknowledgements coming
 //! back from the writer, the heartbeat, and pending sync work. A server
 //! shutdown arrives through the hub's queue (`Hub::shut_down`).
-//! Owning everything in one task means the per-room cursors need no lock.
+//! While the session is idle the hub may write frames to the socket itself
+//! (`outlet`), which is why the room cursors live in the outlet.
 //! Frames from the client are read at most at `--frame-rate` (`pacing`);
 //! while reading waits, everything else goes on.
 //!
@@ -13,7 +14,7 @@
 //! will contain them); once the last page is sent the room goes live with
 //! its cursor, and any live entry at or below the cursor is a duplicate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::AppState;
 use super::auth::token_hash;
+use super::frame_queue::Popped;
 use super::hub::{ConnShared, Outbound};
+use super::outlet::{Outlet, RoomCursor};
 use super::pacing::ReadPacer;
 use super::read_wake::ReadWake;
 use super::send_hold::InFlight;
@@ -52,15 +55,6 @@ const MAX_UNACKED: usize = 256;
 /// Frames written to the socket before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
 
-/// Where one room stands for this connection.
-#[derive(Debug, Clone, Copy)]
-enum RoomCursor {
-    /// Pages are being sent from the store; live entries are dropped.
-    Syncing { after: i64 },
-    /// Caught up to `seq`; live entries above it are forwarded.
-    Live { seq: i64 },
-}
-
 type AckFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = (Option<String>, Result<Applied, StoreError>)> + Send>,
 >;
@@ -76,7 +70,9 @@ struct Session {
     pong_owed: bool,
     /// This connection as the hub sees it.
     conn: Arc<ConnShared>,
-    cursors: HashMap<RoomId, RoomCursor>,
+    /// Where the hub writes to this socket directly while the session is
+    /// idle; it holds the room cursors.
+    outlet: Arc<Outlet>,
     sync_queue: VecDeque<RoomId>,
     /// The room whose page is being read, and its live entries that came
     /// meanwhile: the read may or may not include them.
@@ -242,6 +238,8 @@ async fn open(parts: Box<(WebSocket, Arc<AppState>)>) -> Option<Session> {
         .presence
         .connect(&state.hub, user.id, &user.username, token);
     let conn_id = registration.id;
+    let outlet = socket.get_ref().outlet().clone();
+    let _ = registration.shared.outlet.set(outlet.clone());
     // With several nodes: follow this user's rooms from here on, before the
     // client can ask to sync (a no-op on a single node).
     state.fanout.track_user(user.id).await;
@@ -266,7 +264,7 @@ async fn open(parts: Box<(WebSocket, Arc<AppState>)>) -> Option<Session> {
         unflushed: Vec::new(),
         pong_owed: false,
         conn: registration.shared,
-        cursors: HashMap::new(),
+        outlet,
         sync_queue: VecDeque::new(),
         fetch_stash: None,
         acks: FuturesOrdered::new(),
@@ -391,6 +389,7 @@ fn store_error_frame(err: &StoreError) -> ServerFrame {
 impl Session {
     async fn serve(&mut self) -> End {
         let conn = self.conn.clone();
+        let outlet = self.outlet.clone();
         let heartbeat_interval = self.state.config.heartbeat_interval;
         let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
         let mut last_heard = Instant::now();
@@ -406,6 +405,13 @@ impl Session {
         let timer = tokio::time::sleep_until(next_heartbeat.min(self.expires));
         tokio::pin!(timer);
         loop {
+            // Idle from here on, unless tungstenite holds part of a pong or
+            // the hub left the end of a frame: those go out first.
+            while self.pong_owed || !self.outlet.try_open() {
+                if !Box::pin(self.flush()).await {
+                    return End::Closed;
+                }
+            }
             if let Some(blocked) = self.blocked.as_ref().filter(|_| reservation.is_none()) {
                 let resumed = self.state.hub.senders_resumed();
                 let admitted = self.state.hub.admit(blocked.room);
@@ -439,9 +445,11 @@ impl Session {
                     }
                     timer.as_mut().reset(next_heartbeat.min(self.expires));
                 }
-                out = conn.queue.pop() => match out {
-                    Some(out) => if !Box::pin(self.write_ready(Ready::Hub(out))).await { return End::Closed },
-                    None => {
+                out = conn.queue.pop_after(|| outlet.shut()) => match out {
+                    Popped::Frame(out) => if !Box::pin(self.write_ready(Ready::Hub(out))).await { return End::Closed },
+                    // The top of the loop writes what the hub left.
+                    Popped::Nudged => {}
+                    Popped::Closed => {
                         let code = self.conn.cut_reason.load(Ordering::Relaxed);
                         if code == close::GOING_AWAY {
                             Box::pin(self.finish_acks()).await;
@@ -501,6 +509,7 @@ impl Session {
     /// Says why the connection ends (unless the client went first), closes
     /// it, and leaves the hub.
     async fn close(mut self, end: End) {
+        self.outlet.shut();
         if let End::Close(code, reason) = end {
             let _ = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(close_frame(code, reason)))
                 .await;
@@ -625,7 +634,8 @@ impl Session {
     /// already has it (or will get it from a sync page).
     fn wants(&mut self, out: &Arc<Outbound>) -> bool {
         if let Some((room, seq)) = out.position {
-            match self.cursors.get(&room).copied() {
+            let cursor = self.outlet.cursors().get(&room).copied();
+            match cursor {
                 Some(RoomCursor::Syncing { .. }) => {
                     // A page of this room is being read: this entry may be
                     // after it, and is needed if that page is the last.
@@ -645,7 +655,7 @@ impl Session {
                     return false;
                 }
                 Some(RoomCursor::Live { .. }) => {
-                    self.cursors.insert(room, RoomCursor::Live { seq });
+                    self.outlet.cursors().insert(room, RoomCursor::Live { seq });
                 }
                 None => {}
             }
@@ -855,7 +865,7 @@ impl Session {
     }
 
     fn start_sync(&mut self, cursor: Cursor) {
-        self.cursors.insert(
+        self.outlet.cursors().insert(
             cursor.room,
             RoomCursor::Syncing {
                 after: cursor.after.max(0),
@@ -870,7 +880,7 @@ impl Session {
     /// in turn.
     fn fetch_next_page(&mut self) -> Option<PageFetch> {
         let room = self.sync_queue.pop_front()?;
-        let Some(RoomCursor::Syncing { after }) = self.cursors.get(&room).copied() else {
+        let Some(RoomCursor::Syncing { after }) = self.outlet.cursors().get(&room).copied() else {
             return None;
         };
         self.fetch_stash = Some(FetchStash {
@@ -931,8 +941,8 @@ impl Session {
     fn take_page(&mut self, fetched: (RoomId, i64, Result<FetchedPage, StoreError>)) -> PageReply {
         let (room, after, read) = fetched;
         let stash = self.fetch_stash.take();
-        if !matches!(self.cursors.get(&room), Some(RoomCursor::Syncing { after: a }) if *a == after)
-        {
+        let cursor = self.outlet.cursors().get(&room).copied();
+        if cursor != Some(RoomCursor::Syncing { after }) {
             return PageReply::Stale;
         }
         let FetchedPage {
@@ -942,7 +952,7 @@ impl Session {
         } = match read {
             Ok(read) => read,
             Err(err) => {
-                self.cursors.remove(&room);
+                self.outlet.cursors().remove(&room);
                 return PageReply::Failed(match err {
                     StoreError::NotFound => error_frame(
                         "not_found",
@@ -958,11 +968,14 @@ impl Session {
         let stash = stash.filter(|s| s.room == room && !s.overflowed);
         let live = match stash.filter(|_| !has_more) {
             Some(stash) => {
-                self.cursors.insert(room, RoomCursor::Live { seq: last });
+                self.outlet
+                    .cursors()
+                    .insert(room, RoomCursor::Live { seq: last });
                 Some((last, stash.entries))
             }
             None => {
-                self.cursors
+                self.outlet
+                    .cursors()
                     .insert(room, RoomCursor::Syncing { after: last });
                 // Already queued if the client asked again during the read.
                 if !self.sync_queue.contains(&room) {

@@ -7,8 +7,10 @@
 //! wrapped with a `WebSocketConfig` sized for chat frames.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -16,10 +18,12 @@ use warp::Filter;
 use warp::http::{Response, StatusCode, header};
 use warp::hyper::upgrade::OnUpgrade;
 
+use super::outlet::{Outlet, OutletIo};
 use crate::config::ServerConfig;
 
-/// A server-side WebSocket over hyper's upgraded connection.
-pub type WebSocket = WebSocketStream<TokioIo<warp::hyper::upgrade::Upgraded>>;
+/// A server-side WebSocket over hyper's upgraded connection, written
+/// through its outlet (`outlet`).
+pub type WebSocket = WebSocketStream<OutletIo>;
 
 /// The tungstenite settings for one connection.
 pub fn socket_config(config: &ServerConfig) -> WebSocketConfig {
@@ -58,11 +62,13 @@ pub fn upgrade_request()
 }
 
 /// Answers the handshake with 101 and, once hyper hands the connection
-/// over, runs `serve` on the socket inside `spawn`.
+/// over, runs `serve` on the socket inside `spawn`. `direct`: the plain
+/// TCP socket under the connection, which the hub may then write to.
 pub fn accept<F, Fut>(
     key: &str,
     on_upgrade: Option<OnUpgrade>,
     config: WebSocketConfig,
+    direct: Option<Arc<TcpStream>>,
     spawn: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
     serve: F,
 ) -> Response<String>
@@ -74,7 +80,7 @@ where
         Some(on_upgrade) => spawn(Box::pin(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
+                    let io = OutletIo::new(TokioIo::new(upgraded), Outlet::new(direct));
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     serve(socket).await;

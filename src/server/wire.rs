@@ -25,7 +25,7 @@ const MAX_HEADER: usize = 10;
 const FRAMES_PER_WRITE: usize = 256;
 
 /// The header of an unmasked, unfragmented text frame of `len` bytes.
-fn header(len: usize) -> ([u8; MAX_HEADER], usize) {
+pub(super) fn header(len: usize) -> ([u8; MAX_HEADER], usize) {
     let mut h = [0u8; MAX_HEADER];
     h[0] = FIN_TEXT;
     let used = if len < 126 {

@@ -135,6 +135,9 @@ async fn counters_move_with_real_traffic() -> Result<()> {
         moved("hush_fanout_deliveries_total") >= 12.0,
         "4 messages to 3 members"
     );
+    // Bob and Carol sit idle while Alice sends: the hub writes to their
+    // sockets itself (`outlet`).
+    assert!(moved("hush_fanout_direct_writes_total") >= 1.0, "{after:?}");
     assert!(moved("hush_db_commit_seconds_count") >= 1.0);
     assert!(after.contains_key("hush_db_direct_commits_total"));
     if !crate::support::on_postgres() {

@@ -55,6 +55,7 @@ impl Relay {
                     &key,
                     on_upgrade,
                     config,
+                    None,
                     |task| drop(tokio::spawn(task)),
                     move |socket| serve_client(socket, id, clients),
                 )
