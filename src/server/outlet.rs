@@ -24,6 +24,9 @@
 //!   could not finish. The session opens it again at the top of its loop,
 //!   once nothing of its own is half written.
 //!
+//! Only a lightly loaded connection is written this way: a frame within
+//! `BUSY_GAP` of the last direct write is queued, so a busy session still
+//! writes several frames per system call, on whichever worker is free.
 //! TLS connections (whose bytes need the session's TLS state) have no
 //! socket here; their frames always go through the session.
 

@@ -570,6 +570,10 @@ impl Session {
     /// sender's ack and the echo of its message become ready together, and
     /// one write for both halves the system calls.
     async fn write_ready(&mut self, first: Ready) -> bool {
+        // Frames are taken from the queue below: the hub must not write
+        // past one taken but not yet written (woken for an ack, the
+        // outlet is still open).
+        self.outlet.shut();
         let mut next = Some(first);
         let mut written = 0;
         while let Some(ready) = next.take() {
