@@ -120,7 +120,9 @@ impl FrameQueue {
         self.state.lock().expect("frame queue lock poisoned").pop()
     }
 
-    /// Waits for the next frame, a nudge or the end.
+    /// Waits for the next frame, a nudge or the end (the session uses
+    /// `pop_after`).
+    #[cfg(test)]
     pub async fn pop(&self) -> Popped {
         self.pop_after(|| ()).await
     }
