@@ -13,7 +13,8 @@
 //! - scrubbing: after any erasure (a `send` with `erase`, or expiry) the
 //!   write-ahead log is checkpointed and truncated, so that with
 //!   `secure_delete` the erased ciphertext leaves both the database file
-//!   and the WAL within about a second.
+//!   and the WAL within about a second; the WAL's space is then reserved
+//!   again with zeros (`Store::reserve_wal`).
 
 use std::time::Duration;
 
@@ -176,6 +177,9 @@ pub async fn scrub(store: Store, delay: Duration, mut stop: watch::Receiver<bool
                         micros = started.elapsed().as_micros() as u64,
                         "write-ahead log checkpointed after an erasure"
                     );
+                    if let Err(err) = store.reserve_wal().await {
+                        tracing::warn!(error = %err, "could not reserve the write-ahead log's space again");
+                    }
                     break;
                 }
                 Ok(false) => {}

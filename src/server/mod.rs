@@ -97,6 +97,9 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    if let Err(err) = store.reserve_wal().await {
+        tracing::warn!(error = %err, "could not reserve the write-ahead log's space; commits will grow it");
+    }
     let hub = hub::Hub::new(config.outbound_queue);
     let receipts = Arc::new(signals::KeptReceipts::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -16,6 +16,7 @@ pub mod faults;
 mod log;
 mod rooms;
 mod users;
+mod wal_reserve;
 pub mod writer;
 
 use std::fmt;
