@@ -13,8 +13,9 @@
 //! - scrubbing: after any erasure (a `send` with `erase`, or expiry) the
 //!   write-ahead log is checkpointed and truncated, so that with
 //!   `secure_delete` the erased ciphertext leaves both the database file
-//!   and the WAL within about a second; the WAL's space is then reserved
-//!   again with zeros (`Store::reserve_wal`).
+//!   and the WAL within about a second. The WAL then grows again until
+//!   its first checkpoint (see `store::wal_reserve` for why it is not
+//!   reserved again here).
 
 use std::time::Duration;
 
@@ -177,9 +178,6 @@ pub async fn scrub(store: Store, delay: Duration, mut stop: watch::Receiver<bool
                         micros = started.elapsed().as_micros() as u64,
                         "write-ahead log checkpointed after an erasure"
                     );
-                    if let Err(err) = store.reserve_wal().await {
-                        tracing::warn!(error = %err, "could not reserve the write-ahead log's space again");
-                    }
                     break;
                 }
                 Ok(false) => {}

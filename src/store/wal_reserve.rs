@@ -2,16 +2,25 @@
 //!
 //! With `synchronous=FULL` every commit ends by syncing the WAL. While the
 //! WAL grows, each commit also allocates blocks and moves the file's end, so
-//! that sync must write the file's metadata too: on the test machine a
-//! third of the log writer's time at light load (issue 18). A fresh server,
-//! and every server after an erasure's truncating checkpoint, runs in that
-//! state until its WAL reaches the checkpoint size (40 MiB).
+//! that sync must write the file's metadata too. A server starts in that
+//! state (SQLite deletes the WAL when the last connection closes) and stays
+//! in it until the WAL reaches the checkpoint size (40 MiB); after that
+//! checkpoint, SQLite writes the WAL from its start again over the same
+//! blocks. At light load the growing WAL cost the log writer's thread ~10 %
+//! of its time (issue 18, docs/PERFORMANCE.md round 12).
 //!
 //! So the server fills the WAL up to that size with zeros, synced, when it
-//! starts and after each truncation. Commits then overwrite blocks that
-//! exist, and `fdatasync` (the bundled SQLite is built with
-//! `HAVE_FDATASYNC`, see `.cargo/config.toml`) writes only their data.
-//! PostgreSQL zero-fills its WAL segments for the same reason.
+//! starts. Commits then overwrite blocks that exist, and `fdatasync` (the
+//! bundled SQLite is built with `HAVE_FDATASYNC`, see `.cargo/config.toml`)
+//! writes only their data. PostgreSQL zero-fills its WAL segments for the
+//! same reason.
+//!
+//! Not after the truncating checkpoint that scrubs an erasure: the zeros
+//! have to be written holding SQLite's write lock, and measured while
+//! commits ran every 2 ms, that held them up to ~90 ms (~40 ms when written
+//! a few MiB per hold, the commits then waiting on the chunks' syncs and
+//! SQLite's busy backoff), against ~10 ms for the checkpoint alone. The WAL
+//! grows again until its next checkpoint, as it did before.
 //!
 //! SQLite reads a WAL's frames up to the first whose salt or checksum does
 //! not match its header; a zero frame never matches, so what follows the
@@ -146,6 +155,38 @@ mod tests {
                 .find_user(&format!("user{i}"))
                 .await
                 .unwrap_or_else(|e| panic!("user{i} lost: {e}"));
+        }
+    }
+
+    /// Commits land while the WAL is truncated and reserved again and
+    /// again; none of them is overwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_around_reserves_survive_a_crash() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let db = dir.path().join("hush.db");
+        let store = Store::open(&db).await.expect("store");
+        let committing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    add_user(&store, &format!("busy{i}")).await;
+                }
+            })
+        };
+        for _ in 0..5 {
+            store.checkpoint_truncate().await.expect("checkpoint");
+            store.reserve_wal().await.expect("reserve");
+        }
+        committing.await.expect("the commits finish");
+        assert!(wal_len(&db) >= reserve_bytes(4096));
+
+        let copy_dir = tempfile::tempdir().expect("a temp dir");
+        let recovered = open_crash_copy(&db, copy_dir.path()).await;
+        for i in 0..300 {
+            recovered
+                .find_user(&format!("busy{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("busy{i} lost: {e}"));
         }
     }
 
