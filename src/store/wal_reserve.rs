@@ -118,13 +118,21 @@ mod tests {
         std::fs::metadata(wal_path(db)).expect("the WAL").len()
     }
 
-    /// What a crash leaves: the database file and its WAL as they are on
-    /// disk now, without the shared-memory index, opened in `into`.
-    async fn open_crash_copy(db: &Path, into: &Path) -> Store {
-        let copy = into.join("copy.db");
+    /// Opens what a crash would leave (the database file and its WAL as
+    /// they are on disk now, without the shared-memory index) and finds
+    /// each of `users` in it.
+    async fn assert_in_crash_copy(db: &Path, users: impl IntoIterator<Item = String>) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let copy = dir.path().join("copy.db");
         std::fs::copy(db, &copy).expect("copy the database");
         std::fs::copy(wal_path(db), wal_path(&copy)).expect("copy the WAL");
-        Store::open(&copy).await.expect("open the copy")
+        let recovered = Store::open(&copy).await.expect("open the copy");
+        for name in users {
+            recovered
+                .find_user(&name)
+                .await
+                .unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        }
     }
 
     #[tokio::test]
@@ -148,14 +156,7 @@ mod tests {
         store.reserve_wal().await.expect("a second reserve");
         assert_eq!(wal_len(&db), reserved, "a full reserve is left alone");
 
-        let copy_dir = tempfile::tempdir().expect("a temp dir");
-        let recovered = open_crash_copy(&db, copy_dir.path()).await;
-        for i in 0..50 {
-            recovered
-                .find_user(&format!("user{i}"))
-                .await
-                .unwrap_or_else(|e| panic!("user{i} lost: {e}"));
-        }
+        assert_in_crash_copy(&db, (0..50).map(|i| format!("user{i}"))).await;
     }
 
     /// Commits land while the WAL is truncated and reserved again and
@@ -180,14 +181,7 @@ mod tests {
         committing.await.expect("the commits finish");
         assert!(wal_len(&db) >= reserve_bytes(4096));
 
-        let copy_dir = tempfile::tempdir().expect("a temp dir");
-        let recovered = open_crash_copy(&db, copy_dir.path()).await;
-        for i in 0..300 {
-            recovered
-                .find_user(&format!("busy{i}"))
-                .await
-                .unwrap_or_else(|e| panic!("busy{i} lost: {e}"));
-        }
+        assert_in_crash_copy(&db, (0..300).map(|i| format!("busy{i}"))).await;
     }
 
     /// Zeros written past the WAL's end while another connection commits
@@ -231,12 +225,8 @@ mod tests {
         reserving.await.expect("joins").expect("reserve");
         assert_eq!(wal_len(&db), reserve_bytes(4096));
 
-        let copy_dir = tempfile::tempdir().expect("a temp dir");
-        let recovered = open_crash_copy(&db, copy_dir.path()).await;
-        recovered
-            .find_user("late")
-            .await
-            .expect("the other connection's commit");
+        // The other connection's commit.
+        assert_in_crash_copy(&db, ["late".to_owned()]).await;
     }
 
     /// A full disk, as the server meets it: a file size limit
